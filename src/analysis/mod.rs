@@ -1,0 +1,13 @@
+//! Analysis: templates rendered into queries, measurements judged against conditions, and
+//! metrics decided by their limits. Pure except for the [`crate::metrics::MetricsSource`] the
+//! runner calls through.
+
+pub mod assessment;
+pub mod condition;
+pub mod measurement;
+pub mod render;
+pub mod run;
+
+pub use assessment::AnalysisPhase;
+pub use measurement::MeasurementPhase;
+pub use run::{AnalysisReport, Problem, Schedule};

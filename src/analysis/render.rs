@@ -1,0 +1,502 @@
+//! Rendering query templates: `{{args.NAME}}` and the context names (`namespace`, `target`,
+//! `canary`, `stable`, `workload`, `interval`).
+//!
+//! An argument must never change a query's structure. The renderer reads the query as PromQL
+//! tokens, so it knows where each placeholder stands:
+//! - inside a quoted string (a label matcher value, typically), the value is escaped for that
+//!   quote style, so quotes, backslashes and newlines stay part of the string;
+//! - inside a backtick raw string, where nothing can be escaped, a value holding a backtick is
+//!   refused;
+//! - anywhere else, the value must be a single harmless token: a number, a duration, or label
+//!   names (`pod` or `pod, container` for a `by (...)` clause) that are not PromQL keywords.
+
+use std::collections::BTreeMap;
+
+/// Context names a `Canary` fills in (and `canary analyze --arg` can set).
+pub const CONTEXT_NAMES: [&str; 6] = [
+    "namespace",
+    "target",
+    "canary",
+    "stable",
+    "workload",
+    "interval",
+];
+
+/// PromQL words that would change a query's meaning if an argument produced them as a token.
+const PROMQL_KEYWORDS: [&str; 13] = [
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "atan2",
+    "start",
+];
+
+/// The values a query is rendered with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Variables {
+    /// Template arguments, `{{args.NAME}}`.
+    pub args: BTreeMap<String, String>,
+    /// Context values, `{{namespace}}` etc.
+    pub context: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "argument {name:?} has no value: give it a value in the template, or pass it (`--arg {name}=...` or the Canary's analysis args)"
+    )]
+    MissingArgument { name: String },
+    #[error(
+        "{{{{args.{name}}}}} is used but the template declares no argument {name:?}: add it to spec.args"
+    )]
+    UndeclaredArgument { name: String },
+    #[error(
+        "context value {name:?} is not set: it is filled in when a Canary runs the template; for `canary analyze` pass `--arg {name}=...`"
+    )]
+    MissingContext { name: String },
+    #[error(
+        "unknown placeholder {{{{{placeholder}}}}}: write {{{{args.NAME}}}} for an argument, or one of the context names {}",
+        CONTEXT_NAMES.join(", ")
+    )]
+    UnknownPlaceholder { placeholder: String },
+    #[error("a placeholder opened with {{{{ at byte {offset} is never closed with }}}}")]
+    Unclosed { offset: usize },
+    #[error(
+        "the value of {name} ({value:?}) cannot be placed where the query uses it: {why}. Quote the placeholder in the query (e.g. label=\"{{{{args.{name}}}}}\") or pass a plain value"
+    )]
+    UnsafeValue {
+        name: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Where a placeholder stands in the PromQL text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Position {
+    Code,
+    Quoted(char),
+    Raw,
+    Comment,
+}
+
+/// Renders `query`, placing each value so that it cannot alter the query's structure.
+///
+/// `declared_args` are the template's argument names: a placeholder for any other argument is
+/// an error even if a value was passed, so a typo cannot silently render an empty string.
+pub fn render_query(
+    query: &str,
+    declared_args: &[&str],
+    variables: &Variables,
+) -> Result<String, RenderError> {
+    let mut out = String::with_capacity(query.len() + 32);
+    let mut position = Position::Code;
+    let mut rest = query;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        if let Some(after_open) = rest.strip_prefix("{{") {
+            let close = after_open
+                .find("}}")
+                .ok_or(RenderError::Unclosed { offset })?;
+            let placeholder = after_open[..close].trim();
+            let (name, value) = lookup(placeholder, declared_args, variables)?;
+            place(&mut out, &name, value, position)?;
+            let consumed = 2 + close + 2;
+            rest = &rest[consumed..];
+            offset += consumed;
+            continue;
+        }
+        let c = rest.chars().next().expect("rest is not empty");
+        let len = c.len_utf8();
+        // An escaped character inside a quoted string cannot end it.
+        if let (Position::Quoted(_), '\\') = (position, c) {
+            let escaped_len = rest[1..].chars().next().map_or(0, char::len_utf8);
+            out.push_str(&rest[..1 + escaped_len]);
+            rest = &rest[1 + escaped_len..];
+            offset += 1 + escaped_len;
+            continue;
+        }
+        position = match (position, c) {
+            (Position::Code, '"' | '\'') => Position::Quoted(c),
+            (Position::Code, '`') => Position::Raw,
+            (Position::Code, '#') => Position::Comment,
+            (Position::Quoted(q), _) if c == q => Position::Code,
+            (Position::Raw, '`') => Position::Code,
+            (Position::Comment, '\n') => Position::Code,
+            (p, _) => p,
+        };
+        out.push(c);
+        rest = &rest[len..];
+        offset += len;
+    }
+    Ok(out)
+}
+
+/// Every placeholder in `query`, as written (trimmed), in order. Used by validation and by the
+/// Flagger importer to discover which arguments a query needs.
+pub fn placeholders(query: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = query;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        found.push(after[..close].trim());
+        rest = &after[close + 2..];
+    }
+    found
+}
+
+fn lookup<'v>(
+    placeholder: &str,
+    declared_args: &[&str],
+    variables: &'v Variables,
+) -> Result<(String, &'v str), RenderError> {
+    if let Some(name) = placeholder.strip_prefix("args.") {
+        let name = name.trim();
+        if !declared_args.contains(&name) {
+            return Err(RenderError::UndeclaredArgument {
+                name: name.to_string(),
+            });
+        }
+        let value = variables
+            .args
+            .get(name)
+            .ok_or_else(|| RenderError::MissingArgument {
+                name: name.to_string(),
+            })?;
+        return Ok((format!("args.{name}"), value));
+    }
+    if CONTEXT_NAMES.contains(&placeholder) {
+        let value =
+            variables
+                .context
+                .get(placeholder)
+                .ok_or_else(|| RenderError::MissingContext {
+                    name: placeholder.to_string(),
+                })?;
+        return Ok((placeholder.to_string(), value));
+    }
+    Err(RenderError::UnknownPlaceholder {
+        placeholder: placeholder.to_string(),
+    })
+}
+
+fn place(out: &mut String, name: &str, value: &str, position: Position) -> Result<(), RenderError> {
+    let unsafe_value = |why| RenderError::UnsafeValue {
+        name: name.to_string(),
+        value: value.to_string(),
+        why,
+    };
+    match position {
+        Position::Quoted(quote) => {
+            escape_into(out, value, quote);
+            Ok(())
+        }
+        Position::Raw => {
+            if value.contains('`') {
+                return Err(unsafe_value(
+                    "it contains a backtick inside a `raw` string, which cannot be escaped",
+                ));
+            }
+            out.push_str(value);
+            Ok(())
+        }
+        Position::Code | Position::Comment => {
+            if is_number(value) || is_duration(value) || is_label_list(value) {
+                out.push_str(value);
+                Ok(())
+            } else {
+                Err(unsafe_value(
+                    "outside quotes only a number, a duration or label names are allowed",
+                ))
+            }
+        }
+    }
+}
+
+/// Escapes for a PromQL (Go-syntax) quoted string delimited by `quote`.
+fn escape_into(out: &mut String, value: &str, quote: char) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+fn is_number(value: &str) -> bool {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    !digits.is_empty()
+        && digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        && digits.parse::<f64>().is_ok()
+}
+
+/// PromQL durations: one or more `<digits><unit>` with units ms, s, m, h, d, w, y.
+fn is_duration(value: &str) -> bool {
+    let mut rest = value;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+            .into_iter()
+            .find(|u| rest.starts_with(u));
+        match unit {
+            Some(u) => rest = &rest[u.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `pod` or `pod, container`: label names, never a PromQL keyword.
+fn is_label_list(value: &str) -> bool {
+    value.split(',').all(|part| {
+        let name = part.trim();
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !PROMQL_KEYWORDS.contains(&name.to_ascii_lowercase().as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(args: &[(&str, &str)], context: &[(&str, &str)]) -> Variables {
+        Variables {
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            context: context
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Decodes every PromQL string literal in `query` (Go escape rules, as Prometheus' lexer
+    /// applies them), and returns them with the query's code outside strings.
+    fn lex_strings(query: &str) -> (Vec<String>, String) {
+        let mut strings = Vec::new();
+        let mut code = String::new();
+        let mut chars = query.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' || c == '\'' {
+                let mut s = String::new();
+                loop {
+                    match chars.next().expect("string is terminated") {
+                        '\\' => match chars.next().expect("escape is complete") {
+                            'n' => s.push('\n'),
+                            'r' => s.push('\r'),
+                            't' => s.push('\t'),
+                            'u' => {
+                                let hex: String = (0..4).map(|_| chars.next().unwrap()).collect();
+                                s.push(
+                                    char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap(),
+                                );
+                            }
+                            other => s.push(other),
+                        },
+                        q if q == c => break,
+                        other => s.push(other),
+                    }
+                }
+                strings.push(s);
+                code.push_str("<str>");
+            } else {
+                code.push(c);
+            }
+        }
+        (strings, code)
+    }
+
+    const HOSTILE: [&str; 10] = [
+        r#"web"} or vector(1) or up{job=""#,
+        r#"web\"}"#,
+        "web}",
+        "web'} or vector(1) #",
+        "a\nb",
+        "line\r\nbreak\ttab",
+        r"back\slash\",
+        "\u{0}\u{1b}[31m",
+        "",
+        r#"" or on() vector(1) or ""#,
+    ];
+
+    #[test]
+    fn hostile_values_stay_inside_their_label_matcher() {
+        for quote in ['"', '\''] {
+            let query = format!(
+                "sum(rate(http_requests_total{{job={quote}{{{{args.job}}}}{quote}, code=~{quote}5..{quote}}}[1m]))"
+            );
+            for hostile in HOSTILE {
+                let rendered = render_query(&query, &["job"], &vars(&[("job", hostile)], &[]))
+                    .unwrap_or_else(|e| panic!("{hostile:?}: {e}"));
+                let (strings, code) = lex_strings(&rendered);
+                assert_eq!(
+                    strings,
+                    vec![hostile.to_string(), "5..".to_string()],
+                    "{rendered}"
+                );
+                assert_eq!(
+                    code, "sum(rate(http_requests_total{job=<str>, code=~<str>}[1m]))",
+                    "structure changed for {hostile:?}: {rendered}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn values_outside_quotes_must_be_single_harmless_tokens() {
+        let ok = [
+            ("x > {{args.v}}", "0.95", "x > 0.95"),
+            ("x > {{args.v}}", "-1e3", "x > -1e3"),
+            ("rate(x[{{args.v}}])", "5m", "rate(x[5m])"),
+            ("rate(x[{{args.v}}])", "1h30m", "rate(x[1h30m])"),
+            (
+                "sum by ({{args.v}}) (x)",
+                "pod, container",
+                "sum by (pod, container) (x)",
+            ),
+        ];
+        for (query, value, expected) in ok {
+            let rendered = render_query(query, &["v"], &vars(&[("v", value)], &[])).unwrap();
+            assert_eq!(rendered, expected);
+        }
+        let refused = [
+            "1 or vector(1)",
+            "or",
+            "OR",
+            "x{a=\"b\"}",
+            "",
+            "5m] or vector(1)[5m",
+            "pod) or (up",
+            "1\n",
+            "x # comment",
+        ];
+        for value in refused {
+            let err = render_query("sum(x) > {{args.v}}", &["v"], &vars(&[("v", value)], &[]))
+                .expect_err(value);
+            assert!(
+                matches!(err, RenderError::UnsafeValue { .. }),
+                "{value:?}: {err}"
+            );
+            assert!(err.to_string().contains("Quote the placeholder"), "{err}");
+        }
+    }
+
+    #[test]
+    fn backtick_strings_refuse_backticks() {
+        let query = "x{job=~`{{args.v}}`}";
+        assert_eq!(
+            render_query(query, &["v"], &vars(&[("v", "a\"b\\c")], &[])).unwrap(),
+            "x{job=~`a\"b\\c`}"
+        );
+        assert!(matches!(
+            render_query(query, &["v"], &vars(&[("v", "a` or vector(1) #")], &[])),
+            Err(RenderError::UnsafeValue { .. })
+        ));
+    }
+
+    #[test]
+    fn escaped_quotes_in_the_template_do_not_confuse_the_lexer() {
+        // The template's own `\"` keeps the string open, so the placeholder is still quoted.
+        let query = r#"x{a="say \"hi\" {{args.v}}"}"#;
+        let rendered =
+            render_query(query, &["v"], &vars(&[("v", "\"} or vector(1)")], &[])).unwrap();
+        assert_eq!(rendered, r#"x{a="say \"hi\" \"} or vector(1)"}"#);
+    }
+
+    #[test]
+    fn placeholders_tolerate_spaces_and_fill_context_names() {
+        let rendered = render_query(
+            r#"x{ns="{{ namespace }}", w="{{workload}}"}[{{ interval }}]"#,
+            &[],
+            &vars(
+                &[],
+                &[
+                    ("namespace", "prod"),
+                    ("workload", "web-canary"),
+                    ("interval", "1m"),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!(rendered, r#"x{ns="prod", w="web-canary"}[1m]"#);
+    }
+
+    #[test]
+    fn errors_name_the_argument_and_what_to_do() {
+        let cases: [(&str, &[&str], Variables, &str); 5] = [
+            (
+                "x{a=\"{{args.job}}\"}",
+                &["job"],
+                vars(&[], &[]),
+                "argument \"job\" has no value",
+            ),
+            (
+                "x{a=\"{{args.jbo}}\"}",
+                &["job"],
+                vars(&[("jbo", "x")], &[]),
+                "declares no argument \"jbo\"",
+            ),
+            (
+                "x{a=\"{{target}}\"}",
+                &[],
+                vars(&[], &[]),
+                "context value \"target\" is not set",
+            ),
+            (
+                "x{a=\"{{ variables.foo }}\"}",
+                &[],
+                vars(&[], &[]),
+                "unknown placeholder {{variables.foo}}",
+            ),
+            (
+                "x{a=\"{{args.job\"}",
+                &["job"],
+                vars(&[], &[]),
+                "never closed",
+            ),
+        ];
+        for (query, declared, variables, expected) in cases {
+            let err = render_query(query, declared, &variables).expect_err(query);
+            assert!(err.to_string().contains(expected), "{query}: {err}");
+        }
+    }
+
+    #[test]
+    fn lists_placeholders_in_order() {
+        assert_eq!(
+            placeholders("a{{args.x}}b{{ target }}c{{ variables.y}}"),
+            vec!["args.x", "target", "variables.y"]
+        );
+    }
+}

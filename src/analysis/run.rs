@@ -1,0 +1,373 @@
+//! Running an analysis: prepare a template (render queries, compile conditions), then take
+//! measurements on a schedule — once, live at each metric's interval, or retrospectively over
+//! a past window with instant queries at `time=` each interval.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use super::assessment::{self, AnalysisPhase, Limits, Tally};
+use super::measurement::{Criteria, MeasurementPhase};
+use super::render::{self, Variables};
+use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
+use crate::metrics::{MetricsSource, QueryRequest};
+
+/// A problem found while preparing or validating a template, located by metric and field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The metric, when the problem belongs to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The field path inside the template's spec, e.g. `metrics[0].successCondition`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.metric {
+            Some(metric) => write!(f, "metric {metric}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Reads values referenced from Secrets. The CLI, reading files, has none; the controller
+/// reads them from the API server.
+pub trait SecretValues {
+    fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String>;
+}
+
+/// For running templates from files: every Secret reference must be overridden by the caller.
+pub struct NoSecrets;
+
+impl SecretValues for NoSecrets {
+    fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String> {
+        Err(format!(
+            "the value comes from Secret {}/{} and Secrets are read only inside the cluster; pass the value explicitly",
+            reference.name, reference.key
+        ))
+    }
+}
+
+/// How an analysis is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Each metric measured once, now.
+    Once,
+    /// At each metric's interval from now, until counts are reached or `until`.
+    Live { until: Option<Timestamp> },
+    /// As if it had run over the past window `[from, to]`.
+    Retrospective { from: Timestamp, to: Timestamp },
+}
+
+/// One metric, ready to measure.
+#[derive(Clone, Debug)]
+pub struct PreparedMetric {
+    pub name: String,
+    pub dry_run: bool,
+    pub criteria: Criteria,
+    pub request: QueryRequest,
+    pub interval: Duration,
+    pub initial_delay: Duration,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct PreparedAnalysis {
+    pub template: String,
+    pub metrics: Vec<PreparedMetric>,
+}
+
+/// Renders and compiles a template with the caller's arguments and context.
+///
+/// `args` override the template's defaults; `default_address` is used by metrics that name no
+/// Prometheus address. Every problem is reported, not just the first.
+pub fn prepare(
+    template: &str,
+    spec: &AnalysisTemplateSpec,
+    args: &BTreeMap<String, String>,
+    context: &BTreeMap<String, String>,
+    default_address: Option<&str>,
+    secrets: &dyn SecretValues,
+) -> Result<PreparedAnalysis, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let declared: Vec<&str> = spec.args.iter().map(|a| a.name.as_str()).collect();
+    let mut values = BTreeMap::new();
+    for (i, arg) in spec.args.iter().enumerate() {
+        let value = match (args.get(&arg.name), &arg.value, &arg.value_from) {
+            (Some(given), _, _) => Some(given.clone()),
+            (None, Some(default), _) => Some(default.clone()),
+            (None, None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
+                Ok(value) => Some(value),
+                Err(message) => {
+                    problems.push(Problem {
+                        metric: None,
+                        field: format!("args[{i}].valueFrom ({})", arg.name),
+                        message,
+                    });
+                    None
+                }
+            },
+            // Reported where a query uses it, with the metric named.
+            (None, None, None) => None,
+        };
+        if let Some(value) = value {
+            values.insert(arg.name.clone(), value);
+        }
+    }
+    for name in args.keys() {
+        if !declared.contains(&name.as_str()) {
+            problems.push(Problem {
+                metric: None,
+                field: "args".into(),
+                message: format!(
+                    "argument {name:?} was given but the template declares no such argument (it declares: {})",
+                    if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                ),
+            });
+        }
+    }
+
+    let mut metrics = Vec::new();
+    for (i, metric) in spec.metrics.iter().enumerate() {
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                metric: Some(metric.name.clone()),
+                field: format!("metrics[{i}].{field}"),
+                message,
+            })
+        };
+        let interval = metric.interval();
+        let mut metric_context = context.clone();
+        metric_context
+            .entry("interval".to_string())
+            .or_insert_with(|| interval.to_string());
+        let variables = Variables {
+            args: values.clone(),
+            context: metric_context,
+        };
+        let prometheus = &metric.provider.prometheus;
+        let query = render::render_query(&prometheus.query, &declared, &variables)
+            .map_err(|e| problem("provider.prometheus.query", e.to_string()))
+            .ok();
+        let criteria = Criteria::from_metric(metric)
+            .map_err(|errors| {
+                for e in errors {
+                    problem(e.field, e.source.to_string());
+                }
+            })
+            .ok();
+        let address = prometheus.address.as_deref().or(default_address);
+        if address.is_none() {
+            problem(
+                "provider.prometheus.address",
+                "no Prometheus address: set it in the template or pass --prometheus URL".into(),
+            );
+        }
+        let mut headers = Vec::new();
+        for (h, header) in prometheus.headers.iter().enumerate() {
+            match (&header.value, &header.value_from) {
+                (Some(value), _) => headers.push((header.name.clone(), value.clone())),
+                (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
+                    Ok(value) => headers.push((header.name.clone(), value)),
+                    Err(message) => problem(
+                        &format!(
+                            "provider.prometheus.headers[{h}].valueFrom ({})",
+                            header.name
+                        ),
+                        message,
+                    ),
+                },
+                (None, None) => problem(
+                    &format!("provider.prometheus.headers[{h}]"),
+                    "a header needs value or valueFrom".into(),
+                ),
+            }
+        }
+        if interval.is_zero() {
+            problem("interval", "must be longer than 0s".into());
+        }
+        if let (Some(query), Some(criteria), Some(address)) = (query, criteria, address) {
+            metrics.push(PreparedMetric {
+                name: metric.name.clone(),
+                dry_run: metric.dry_run,
+                criteria,
+                request: QueryRequest {
+                    address: address.to_string(),
+                    query,
+                    time: None,
+                    timeout: prometheus.timeout().as_std(),
+                    headers,
+                    insecure: prometheus.insecure,
+                },
+                interval: interval.as_std(),
+                initial_delay: metric.initial_delay().as_std(),
+                limits: Limits {
+                    count: metric.count,
+                    failure_limit: metric.failure_limit(),
+                    inconclusive_limit: metric.inconclusive_limit(),
+                    consecutive_error_limit: metric.consecutive_error_limit(),
+                },
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(PreparedAnalysis {
+            template: template.to_string(),
+            metrics,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// One measurement, as reported and kept.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Measurement {
+    /// When the query was evaluated (the `time=` of a retrospective query).
+    pub time: Timestamp,
+    pub phase: MeasurementPhase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricReport {
+    pub name: String,
+    pub dry_run: bool,
+    pub phase: AnalysisPhase,
+    pub message: String,
+    pub query: String,
+    pub tally: Tally,
+    pub measurements: Vec<Measurement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisReport {
+    pub template: String,
+    pub phase: AnalysisPhase,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub metrics: Vec<MetricReport>,
+}
+
+/// Takes the measurements `schedule` calls for and decides. `observe` sees each measurement as
+/// it is taken (for progress display). In `Live` mode this sleeps between measurements.
+pub async fn run<S: MetricsSource>(
+    source: &S,
+    analysis: &PreparedAnalysis,
+    schedule: Schedule,
+    mut observe: impl FnMut(&MetricReport, &Measurement),
+) -> AnalysisReport {
+    let started_at = match schedule {
+        Schedule::Retrospective { from, .. } => from,
+        Schedule::Once | Schedule::Live { .. } => Timestamp::now(),
+    };
+    let mut states: Vec<(Timestamp, MetricReport)> = analysis
+        .metrics
+        .iter()
+        .map(|m| {
+            let first = match schedule {
+                Schedule::Once => started_at,
+                _ => started_at + signed(m.initial_delay),
+            };
+            let report = MetricReport {
+                name: m.name.clone(),
+                dry_run: m.dry_run,
+                phase: AnalysisPhase::Pending,
+                message: String::new(),
+                query: m.request.query.clone(),
+                tally: Tally::default(),
+                measurements: Vec::new(),
+            };
+            (first, report)
+        })
+        .collect();
+
+    let end = match schedule {
+        Schedule::Once => None,
+        Schedule::Live { until } => until,
+        Schedule::Retrospective { to, .. } => Some(to),
+    };
+    loop {
+        let active = states.iter().filter(|(_, r)| !r.phase.is_terminal());
+        let Some(due) = active.map(|(due, _)| *due).min() else {
+            break;
+        };
+        if end.is_some_and(|end| due > end) {
+            break;
+        }
+        if let Schedule::Live { .. } = schedule {
+            let wait = due.duration_since(Timestamp::now());
+            if wait.is_positive() {
+                tokio::time::sleep(wait.unsigned_abs()).await;
+            }
+        }
+        for (metric, (next_due, report)) in analysis.metrics.iter().zip(states.iter_mut()) {
+            if report.phase.is_terminal() || *next_due > due {
+                continue;
+            }
+            let mut request = metric.request.clone();
+            let time = match schedule {
+                Schedule::Retrospective { .. } => {
+                    request.time = Some(due);
+                    due
+                }
+                _ => Timestamp::now(),
+            };
+            let outcome = source.instant_query(&request).await;
+            let judgement = metric.criteria.judge(&outcome, &request.query);
+            report.tally.record(judgement.phase);
+            let measurement = Measurement {
+                time,
+                phase: judgement.phase,
+                value: judgement.value,
+                reason: judgement.reason,
+            };
+            report.measurements.push(measurement.clone());
+            let ending = schedule == Schedule::Once;
+            let assessment = assessment::assess(&metric.limits, &report.tally, ending);
+            report.phase = assessment.phase;
+            report.message = assessment.message;
+            observe(report, &measurement);
+            *next_due = due + signed(metric.interval);
+        }
+        if assessment::should_stop(states.iter().map(|(_, r)| (r.phase, r.dry_run))) {
+            break;
+        }
+    }
+    // Whatever is still running ends here: the window, the time limit or a decision ended it.
+    for (metric, (_, report)) in analysis.metrics.iter().zip(states.iter_mut()) {
+        if !report.phase.is_terminal() {
+            let assessment = assessment::assess(&metric.limits, &report.tally, true);
+            report.phase = assessment.phase;
+            report.message = assessment.message;
+        }
+    }
+    let metrics: Vec<MetricReport> = states.into_iter().map(|(_, r)| r).collect();
+    let finished_at = match schedule {
+        Schedule::Retrospective { to, .. } => metrics
+            .iter()
+            .filter_map(|m| m.measurements.last().map(|x| x.time))
+            .max()
+            .unwrap_or(to),
+        _ => Timestamp::now(),
+    };
+    AnalysisReport {
+        template: analysis.template.clone(),
+        phase: assessment::overall(metrics.iter().map(|m| (m.phase, m.dry_run))),
+        started_at,
+        finished_at,
+        metrics,
+    }
+}
+
+fn signed(duration: Duration) -> SignedDuration {
+    SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
+}

@@ -1,0 +1,321 @@
+//! `AnalysisTemplate` and `ClusterAnalysisTemplate` (`canary.dev/v1alpha1`).
+//!
+//! The shape follows Argo Rollouts' AnalysisTemplate (args, metrics with interval, count,
+//! conditions and limits, a Prometheus provider) plus Flagger's `thresholdRange` shorthand, so
+//! users can bring what they already have. Rules the schema cannot express are CEL validation
+//! rules: the API server enforces them, and `canary validate` evaluates the same rules locally.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+
+/// Defaults, stated once and reported by `canary validate` and the README.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_FAILURE_LIMIT: u32 = 0;
+pub const DEFAULT_INCONCLUSIVE_LIMIT: u32 = 0;
+pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
+
+/// The arguments and metrics of an analysis.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "canary.dev",
+    version = "v1alpha1",
+    kind = "AnalysisTemplate",
+    namespaced,
+    cel,
+    doc = "Metrics that judge a canary: Prometheus queries, the conditions their results must meet, and how many bad measurements are tolerated.",
+    printcolumn = r#"{"name":"Metrics","type":"string","jsonPath":".spec.metrics[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateSpec {
+    /// Named arguments the queries use as `{{args.NAME}}`. An argument without a value must be
+    /// given by whoever runs the template (the Canary, or `canary analyze --arg`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("argument names must be unique"))]
+    #[schemars(length(max = 64))]
+    pub args: Vec<Argument>,
+    /// The metrics; every one must pass for the analysis to pass.
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("metric names must be unique"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub metrics: Vec<Metric>,
+}
+
+// The same content as `AnalysisTemplateSpec`; the kind makes it available to every namespace.
+/// The arguments and metrics of an analysis.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "canary.dev",
+    version = "v1alpha1",
+    kind = "ClusterAnalysisTemplate",
+    cel,
+    doc = "An AnalysisTemplate that Canaries in any namespace can use.",
+    printcolumn = r#"{"name":"Metrics","type":"string","jsonPath":".spec.metrics[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct ClusterAnalysisTemplateSpec(pub AnalysisTemplateSpec);
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.value) && has(self.valueFrom))").message("an argument has either value or valueFrom, not both"))]
+pub struct Argument {
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_-]*$')").message("argument names are letters, digits, '_' and '-', starting with a letter or '_'"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// A default value; the caller may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Read the value from a Secret in the template's namespace (never copied into status or logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueFrom {
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret, by reference: the value itself is never written into a manifest.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange)").message("a metric needs successCondition, failureCondition or thresholdRange: without one, no measurement can pass or fail"))]
+pub struct Metric {
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Time between measurements (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Wait this long before the first measurement, e.g. to let the canary warm up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Duration>,
+    /// How many measurements to take (errors are retried and do not count). Absent: measure
+    /// until the rollout step ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub count: Option<u32>,
+    /// CEL over `result`: true means this measurement passed. Example: `result[0] >= 0.99`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub success_condition: Option<String>,
+    /// CEL over `result`: true means this measurement failed. Example: `result[0] > 500`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub failure_condition: Option<String>,
+    /// Flagger's shorthand: the single value must lie within [min, max].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_range: Option<ThresholdRange>,
+    /// Failed measurements tolerated; one more fails the metric (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10000))]
+    pub failure_limit: Option<u32>,
+    /// Inconclusive measurements (no data, or neither condition met) tolerated; one more makes
+    /// the metric Inconclusive (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10000))]
+    pub inconclusive_limit: Option<u32>,
+    /// Consecutive query errors tolerated; one more makes the metric Error (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10000))]
+    pub consecutive_error_limit: Option<u32>,
+    /// Measure and report, but never let this metric decide the analysis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    pub provider: MetricProvider,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.min) || has(self.max)").message("thresholdRange needs min, max or both"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("thresholdRange.min must not be greater than max"))]
+pub struct ThresholdRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Where measurements come from. Exactly one provider is set (Prometheus, for now).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MetricProvider {
+    pub prometheus: PrometheusProvider,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusProvider {
+    /// Base URL of the Prometheus HTTP API. Absent: the controller's (or CLI's) `--prometheus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub address: Option<String>,
+    /// PromQL with `{{args.NAME}}` and context placeholders; see the README for escaping rules.
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
+    /// Give up on a query after this long (default 30s); the measurement is then an Error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Extra HTTP headers, e.g. a tenant id or an Authorization header from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a header has exactly one of value or valueFrom"))]
+pub struct Header {
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]+$')").message("header names are letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+impl Metric {
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    pub fn initial_delay(&self) -> Duration {
+        self.initial_delay.unwrap_or_default()
+    }
+
+    pub fn failure_limit(&self) -> u32 {
+        self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT)
+    }
+
+    pub fn inconclusive_limit(&self) -> u32 {
+        self.inconclusive_limit
+            .unwrap_or(DEFAULT_INCONCLUSIVE_LIMIT)
+    }
+
+    pub fn consecutive_error_limit(&self) -> u32 {
+        self.consecutive_error_limit
+            .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT)
+    }
+}
+
+impl PrometheusProvider {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT)
+    }
+}
+
+impl AnalysisTemplateSpec {
+    /// Arguments with their template defaults, keyed by name (values from Secrets are absent).
+    pub fn default_args(&self) -> BTreeMap<&str, &str> {
+        self.args
+            .iter()
+            .filter_map(|a| a.value.as_deref().map(|v| (a.name.as_str(), v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn template(spec: serde_json::Value) -> AnalysisTemplate {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "canary.dev/v1alpha1",
+            "kind": "AnalysisTemplate",
+            "metadata": {"name": "t"},
+            "spec": spec,
+        }))
+        .expect("test object deserializes")
+    }
+
+    fn metric(extra: serde_json::Value) -> serde_json::Value {
+        let mut m = serde_json::json!({
+            "name": "success-rate",
+            "provider": {"prometheus": {"query": "up"}},
+        });
+        m.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        m
+    }
+
+    #[test]
+    fn cel_rules_accept_a_good_template_and_reject_each_bad_one() {
+        let good = template(serde_json::json!({
+            "args": [{"name": "service", "value": "web"}],
+            "metrics": [metric(serde_json::json!({"successCondition": "result[0] >= 0.99"}))],
+        }));
+        good.validate_cel()
+            .expect("a good template passes its CEL rules");
+
+        let cases = [
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({}))]}),
+                "needs successCondition",
+            ),
+            (
+                serde_json::json!({"metrics": [
+                    metric(serde_json::json!({"successCondition": "true"})),
+                    metric(serde_json::json!({"successCondition": "true"})),
+                ]}),
+                "metric names must be unique",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({"thresholdRange": {"min": 2.0, "max": 1.0}}))]}),
+                "min must not be greater",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({"thresholdRange": {}}))]}),
+                "needs min, max or both",
+            ),
+            (
+                serde_json::json!({
+                    "args": [{"name": "a", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    "metrics": [metric(serde_json::json!({"successCondition": "true"}))],
+                }),
+                "either value or valueFrom",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let err = template(spec.clone())
+                .validate_cel()
+                .expect_err(&format!("{spec} should be rejected"));
+            assert!(
+                format!("{err:?}").contains(expected),
+                "{spec}: expected {expected:?} in {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_kinds_share_one_schema() {
+        let namespaced = serde_json::to_value(AnalysisTemplate::crd()).unwrap();
+        let cluster = serde_json::to_value(ClusterAnalysisTemplate::crd()).unwrap();
+        let spec_schema = |crd: &serde_json::Value| {
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+        };
+        assert_eq!(spec_schema(&namespaced), spec_schema(&cluster));
+        assert_eq!(cluster["spec"]["scope"], "Cluster");
+        assert_eq!(namespaced["spec"]["scope"], "Namespaced");
+    }
+}
