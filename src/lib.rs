@@ -5,4 +5,5 @@
 
 pub mod analysis;
 pub mod api;
+pub mod cli;
 pub mod metrics;

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use cel::common::ast::{Expr, IdedExpr, LiteralValue};
 use cel::objects::Value;
 use cel::parser::Expression;
 use cel::{Context, ExecutionError, FunctionContext, Program, ResolveResult};
@@ -77,6 +78,13 @@ pub enum ConditionError {
         function: String,
     },
     #[error(
+        "`{source_text}` compares a result with the whole number {literal} using == or !=: results are doubles and CEL never equates {literal} with {literal}.0, so write {literal}.0"
+    )]
+    IntEquality {
+        source_text: String,
+        literal: String,
+    },
+    #[error(
         "`{source_text}` does not give true or false for a scalar result ({scalar}) nor for a vector result ({vector})"
     )]
     NotBoolean {
@@ -107,7 +115,19 @@ impl Condition {
             message: e.to_string().trim().to_string(),
         })?;
         let references = program.references();
-        let binders = macro_binders(source_text);
+        let mut facts = TreeFacts::default();
+        inspect(
+            program.expression(),
+            &mut vec!["result".to_string()],
+            &mut facts,
+        );
+        if let Some(literal) = facts.int_equality {
+            return Err(ConditionError::IntEquality {
+                source_text: source_text.to_string(),
+                literal,
+            });
+        }
+        let binders = facts.binders;
         let mut variables = references.variables();
         variables.sort_unstable();
         if let Some(variable) = variables
@@ -184,21 +204,78 @@ impl Condition {
     }
 }
 
-/// Variables bound by comprehension macros, e.g. `x` in `result.all(x, x < 0.01)`.
-fn macro_binders(source_text: &str) -> Vec<String> {
-    let mut binders = Vec::new();
-    for name in ["all(", "exists(", "exists_one(", "map(", "filter("] {
-        for (at, _) in source_text.match_indices(name) {
-            let after = &source_text[at + name.len()..];
-            if let Some((binder, _)) = after.split_once(',') {
-                let binder = binder.trim();
-                if !binder.is_empty() && binder.chars().all(|c| c.is_alphanumeric() || c == '_') {
-                    binders.push(binder.to_string());
-                }
+/// Facts about a condition's syntax tree that the CEL crate does not check.
+#[derive(Default)]
+struct TreeFacts {
+    /// Variables bound by comprehension macros, e.g. `x` in `result.all(x, x < 0.01)`.
+    binders: Vec<String>,
+    /// `==`/`!=` between an int literal and a double such as `result[0] == 0`: CEL never
+    /// equates an int with a double, so such a comparison is silently never true.
+    int_equality: Option<String>,
+}
+
+fn inspect(expr: &IdedExpr, doubles: &mut Vec<String>, facts: &mut TreeFacts) {
+    match &expr.expr {
+        Expr::Call(call) => {
+            if matches!(call.func_name.as_str(), "_==_" | "_!=_")
+                && let [a, b] = call.args.as_slice()
+                && let Some(literal) = int_literal(a)
+                    .filter(|_| is_double(b, doubles))
+                    .or_else(|| int_literal(b).filter(|_| is_double(a, doubles)))
+            {
+                facts.int_equality.get_or_insert(literal.to_string());
+            }
+            for child in call.target.iter().map(|t| &**t).chain(&call.args) {
+                inspect(child, doubles, facts);
             }
         }
+        Expr::Comprehension(c) => {
+            inspect(&c.iter_range, doubles, facts);
+            facts.binders.push(c.iter_var.clone());
+            facts.binders.extend(c.iter_var2.iter().cloned());
+            facts.binders.push(c.accu_var.clone());
+            let over_doubles = is_double(&c.iter_range, doubles);
+            if over_doubles {
+                doubles.push(c.iter_var.clone());
+            }
+            for child in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                inspect(child, doubles, facts);
+            }
+            if over_doubles {
+                doubles.pop();
+            }
+        }
+        Expr::List(list) => {
+            for child in &list.elements {
+                inspect(child, doubles, facts);
+            }
+        }
+        Expr::Select(select) => inspect(&select.operand, doubles, facts),
+        _ => {}
     }
-    binders
+}
+
+fn int_literal(expr: &IdedExpr) -> Option<i64> {
+    match &expr.expr {
+        Expr::Literal(LiteralValue::Int(i)) => Some(*i.inner()),
+        _ => None,
+    }
+}
+
+/// Whether an expression certainly yields doubles (or a list of them): `result`, its
+/// elements, double literals, and arithmetic on any of those.
+fn is_double(expr: &IdedExpr, doubles: &[String]) -> bool {
+    match &expr.expr {
+        Expr::Ident(name) => doubles.contains(name),
+        Expr::Literal(LiteralValue::Double(_)) => true,
+        Expr::Call(call) => match call.func_name.as_str() {
+            "_[_]" => call.args.first().is_some_and(|a| is_double(a, doubles)),
+            "_+_" | "_-_" | "_*_" | "_/_" | "-_" => call.args.iter().any(|a| is_double(a, doubles)),
+            "double" | "default" => true,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Operators appear among a program's references as `_>=_`, `_[_]`, `!_` and the like.
@@ -261,7 +338,7 @@ mod tests {
 
     #[test]
     fn evaluates_argo_and_flagger_style_conditions() {
-        let cases: [(&str, ResultValue, bool); 14] = [
+        let cases: [(&str, ResultValue, bool); 17] = [
             ("result[0] >= 0.95", Vector(vec![0.97]), true),
             ("result[0] >= 0.95", Vector(vec![0.90]), false),
             ("result >= 0.95", Scalar(0.99), true),
@@ -280,6 +357,10 @@ mod tests {
             ),
             ("result.all(x, x < 0.01)", Vector(vec![0.001, 0.002]), true),
             ("result.exists(x, x > 0.5)", Vector(vec![0.1, 0.2]), false),
+            // What the Argo converter produces from `len(result) == 0`.
+            ("size(result) == 0", Vector(vec![]), true),
+            ("result[0] == 0.0", Vector(vec![0.0]), true),
+            ("result[0] * 100.0 >= 99.0", Vector(vec![0.995]), true),
         ];
         for (source, result, expected) in cases {
             let condition = Condition::compile(source).unwrap_or_else(|e| panic!("{source}: {e}"));
@@ -300,7 +381,11 @@ mod tests {
             ("value >= 0.95", "uses the variable \"value\""),
             ("avg(result) > 1", "unknown function \"avg\""),
             ("result[0]", "does not give true or false"),
-            ("result + 'x' == 1", "does not give true or false"),
+            ("result[0] == 0", "write 0.0"),
+            ("1 != result", "write 1.0"),
+            ("result.exists(x, x == 5)", "write 5.0"),
+            ("result[0] * 100 >= 99.0", "does not give true or false"),
+            ("result + 'x' > 1.0", "does not give true or false"),
         ];
         for (source, expected) in cases {
             let err = Condition::compile(source).expect_err(source);

@@ -4,9 +4,11 @@
 
 pub mod assessment;
 pub mod condition;
+pub mod import;
 pub mod measurement;
 pub mod render;
 pub mod run;
+pub mod validate;
 
 pub use assessment::AnalysisPhase;
 pub use measurement::MeasurementPhase;

@@ -14,6 +14,9 @@ use super::render::{self, Variables};
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::metrics::{MetricsSource, QueryRequest};
 
+/// Why a metric without any condition cannot run: no measurement could pass or fail.
+pub const NO_CONDITION: &str = "the metric has no successCondition, failureCondition or thresholdRange, so no measurement could pass or fail";
+
 /// A problem found while preparing or validating a template, located by metric and field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -186,6 +189,12 @@ pub fn prepare(
                     "a header needs value or valueFrom".into(),
                 ),
             }
+        }
+        if metric.success_condition.is_none()
+            && metric.failure_condition.is_none()
+            && metric.threshold_range.is_none()
+        {
+            problem("successCondition", NO_CONDITION.into());
         }
         if interval.is_zero() {
             problem("interval", "must be longer than 0s".into());

@@ -1,0 +1,887 @@
+//! Reading template files: ours (`canary.dev/v1alpha1` AnalysisTemplate and
+//! ClusterAnalysisTemplate), Argo Rollouts' (`argoproj.io/v1alpha1` AnalysisTemplate and
+//! ClusterAnalysisTemplate) and Flagger's (`flagger.app/v1beta1` MetricTemplate), as they are.
+//! Foreign templates are converted into our model; whatever cannot be carried over is reported,
+//! never dropped silently.
+
+use std::collections::BTreeSet;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::render;
+use crate::api::analysis_template::{
+    AnalysisTemplate, AnalysisTemplateSpec, Argument, ClusterAnalysisTemplate, Header, Metric,
+    MetricProvider, PrometheusProvider, SecretKeyRef, ValueFrom,
+};
+use crate::api::{API_VERSION, Duration};
+
+/// Where a template came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Origin {
+    Canary,
+    ArgoRollouts,
+    Flagger,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// Something to tell the user about a document, located by field path.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Note {
+    pub severity: Severity,
+    pub field: String,
+    pub message: String,
+}
+
+/// A template read from a document, in our model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedTemplate {
+    pub origin: Origin,
+    /// The kind as written in the document.
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// True for cluster-scoped kinds.
+    pub cluster_scoped: bool,
+    /// What could be read. Items that could not are left out and have an error note.
+    pub spec: AnalysisTemplateSpec,
+    /// Each metric's position in the document (items that failed to read shift the rest).
+    pub metric_positions: Vec<usize>,
+    /// Conversion notes, warnings and errors.
+    pub notes: Vec<Note>,
+}
+
+impl ImportedTemplate {
+    /// A template with errors must not run; `canary validate` still checks what could be read.
+    pub fn has_errors(&self) -> bool {
+        self.notes.iter().any(|n| n.severity == Severity::Error)
+    }
+}
+
+/// One YAML document of a file: imported, or the reasons it could not be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// Zero-based index of the document in its file.
+    pub index: usize,
+    /// The document's `metadata.name`, when it could be read.
+    pub name: Option<String>,
+    /// The document's `kind`, as written.
+    pub kind: Option<String>,
+    pub outcome: Result<ImportedTemplate, Vec<Note>>,
+}
+
+/// Reads every document of a YAML file. A YAML syntax error fails the whole file.
+pub fn read_documents(text: &str) -> Result<Vec<Document>, String> {
+    let values: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    Ok(values
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .enumerate()
+        .map(|(index, value)| {
+            let name = value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Document {
+                index,
+                name,
+                kind,
+                outcome: import(value),
+            }
+        })
+        .collect())
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
+    Note {
+        severity: Severity::Error,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn warning(field: impl Into<String>, message: impl Into<String>) -> Note {
+    Note {
+        severity: Severity::Warning,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    match (api_version, kind) {
+        (API_VERSION, "AnalysisTemplate") => import_ours::<AnalysisTemplate>(value, false),
+        (API_VERSION, "ClusterAnalysisTemplate") => {
+            import_ours::<ClusterAnalysisTemplate>(value, true)
+        }
+        ("argoproj.io/v1alpha1", "AnalysisTemplate" | "ClusterAnalysisTemplate") => {
+            import_argo(&value, kind)
+        }
+        ("flagger.app/v1beta1", "MetricTemplate") => import_flagger(&value),
+        _ => Err(vec![error(
+            "apiVersion/kind",
+            format!(
+                "{api_version:?}/{kind:?} is not a template this tool reads; expected {API_VERSION} AnalysisTemplate or ClusterAnalysisTemplate, argoproj.io/v1alpha1 AnalysisTemplate or ClusterAnalysisTemplate, or flagger.app/v1beta1 MetricTemplate"
+            ),
+        )]),
+    }
+}
+
+/// Our own kinds. Each argument and metric is read on its own, so that every problem of the
+/// document is reported at once; unknown fields are errors (a typo such as `sucessCondition` must
+/// not silently disable a check); the CRD's own CEL rules run on the document as written.
+fn import_ours<K>(value: Value, cluster_scoped: bool) -> Result<ImportedTemplate, Vec<Note>>
+where
+    K: kube::CustomResourceExt + kube::Resource<DynamicType = ()>,
+{
+    let mut notes = crd_rule_violations::<K>(&value);
+    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    match spec.as_object() {
+        None => notes.push(error("spec", "the template has no spec")),
+        Some(fields) => {
+            for key in fields.keys().filter(|k| *k != "args" && *k != "metrics") {
+                notes.push(unknown_field(&format!("spec.{key}")));
+            }
+        }
+    }
+    let (args, _) = parse_list::<Argument>(&spec, "args", &mut notes);
+    let (metrics, metric_positions) = parse_list::<Metric>(&spec, "metrics", &mut notes);
+    if spec.get("metrics").is_none() {
+        notes.push(error(
+            "spec.metrics",
+            "a template needs at least one metric",
+        ));
+    }
+    Ok(ImportedTemplate {
+        origin: Origin::Canary,
+        kind: K::kind(&()).into_owned(),
+        name: value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        namespace: value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        cluster_scoped,
+        spec: AnalysisTemplateSpec { args, metrics },
+        metric_positions,
+        notes,
+    })
+}
+
+/// Reads `spec.<key>[]` item by item; each failure becomes a note on that item. Returns the
+/// items read and their positions.
+fn parse_list<T: DeserializeOwned>(
+    spec: &Value,
+    key: &str,
+    notes: &mut Vec<Note>,
+) -> (Vec<T>, Vec<usize>) {
+    let items = spec
+        .get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut parsed = Vec::new();
+    let mut positions = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let label = match item.get("name").and_then(Value::as_str) {
+            Some(name) => format!("spec.{key}[{i}] ({name})"),
+            None => format!("spec.{key}[{i}]"),
+        };
+        let mut unknown = Vec::new();
+        match serde_ignored::deserialize(item, |path| unknown.push(path.to_string())) {
+            Ok(value) => {
+                parsed.push(value);
+                positions.push(i);
+            }
+            Err(e) => notes.push(error(label.clone(), e.to_string())),
+        }
+        notes.extend(
+            unknown
+                .iter()
+                .map(|path| unknown_field(&format!("{label}.{path}"))),
+        );
+    }
+    (parsed, positions)
+}
+
+fn unknown_field(path: &str) -> Note {
+    error(
+        path,
+        "unknown field: check its spelling against the CRD (`canary crds`)",
+    )
+}
+
+/// The CRD's `x-kubernetes-validations` rules, evaluated here as the API server would.
+fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
+    let crd = K::crd();
+    let Some(schema) = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+    else {
+        return Vec::new();
+    };
+    match kube::core::cel::Validator::new().validate(&schema, value, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| error(e.field_path.clone(), e.message.clone()))
+            .collect(),
+    }
+}
+
+/// The spec as a `canary.dev` resource, for `canary validate --convert`.
+pub fn to_canary_resource(template: &ImportedTemplate) -> Value {
+    let kind = if template.cluster_scoped {
+        "ClusterAnalysisTemplate"
+    } else {
+        "AnalysisTemplate"
+    };
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), Value::String(template.name.clone()));
+    if let (Some(ns), false) = (&template.namespace, template.cluster_scoped) {
+        metadata.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": metadata,
+        "spec": template.spec,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argo Rollouts
+
+fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>> {
+    let mut notes = Vec::new();
+    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    let dry_run_names: BTreeSet<String> = spec
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            d.get("metricName")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    if spec.get("measurementRetention").is_some() {
+        notes.push(warning(
+            "spec.measurementRetention",
+            "not converted: measurements are summarised in status instead",
+        ));
+    }
+    let args = spec
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, arg)| argo_arg(i, arg, &mut notes))
+        .collect();
+    let metrics_value = spec.get("metrics").and_then(Value::as_array);
+    if metrics_value.is_none_or(|m| m.is_empty()) {
+        notes.push(error(
+            "spec.metrics",
+            "an AnalysisTemplate needs at least one metric",
+        ));
+    }
+    let (metrics, positions) = metrics_value
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, m)| argo_metric(i, m, &dry_run_names, &mut notes).map(|m| (m, i)))
+        .unzip();
+    finish(
+        value,
+        Origin::ArgoRollouts,
+        kind,
+        kind == "ClusterAnalysisTemplate",
+        AnalysisTemplateSpec { args, metrics },
+        positions,
+        notes,
+    )
+}
+
+fn argo_arg(i: usize, arg: &Value, notes: &mut Vec<Note>) -> Option<Argument> {
+    let field = format!("spec.args[{i}]");
+    let Some(name) = arg.get("name").and_then(Value::as_str) else {
+        notes.push(error(format!("{field}.name"), "an argument needs a name"));
+        return None;
+    };
+    let value = arg.get("value").map(scalar_text);
+    let value_from = match arg.get("valueFrom") {
+        None => None,
+        Some(from) => match from.get("secretKeyRef") {
+            Some(secret) => secret_ref(secret).map(|secret_key_ref| ValueFrom { secret_key_ref }),
+            None => {
+                notes.push(warning(
+                    format!("{field}.valueFrom"),
+                    format!(
+                        "only secretKeyRef is converted (fieldRef reads the Rollout's own fields); pass {name} as an argument instead"
+                    ),
+                ));
+                None
+            }
+        },
+    };
+    Some(Argument {
+        name: name.to_string(),
+        value,
+        value_from,
+    })
+}
+
+fn secret_ref(value: &Value) -> Option<SecretKeyRef> {
+    Some(SecretKeyRef {
+        name: value.get("name")?.as_str()?.to_string(),
+        key: value.get("key")?.as_str()?.to_string(),
+    })
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn argo_metric(
+    i: usize,
+    metric: &Value,
+    dry_run_names: &BTreeSet<String>,
+    notes: &mut Vec<Note>,
+) -> Option<Metric> {
+    let field = format!("spec.metrics[{i}]");
+    let name = metric
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let start = notes.len();
+    warn_unconverted(metric, ARGO_METRIC_FIELDS, &field, notes);
+    let duration = |key: &str, notes: &mut Vec<Note>| -> Option<Duration> {
+        let text = metric.get(key).map(scalar_text)?;
+        text.parse()
+            .map_err(|e: crate::api::duration::ParseDurationError| {
+                notes.push(error(format!("{field}.{key}"), e.to_string()))
+            })
+            .ok()
+    };
+    let interval = duration("interval", notes);
+    let initial_delay = duration("initialDelay", notes);
+    let count = int_or_string(metric, "count", &field, notes);
+    let failure_limit = int_or_string(metric, "failureLimit", &field, notes);
+    let inconclusive_limit = int_or_string(metric, "inconclusiveLimit", &field, notes);
+    let consecutive_error_limit = int_or_string(metric, "consecutiveErrorLimit", &field, notes);
+    if metric.get("consecutiveSuccessLimit").is_some() {
+        notes.push(warning(
+            format!("{field}.consecutiveSuccessLimit"),
+            "not converted: use count and failureLimit",
+        ));
+    }
+    let condition = |key: &str, notes: &mut Vec<Note>| {
+        let text = metric.get(key)?.as_str()?;
+        match expr_to_cel(text) {
+            Ok(cel) => {
+                if cel != text {
+                    notes.push(warning(
+                        format!("{field}.{key}"),
+                        format!("Argo expression `{text}` converted to CEL `{cel}`"),
+                    ));
+                }
+                Some(cel)
+            }
+            Err(why) => {
+                notes.push(error(format!("{field}.{key}"), why));
+                None
+            }
+        }
+    };
+    let success_condition = condition("successCondition", notes);
+    let failure_condition = condition("failureCondition", notes);
+    let provider = metric.get("provider").unwrap_or(&Value::Null);
+    let prometheus = match provider.get("prometheus") {
+        Some(p) => argo_prometheus(p, &format!("{field}.provider.prometheus"), notes),
+        None => {
+            let names: Vec<&str> = provider
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            notes.push(error(
+                format!("{field}.provider"),
+                format!(
+                    "provider {} is not supported; only prometheus is",
+                    if names.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+            None
+        }
+    };
+    let dry_run = dry_run_names.contains(&name) || dry_run_names.contains("*");
+    if notes[start..].iter().any(|n| n.severity == Severity::Error) {
+        return None;
+    }
+    Some(Metric {
+        name,
+        interval,
+        initial_delay,
+        count,
+        success_condition,
+        failure_condition,
+        threshold_range: None,
+        failure_limit,
+        inconclusive_limit,
+        consecutive_error_limit,
+        dry_run,
+        provider: MetricProvider {
+            prometheus: prometheus?,
+        },
+    })
+}
+
+const ARGO_METRIC_FIELDS: &[&str] = &[
+    "name",
+    "interval",
+    "initialDelay",
+    "count",
+    "successCondition",
+    "failureCondition",
+    "failureLimit",
+    "inconclusiveLimit",
+    "consecutiveErrorLimit",
+    "consecutiveSuccessLimit",
+    "provider",
+];
+
+const ARGO_PROMETHEUS_FIELDS: &[&str] = &[
+    "address",
+    "query",
+    "timeout",
+    "insecure",
+    "headers",
+    "authentication",
+    "rangeQuery",
+];
+
+/// Fields of an Argo object that have no counterpart here: said, never dropped silently.
+fn warn_unconverted(object: &Value, known: &[&str], field: &str, notes: &mut Vec<Note>) {
+    for key in object.as_object().into_iter().flat_map(|o| o.keys()) {
+        if !known.contains(&key.as_str()) {
+            notes.push(warning(
+                format!("{field}.{key}"),
+                format!("{key} is not converted: it has no counterpart in canary.dev templates"),
+            ));
+        }
+    }
+}
+
+/// Argo's int-or-string fields (`count: 5`, `count: "5"`; templated values cannot be carried).
+fn int_or_string(metric: &Value, key: &str, field: &str, notes: &mut Vec<Note>) -> Option<u32> {
+    let value = metric.get(key)?;
+    let parsed = match value {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    if parsed.is_none() {
+        notes.push(error(
+            format!("{field}.{key}"),
+            format!(
+                "{} is not a non-negative whole number (templated values such as {{{{args.x}}}} are not supported here)",
+                scalar_text(value)
+            ),
+        ));
+    }
+    parsed
+}
+
+fn argo_prometheus(
+    value: &Value,
+    field: &str,
+    notes: &mut Vec<Note>,
+) -> Option<PrometheusProvider> {
+    let Some(query) = value.get("query").and_then(Value::as_str) else {
+        notes.push(error(
+            format!("{field}.query"),
+            "a Prometheus metric needs a query",
+        ));
+        return None;
+    };
+    if value.get("authentication").is_some() {
+        notes.push(error(
+            format!("{field}.authentication"),
+            "sigv4/oauth2 authentication is not supported; put the credential in a Secret and send it with headers[].valueFrom",
+        ));
+    }
+    if value.get("rangeQuery").is_some() {
+        notes.push(error(
+            format!("{field}.rangeQuery"),
+            "range queries are not supported: write an instant query (e.g. with rate(...[5m]))",
+        ));
+    }
+    warn_unconverted(value, ARGO_PROMETHEUS_FIELDS, field, notes);
+    let timeout = value.get("timeout").and_then(|t| match t {
+        Value::Number(n) => n.as_u64().map(Duration::from_secs),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    let headers = value
+        .get("headers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|h| {
+            Some(Header {
+                name: h.get("key")?.as_str()?.to_string(),
+                value: h.get("value").map(scalar_text),
+                value_from: None,
+            })
+        })
+        .collect();
+    Some(PrometheusProvider {
+        address: value
+            .get("address")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        query: query.to_string(),
+        timeout,
+        headers,
+        insecure: value
+            .get("insecure")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// Converts the common subset of Argo's `expr` language to CEL: `and`/`or`/`not`, `len`,
+/// `asInt`/`asFloat`, `nil`, the `all/any/none/filter/map(list, {# …})` predicates, and integer
+/// literals to doubles (CEL does not mix int and double in arithmetic), except list indexes.
+pub fn expr_to_cel(expr: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    let mut bracket_depth = 0usize;
+    // Calls whose parentheses are open, and the last one closed: a number compared with the
+    // int that `size(...)`/`int(...)` returns must stay an int (CEL never equates 0 and 0.0).
+    let mut open_calls: Vec<String> = Vec::new();
+    let mut last_closed_call: Option<String> = None;
+    let mut pending_call: Option<String> = None;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+            out.extend(&chars[start..i]);
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next_is_paren = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+            last_closed_call = None;
+            pending_call = next_is_paren.then(|| match word.as_str() {
+                "len" => "size".to_string(),
+                "asInt" => "int".to_string(),
+                other => other.to_string(),
+            });
+            match (word.as_str(), next_is_paren) {
+                ("and", false) => out.push_str("&&"),
+                ("or", false) => out.push_str("||"),
+                ("not", false) => out.push('!'),
+                ("nil", false) => out.push_str("null"),
+                ("len", true) => out.push_str("size"),
+                ("asInt", true) => out.push_str("int"),
+                ("asFloat", true) => out.push_str("double"),
+                ("all" | "any" | "none" | "filter" | "map", true) => {
+                    let (converted, consumed) = predicate(&word, &chars[i..])?;
+                    out.push_str(&converted);
+                    i += consumed;
+                }
+                _ => out.push_str(&word),
+            }
+            continue;
+        }
+        if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                i += 1;
+            }
+            let number: String = chars[start..i].iter().collect();
+            let inside_index = bracket_depth > 0;
+            let compared_with_int = last_closed_call
+                .as_deref()
+                .is_some_and(|call| matches!(call, "size" | "int"))
+                && out.trim_end().ends_with(['=', '<', '>']);
+            last_closed_call = None;
+            if number.contains('.') || inside_index || compared_with_int {
+                out.push_str(&number);
+            } else {
+                out.push_str(&number);
+                out.push_str(".0");
+            }
+            continue;
+        }
+        match c {
+            '[' => bracket_depth += 1,
+            ']' => bracket_depth = bracket_depth.saturating_sub(1),
+            '(' => open_calls.push(pending_call.take().unwrap_or_default()),
+            ')' => last_closed_call = open_calls.pop(),
+            '#' => {
+                return Err(
+                    "`#` outside a predicate such as all(result, {# > 0.9}) cannot be converted"
+                        .into(),
+                );
+            }
+            c if c.is_whitespace() || "=<>!".contains(c) => {}
+            _ => last_closed_call = None,
+        }
+        out.push(c);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// `all(list, {pred with #})` → `list.all(x, pred with x)`; returns text and chars consumed.
+fn predicate(word: &str, rest: &[char]) -> Result<(String, usize), String> {
+    let text: String = rest.iter().collect();
+    let open = text.find('(').expect("caller saw a parenthesis");
+    let mut depth = 0;
+    let mut close = None;
+    for (at, c) in text.char_indices().skip(open) {
+        match c {
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(at);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(|| format!("unbalanced parentheses after {word}"))?;
+    let inner = &text[open + 1..close];
+    let (list, body) = inner
+        .split_once(',')
+        .ok_or_else(|| format!("{word}(...) needs a list and a {{predicate}}"))?;
+    let body = body.trim();
+    // expr accepts the predicate with or without braces: `all(xs, {# > 1})`, `all(xs, # > 1)`.
+    let body = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(body);
+    let list = expr_to_cel(list.trim())?;
+    let body = expr_to_cel(&body.replace('#', "x"))?;
+    let macro_name = match word {
+        "any" => "exists",
+        "none" => return Ok((format!("!{list}.exists(x, {body})"), close + 1)),
+        other => other,
+    };
+    let consumed = text[..close + 1].chars().count();
+    Ok((format!("{list}.{macro_name}(x, {body})"), consumed))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flagger
+
+fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
+    let mut notes = Vec::new();
+    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    let provider = spec.get("provider").cloned().unwrap_or(Value::Null);
+    let provider_type = provider.get("type").and_then(Value::as_str).unwrap_or("");
+    if provider_type != "prometheus" {
+        notes.push(error(
+            "spec.provider.type",
+            format!("provider type {provider_type:?} is not supported; only prometheus is"),
+        ));
+    }
+    if provider.get("secretRef").is_some() {
+        notes.push(warning(
+            "spec.provider.secretRef",
+            "not converted: put the full Authorization header value in a Secret and reference it from provider.prometheus.headers[].valueFrom",
+        ));
+    }
+    let query = spec.get("query").and_then(Value::as_str).unwrap_or("");
+    if query.is_empty() {
+        notes.push(error("spec.query", "a MetricTemplate needs a query"));
+    }
+    // Flagger writes `{{ variables.x }}` for the Canary's templateVariables, and fills `name`,
+    // `service` and `ingress` from the Canary; here they all become arguments. The context names
+    // we share (namespace, target, interval) stay as they are.
+    let mut args: Vec<Argument> = Vec::new();
+    let mut converted = query.to_string();
+    for placeholder in render::placeholders(query) {
+        if render::CONTEXT_NAMES.contains(&placeholder) {
+            continue;
+        }
+        let name = placeholder
+            .strip_prefix("variables.")
+            .unwrap_or(placeholder)
+            .trim();
+        for written in [
+            format!("{{{{{placeholder}}}}}"),
+            format!("{{{{ {placeholder} }}}}"),
+        ] {
+            converted = converted.replace(&written, &format!("{{{{args.{name}}}}}"));
+        }
+        if !args.iter().any(|a| a.name == name) {
+            if !placeholder.starts_with("variables.") {
+                notes.push(warning(
+                    "spec.query",
+                    format!("{{{{ {placeholder} }}}} is filled in by Flagger from the Canary; here it is the argument {name}: pass it with --arg {name}=... or the Canary's analysis args"),
+                ));
+            }
+            args.push(Argument {
+                name: name.to_string(),
+                value: None,
+                value_from: None,
+            });
+        }
+    }
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("metric")
+        .to_string();
+    notes.push(warning(
+        "spec",
+        "Flagger keeps the pass/fail threshold in the Canary (analysis.metrics[].thresholdRange), not in the MetricTemplate: add thresholdRange (or a condition) to the converted metric before running it",
+    ));
+    let metric = Metric {
+        name,
+        interval: None,
+        initial_delay: None,
+        count: None,
+        success_condition: None,
+        failure_condition: None,
+        threshold_range: None,
+        failure_limit: None,
+        inconclusive_limit: None,
+        consecutive_error_limit: None,
+        dry_run: false,
+        provider: MetricProvider {
+            prometheus: PrometheusProvider {
+                address: provider
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                query: converted,
+                timeout: None,
+                headers: Vec::new(),
+                insecure: provider
+                    .get("insecureSkipVerify")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            },
+        },
+    };
+    finish(
+        value,
+        Origin::Flagger,
+        "MetricTemplate",
+        false,
+        AnalysisTemplateSpec {
+            args,
+            metrics: vec![metric],
+        },
+        vec![0],
+        notes,
+    )
+}
+
+fn finish(
+    value: &Value,
+    origin: Origin,
+    kind: &str,
+    cluster_scoped: bool,
+    spec: AnalysisTemplateSpec,
+    metric_positions: Vec<usize>,
+    notes: Vec<Note>,
+) -> Result<ImportedTemplate, Vec<Note>> {
+    Ok(ImportedTemplate {
+        origin,
+        kind: kind.to_string(),
+        name: value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        namespace: value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        cluster_scoped,
+        spec,
+        metric_positions,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_argo_expressions_to_cel() {
+        let cases = [
+            ("result[0] >= 0.95", "result[0] >= 0.95"),
+            ("result[0] >= 1", "result[0] >= 1.0"),
+            (
+                "len(result) == 0 or result[0] < 5",
+                "size(result) == 0 || result[0] < 5.0",
+            ),
+            ("result[0] * 100 >= 99", "result[0] * 100.0 >= 99.0"),
+            ("(result[0]) == 0", "(result[0]) == 0.0"),
+            (
+                "not isNaN(result[0]) and result[0] > 0.9",
+                "! isNaN(result[0]) && result[0] > 0.9",
+            ),
+            ("all(result, {# > 0.9})", "result.all(x, x > 0.9)"),
+            ("any(result, {# < 0.5})", "result.exists(x, x < 0.5)"),
+            ("none(result, {# < 0.5})", "!result.exists(x, x < 0.5)"),
+            ("all(result, # < 1000)", "result.all(x, x < 1000.0)"),
+            ("asInt(result[0]) == 1", "int(result[0]) == 1"),
+            ("result[0] == nil", "result[0] == null"),
+            ("'and' == 'and'", "'and' == 'and'"),
+        ];
+        for (argo, cel) in cases {
+            assert_eq!(expr_to_cel(argo).unwrap(), cel, "{argo}");
+        }
+        assert!(expr_to_cel("# > 1").is_err());
+    }
+}

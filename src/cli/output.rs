@@ -1,0 +1,55 @@
+//! Human output: aligned tables, short times.
+
+/// Renders rows as left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `2026-11-20T10:01:00Z`: seconds precision, UTC.
+pub fn time(timestamp: jiff::Timestamp) -> String {
+    timestamp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let text = table(
+            &["A", "LONG HEADER", "LAST"],
+            &[
+                vec!["x".into(), "y".into(), "the end".into()],
+                vec!["wider".into(), "z".into(), "".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "A      LONG HEADER  LAST\nx      y            the end\nwider  z\n"
+        );
+    }
+}

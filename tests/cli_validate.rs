@@ -1,0 +1,151 @@
+//! `canary validate` as users run it: the binary, on real files.
+
+use std::process::{Command, Output};
+
+fn canary(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canary"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("canary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn accepts_the_argo_and_flagger_documentation_examples() {
+    let output = canary(&[
+        "validate",
+        "tests/fixtures/argo/success-rate.yaml",
+        "tests/fixtures/argo/analysis-features.yaml",
+        "tests/fixtures/flagger/linkerd-latency.yaml",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("AnalysisTemplate success-rate: ok"), "{text}");
+    // Conversions are shown, not hidden.
+    assert!(
+        text.contains("converted to CEL `result.all(x, x < 500.0) && ! isNaN(result[0])`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MetricTemplate grpc-error-rate-percentage: warning"),
+        "{text}"
+    );
+}
+
+#[test]
+fn reports_every_problem_of_a_broken_template_at_once() {
+    let output = canary(&["validate", "tests/fixtures/canary/broken.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    let expected = [
+        "spec.metrics[0] (typo).sucessCondition: unknown field",
+        "metric bad-cel: spec.metrics[1].successCondition: `result[0] >=` is not valid CEL",
+        "metric int-equality: spec.metrics[2].successCondition: `result[0] == 0` compares a result with the whole number 0",
+        "metric undeclared-arg: spec.metrics[3].provider.prometheus.query: {{args.job}} is used but the template declares no argument \"job\"",
+        "spec.metrics[4]: a metric needs successCondition, failureCondition or thresholdRange",
+        "spec.metrics[5].thresholdRange: thresholdRange.min must not be greater than max",
+        "spec.metrics[5] (bad-range): invalid duration \"5 minutes\"",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(
+        text.matches("no measurement can pass or fail").count(),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
+fn rejects_what_cannot_be_converted_and_says_why() {
+    let output = canary(&[
+        "validate",
+        "tests/fixtures/argo/oauth2.yaml",
+        "tests/fixtures/argo/datadog.yaml",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("authentication: sigv4/oauth2 authentication is not supported"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provider datadog is not supported; only prometheus is"),
+        "{text}"
+    );
+}
+
+#[test]
+fn converted_templates_are_valid_canary_templates() {
+    let output = canary(&[
+        "validate",
+        "--convert",
+        "tests/fixtures/argo/analysis-features.yaml",
+        "tests/fixtures/argo/success-rate.yaml",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let converted = stdout(&output);
+    assert!(
+        converted.contains("apiVersion: canary.dev/v1alpha1"),
+        "{converted}"
+    );
+    assert!(
+        converted.contains("kind: ClusterAnalysisTemplate"),
+        "{converted}"
+    );
+    assert!(converted.contains("dryRun: true"), "{converted}");
+    assert!(converted.contains("secretKeyRef"), "{converted}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("converted.yaml");
+    std::fs::write(&path, &converted).unwrap();
+    let again = canary(&["validate", path.to_str().unwrap()]);
+    let text = stdout(&again);
+    assert_eq!(again.status.code(), Some(0), "{text}\n{converted}");
+    assert_eq!(text.matches(": ok").count(), 2, "{text}");
+}
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let output = canary(&[
+        "validate",
+        "-o",
+        "json",
+        "tests/fixtures/canary/broken.yaml",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["valid"], false);
+    let findings = json["files"][0]["documents"][0]["findings"]
+        .as_array()
+        .unwrap();
+    assert!(findings.len() >= 7, "{findings:?}");
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["severity"] == "error" && f["field"].is_string())
+    );
+}
+
+#[test]
+fn missing_and_malformed_files_are_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "metrics: [unclosed").unwrap();
+    let output = canary(&["validate", "no-such-file.yaml", bad.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("no-such-file.yaml: error: cannot read the file"),
+        "{text}"
+    );
+    assert!(text.contains("bad.yaml: error: not valid YAML"), "{text}");
+}
