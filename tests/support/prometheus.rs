@@ -2,7 +2,8 @@
 //!
 //! - [`Prometheus::builder`] starts the Debian `prometheus` binary on a free `127.0.0.1` port
 //!   with a temporary data dir and a generated config, and waits (bounded) for `/-/ready`.
-//!   Dropping the handle kills and reaps the process, also when the test panics.
+//!   Dropping the handle kills and reaps the process, also when the test panics; a small
+//!   `sh` guard kills it too if the test process dies without running destructors.
 //! - Historical data: [`OpenMetrics`] writes exposition text with timestamps, which
 //!   [`PrometheusBuilder::backfill`] turns into TSDB blocks with
 //!   `promtool tsdb create-blocks-from openmetrics` before the server starts, so queries with
@@ -340,19 +341,22 @@ impl PrometheusBuilder {
             let port = free_port();
             let log_path = dir.path().join(format!("prometheus-{port}.log"));
             let log = std::fs::File::create(&log_path).expect("creating the Prometheus log");
-            let child = Command::new(prometheus)
+            let mut child = Command::new("sh")
+                .args(["-c", GUARD, "canary-prometheus-guard"])
+                .arg(prometheus)
                 .arg(format!("--config.file={}", config.display()))
                 .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 // Backfilled samples are old: keep them whatever their age.
                 .arg("--storage.tsdb.retention.time=100y")
                 .arg("--log.level=warn")
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
                 .expect("starting prometheus");
             let mut server = Prometheus {
+                lifeline: child.stdin.take(),
                 child: Some(child),
                 port,
                 log: log_path,
@@ -387,8 +391,29 @@ impl PrometheusBuilder {
     }
 }
 
-/// A running Prometheus; killed and reaped on drop.
+/// Runs Prometheus (`$1`, with the remaining arguments) and SIGKILLs it as soon as its
+/// standard input reaches end of file: when the handle is dropped, and also when the test
+/// process dies without running destructors (killed, aborted, or the handle kept in a
+/// `static`, which is never dropped). Exits with Prometheus' status when Prometheus exits.
+/// A background list reads /dev/null unless redirected, hence the descriptor 3 copy of stdin.
+const GUARD: &str = r#"exec 3<&0
+bin="$1"; shift
+"$bin" "$@" </dev/null &
+p=$!
+{ read -r _ <&3; kill -KILL "$p" 2>/dev/null; } &
+r=$!
+wait "$p"; status=$?
+kill "$r" 2>/dev/null
+exit "$status""#;
+
+/// How long stopping may take before the guard itself is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running Prometheus; killed and reaped on drop (and killed by its guard if the test
+/// process dies first).
 pub struct Prometheus {
+    /// The write end of the guard's stdin: closing it stops Prometheus.
+    lifeline: Option<std::process::ChildStdin>,
     child: Option<Child>,
     port: u16,
     log: PathBuf,
@@ -468,7 +493,13 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
+        // End of file on the guard's stdin: it kills Prometheus, reaps it and exits.
+        drop(self.lifeline.take());
         if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(POLL_EVERY / 10);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
