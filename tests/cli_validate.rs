@@ -1,18 +1,9 @@
 //! `canary validate` as users run it: the binary, on real files.
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
 
-fn canary(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_canary"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("canary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use cli::{canary, stdout};
 
 #[test]
 fn accepts_the_argo_and_flagger_documentation_examples() {

@@ -125,8 +125,19 @@ pub fn assess(limits: &Limits, tally: &Tally, ending: bool) -> Assessment {
         tally.errors,
         plural(tally.errors)
     );
+    let complete = count.is_some_and(|count| tally.measured >= count);
+    if (complete || ending) && tally.measured > 0 && tally.successful == 0 {
+        // Tolerated failures or inconclusive measurements are tolerated next to passing ones;
+        // with not a single pass there is no evidence the metric is healthy.
+        let phase = if tally.failed > 0 {
+            AnalysisPhase::Failed
+        } else {
+            AnalysisPhase::Inconclusive
+        };
+        return verdict(phase, format!("no measurement passed: {summary}"));
+    }
     if let Some(count) = count
-        && tally.measured >= count
+        && complete
     {
         return verdict(
             AnalysisPhase::Successful,

@@ -175,8 +175,9 @@ fn vector_len(result: &ResultValue) -> usize {
     }
 }
 
-/// Why a result carries no usable data, if it does not.
+/// Why a result carries no usable data, if it does not. The query is named on one line.
 fn missing_data(result: &ResultValue, query: &str) -> Option<String> {
+    let query = one_line(query);
     let values: &[f64] = match result {
         ResultValue::Scalar(x) => std::slice::from_ref(x),
         ResultValue::Vector(xs) if xs.is_empty() => {
@@ -197,6 +198,11 @@ fn missing_data(result: &ResultValue, query: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// A query as one line: multi-line PromQL is written for reading, reasons are read in tables.
+pub fn one_line(query: &str) -> String {
+    query.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn outside_range(x: f64, range: &ThresholdRange) -> Option<String> {

@@ -8,6 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::output::{table, time};
 use super::{Exit, OutputFormat, parse_key_value};
 use crate::analysis::import::{ImportedTemplate, read_documents};
+use crate::analysis::measurement::one_line;
 use crate::analysis::render::CONTEXT_NAMES;
 use crate::analysis::run::{self, AnalysisReport, Measurement, MetricReport, NoSecrets, Schedule};
 use crate::analysis::{AnalysisPhase, MeasurementPhase};
@@ -49,10 +50,10 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["from", "to", "for_duration"])]
     pub once: bool,
     /// Start of a past window to analyse retrospectively.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time, allow_hyphen_values = true)]
     pub from: Option<Timestamp>,
     /// End of the window (default: now).
-    #[arg(long, value_parser = parse_time, requires = "from")]
+    #[arg(long, value_parser = parse_time, requires = "from", allow_hyphen_values = true)]
     pub to: Option<Timestamp>,
     /// Live mode: stop after this long (needed when a metric has no count).
     #[arg(long = "for", value_name = "DURATION", conflicts_with = "from")]
@@ -172,8 +173,9 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
     if human {
         eprintln!("{}", describe_schedule(&template, &prepared, schedule));
     }
-    // One line per measurement as it is taken; a single --once pass is shown by the table.
-    let progress = human && schedule != Schedule::Once;
+    // Live runs take minutes: one line per measurement as it is taken. Once and retrospective
+    // runs finish at once, and the tables below show every measurement.
+    let progress = human && matches!(schedule, Schedule::Live { .. });
     let report = run::run(&source, &prepared, schedule, |metric, measurement| {
         if progress {
             eprintln!("{}", progress_line(metric, measurement));
@@ -324,7 +326,7 @@ fn human_report(report: &AnalysisReport) -> String {
                 out.push_str(&format!("  {line}\n"));
             }
         }
-        out.push_str(&format!("  query: {}\n", metric.query.trim()));
+        out.push_str(&format!("  query: {}\n", one_line(&metric.query)));
     }
     out.push_str(&format!(
         "\nVerdict: {:?} (exit {}) for template {}\n",

@@ -146,16 +146,45 @@ fn classify(address: &str, timeout_ms: u128, error: PrometheusError) -> MetricsE
     }
 }
 
-/// The error and its causes on one line ("error sending request: connection refused").
+/// The error and its causes on one line ("error sending request: connection refused"),
+/// without the request URL: it repeats the address and carries the whole encoded query.
 fn describe_chain(error: &dyn std::error::Error) -> String {
-    let mut parts = vec![error.to_string()];
+    let mut parts = vec![without_url(&error.to_string())];
     let mut source = error.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
+        let text = without_url(&cause.to_string());
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = cause.source();
     }
     parts.join(": ")
+}
+
+/// Drops reqwest's " for url (…)" from an error message.
+fn without_url(message: &str) -> String {
+    match message.find(" for url (") {
+        Some(start) => {
+            let rest = &message[start..];
+            let end = rest.find(')').map_or(message.len(), |e| start + e + 1);
+            format!("{}{}", &message[..start], &message[end..])
+        }
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_drop_the_request_url() {
+        assert_eq!(
+            without_url(
+                "error sending request for url (http://127.0.0.1:1/api/v1/query?query=sum%28x%29)"
+            ),
+            "error sending request"
+        );
+        assert_eq!(without_url("connection refused"), "connection refused");
+    }
 }
