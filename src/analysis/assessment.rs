@@ -10,7 +10,19 @@ use super::measurement::MeasurementPhase;
 
 /// The phase of a metric or of a whole analysis, ordered from best to worst; the analysis
 /// takes the worst phase of the metrics that are not dry-run.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 pub enum AnalysisPhase {
     Successful,
     Running,
@@ -39,7 +51,9 @@ pub struct Limits {
 }
 
 /// Counts of a metric's measurements so far.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Tally {
     /// Measurements that were not errors: these count towards `count`.

@@ -17,7 +17,7 @@ use super::condition::{Condition, ConditionError, ResultValue, describe, format_
 use crate::api::analysis_template::{Metric, ThresholdRange};
 use crate::metrics::{MetricsError, QueryOutput};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeasurementPhase {
     Successful,
     Failed,

@@ -1,12 +1,14 @@
 //! The `canary.dev/v1alpha1` API: custom resource types and their generated CRDs.
 
 pub mod analysis_template;
+pub mod canary;
 pub mod duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub use analysis_template::{AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate};
+pub use canary::{Canary, CanarySpec, CanaryStatus};
 pub use duration::Duration;
 
 pub const GROUP: &str = "canary.dev";
@@ -17,6 +19,7 @@ pub const API_VERSION: &str = "canary.dev/v1alpha1";
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("analysistemplates.yaml", AnalysisTemplate::crd()),
+        ("canaries.yaml", Canary::crd()),
         (
             "clusteranalysistemplates.yaml",
             ClusterAnalysisTemplate::crd(),

@@ -1,0 +1,639 @@
+//! `Canary` (`canary.dev/v1alpha1`): one service's progressive delivery — which Deployment,
+//! how traffic is split, the steps, the analysis — and, in status, everything needed to
+//! continue a rollout after a restart and to explain every decision.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use crate::analysis::assessment::{AnalysisPhase, Tally};
+use crate::analysis::measurement::MeasurementPhase;
+
+/// The annotation that carries a manual request: `<action>:<id>` (see [`RequestAction`]).
+/// The controller acts once per id and records it in `status.lastRequest`. An annotation, not a
+/// spec field, so GitOps tools that own the spec do not revert it.
+pub const REQUEST_ANNOTATION: &str = "canary.dev/request";
+/// Default progress deadline, as in Flagger and Argo Rollouts.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "canary.dev",
+    version = "v1alpha1",
+    kind = "Canary",
+    namespaced,
+    cel,
+    status = "CanaryStatus",
+    shortname = "cnry",
+    doc = "Progressive delivery of one Deployment: traffic moves to the canary in steps while analysis judges it; then it is promoted or rolled back.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.stepDisplay"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.canaryRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!(has(self.steps) && (has(self.stepWeight) || has(self.maxWeight) || has(self.interval)))").message("use either steps or the stepWeight/maxWeight/interval shorthand, not both"))]
+#[x_kube(validation = Rule::new("has(self.steps) || (has(self.stepWeight) && has(self.maxWeight))").message("give steps, or stepWeight and maxWeight"))]
+#[x_kube(validation = Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("stepWeight must not be greater than maxWeight"))]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// The Deployment whose pod template is the desired version (CI or GitOps changes it).
+    pub target_ref: TargetRef,
+    /// The port the service listens on.
+    pub service: ServicePort,
+    pub traffic_routing: TrafficRouting,
+    /// The rollout, step by step. Each step is exactly one of setWeight, pause, analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(s, [has(s.setWeight), has(s.pause), has(s.analysis)].filter(x, x).size() == 1)").message("each step has exactly one of setWeight, pause or analysis"))]
+    #[x_kube(validation = Rule::new("self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()").message("setWeight steps must not decrease"))]
+    #[schemars(length(min = 1, max = 64))]
+    pub steps: Option<Vec<Step>>,
+    /// Shorthand: raise the canary weight by this much at each interval...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub step_weight: Option<u8>,
+    /// ...up to this weight, then promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_weight: Option<u8>,
+    /// Shorthand: how long each weight is held (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Analysis that runs in the background from `startingStep` until promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+    /// A canary that is not ready this long after it was (re)deployed or scaled is rolled back
+    /// (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: Option<u32>,
+    /// What a failed analysis does: roll back (default), or pause for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_analysis_failure: Option<OnAnalysisFailure>,
+    /// Promote new revisions without steps or analysis (emergency fixes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_analysis: bool,
+    /// Start no new rollout; a running one holds where it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// `apps/v1` (the only one supported).
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// `Deployment` (the only one supported).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+fn default_api_version() -> String {
+    "apps/v1".into()
+}
+
+fn default_kind() -> String {
+    "Deployment".into()
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TrafficRouting {
+    pub istio: IstioRouting,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioRouting {
+    pub virtual_service: VirtualServiceRef,
+    pub destination_rule: DestinationRuleRef,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VirtualServiceRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Names of the HTTP routes whose weights are managed; absent: every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_stable_subset")]
+    pub stable_subset_name: String,
+    #[serde(default = "default_canary_subset")]
+    pub canary_subset_name: String,
+}
+
+fn default_stable_subset() -> String {
+    "stable".into()
+}
+
+fn default_canary_subset() -> String {
+    "canary".into()
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Send this share of traffic (0–100) to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub set_weight: Option<u8>,
+    /// Hold: for a duration, or (without one) until `canary promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// Run these templates to completion before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<StepAnalysis>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Pause {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StepAnalysis {
+    #[schemars(length(min = 1, max = 16))]
+    pub templates: Vec<TemplateRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisArg>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    #[schemars(length(min = 1, max = 16))]
+    pub templates: Vec<TemplateRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisArg>,
+    /// The step index from which it runs (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_step: Option<u32>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub template_name: String,
+    /// A ClusterAnalysisTemplate instead of an AnalysisTemplate in the Canary's namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_scope: bool,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AnalysisArg {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAnalysisFailure {
+    #[default]
+    Rollback,
+    Pause,
+}
+
+/// A rollout step after the shorthand is expanded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RolloutStep {
+    SetWeight(u8),
+    Pause(Option<Duration>),
+    Analysis(StepAnalysis),
+}
+
+impl CanarySpec {
+    /// The steps to walk: the explicit ones, or the shorthand expanded into
+    /// `setWeight: n·stepWeight` + `pause: interval` pairs up to `maxWeight`.
+    pub fn rollout_steps(&self) -> Vec<RolloutStep> {
+        if let Some(steps) = &self.steps {
+            return steps
+                .iter()
+                .filter_map(|s| match (s.set_weight, &s.pause, &s.analysis) {
+                    (Some(w), _, _) => Some(RolloutStep::SetWeight(w)),
+                    (None, Some(p), _) => Some(RolloutStep::Pause(p.duration)),
+                    (None, None, Some(a)) => Some(RolloutStep::Analysis(a.clone())),
+                    (None, None, None) => None,
+                })
+                .collect();
+        }
+        let (Some(step), Some(max)) = (self.step_weight, self.max_weight) else {
+            return Vec::new();
+        };
+        let interval = self.interval.unwrap_or(Duration::from_secs(60));
+        let mut steps = Vec::new();
+        let mut weight = 0u8;
+        while weight < max {
+            weight = weight.saturating_add(step).min(max);
+            steps.push(RolloutStep::SetWeight(weight));
+            steps.push(RolloutStep::Pause(Some(interval)));
+        }
+        steps
+    }
+
+    pub fn progress_deadline(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.progress_deadline_seconds
+                .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
+        ))
+    }
+
+    pub fn stable_name(&self) -> String {
+        format!("{}-stable", self.target_ref.name)
+    }
+
+    pub fn canary_name(&self) -> String {
+        format!("{}-canary", self.target_ref.name)
+    }
+}
+
+/// Where the rollout is; see the README's phase table.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Phase {
+    #[default]
+    Initializing,
+    Idle,
+    Progressing,
+    Paused,
+    Promoting,
+    Promoted,
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Initializing,
+        Phase::Idle,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoting,
+        Phase::Promoted,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Initializing => "Initializing",
+            Phase::Idle => "Idle",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Promoting => "Promoting",
+            Phase::Promoted => "Promoted",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// Why a rollout is paused.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseReason {
+    /// A `pause` step without a duration: waits for `canary promote`.
+    Step,
+    /// `canary pause`.
+    Manual,
+    /// Analysis failed and `onAnalysisFailure` is `pause`.
+    AnalysisFailed,
+    /// Analysis was inconclusive: a human decides.
+    AnalysisInconclusive,
+}
+
+/// Why a rollout is being (or was) rolled back.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollbackReason {
+    AnalysisFailed,
+    ProgressDeadlineExceeded,
+    Aborted,
+    /// The target went back to the stable revision while the canary was out.
+    TargetReverted,
+}
+
+/// The manual actions of the request annotation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestAction {
+    /// Finish the current step now and go on.
+    Promote,
+    /// Skip the remaining steps and analysis: promote now.
+    PromoteFull,
+    Pause,
+    Resume,
+    /// Send all traffic to stable and roll back.
+    Abort,
+    /// Roll out the revision that was rolled back again.
+    Retry,
+}
+
+impl RequestAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestAction::Promote => "promote",
+            RequestAction::PromoteFull => "promote-full",
+            RequestAction::Pause => "pause",
+            RequestAction::Resume => "resume",
+            RequestAction::Abort => "abort",
+            RequestAction::Retry => "retry",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            RequestAction::Promote,
+            RequestAction::PromoteFull,
+            RequestAction::Pause,
+            RequestAction::Resume,
+            RequestAction::Abort,
+            RequestAction::Retry,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == text)
+    }
+}
+
+/// A manual request read from the annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub action: RequestAction,
+    pub id: String,
+}
+
+impl Request {
+    /// Parses `<action>:<id>`; anything else is reported, not guessed.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let (action, id) = value.split_once(':').ok_or_else(|| {
+            format!("{REQUEST_ANNOTATION} must be <action>:<id>, e.g. abort:1; got {value:?}")
+        })?;
+        let action = RequestAction::parse(action.trim()).ok_or_else(|| {
+            format!(
+                "unknown action {action:?} in {REQUEST_ANNOTATION}: use promote, promote-full, pause, resume, abort or retry"
+            )
+        })?;
+        if id.trim().is_empty() {
+            return Err(format!("{REQUEST_ANNOTATION} {value:?} has an empty id"));
+        }
+        Ok(Self {
+            action,
+            id: id.trim().to_string(),
+        })
+    }
+
+    pub fn annotation_value(&self) -> String {
+        format!("{}:{}", self.action.as_str(), self.id)
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The revision (pod template hash) the stable Deployment runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// The revision being rolled out, while a rollout is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// The last revision that was rolled back; it is not rolled out again unless retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
+    /// The image(s) of the canary revision, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_images: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<u32>,
+    /// `2/8` for people and `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_display: Option<String>,
+    /// The share of traffic (0–100) the canary receives.
+    #[serde(default)]
+    pub canary_weight: u8,
+    /// How many replicas the service runs when not in a rollout (from the target Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<PauseReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<RollbackReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<String>,
+    /// When the current step (or pause, or promotion phase) began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// When the canary Deployment was last changed (template or replicas): the progress
+    /// deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<RequestStatus>,
+    /// The analysis runs of this rollout: `background` and `step-N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisRunStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// What is happening and why, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestStatus {
+    pub id: String,
+    pub action: RequestAction,
+    /// True when the controller acted on it; false with a message when it did not apply.
+    pub accepted: bool,
+    pub message: String,
+    pub at: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunStatus {
+    /// `background`, or `step-N` for the analysis step at index N.
+    pub name: String,
+    pub phase: AnalysisPhase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub started_at: String,
+    pub metrics: Vec<MetricStatus>,
+}
+
+/// One metric's recent history: enough to say why, small enough for status.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    pub name: String,
+    pub template: String,
+    pub phase: AnalysisPhase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub tally: Tally,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_measurement_at: Option<String>,
+    /// The most recent measurements, newest last (at most [`MEASUREMENTS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<MeasurementStatus>,
+}
+
+/// How many measurements per metric status keeps.
+pub const MEASUREMENTS_KEPT: usize = 5;
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementStatus {
+    pub time: String,
+    pub phase: MeasurementPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+/// Labels: which pods are which.
+pub const SUBSET_LABEL: &str = "canary.dev/subset";
+/// Annotation on managed pod templates: the revision they run.
+pub const REVISION_ANNOTATION: &str = "canary.dev/revision";
+
+/// Label values of [`SUBSET_LABEL`].
+pub fn subset_labels(subset: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(SUBSET_LABEL.to_string(), subset.to_string())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn canary(spec: serde_json::Value) -> Canary {
+        let mut full = serde_json::json!({
+            "targetRef": {"name": "checkout"},
+            "service": {"port": 8080},
+            "trafficRouting": {"istio": {
+                "virtualService": {"name": "checkout"},
+                "destinationRule": {"name": "checkout"},
+            }},
+        });
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "canary.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": "checkout", "namespace": "shop"},
+            "spec": full,
+        }))
+        .expect("test object deserializes")
+    }
+
+    #[test]
+    fn cel_rules_reject_impossible_specs() {
+        let good = [
+            serde_json::json!({"steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}]}),
+            serde_json::json!({"stepWeight": 10, "maxWeight": 50, "interval": "1m"}),
+        ];
+        for spec in good {
+            canary(spec.clone())
+                .validate_cel()
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+        let bad = [
+            (
+                serde_json::json!({"steps": [{"setWeight": 50}, {"setWeight": 10}]}),
+                "must not decrease",
+            ),
+            (
+                serde_json::json!({"steps": [{"setWeight": 10, "pause": {}}]}),
+                "exactly one of",
+            ),
+            (serde_json::json!({"steps": [{}]}), "exactly one of"),
+            (
+                serde_json::json!({"steps": [{"setWeight": 10}], "stepWeight": 10, "maxWeight": 50}),
+                "not both",
+            ),
+            (serde_json::json!({"stepWeight": 10}), "give steps"),
+            (
+                serde_json::json!({"stepWeight": 60, "maxWeight": 50}),
+                "must not be greater than maxWeight",
+            ),
+        ];
+        for (spec, expected) in bad {
+            let err = canary(spec.clone())
+                .validate_cel()
+                .expect_err(&spec.to_string());
+            assert!(err.to_string().contains(expected), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn shorthand_expands_into_weight_and_pause_steps() {
+        let spec =
+            canary(serde_json::json!({"stepWeight": 20, "maxWeight": 50, "interval": "30s"})).spec;
+        let half = Some(Duration::from_secs(30));
+        assert_eq!(
+            spec.rollout_steps(),
+            vec![
+                RolloutStep::SetWeight(20),
+                RolloutStep::Pause(half),
+                RolloutStep::SetWeight(40),
+                RolloutStep::Pause(half),
+                RolloutStep::SetWeight(50),
+                RolloutStep::Pause(half),
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert_eq!(
+            Request::parse("promote-full:42").unwrap(),
+            Request {
+                action: RequestAction::PromoteFull,
+                id: "42".into()
+            }
+        );
+        for bad in ["abort", "explode:1", "abort:", ""] {
+            assert!(Request::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn crd_has_the_printer_columns_and_short_name() {
+        let crd = serde_json::to_value(Canary::crd()).unwrap();
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "cnry");
+        let columns: Vec<&str> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Phase", "Weight", "Step", "Revision", "Age"]);
+        assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
+    }
+}
