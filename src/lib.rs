@@ -7,3 +7,4 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod metrics;
+pub mod rollout;

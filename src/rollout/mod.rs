@@ -1,0 +1,926 @@
+//! The rollout state machine: [`plan`] decides, from the Canary's spec and status, what was
+//! observed and the time, what to do next. It performs no I/O and reads no clock; the
+//! controller observes, calls it, applies the actions in order, and writes the status.
+//!
+//! Safety rules it keeps (each has a test):
+//! - traffic moves to the canary only when the canary has enough ready pods for the weight;
+//! - on rollback, abort or a superseding revision, traffic returns to stable *before* the
+//!   canary is scaled down or replaced (actions are ordered);
+//! - missing data or unreachable metrics never promote: only a Successful analysis advances an
+//!   analysis step, and a failing or inconclusive one rolls back or pauses;
+//! - every fact needed to continue is in the returned status.
+
+mod analysis_runs;
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::analysis::assessment::AnalysisPhase;
+use crate::api::canary::{
+    CanarySpec, CanaryStatus, OnAnalysisFailure, PauseReason, Phase, Request, RequestAction,
+    RequestStatus, RollbackReason, RolloutStep,
+};
+
+pub use analysis_runs::{MetricDefinition, NewMeasurement, due_measurements};
+
+/// What the controller saw of one managed Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadState {
+    /// The revision its pod template carries (our annotation).
+    pub revision: Option<String>,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// Ready pods of the current template (`updatedReplicas` that are ready).
+    pub ready_replicas: i32,
+    /// The Deployment controller has seen the latest spec and finished updating pods.
+    pub settled: bool,
+}
+
+impl WorkloadState {
+    /// Runs `revision` with exactly `replicas` ready pods of it.
+    pub fn is_ready(&self, revision: &str, replicas: i32) -> bool {
+        self.settled
+            && self.revision.as_deref() == Some(revision)
+            && self.replicas == replicas
+            && self.ready_replicas >= replicas
+    }
+}
+
+/// What the controller saw of the user's Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetState {
+    /// The revision of its pod template (a hash of the template).
+    pub revision: String,
+    /// Its `spec.replicas`: the service's size, until we have taken it over (then 0).
+    pub replicas: i32,
+    /// Its containers' images, for people (`app=registry/app:1.2`).
+    pub images: String,
+}
+
+/// Everything [`plan`] needs from the outside world.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    /// The target Deployment, or why it cannot be used.
+    pub target: Option<Result<TargetState, String>>,
+    pub stable: Option<WorkloadState>,
+    pub canary: Option<WorkloadState>,
+    /// The request annotation, parsed.
+    pub request: Option<Result<Request, String>>,
+    /// Metric definitions of each analysis run (`background`, `step-N`), resolved from the
+    /// templates; `Err` when a template is missing or invalid.
+    pub analysis: Result<BTreeMap<String, Vec<MetricDefinition>>, String>,
+    /// Measurements taken this reconcile (those [`due_measurements`] asked for).
+    pub measurements: Vec<NewMeasurement>,
+}
+
+/// A change to make, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create or update `<target>-stable` to run `revision` with `replicas` pods.
+    EnsureStable { revision: String, replicas: i32 },
+    /// Create or update `<target>-canary` to run `revision` with `replicas` pods.
+    EnsureCanary { revision: String, replicas: i32 },
+    /// Scale `<target>-canary` (if it exists) without changing its template.
+    ScaleCanary { replicas: i32 },
+    /// Give the canary `weight` percent of the traffic and stable the rest.
+    SetWeight { weight: u8 },
+    /// Keep the user's Deployment at zero replicas: it is the desired spec, not a workload.
+    ScaleTargetToZero,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event to record (reasons are DESIGN.md's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub status: CanaryStatus,
+    pub events: Vec<Event>,
+    /// Reconcile again after this long, even if nothing changes (timers: pauses, measurements,
+    /// deadlines). Watches trigger earlier reconciles.
+    pub requeue_after: Option<StdDuration>,
+}
+
+/// While waiting on Deployments or the router, look again at least this often.
+pub const WAIT_RECHECK: StdDuration = StdDuration::from_secs(5);
+
+/// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas:
+/// proportional, rounded up, never zero (the canary must be ready before it gets traffic).
+pub fn canary_replicas(desired: i32, weight: u8) -> i32 {
+    let share = (u64::from(desired.max(1).unsigned_abs()) * u64::from(weight)).div_ceil(100);
+    i32::try_from(share).unwrap_or(i32::MAX).max(1)
+}
+
+/// Decides what to do. See the module documentation for the rules.
+pub fn plan(spec: &CanarySpec, status: &CanaryStatus, observed: &Observed, now: Timestamp) -> Plan {
+    let mut planner = Planner {
+        spec,
+        observed,
+        now,
+        status: status.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        requeue: None,
+    };
+    planner.run();
+    planner.finish()
+}
+
+struct Planner<'a> {
+    spec: &'a CanarySpec,
+    observed: &'a Observed,
+    now: Timestamp,
+    status: CanaryStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue: Option<StdDuration>,
+}
+
+impl Planner<'_> {
+    fn run(&mut self) {
+        self.status.observed_generation = self.observed.generation;
+        let target = match &self.observed.target {
+            Some(Ok(target)) => target.clone(),
+            Some(Err(problem)) => return self.target_unusable(problem.clone()),
+            None => {
+                let name = self.spec.target_ref.name.clone();
+                return self.target_unusable(format!(
+                    "Deployment {name} (spec.targetRef) does not exist: create it, or fix targetRef.name"
+                ));
+            }
+        };
+        if target.replicas > 0 {
+            self.status.desired_replicas = Some(target.replicas);
+        }
+        if self.status.phase == Phase::Failed {
+            self.status.phase = if self.status.stable_revision.is_some() {
+                Phase::Idle
+            } else {
+                Phase::Initializing
+            };
+        }
+        let request = self.take_request();
+        match self.status.phase {
+            Phase::Initializing => self.initialize(&target),
+            Phase::Idle | Phase::Promoted | Phase::RolledBack => self.steady(&target, request),
+            Phase::Progressing | Phase::Paused => self.progress(&target, request),
+            Phase::Promoting => self.promote(request),
+            Phase::RollingBack => self.roll_back(),
+            Phase::Failed => unreachable!("left above"),
+        }
+        if target.replicas > 0 && self.status.stable_revision.is_some() {
+            self.actions.push(Action::ScaleTargetToZero);
+        }
+    }
+
+    fn desired(&self) -> i32 {
+        self.status.desired_replicas.unwrap_or(1).max(1)
+    }
+
+    fn now_text(&self) -> String {
+        self.now.to_string()
+    }
+
+    fn event(&mut self, kind: EventType, reason: &'static str, message: String) {
+        self.events.push(Event {
+            kind,
+            reason,
+            message,
+        });
+    }
+
+    fn requeue_in(&mut self, after: StdDuration) {
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    fn since(&self, at: &Option<String>) -> Option<SignedDuration> {
+        let at: Timestamp = at.as_deref()?.parse().ok()?;
+        Some(self.now.duration_since(at))
+    }
+
+    // -- the request annotation ---------------------------------------------------------------
+
+    /// The request to act on now, if it is new. Malformed ones are answered in status.
+    fn take_request(&mut self) -> Option<RequestAction> {
+        let request = match self.observed.request.as_ref()? {
+            Ok(request) => request.clone(),
+            Err(problem) => {
+                let message = problem.clone();
+                if self.status.message.as_deref() != Some(message.as_str()) {
+                    self.event(EventType::Warning, "InvalidRequest", message.clone());
+                }
+                self.status.message = Some(message);
+                return None;
+            }
+        };
+        if self
+            .status
+            .last_request
+            .as_ref()
+            .is_some_and(|last| last.id == request.id)
+        {
+            return None;
+        }
+        self.status.last_request = Some(RequestStatus {
+            id: request.id,
+            action: request.action,
+            accepted: true,
+            message: String::new(),
+            at: self.now_text(),
+        });
+        Some(request.action)
+    }
+
+    fn answer_request(&mut self, accepted: bool, message: String) {
+        if let Some(last) = self.status.last_request.as_mut() {
+            last.accepted = accepted;
+            last.message = message;
+        }
+    }
+
+    fn refuse(&mut self, action: RequestAction, why: &str) {
+        let message = format!("{} does not apply: {why}", action.as_str());
+        self.answer_request(false, message);
+    }
+
+    // -- phases -------------------------------------------------------------------------------
+
+    fn target_unusable(&mut self, problem: String) {
+        if self.status.phase != Phase::Failed {
+            self.event(EventType::Warning, "InvalidSpec", problem.clone());
+        }
+        // Whatever was under way, the service keeps being served by stable.
+        if self.status.stable_revision.is_some() {
+            self.set_weight(0);
+            self.actions.push(Action::ScaleCanary { replicas: 0 });
+        }
+        self.status.phase = Phase::Failed;
+        self.status.message = Some(problem.clone());
+        self.set_condition("Ready", false, "InvalidSpec", &problem);
+    }
+
+    fn initialize(&mut self, target: &TargetState) {
+        let desired = self.desired();
+        self.actions.push(Action::EnsureStable {
+            revision: target.revision.clone(),
+            replicas: desired,
+        });
+        let ready = self
+            .observed
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.is_ready(&target.revision, desired));
+        if !ready {
+            self.status.message = Some(format!(
+                "waiting for {} to run {} with {desired} ready pods",
+                self.spec.stable_name(),
+                target.revision
+            ));
+            self.set_condition(
+                "Ready",
+                true,
+                "Initializing",
+                "creating the stable Deployment",
+            );
+            self.requeue_in(WAIT_RECHECK);
+            return;
+        }
+        self.set_weight(0);
+        self.status.stable_revision = Some(target.revision.clone());
+        self.status.phase = Phase::Idle;
+        self.status.message = Some(format!(
+            "{} runs {} ({}) with all traffic",
+            self.spec.stable_name(),
+            target.revision,
+            target.images
+        ));
+        self.set_condition("Ready", true, "Initialized", "stable serves all traffic");
+        self.set_condition("Progressing", false, "Idle", "no rollout under way");
+    }
+
+    fn steady(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        let stable = self.status.stable_revision.clone().unwrap_or_default();
+        self.actions.push(Action::EnsureStable {
+            revision: stable.clone(),
+            replicas: self.desired(),
+        });
+        self.set_weight(0);
+        let mut retry = false;
+        if let Some(action) = request {
+            match action {
+                RequestAction::Retry
+                    if self.status.failed_revision.as_deref() == Some(&target.revision) =>
+                {
+                    retry = true;
+                    self.answer_request(true, format!("retrying {}", target.revision));
+                }
+                RequestAction::Retry => self.refuse(action, "no rolled-back revision to retry"),
+                other => self.refuse(other, "no rollout is under way"),
+            }
+        }
+        if target.revision == stable {
+            if self.status.failed_revision.take().is_some() {
+                self.status.message = Some(format!("the target is back on stable {stable}"));
+            }
+            self.set_condition(
+                "Progressing",
+                false,
+                self.status.phase.as_str(),
+                "no rollout under way",
+            );
+            return;
+        }
+        if self.status.failed_revision.as_deref() == Some(&target.revision) && !retry {
+            self.status.message = Some(format!(
+                "revision {} was rolled back; it is not rolled out again until `canary retry` or a new revision",
+                target.revision
+            ));
+            return;
+        }
+        if self.spec.suspend {
+            self.status.message = Some(format!(
+                "suspended: revision {} waits until spec.suspend is false",
+                target.revision
+            ));
+            return;
+        }
+        if let Err(problem) = &self.observed.analysis {
+            self.invalid_analysis(problem.clone());
+            return;
+        }
+        self.start_rollout(target, None);
+    }
+
+    fn invalid_analysis(&mut self, problem: String) {
+        if self.status.message.as_deref() != Some(problem.as_str()) {
+            self.event(EventType::Warning, "InvalidSpec", problem.clone());
+        }
+        self.status.message = Some(problem.clone());
+        self.set_condition("Ready", false, "InvalidSpec", &problem);
+    }
+
+    fn start_rollout(&mut self, target: &TargetState, superseded: Option<String>) {
+        let revision = target.revision.clone();
+        self.status.failed_revision = None;
+        self.status.rollback_reason = None;
+        self.status.pause_reason = None;
+        self.status.analysis_runs.clear();
+        self.status.canary_revision = Some(revision.clone());
+        self.status.canary_images = Some(target.images.clone());
+        self.status.rollout_started_at = Some(self.now_text());
+        self.status.step_started_at = Some(self.now_text());
+        self.set_condition("Ready", true, "Ready", "the spec is valid");
+        let message = match &superseded {
+            Some(old) => format!(
+                "rolling out {revision} ({}), superseding {old}",
+                target.images
+            ),
+            None => format!("rolling out {revision} ({})", target.images),
+        };
+        self.event(EventType::Normal, "RolloutStarted", message.clone());
+        self.status.message = Some(message);
+        if self.spec.skip_analysis {
+            self.status.current_step_index = None;
+            self.status.step_display = None;
+            self.status.phase = Phase::Promoting;
+            self.set_condition(
+                "Progressing",
+                true,
+                "Promoting",
+                "skipAnalysis: promoting at once",
+            );
+            self.promote(None);
+            return;
+        }
+        self.status.phase = Phase::Progressing;
+        self.status.current_step_index = Some(0);
+        self.status.canary_updated_at = Some(self.now_text());
+        self.actions.push(Action::EnsureCanary {
+            revision,
+            replicas: canary_replicas(self.desired(), self.status.canary_weight.max(1)),
+        });
+        self.set_condition(
+            "Progressing",
+            true,
+            "RolloutStarted",
+            "the canary is being deployed",
+        );
+        self.walk_steps();
+    }
+
+    fn progress(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        let canary_revision = self.status.canary_revision.clone().unwrap_or_default();
+        let stable_revision = self.status.stable_revision.clone().unwrap_or_default();
+        if target.revision != canary_revision {
+            if target.revision == stable_revision {
+                return self.begin_rollback(
+                    RollbackReason::TargetReverted,
+                    format!("the target went back to the stable revision {stable_revision}"),
+                );
+            }
+            // Traffic leaves the canary before its pods are replaced.
+            self.set_weight(0);
+            if let Err(problem) = &self.observed.analysis {
+                self.invalid_analysis(problem.clone());
+                return;
+            }
+            return self.start_rollout(target, Some(canary_revision));
+        }
+        if let Some(action) = request {
+            match action {
+                RequestAction::Abort => {
+                    self.answer_request(true, "rolling back".into());
+                    return self.begin_rollback(
+                        RollbackReason::Aborted,
+                        "aborted by request: all traffic back to stable".into(),
+                    );
+                }
+                RequestAction::PromoteFull => {
+                    self.answer_request(true, "promoting now".into());
+                    self.status.phase = Phase::Promoting;
+                    self.status.step_started_at = Some(self.now_text());
+                    self.set_condition(
+                        "Progressing",
+                        true,
+                        "Promoting",
+                        "full promotion requested",
+                    );
+                    return self.promote(None);
+                }
+                RequestAction::Promote => {
+                    self.answer_request(true, "skipping to the next step".into());
+                    self.status.phase = Phase::Progressing;
+                    self.status.pause_reason = None;
+                    self.advance_step();
+                }
+                RequestAction::Pause if self.status.phase == Phase::Paused => {
+                    self.refuse(action, "the rollout is already paused")
+                }
+                RequestAction::Pause => {
+                    self.answer_request(true, "paused".into());
+                    return self.pause(PauseReason::Manual, "paused by request".into());
+                }
+                RequestAction::Resume if self.status.phase != Phase::Paused => {
+                    self.refuse(action, "the rollout is not paused")
+                }
+                RequestAction::Resume => {
+                    self.answer_request(true, "resumed".into());
+                    let step_pause = self.status.pause_reason == Some(PauseReason::Step);
+                    self.status.phase = Phase::Progressing;
+                    self.status.pause_reason = None;
+                    // Resuming a failed or inconclusive analysis starts it afresh.
+                    self.status
+                        .analysis_runs
+                        .retain(|r| !r.phase.is_terminal() || r.phase == AnalysisPhase::Successful);
+                    if step_pause {
+                        self.advance_step();
+                    } else {
+                        self.status.step_started_at = Some(self.now_text());
+                    }
+                }
+                RequestAction::Retry => self.refuse(action, "a rollout is under way"),
+            }
+        }
+        if self.status.phase == Phase::Paused {
+            self.hold_paused();
+            return;
+        }
+        if self.deadline_exceeded() {
+            let deadline = self.spec.progress_deadline();
+            return self.begin_rollback(
+                RollbackReason::ProgressDeadlineExceeded,
+                format!(
+                    "{} did not become ready within the progress deadline ({deadline})",
+                    self.spec.canary_name()
+                ),
+            );
+        }
+        if let Ok(definitions) = &self.observed.analysis {
+            analysis_runs::record(&mut self.status, definitions, &self.observed.measurements);
+        }
+        self.walk_steps();
+    }
+
+    /// Walks steps from the current one for as long as they complete at once.
+    fn walk_steps(&mut self) {
+        let steps = self.spec.rollout_steps();
+        // Bounded: each pass either returns or advances one step.
+        for _ in 0..=steps.len() {
+            if self.status.phase != Phase::Progressing {
+                return;
+            }
+            let index = self.status.current_step_index.unwrap_or(0) as usize;
+            self.status.step_display = Some(format!("{}/{}", index.min(steps.len()), steps.len()));
+            if !self.background_analysis_ok(index) {
+                return;
+            }
+            let Some(step) = steps.get(index) else {
+                self.status.phase = Phase::Promoting;
+                self.status.step_started_at = Some(self.now_text());
+                self.set_condition("Progressing", true, "Promoting", "every step passed");
+                return self.promote(None);
+            };
+            let done = match step {
+                RolloutStep::SetWeight(weight) => self.step_set_weight(*weight),
+                RolloutStep::Pause(duration) => self.step_pause(*duration),
+                RolloutStep::Analysis(_) => self.step_analysis(index),
+            };
+            if !done {
+                return;
+            }
+            self.advance_step();
+        }
+    }
+
+    fn advance_step(&mut self) {
+        let next = self.status.current_step_index.unwrap_or(0) + 1;
+        self.status.current_step_index = Some(next);
+        self.status.step_started_at = Some(self.now_text());
+    }
+
+    fn canary_ready_for(&self, weight: u8) -> bool {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let wanted = canary_replicas(self.desired(), weight);
+        self.observed
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.is_ready(&revision, wanted))
+    }
+
+    fn step_set_weight(&mut self, weight: u8) -> bool {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let wanted = canary_replicas(self.desired(), weight);
+        let current = self.observed.canary.as_ref().map(|c| c.replicas);
+        if current != Some(wanted) {
+            self.status.canary_updated_at = Some(self.now_text());
+        }
+        self.actions.push(Action::EnsureCanary {
+            revision,
+            replicas: wanted,
+        });
+        if !self.canary_ready_for(weight) {
+            self.status.message = Some(format!(
+                "waiting for {} ready canary pods before sending it {weight}% of the traffic",
+                wanted
+            ));
+            self.requeue_in(WAIT_RECHECK);
+            return false;
+        }
+        if self.status.canary_weight != weight {
+            self.event(
+                EventType::Normal,
+                "WeightChanged",
+                format!("canary weight {}% → {weight}%", self.status.canary_weight),
+            );
+        }
+        self.set_weight(weight);
+        self.status.message = Some(format!("canary at {weight}%"));
+        true
+    }
+
+    fn step_pause(&mut self, duration: Option<crate::api::Duration>) -> bool {
+        let Some(duration) = duration else {
+            self.pause(
+                PauseReason::Step,
+                "paused by a step: waiting for `canary promote`".into(),
+            );
+            return false;
+        };
+        let elapsed = self.since(&self.status.step_started_at).unwrap_or_default();
+        let total = SignedDuration::try_from(duration.as_std()).unwrap_or(SignedDuration::MAX);
+        if elapsed >= total {
+            return true;
+        }
+        let left = (total - elapsed).unsigned_abs();
+        self.status.message = Some(format!(
+            "canary at {}%, holding {duration} ({} left)",
+            self.status.canary_weight,
+            crate::api::Duration::from(StdDuration::from_secs(left.as_secs().max(1)))
+        ));
+        self.requeue_in(left);
+        false
+    }
+
+    fn step_analysis(&mut self, index: usize) -> bool {
+        let name = format!("step-{index}");
+        match self.ensure_run(&name) {
+            None => false,
+            Some(AnalysisPhase::Successful) => {
+                self.event(
+                    EventType::Normal,
+                    "AnalysisPassed",
+                    format!("analysis {name} passed"),
+                );
+                true
+            }
+            Some(phase) => self.handle_run_outcome(&name, phase),
+        }
+    }
+
+    /// Starts the background analysis when its step is reached; false if it stopped the walk.
+    fn background_analysis_ok(&mut self, index: usize) -> bool {
+        let Some(background) = &self.spec.analysis else {
+            return true;
+        };
+        if (index as u32) < background.starting_step.unwrap_or(0) {
+            return true;
+        }
+        match self.ensure_run("background") {
+            None => false,
+            Some(AnalysisPhase::Successful) => true,
+            Some(phase) => self.handle_run_outcome("background", phase),
+        }
+    }
+
+    /// Creates the run if needed; returns its phase, or None when its definitions are missing.
+    fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
+        let definitions = match &self.observed.analysis {
+            Ok(definitions) => definitions.get(name).cloned().unwrap_or_default(),
+            Err(problem) => {
+                let problem = problem.clone();
+                self.invalid_analysis(problem);
+                return None;
+            }
+        };
+        let phase = analysis_runs::ensure(&mut self.status, name, &definitions, self.now);
+        if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
+            self.requeue_in(next);
+        }
+        Some(phase)
+    }
+
+    /// Running: keep walking? Failed/Error: onAnalysisFailure. Inconclusive: pause.
+    fn handle_run_outcome(&mut self, name: &str, phase: AnalysisPhase) -> bool {
+        let summary = analysis_runs::summary(&self.status, name);
+        match phase {
+            AnalysisPhase::Running | AnalysisPhase::Pending => {
+                if name != "background" {
+                    self.status.message = Some(format!(
+                        "canary at {}%: analysis {name} running ({summary})",
+                        self.status.canary_weight
+                    ));
+                }
+                name == "background"
+            }
+            AnalysisPhase::Failed | AnalysisPhase::Error => {
+                let message = format!("analysis {name} {phase:?}: {summary}");
+                self.event(EventType::Warning, "AnalysisFailed", message.clone());
+                match self.spec.on_analysis_failure.unwrap_or_default() {
+                    OnAnalysisFailure::Rollback => {
+                        self.begin_rollback(RollbackReason::AnalysisFailed, message)
+                    }
+                    OnAnalysisFailure::Pause => self.pause(PauseReason::AnalysisFailed, message),
+                }
+                false
+            }
+            AnalysisPhase::Inconclusive => {
+                let message = format!(
+                    "analysis {name} inconclusive: {summary}; a human decides (promote, resume or abort)"
+                );
+                self.pause(PauseReason::AnalysisInconclusive, message);
+                false
+            }
+            AnalysisPhase::Successful => true,
+        }
+    }
+
+    fn pause(&mut self, reason: PauseReason, message: String) {
+        if self.status.phase != Phase::Paused || self.status.pause_reason != Some(reason) {
+            self.event(EventType::Normal, "Paused", message.clone());
+        }
+        self.status.phase = Phase::Paused;
+        self.status.pause_reason = Some(reason);
+        self.status.step_started_at = Some(self.now_text());
+        self.status.message = Some(message);
+        self.set_condition("Progressing", true, "Paused", &format!("{reason:?}"));
+    }
+
+    fn hold_paused(&mut self) {
+        // The canary keeps its weight and pods; the deadline does not run while paused.
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let replicas = canary_replicas(self.desired(), self.status.canary_weight);
+        self.actions
+            .push(Action::EnsureCanary { revision, replicas });
+        self.set_weight(self.status.canary_weight);
+    }
+
+    fn deadline_exceeded(&self) -> bool {
+        let weight = self.status.canary_weight;
+        if self.canary_ready_for(weight) || self.canary_ready_for(self.pending_weight()) {
+            return false;
+        }
+        let deadline = SignedDuration::try_from(self.spec.progress_deadline().as_std())
+            .unwrap_or(SignedDuration::MAX);
+        self.since(&self.status.canary_updated_at)
+            .is_some_and(|waited| waited > deadline)
+    }
+
+    /// The weight the current step is working towards, if it is a setWeight step.
+    fn pending_weight(&self) -> u8 {
+        let index = self.status.current_step_index.unwrap_or(0) as usize;
+        match self.spec.rollout_steps().get(index) {
+            Some(RolloutStep::SetWeight(w)) => *w,
+            _ => self.status.canary_weight,
+        }
+    }
+
+    fn promote(&mut self, request: Option<RequestAction>) {
+        if let Some(action) = request {
+            match action {
+                RequestAction::Abort => {
+                    self.answer_request(
+                        true,
+                        "rolling back; stable returns to its revision".into(),
+                    );
+                    return self.begin_rollback(
+                        RollbackReason::Aborted,
+                        "aborted during promotion: stable returns to its previous revision".into(),
+                    );
+                }
+                other => self.refuse(other, "the rollout is being promoted"),
+            }
+        }
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let desired = self.desired();
+        self.actions.push(Action::EnsureStable {
+            revision: revision.clone(),
+            replicas: desired,
+        });
+        let stable_ready = self
+            .observed
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.is_ready(&revision, desired));
+        if !stable_ready {
+            // The canary keeps serving its share until stable runs the new revision.
+            self.hold_paused();
+            self.status.message = Some(format!(
+                "promoting {revision}: waiting for {} to run it with {desired} ready pods",
+                self.spec.stable_name()
+            ));
+            self.requeue_in(WAIT_RECHECK);
+            return;
+        }
+        self.set_weight(0);
+        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        let message = format!(
+            "promoted {revision} ({})",
+            self.status.canary_images.clone().unwrap_or_default()
+        );
+        self.event(EventType::Normal, "Promoted", message.clone());
+        self.status.stable_revision = Some(revision);
+        self.status.canary_revision = None;
+        self.status.current_step_index = None;
+        self.status.step_display = None;
+        self.status.phase = Phase::Promoted;
+        self.status.message = Some(message.clone());
+        self.set_condition("Progressing", false, "Promoted", &message);
+        self.set_condition("Promoted", true, "Promoted", &message);
+    }
+
+    fn begin_rollback(&mut self, reason: RollbackReason, message: String) {
+        let event_reason = match reason {
+            RollbackReason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            RollbackReason::Aborted => "Aborted",
+            RollbackReason::AnalysisFailed | RollbackReason::TargetReverted => "RollingBack",
+        };
+        self.event(EventType::Warning, event_reason, message.clone());
+        self.status.phase = Phase::RollingBack;
+        self.status.rollback_reason = Some(reason);
+        self.status.pause_reason = None;
+        self.status.step_started_at = Some(self.now_text());
+        self.status.message = Some(message);
+        self.set_condition("Progressing", true, "RollingBack", &format!("{reason:?}"));
+        self.roll_back();
+    }
+
+    fn roll_back(&mut self) {
+        // Traffic first, then the canary's pods, then stable's revision (after an abort during
+        // promotion stable may be part-way to the canary's revision).
+        self.set_weight(0);
+        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        let stable = self.status.stable_revision.clone().unwrap_or_default();
+        let desired = self.desired();
+        self.actions.push(Action::EnsureStable {
+            revision: stable.clone(),
+            replicas: desired,
+        });
+        let stable_ready = self
+            .observed
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.is_ready(&stable, desired));
+        if !stable_ready {
+            self.requeue_in(WAIT_RECHECK);
+            return;
+        }
+        let failed = self.status.canary_revision.take();
+        let reason = self
+            .status
+            .rollback_reason
+            .unwrap_or(RollbackReason::Aborted);
+        let message = format!(
+            "rolled back {} ({reason:?}); stable {stable} serves all traffic",
+            failed.as_deref().unwrap_or("the canary")
+        );
+        self.event(EventType::Warning, "RolledBack", message.clone());
+        self.status.failed_revision = failed;
+        self.status.current_step_index = None;
+        self.status.step_display = None;
+        self.status.phase = Phase::RolledBack;
+        self.status.message = Some(message.clone());
+        self.set_condition("Progressing", false, "RolledBack", &message);
+        self.set_condition("Promoted", false, &format!("{reason:?}"), &message);
+    }
+
+    fn set_weight(&mut self, weight: u8) {
+        self.status.canary_weight = weight;
+        self.actions.push(Action::SetWeight { weight });
+    }
+
+    /// Sets a condition, keeping its transition time when its status did not change.
+    fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
+        let status_text = if status { "True" } else { "False" };
+        let reason = reason_token(reason);
+        let conditions = &mut self.status.conditions;
+        let existing = conditions.iter_mut().find(|c| c.type_ == kind);
+        match existing {
+            Some(c) if c.status == status_text && c.reason == reason && c.message == message => {}
+            Some(c) => {
+                if c.status != status_text {
+                    c.last_transition_time = Time(self.now);
+                }
+                c.status = status_text.into();
+                c.reason = reason;
+                c.message = message.into();
+                c.observed_generation = self.observed.generation;
+            }
+            None => conditions.push(Condition {
+                type_: kind.into(),
+                status: status_text.into(),
+                reason,
+                message: message.into(),
+                last_transition_time: Time(self.now),
+                observed_generation: self.observed.generation,
+            }),
+        }
+    }
+
+    fn finish(self) -> Plan {
+        Plan {
+            actions: order_actions(self.actions),
+            status: self.status,
+            events: self.events,
+            requeue_after: self.requeue,
+        }
+    }
+}
+
+/// Condition reasons are CamelCase tokens.
+fn reason_token(text: &str) -> String {
+    text.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// Puts the actions in a safe order, one per kind (the last one decided wins): a weight that
+/// takes all traffic off the canary goes before anything that scales or replaces canary pods; any
+/// other weight goes after the canary was ensured, so traffic only reaches pods that exist.
+fn order_actions(actions: Vec<Action>) -> Vec<Action> {
+    let kind = |a: &Action| std::mem::discriminant(a);
+    let mut last: Vec<Action> = Vec::new();
+    for action in actions {
+        last.retain(|a| kind(a) != kind(&action));
+        last.push(action);
+    }
+    let (weights, mut rest): (Vec<Action>, Vec<Action>) = last
+        .into_iter()
+        .partition(|a| matches!(a, Action::SetWeight { .. }));
+    match weights.first() {
+        Some(Action::SetWeight { weight: 0 }) => {
+            let mut ordered = weights;
+            ordered.append(&mut rest);
+            ordered
+        }
+        _ => {
+            rest.extend(weights);
+            rest
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,716 @@
+//! Every transition of the rollout state machine, driven with explicit times and observations.
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::analysis::assessment::Limits;
+use crate::analysis::measurement::MeasurementPhase;
+use crate::api::canary::{CanarySpec, MeasurementStatus, Phase, Request, RequestAction};
+
+const T0: i64 = 1_800_000_000;
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::from_second(T0 + seconds).unwrap()
+}
+
+fn spec(extra: serde_json::Value) -> CanarySpec {
+    let mut base = serde_json::json!({
+        "targetRef": {"name": "web"},
+        "service": {"port": 8080},
+        "trafficRouting": {"istio": {
+            "virtualService": {"name": "web"},
+            "destinationRule": {"name": "web"},
+        }},
+        "steps": [
+            {"setWeight": 10},
+            {"pause": {"duration": "1m"}},
+            {"setWeight": 50},
+            {"pause": {}},
+        ],
+    });
+    base.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(base).unwrap()
+}
+
+fn target(revision: &str) -> TargetState {
+    TargetState {
+        revision: revision.into(),
+        replicas: 0,
+        images: format!("app=web:{revision}"),
+    }
+}
+
+fn ready(revision: &str, replicas: i32) -> WorkloadState {
+    WorkloadState {
+        revision: Some(revision.into()),
+        replicas,
+        ready_replicas: replicas,
+        settled: true,
+    }
+}
+
+fn not_ready(revision: &str, replicas: i32) -> WorkloadState {
+    WorkloadState {
+        ready_replicas: 0,
+        ..ready(revision, replicas)
+    }
+}
+
+fn observed(target_revision: &str) -> Observed {
+    Observed {
+        generation: Some(1),
+        target: Some(Ok(target(target_revision))),
+        stable: Some(ready("r1", 4)),
+        canary: None,
+        request: None,
+        analysis: Ok(BTreeMap::new()),
+        measurements: Vec::new(),
+    }
+}
+
+/// A service at rest on r1 with 4 replicas.
+fn idle() -> CanaryStatus {
+    CanaryStatus {
+        phase: Phase::Idle,
+        stable_revision: Some("r1".into()),
+        desired_replicas: Some(4),
+        ..Default::default()
+    }
+}
+
+/// Rolling out r2, at `step` with `weight`, the step having started at `step_started`.
+fn progressing(step: u32, weight: u8, step_started: i64) -> CanaryStatus {
+    CanaryStatus {
+        phase: Phase::Progressing,
+        canary_revision: Some("r2".into()),
+        current_step_index: Some(step),
+        canary_weight: weight,
+        step_started_at: Some(t(step_started).to_string()),
+        canary_updated_at: Some(t(step_started).to_string()),
+        rollout_started_at: Some(t(0).to_string()),
+        ..idle()
+    }
+}
+
+fn reasons(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+fn request(action: RequestAction, id: &str) -> Option<Result<Request, String>> {
+    Some(Ok(Request {
+        action,
+        id: id.into(),
+    }))
+}
+
+#[test]
+fn initialization_creates_stable_then_takes_the_service_over() {
+    let status = CanaryStatus::default();
+    let mut seen = observed("r1");
+    seen.target = Some(Ok(TargetState {
+        replicas: 4,
+        ..target("r1")
+    }));
+    seen.stable = None;
+    let first = plan(&spec(serde_json::json!({})), &status, &seen, t(0));
+    assert_eq!(first.status.phase, Phase::Initializing);
+    assert_eq!(
+        first.actions,
+        vec![Action::EnsureStable {
+            revision: "r1".into(),
+            replicas: 4
+        }]
+    );
+    assert_eq!(first.status.desired_replicas, Some(4));
+    assert!(first.requeue_after.is_some());
+
+    seen.stable = Some(ready("r1", 4));
+    let second = plan(&spec(serde_json::json!({})), &first.status, &seen, t(5));
+    assert_eq!(second.status.phase, Phase::Idle);
+    assert_eq!(second.status.stable_revision.as_deref(), Some("r1"));
+    assert_eq!(
+        second.actions,
+        vec![
+            Action::SetWeight { weight: 0 },
+            Action::EnsureStable {
+                revision: "r1".into(),
+                replicas: 4
+            },
+            Action::ScaleTargetToZero,
+        ]
+    );
+}
+
+#[test]
+fn a_new_revision_starts_a_rollout_with_a_ready_canary_before_any_traffic() {
+    let s = spec(serde_json::json!({}));
+    let start = plan(&s, &idle(), &observed("r2"), t(0));
+    assert_eq!(start.status.phase, Phase::Progressing);
+    assert_eq!(start.status.canary_revision.as_deref(), Some("r2"));
+    assert_eq!(reasons(&start), ["RolloutStarted"]);
+    assert!(start.actions.contains(&Action::EnsureCanary {
+        revision: "r2".into(),
+        replicas: 1
+    }));
+    assert!(start.actions.contains(&Action::SetWeight { weight: 0 }));
+    assert_eq!(start.status.canary_weight, 0);
+
+    // Canary pods not ready: no traffic, wait.
+    let mut seen = observed("r2");
+    seen.canary = Some(not_ready("r2", 1));
+    let waiting = plan(&s, &start.status, &seen, t(5));
+    assert_eq!(waiting.status.canary_weight, 0);
+    assert_eq!(waiting.status.current_step_index, Some(0));
+    assert!(
+        waiting
+            .status
+            .message
+            .unwrap()
+            .contains("waiting for 1 ready canary pods")
+    );
+
+    // Ready: 10% goes to the canary, after the canary is ensured; then the timed pause starts.
+    seen.canary = Some(ready("r2", 1));
+    let weighted = plan(&s, &start.status, &seen, t(10));
+    assert_eq!(weighted.status.canary_weight, 10);
+    assert_eq!(reasons(&weighted), ["WeightChanged"]);
+    assert_eq!(weighted.status.current_step_index, Some(1));
+    let set = weighted
+        .actions
+        .iter()
+        .position(|a| a == &Action::SetWeight { weight: 10 })
+        .unwrap();
+    let ensure = weighted
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::EnsureCanary { .. }))
+        .unwrap();
+    assert!(ensure < set, "{:?}", weighted.actions);
+    assert_eq!(weighted.requeue_after, Some(StdDuration::from_secs(60)));
+}
+
+#[test]
+fn canary_replicas_follow_the_weight_and_are_never_zero() {
+    let cases = [
+        (4, 0, 1),
+        (4, 10, 1),
+        (4, 25, 1),
+        (4, 26, 2),
+        (4, 50, 2),
+        (4, 100, 4),
+        (10, 33, 4),
+        (0, 50, 1),
+        (1, 1, 1),
+    ];
+    for (desired, weight, expected) in cases {
+        assert_eq!(
+            canary_replicas(desired, weight),
+            expected,
+            "{desired} replicas at {weight}%"
+        );
+    }
+}
+
+#[test]
+fn steps_advance_on_time_and_wait_for_replicas_for_a_higher_weight() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    // 30 s into the one-minute pause: hold, requeue for the rest.
+    let holding = plan(&s, &progressing(1, 10, 0), &seen, t(30));
+    assert_eq!(holding.status.current_step_index, Some(1));
+    assert_eq!(holding.requeue_after, Some(StdDuration::from_secs(30)));
+    // Pause over: 50% needs 2 canary pods; scale up and wait with 10% unchanged.
+    let scaling = plan(&s, &progressing(1, 10, 0), &seen, t(61));
+    assert_eq!(scaling.status.current_step_index, Some(2));
+    assert_eq!(scaling.status.canary_weight, 10);
+    assert!(scaling.actions.contains(&Action::EnsureCanary {
+        revision: "r2".into(),
+        replicas: 2
+    }));
+    assert!(!scaling.actions.contains(&Action::SetWeight { weight: 50 }));
+    // Two ready: 50%, then the step pause without duration waits for a human.
+    seen.canary = Some(ready("r2", 2));
+    let paused = plan(&s, &scaling.status, &seen, t(70));
+    assert_eq!(paused.status.canary_weight, 50);
+    assert_eq!(paused.status.phase, Phase::Paused);
+    assert_eq!(paused.status.pause_reason, Some(PauseReason::Step));
+    assert_eq!(reasons(&paused), ["WeightChanged", "Paused"]);
+}
+
+#[test]
+fn promote_request_passes_the_step_pause_and_promotion_completes() {
+    let s = spec(serde_json::json!({}));
+    let mut status = progressing(3, 50, 0);
+    status.phase = Phase::Paused;
+    status.pause_reason = Some(PauseReason::Step);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    seen.request = request(RequestAction::Promote, "1");
+    let promoting = plan(&s, &status, &seen, t(100));
+    assert_eq!(promoting.status.phase, Phase::Promoting);
+    assert!(promoting.status.last_request.as_ref().unwrap().accepted);
+    // Stable is updated first; the canary keeps serving its share meanwhile.
+    assert!(promoting.actions.contains(&Action::EnsureStable {
+        revision: "r2".into(),
+        replicas: 4
+    }));
+    assert!(
+        promoting
+            .actions
+            .contains(&Action::SetWeight { weight: 50 })
+    );
+
+    seen.request = request(RequestAction::Promote, "1"); // the same request again: ignored
+    seen.stable = Some(ready("r2", 4));
+    let promoted = plan(&s, &promoting.status, &seen, t(130));
+    assert_eq!(promoted.status.phase, Phase::Promoted);
+    assert_eq!(promoted.status.stable_revision.as_deref(), Some("r2"));
+    assert_eq!(promoted.status.canary_revision, None);
+    assert_eq!(promoted.status.canary_weight, 0);
+    assert_eq!(reasons(&promoted), ["Promoted"]);
+    // All traffic back on stable before the canary scales to zero.
+    assert_eq!(promoted.actions[0], Action::SetWeight { weight: 0 });
+    assert!(
+        promoted
+            .actions
+            .contains(&Action::ScaleCanary { replicas: 0 })
+    );
+}
+
+#[test]
+fn a_superseding_revision_takes_traffic_off_the_canary_before_replacing_it() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r3");
+    seen.canary = Some(ready("r2", 1));
+    let next = plan(&s, &progressing(1, 10, 0), &seen, t(20));
+    assert_eq!(next.status.canary_revision.as_deref(), Some("r3"));
+    assert_eq!(next.status.current_step_index, Some(0));
+    assert_eq!(next.actions[0], Action::SetWeight { weight: 0 });
+    assert!(next.actions.contains(&Action::EnsureCanary {
+        revision: "r3".into(),
+        replicas: 1
+    }));
+    assert_eq!(reasons(&next), ["RolloutStarted"]);
+    assert!(next.events[0].message.contains("superseding r2"));
+}
+
+#[test]
+fn going_back_to_the_stable_revision_rolls_back() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r1");
+    seen.canary = Some(ready("r2", 1));
+    let back = plan(&s, &progressing(1, 10, 0), &seen, t(20));
+    assert_eq!(back.status.phase, Phase::RolledBack);
+    assert_eq!(
+        back.status.rollback_reason,
+        Some(RollbackReason::TargetReverted)
+    );
+    assert_eq!(back.actions[0], Action::SetWeight { weight: 0 });
+}
+
+#[test]
+fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    seen.request = request(RequestAction::Abort, "a1");
+    let aborted = plan(&s, &progressing(2, 50, 0), &seen, t(20));
+    assert_eq!(aborted.actions[0], Action::SetWeight { weight: 0 });
+    assert_eq!(aborted.actions[1], Action::ScaleCanary { replicas: 0 });
+    assert_eq!(aborted.status.phase, Phase::RolledBack);
+    assert_eq!(aborted.status.failed_revision.as_deref(), Some("r2"));
+    assert_eq!(reasons(&aborted), ["Aborted", "RolledBack"]);
+
+    // The same revision is not rolled out again by itself...
+    seen.request = request(RequestAction::Abort, "a1");
+    let later = plan(&s, &aborted.status, &seen, t(40));
+    assert_eq!(later.status.phase, Phase::RolledBack);
+    assert!(later.events.is_empty());
+    assert!(
+        !later
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureCanary { .. }))
+    );
+    // ...but `retry` does.
+    seen.request = request(RequestAction::Retry, "r-1");
+    let retried = plan(&s, &later.status, &seen, t(60));
+    assert_eq!(retried.status.phase, Phase::Progressing);
+    assert_eq!(reasons(&retried), ["RolloutStarted"]);
+}
+
+#[test]
+fn abort_during_promotion_restores_the_previous_stable_revision() {
+    let s = spec(serde_json::json!({}));
+    let mut status = progressing(4, 50, 0);
+    status.phase = Phase::Promoting;
+    let mut seen = observed("r2");
+    seen.stable = Some(not_ready("r2", 4)); // stable is part-way to r2
+    seen.canary = Some(ready("r2", 2));
+    seen.request = request(RequestAction::Abort, "x");
+    let aborting = plan(&s, &status, &seen, t(20));
+    assert_eq!(aborting.status.phase, Phase::RollingBack);
+    assert_eq!(aborting.actions[0], Action::SetWeight { weight: 0 });
+    assert!(aborting.actions.contains(&Action::EnsureStable {
+        revision: "r1".into(),
+        replicas: 4
+    }));
+    // Stable back on r1 and ready: done.
+    seen.stable = Some(ready("r1", 4));
+    seen.request = None;
+    let done = plan(&s, &aborting.status, &seen, t(40));
+    assert_eq!(done.status.phase, Phase::RolledBack);
+    assert_eq!(done.status.stable_revision.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_canary_that_never_becomes_ready_hits_the_progress_deadline() {
+    let s = spec(serde_json::json!({"progressDeadlineSeconds": 60}));
+    let mut seen = observed("r2");
+    seen.canary = Some(not_ready("r2", 1));
+    let cases = [(30, Phase::Progressing), (61, Phase::RolledBack)];
+    for (at, phase) in cases {
+        let p = plan(&s, &progressing(0, 0, 0), &seen, t(at));
+        assert_eq!(p.status.phase, phase, "at {at}s");
+        if phase == Phase::RolledBack {
+            assert_eq!(
+                p.status.rollback_reason,
+                Some(RollbackReason::ProgressDeadlineExceeded)
+            );
+            assert_eq!(reasons(&p), ["ProgressDeadlineExceeded", "RolledBack"]);
+        }
+    }
+    // A paused rollout is not subject to the deadline.
+    let mut paused = progressing(0, 0, 0);
+    paused.phase = Phase::Paused;
+    paused.pause_reason = Some(PauseReason::Manual);
+    assert_eq!(
+        plan(&s, &paused, &seen, t(1000)).status.phase,
+        Phase::Paused
+    );
+}
+
+fn analysis_spec(on_failure: &str) -> CanarySpec {
+    spec(serde_json::json!({
+        "steps": [
+            {"setWeight": 10},
+            {"analysis": {"templates": [{"templateName": "success"}]}},
+            {"setWeight": 50},
+        ],
+        "onAnalysisFailure": on_failure,
+    }))
+}
+
+fn definitions(run: &str, count: u32) -> Result<BTreeMap<String, Vec<MetricDefinition>>, String> {
+    Ok(BTreeMap::from([(
+        run.to_string(),
+        vec![MetricDefinition {
+            template: "success".into(),
+            name: "success-rate".into(),
+            interval: StdDuration::from_secs(10),
+            initial_delay: StdDuration::ZERO,
+            limits: Limits {
+                count: Some(count),
+                failure_limit: 0,
+                inconclusive_limit: 0,
+                consecutive_error_limit: 2,
+            },
+            dry_run: false,
+        }],
+    )]))
+}
+
+fn measurement(run: &str, at: i64, phase: MeasurementPhase) -> NewMeasurement {
+    NewMeasurement {
+        run: run.into(),
+        metric: "success-rate".into(),
+        measurement: MeasurementStatus {
+            time: t(at).to_string(),
+            phase,
+            value: Some("0.99".into()),
+            reason: "test".into(),
+        },
+    }
+}
+
+/// Drives an analysis step with the given measurements, one reconcile each, 10 s apart.
+fn drive_analysis(on_failure: &str, phases: &[MeasurementPhase]) -> Vec<Plan> {
+    let s = analysis_spec(on_failure);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("step-1", 2);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    assert_eq!(
+        due_measurements(&status, t(0)),
+        vec![("step-1".to_string(), "success-rate".to_string())]
+    );
+    let mut plans = Vec::new();
+    for (i, phase) in phases.iter().enumerate() {
+        let at = 10 * i as i64;
+        assert_eq!(
+            due_measurements(&status, t(at)).len(),
+            1,
+            "measurement {i} is due"
+        );
+        seen.measurements = vec![measurement("step-1", at, *phase)];
+        let p = plan(&s, &status, &seen, t(at + 1));
+        status = p.status.clone();
+        plans.push(p);
+    }
+    plans
+}
+
+#[test]
+fn an_analysis_step_advances_only_on_success() {
+    use MeasurementPhase::*;
+    let plans = drive_analysis("rollback", &[Successful, Successful]);
+    assert_eq!(
+        plans[0].status.current_step_index,
+        Some(1),
+        "one of two measurements: wait"
+    );
+    let last = plans.last().unwrap();
+    assert_eq!(reasons(last), ["AnalysisPassed"]);
+    assert_eq!(last.status.current_step_index, Some(2));
+    let run = &last.status.analysis_runs[0];
+    assert_eq!(
+        (run.name.as_str(), run.phase),
+        ("step-1", AnalysisPhase::Successful)
+    );
+    assert_eq!(run.metrics[0].measurements.len(), 2);
+}
+
+#[test]
+fn analysis_outcomes_follow_the_policy() {
+    use MeasurementPhase::*;
+    let cases: [(&str, Vec<MeasurementPhase>, Phase, Vec<&str>); 5] = [
+        (
+            "rollback",
+            vec![Failed],
+            Phase::RolledBack,
+            vec!["AnalysisFailed", "RollingBack", "RolledBack"],
+        ),
+        (
+            "pause",
+            vec![Failed],
+            Phase::Paused,
+            vec!["AnalysisFailed", "Paused"],
+        ),
+        (
+            "rollback",
+            vec![Inconclusive],
+            Phase::Paused,
+            vec!["Paused"],
+        ),
+        // Prometheus unreachable: errors are retried, then the policy decides; never a promotion.
+        ("rollback", vec![Error, Error], Phase::Progressing, vec![]),
+        (
+            "rollback",
+            vec![Error, Error, Error],
+            Phase::RolledBack,
+            vec!["AnalysisFailed", "RollingBack", "RolledBack"],
+        ),
+    ];
+    for (policy, phases, expected, expected_reasons) in cases {
+        let plans = drive_analysis(policy, &phases);
+        let last = plans.last().unwrap();
+        assert_eq!(last.status.phase, expected, "{policy} {phases:?}");
+        assert_eq!(reasons(last), expected_reasons, "{policy} {phases:?}");
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.status.current_step_index <= Some(1)
+                    || p.status.phase == Phase::RolledBack)
+        );
+        if expected == Phase::Paused {
+            assert!(
+                last.status
+                    .message
+                    .as_ref()
+                    .unwrap()
+                    .contains("success-rate"),
+                "the reason names the metric"
+            );
+        }
+    }
+}
+
+#[test]
+fn failing_background_analysis_rolls_back_during_a_pause() {
+    let s = spec(serde_json::json!({
+        "analysis": {"templates": [{"templateName": "success"}], "startingStep": 1},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("background", 5);
+    let started = plan(&s, &progressing(1, 10, 0), &seen, t(0));
+    assert_eq!(started.status.analysis_runs[0].name, "background");
+    seen.measurements = vec![measurement("background", 0, MeasurementPhase::Failed)];
+    let failed = plan(&s, &started.status, &seen, t(1));
+    assert_eq!(failed.status.phase, Phase::RolledBack);
+    assert_eq!(
+        failed.status.rollback_reason,
+        Some(RollbackReason::AnalysisFailed)
+    );
+}
+
+#[test]
+fn requests_that_do_not_apply_are_refused_with_a_reason() {
+    let s = spec(serde_json::json!({}));
+    let cases: [(CanaryStatus, RequestAction, &str); 4] = [
+        (idle(), RequestAction::Promote, "no rollout is under way"),
+        (idle(), RequestAction::Abort, "no rollout is under way"),
+        (idle(), RequestAction::Retry, "no rolled-back revision"),
+        (progressing(1, 10, 0), RequestAction::Resume, "not paused"),
+    ];
+    for (status, action, why) in cases {
+        let mut seen = observed(status.canary_revision.as_deref().unwrap_or("r1"));
+        seen.canary = Some(ready("r2", 1));
+        seen.request = request(action, "q");
+        let p = plan(&s, &status, &seen, t(5));
+        let answer = p.status.last_request.unwrap();
+        assert!(!answer.accepted, "{action:?}");
+        assert!(
+            answer.message.contains(why),
+            "{action:?}: {}",
+            answer.message
+        );
+        assert_eq!(p.status.phase, status.phase, "{action:?}");
+    }
+    let mut seen = observed("r1");
+    seen.request = Some(Err("unknown action \"explode\"".into()));
+    let p = plan(&s, &idle(), &seen, t(5));
+    assert_eq!(reasons(&p), ["InvalidRequest"]);
+}
+
+#[test]
+fn pause_and_resume_by_request() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.request = request(RequestAction::Pause, "p");
+    let paused = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert_eq!(paused.status.phase, Phase::Paused);
+    assert_eq!(paused.status.pause_reason, Some(PauseReason::Manual));
+    // Time passes while paused: the timed pause does not complete.
+    seen.request = request(RequestAction::Pause, "p");
+    assert_eq!(
+        plan(&s, &paused.status, &seen, t(500)).status.phase,
+        Phase::Paused
+    );
+    seen.request = request(RequestAction::Resume, "r");
+    let resumed = plan(&s, &paused.status, &seen, t(500));
+    assert_eq!(resumed.status.phase, Phase::Progressing);
+    assert_eq!(
+        resumed.status.current_step_index,
+        Some(1),
+        "the pause step restarts its timer"
+    );
+    assert_eq!(resumed.requeue_after, Some(StdDuration::from_secs(60)));
+}
+
+#[test]
+fn a_missing_template_touches_no_traffic() {
+    let s = spec(serde_json::json!({"analysis": {"templates": [{"templateName": "nope"}]}}));
+    let mut seen = observed("r2");
+    seen.analysis =
+        Err("AnalysisTemplate shop/nope (spec.analysis.templates[0]) does not exist".into());
+    let p = plan(&s, &idle(), &seen, t(0));
+    assert_eq!(p.status.phase, Phase::Idle);
+    assert_eq!(reasons(&p), ["InvalidSpec"]);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureCanary { .. }))
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeight { weight } if *weight > 0))
+    );
+    let ready = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    // The event is not repeated at every reconcile.
+    assert!(plan(&s, &p.status, &seen, t(10)).events.is_empty());
+}
+
+#[test]
+fn a_missing_target_sends_traffic_to_stable_and_fails() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.target = None;
+    let p = plan(&s, &progressing(1, 10, 0), &seen, t(0));
+    assert_eq!(p.status.phase, Phase::Failed);
+    assert_eq!(p.actions[0], Action::SetWeight { weight: 0 });
+    assert!(
+        p.status
+            .message
+            .unwrap()
+            .contains("Deployment web (spec.targetRef) does not exist")
+    );
+}
+
+#[test]
+fn suspend_and_skip_analysis() {
+    let suspended = plan(
+        &spec(serde_json::json!({"suspend": true})),
+        &idle(),
+        &observed("r2"),
+        t(0),
+    );
+    assert_eq!(suspended.status.phase, Phase::Idle);
+    assert!(suspended.status.message.unwrap().contains("suspended"));
+
+    let skip = plan(
+        &spec(serde_json::json!({"skipAnalysis": true})),
+        &idle(),
+        &observed("r2"),
+        t(0),
+    );
+    assert_eq!(skip.status.phase, Phase::Promoting);
+    assert!(skip.actions.contains(&Action::EnsureStable {
+        revision: "r2".into(),
+        replicas: 4
+    }));
+    assert!(
+        !skip
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeight { weight } if *weight > 0))
+    );
+}
+
+#[test]
+fn planning_again_on_the_same_facts_changes_nothing() {
+    // Restart safety: a controller that plans twice on the same status and observations (e.g.
+    // after a restart) makes the same decision, raises no new events and writes the same status.
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    let states = [idle(), progressing(1, 10, 0), progressing(3, 50, 0)];
+    for status in states {
+        let first = plan(&s, &status, &seen, t(30));
+        let second = plan(&s, &first.status, &seen, t(30));
+        assert_eq!(second.status, first.status, "{:?}", status.phase);
+        assert!(
+            second.events.is_empty(),
+            "{:?}: {:?}",
+            status.phase,
+            second.events
+        );
+    }
+}
