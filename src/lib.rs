@@ -8,3 +8,4 @@ pub mod api;
 pub mod cli;
 pub mod metrics;
 pub mod rollout;
+pub mod workload;
