@@ -8,4 +8,5 @@ pub mod api;
 pub mod cli;
 pub mod metrics;
 pub mod rollout;
+pub mod routing;
 pub mod workload;
