@@ -1,6 +1,7 @@
 //! The `canary` command line: one module per subcommand, each a thin caller of the library.
 
 pub mod analyze;
+pub mod controller;
 pub mod crds;
 pub mod output;
 pub mod validate;
@@ -66,6 +67,7 @@ pub enum Command {
     Analyze(analyze::Args),
     Validate(validate::Args),
     Crds(crds::Args),
+    Controller(controller::Args),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +93,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Analyze(args) => analyze::run(args, output).await,
         Command::Validate(args) => validate::run(args, output),
         Command::Crds(args) => crds::run(args),
+        Command::Controller(args) => controller::run(args).await,
     }
 }
 

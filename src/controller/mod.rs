@@ -1,0 +1,199 @@
+//! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
+//! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
+
+pub mod metrics;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tracing::{error, info, warn};
+
+use crate::api::canary::Canary;
+use crate::metrics::PrometheusSource;
+pub use metrics::Metrics;
+
+/// The finalizer that makes deletion send traffic back to stable first.
+pub const FINALIZER: &str = "canary.dev/finalizer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("serialising an object: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<finalizer::Error<Error>>),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub prometheus: PrometheusSource,
+    pub default_prometheus: Option<String>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+/// How the controller process runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch one namespace; `None` for all.
+    pub namespace: Option<String>,
+    /// Prometheus for templates that name no address.
+    pub prometheus: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer::finalizer(&api, FINALIZER, canary, |event| async {
+        match event {
+            FinalizerEvent::Apply(canary) => reconcile::apply(canary, ctx.clone()).await,
+            FinalizerEvent::Cleanup(canary) => reconcile::cleanup(canary, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let namespace = canary.namespace().unwrap_or_default();
+    warn!(namespace, canary = canary.name_any(), %error, "reconcile failed; retrying");
+    ctx.metrics.reconcile_error(&namespace, &canary.name_any());
+    Requeue::requeue(Duration::from_secs(2))
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    let canaries: Api<Canary> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let deployments: Api<Deployment> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let prometheus = PrometheusSource::new().map_err(|e| Error::Invalid(e.to_string()))?;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        prometheus,
+        default_prometheus: config.prometheus.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "canary-controller".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        metrics: Metrics::default(),
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
+
+    let controller = Controller::new(canaries, watcher::Config::default());
+    let store = controller.store();
+    let mapper_store = store.clone();
+    let controller = controller
+        // The target's template changes and the managed Deployments' readiness both matter.
+        .watches(deployments, watcher::Config::default(), move |deployment| {
+            let namespace = deployment.namespace().unwrap_or_default();
+            let name = deployment.name_any();
+            let owners: Vec<String> = deployment
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "Canary")
+                .map(|o| o.name.clone())
+                .collect();
+            mapper_store
+                .state()
+                .into_iter()
+                .filter(|c| {
+                    c.namespace().as_deref() == Some(namespace.as_str())
+                        && (c.spec.target_ref.name == name || owners.contains(&c.name_any()))
+                })
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal();
+    let readiness = tokio::spawn({
+        let ready = ready.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.store(true, Ordering::SeqCst);
+                info!("caches synced; ready");
+            }
+        }
+    });
+    info!(listen = %config.listen, namespace = ?config.namespace, "controller started");
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+    readiness.abort();
+    server.abort();
+    info!("controller stopped");
+    Ok(())
+}
+
+async fn serve(
+    listen: SocketAddr,
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State((ctx, _)): State<(Arc<Context>, Arc<AtomicBool>)>| async move {
+                    ctx.metrics.encode()
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(
+                |State((_, ready)): State<(Arc<Context>, Arc<AtomicBool>)>| async move {
+                    if ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+                    }
+                },
+            ),
+        )
+        .with_state((ctx, ready));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Invalid(format!("cannot listen on {listen}: {e}")))?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "the metrics server stopped");
+        }
+    }))
+}

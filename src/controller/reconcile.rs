@@ -1,0 +1,538 @@
+//! One reconcile of one Canary: observe → [`rollout::plan`] → apply → status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, Error};
+use crate::analysis::run::{self, PreparedMetric, SecretValues};
+use crate::api::analysis_template::{
+    AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
+};
+use crate::api::canary::{
+    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, REVISION_ANNOTATION,
+    Request, RolloutStep, TemplateRef,
+};
+use crate::metrics::MetricsSource;
+use crate::rollout::{
+    self, Action, EventType, MetricDefinition, NewMeasurement, Observed, due_measurements,
+};
+use crate::routing::istio;
+use crate::workload::{self, Subset};
+
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "canary-controller";
+/// Without timers, look at every Canary at least this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub fn virtual_service_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+    ))
+}
+
+pub fn destination_rule_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+    ))
+}
+
+/// Reconciles a Canary that is not being deleted.
+pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let status = canary.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+
+    let observed = observe(&canary, &status, &ctx, now).await?;
+    let plan = rollout::plan(&canary.spec, &status, &observed, now);
+    info!(
+        namespace, canary = name, phase = plan.status.phase.as_str(),
+        weight = plan.status.canary_weight, actions = ?plan.actions, "planned"
+    );
+
+    for action in &plan.actions {
+        apply_action(&canary, action, &ctx).await?;
+    }
+    if plan.status != status {
+        write_status(&canary, &plan.status, &ctx).await?;
+    }
+    for event in &plan.events {
+        publish(&ctx.recorder, &canary, event).await;
+    }
+    ctx.metrics
+        .observe(&namespace, &name, &plan.status, started.elapsed());
+    Ok(Requeue::requeue(
+        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
+    ))
+}
+
+/// Reconciles a Canary being deleted: all traffic to stable, then the canary scaled to zero,
+/// and the user's Deployment given its replicas back, so nothing is left without an owner.
+pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let routing = &canary.spec.traffic_routing.istio;
+    if let Err(e) = set_weight(&ctx, &namespace, routing, 0).await {
+        warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.desired_replicas)
+        .unwrap_or(1);
+    if deployments
+        .get_opt(&canary.spec.target_ref.name)
+        .await?
+        .is_some()
+    {
+        deployments
+            .patch(
+                &canary.spec.target_ref.name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Merge(json!({"spec": {"replicas": desired}})),
+            )
+            .await?;
+    }
+    // The managed Deployments are owned by the Canary and garbage-collected after it.
+    ctx.metrics.forget(&namespace, &canary.name_any());
+    Ok(Requeue::await_change())
+}
+
+async fn observe(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Observed, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let target = deployments
+        .get_opt(&canary.spec.target_ref.name)
+        .await?
+        .map(|d| workload::target_state(&d));
+    let stable = deployments
+        .get_opt(&canary.spec.stable_name())
+        .await?
+        .map(|d| workload::workload_state(&d));
+    let canary_workload = deployments
+        .get_opt(&canary.spec.canary_name())
+        .await?
+        .map(|d| workload::workload_state(&d));
+    let request = canary
+        .annotations()
+        .get(REQUEST_ANNOTATION)
+        .map(|value| Request::parse(value));
+
+    let (analysis, prepared) = match resolve_analysis(canary, ctx).await {
+        Ok((definitions, prepared)) => (Ok(definitions), prepared),
+        Err(problem) => (Err(problem), BTreeMap::new()),
+    };
+    let mut measurements = Vec::new();
+    for (run_name, metric) in due_measurements(status, now) {
+        let Some(prepared_metric) = prepared.get(&(run_name.clone(), metric.clone())) else {
+            continue;
+        };
+        let outcome = ctx.prometheus.instant_query(&prepared_metric.request).await;
+        let judgement = prepared_metric
+            .criteria
+            .judge(&outcome, &prepared_metric.request.query);
+        ctx.metrics
+            .measurement(&namespace, &canary.name_any(), &metric, judgement.phase);
+        measurements.push(NewMeasurement {
+            run: run_name,
+            metric,
+            measurement: MeasurementStatus {
+                time: Timestamp::now().to_string(),
+                phase: judgement.phase,
+                value: judgement.value,
+                reason: judgement.reason,
+            },
+        });
+    }
+    Ok(Observed {
+        generation: canary.metadata.generation,
+        target,
+        stable,
+        canary: canary_workload,
+        request,
+        analysis,
+        measurements,
+    })
+}
+
+/// Secrets read from the cluster for the templates' `valueFrom` references.
+struct ClusterSecrets(BTreeMap<(String, String), String>);
+
+impl SecretValues for ClusterSecrets {
+    fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String> {
+        self.0
+            .get(&(reference.name.clone(), reference.key.clone()))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "Secret {} has no key {} (or cannot be read)",
+                    reference.name, reference.key
+                )
+            })
+    }
+}
+
+type Definitions = BTreeMap<String, Vec<MetricDefinition>>;
+type PreparedByMetric = BTreeMap<(String, String), PreparedMetric>;
+
+/// The metric definitions of every analysis run the spec can start, and the prepared queries.
+async fn resolve_analysis(
+    canary: &Canary,
+    ctx: &Context,
+) -> Result<(Definitions, PreparedByMetric), String> {
+    let mut runs: Vec<(String, &[TemplateRef], &[AnalysisArg])> = Vec::new();
+    if let Some(background) = &canary.spec.analysis {
+        runs.push(("background".into(), &background.templates, &background.args));
+    }
+    let steps = canary.spec.rollout_steps();
+    for (i, step) in steps.iter().enumerate() {
+        if let RolloutStep::Analysis(analysis) = step {
+            runs.push((format!("step-{i}"), &analysis.templates, &analysis.args));
+        }
+    }
+    let namespace = canary.namespace().unwrap_or_default();
+    let mut definitions = BTreeMap::new();
+    let mut prepared = BTreeMap::new();
+    for (run_name, templates, args) in runs {
+        let mut run_definitions = Vec::new();
+        for (t, template_ref) in templates.iter().enumerate() {
+            let where_ = if run_name == "background" {
+                format!("spec.analysis.templates[{t}]")
+            } else {
+                format!("the analysis step {run_name}, templates[{t}]")
+            };
+            let spec = fetch_template(ctx, &namespace, template_ref)
+                .await
+                .map_err(|e| format!("{e} ({where_})"))?;
+            let secrets = fetch_secrets(ctx, &namespace, &spec).await;
+            let args: BTreeMap<String, String> = args
+                .iter()
+                .filter(|a| spec.args.iter().any(|d| d.name == a.name))
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect();
+            let context = BTreeMap::from([
+                ("namespace".to_string(), namespace.clone()),
+                ("target".to_string(), canary.spec.target_ref.name.clone()),
+                ("canary".to_string(), canary.spec.canary_name()),
+                ("stable".to_string(), canary.spec.stable_name()),
+                ("workload".to_string(), canary.spec.canary_name()),
+            ]);
+            let analysis = run::prepare(
+                &template_ref.template_name,
+                &spec,
+                &args,
+                &context,
+                ctx.default_prometheus.as_deref(),
+                &secrets,
+            )
+            .map_err(|problems| {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!(
+                    "template {} ({where_}) cannot run: {}",
+                    template_ref.template_name,
+                    list.join("; ")
+                )
+            })?;
+            for metric in analysis.metrics {
+                let key = (run_name.clone(), metric.name.clone());
+                if prepared.contains_key(&key) {
+                    return Err(format!(
+                        "metric {} appears in two templates of {where_}: metric names must be unique within a run",
+                        metric.name
+                    ));
+                }
+                run_definitions.push(MetricDefinition {
+                    template: template_ref.template_name.clone(),
+                    name: metric.name.clone(),
+                    interval: metric.interval,
+                    initial_delay: metric.initial_delay,
+                    limits: metric.limits,
+                    dry_run: metric.dry_run,
+                });
+                prepared.insert(key, metric);
+            }
+        }
+        definitions.insert(run_name, run_definitions);
+    }
+    Ok((definitions, prepared))
+}
+
+async fn fetch_template(
+    ctx: &Context,
+    namespace: &str,
+    template_ref: &TemplateRef,
+) -> Result<AnalysisTemplateSpec, String> {
+    let name = &template_ref.template_name;
+    let found = if template_ref.cluster_scope {
+        Api::<ClusterAnalysisTemplate>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map(|t| t.map(|t| t.spec.0))
+    } else {
+        Api::<AnalysisTemplate>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map(|t| t.map(|t| t.spec))
+    };
+    let kind = if template_ref.cluster_scope {
+        "ClusterAnalysisTemplate".to_string()
+    } else {
+        format!("AnalysisTemplate {namespace}/")
+    };
+    match found {
+        Ok(Some(spec)) => Ok(spec),
+        Ok(None) => Err(format!(
+            "{kind}{name} does not exist: create it or fix templateName"
+        )),
+        Err(e) => Err(format!("{kind}{name} cannot be read: {e}")),
+    }
+}
+
+async fn fetch_secrets(
+    ctx: &Context,
+    namespace: &str,
+    spec: &AnalysisTemplateSpec,
+) -> ClusterSecrets {
+    let references: Vec<&SecretKeyRef> = spec
+        .args
+        .iter()
+        .filter_map(|a| a.value_from.as_ref().map(|v| &v.secret_key_ref))
+        .chain(spec.metrics.iter().flat_map(|m| {
+            m.provider
+                .prometheus
+                .headers
+                .iter()
+                .filter_map(|h| h.value_from.as_ref().map(|v| &v.secret_key_ref))
+        }))
+        .collect();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut values = BTreeMap::new();
+    for reference in references {
+        if let Ok(Some(secret)) = secrets.get_opt(&reference.name).await
+            && let Some(value) = secret.data.as_ref().and_then(|d| d.get(&reference.key))
+            && let Ok(text) = String::from_utf8(value.0.clone())
+        {
+            values.insert((reference.name.clone(), reference.key.clone()), text);
+        }
+    }
+    ClusterSecrets(values)
+}
+
+async fn apply_action(canary: &Canary, action: &Action, ctx: &Context) -> Result<(), Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    match action {
+        Action::EnsureStable { revision, replicas } => {
+            ensure_managed(canary, ctx, Subset::Stable, revision, *replicas).await
+        }
+        Action::EnsureCanary { revision, replicas } => {
+            ensure_managed(canary, ctx, Subset::Canary, revision, *replicas).await
+        }
+        Action::ScaleCanary { replicas } => {
+            let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
+                return Ok(());
+            };
+            let revision = workload::workload_state(&current)
+                .revision
+                .unwrap_or_default();
+            ensure_managed(canary, ctx, Subset::Canary, &revision, *replicas).await
+        }
+        Action::SetWeight { weight } => {
+            set_weight(ctx, &namespace, &canary.spec.traffic_routing.istio, *weight).await
+        }
+        Action::ScaleTargetToZero => {
+            deployments
+                .patch(
+                    &canary.spec.target_ref.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": 0}})),
+                )
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Server-side applies `<target>-<subset>` running `revision` with `replicas` pods.
+async fn ensure_managed(
+    canary: &Canary,
+    ctx: &Context,
+    subset: Subset,
+    revision: &str,
+    replicas: i32,
+) -> Result<(), Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let target = deployments
+        .get_opt(&canary.spec.target_ref.name)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "Deployment {} is gone",
+                canary.spec.target_ref.name
+            ))
+        })?;
+    let template = template_of(canary, ctx, &target, revision).await?;
+    let name = match subset {
+        Subset::Stable => canary.spec.stable_name(),
+        Subset::Canary => canary.spec.canary_name(),
+    };
+    let owner = canary
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
+    let desired =
+        workload::managed_deployment(&target, &name, subset, revision, &template, replicas, owner);
+    let mut body = serde_json::to_value(&desired)?;
+    body["apiVersion"] = json!("apps/v1");
+    body["kind"] = json!("Deployment");
+    deployments
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The pod template of `revision`: the target's, the canary's or stable's current one, or one
+/// from stable's ReplicaSet history (to restore stable after an abort during promotion).
+async fn template_of(
+    canary: &Canary,
+    ctx: &Context,
+    target: &Deployment,
+    revision: &str,
+) -> Result<PodTemplateSpec, Error> {
+    let target_template = target
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    if workload::template_revision(&target_template) == revision {
+        return Ok(target_template);
+    }
+    let namespace = canary.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in [canary.spec.canary_name(), canary.spec.stable_name()] {
+        if let Some(d) = deployments.get_opt(&name).await?
+            && workload::workload_state(&d).revision.as_deref() == Some(revision)
+        {
+            return Ok(d.spec.map(|s| s.template).unwrap_or_default());
+        }
+    }
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{}=stable", crate::api::canary::SUBSET_LABEL);
+    for rs in replica_sets
+        .list(&ListParams::default().labels(&selector))
+        .await?
+    {
+        let template = rs.spec.and_then(|s| s.template).unwrap_or_default();
+        let rs_revision = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(REVISION_ANNOTATION));
+        if rs_revision.map(String::as_str) == Some(revision) {
+            return Ok(template);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "the pod template of revision {revision} is no longer available (not in the target, the managed Deployments or stable's ReplicaSets)"
+    )))
+}
+
+async fn set_weight(
+    ctx: &Context,
+    namespace: &str,
+    routing: &crate::api::canary::IstioRouting,
+    weight: u8,
+) -> Result<(), Error> {
+    let dr_api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &destination_rule_resource());
+    let destination_rule = dr_api.get(&routing.destination_rule.name).await?;
+    if let Some(patch) = istio::subsets_patch(&serde_json::to_value(&destination_rule)?, routing) {
+        json_patch(&dr_api, &routing.destination_rule.name, patch).await?;
+    }
+    let vs_api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
+    let virtual_service = vs_api.get(&routing.virtual_service.name).await?;
+    let patch = istio::weight_patch(&serde_json::to_value(&virtual_service)?, routing, weight)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(patch) = patch {
+        json_patch(&vs_api, &routing.virtual_service.name, patch).await?;
+    }
+    Ok(())
+}
+
+async fn json_patch(
+    api: &Api<DynamicObject>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), Error> {
+    let patch: json_patch::Patch = serde_json::from_value(patch)?;
+    api.patch(
+        name,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Context) -> Result<(), Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "Canary",
+        "status": status,
+    });
+    api.patch_status(
+        &canary.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(recorder: &Recorder, canary: &Canary, event: &rollout::Event) {
+    let kube_event = KubeEvent {
+        type_: match event.kind {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        },
+        reason: event.reason.to_string(),
+        note: Some(event.message.chars().take(1000).collect()),
+        action: event.reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&kube_event, &canary.object_ref(&())).await {
+        warn!(canary = canary.name_any(), error = %e, "could not publish an event");
+    }
+}
