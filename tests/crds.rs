@@ -39,3 +39,29 @@ fn committed_crds_parse_as_crds_of_our_group() {
         assert_eq!(crd.spec.versions[0].name, canary::api::VERSION);
     }
 }
+
+#[test]
+fn the_kustomization_installs_every_crd() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let text = std::fs::read_to_string(root.join("kustomization.yaml")).unwrap();
+    let kustomization: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for (file, _) in canary::api::crds() {
+        let path = format!("crds/{file}");
+        assert!(
+            resources.contains(&path.as_str()),
+            "deploy/kustomization.yaml does not list {path}"
+        );
+    }
+    for resource in resources {
+        assert!(
+            root.join(resource).exists(),
+            "deploy/{resource} is listed but missing"
+        );
+    }
+}
