@@ -346,8 +346,13 @@ impl Planner<'_> {
             return;
         }
         if self.status.failed_revision.as_deref() == Some(&target.revision) && !retry {
+            let why = self
+                .status
+                .rollback_reason
+                .map(|r| format!(" ({r:?})"))
+                .unwrap_or_default();
             self.status.message = Some(format!(
-                "revision {} was rolled back; it is not rolled out again until `canary retry` or a new revision",
+                "revision {} was rolled back{why}; it is not rolled out again until `canary retry` or a new revision",
                 target.revision
             ));
             return;
