@@ -274,8 +274,8 @@ async fn follow_until(
 struct World {
     ns: TestNamespace,
     simulator: Simulator,
-    _prometheus: prometheus::Prometheus,
-    _controller: Child,
+    prometheus: Option<prometheus::Prometheus>,
+    controller: Child,
 }
 
 /// The service at rest on web:1, the controller running, traffic flowing and scraped.
@@ -304,8 +304,8 @@ async fn world(prefix: &str) -> World {
     World {
         ns,
         simulator,
-        _prometheus: prometheus,
-        _controller: controller,
+        prometheus: Some(prometheus),
+        controller,
     }
 }
 
@@ -409,4 +409,201 @@ async fn abort_mid_rollout_restores_all_traffic_to_stable_within_seconds() {
     let (canary, _) = follow_until(&world.ns, Phase::RolledBack, Duration::from_secs(30)).await;
     let request = canary.status.unwrap().last_request.unwrap();
     assert!(request.accepted && request.id == "e2e-1", "{request:?}");
+}
+
+async fn patch_canary(ns: &TestNamespace, patch: Value) {
+    let api: Api<Canary> = ns.api();
+    api.patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("patching the Canary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline() {
+    let world = world("deadline").await;
+    patch_canary(&world.ns, json!({"spec": {"progressDeadlineSeconds": 10}})).await;
+    // Pods of this revision cannot be scheduled on any node: they never become ready.
+    let api: Api<Deployment> = world.ns.api();
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"spec": {"template": {"spec": {
+            "nodeSelector": {"canary.dev/no-such-node": "true"},
+            "containers": [{"name": "app", "image": "web:unschedulable"}],
+        }}}})),
+    )
+    .await
+    .unwrap();
+    let (canary, timeline) =
+        follow_until(&world.ns, Phase::RolledBack, Duration::from_secs(60)).await;
+    eprintln!("never ready:\n{}", timeline.join("\n"));
+    let status = canary.status.unwrap();
+    assert_eq!(
+        status.rollback_reason,
+        Some(RollbackReason::ProgressDeadlineExceeded)
+    );
+    assert!(
+        !timeline.iter().any(|l| l.contains("weight=20")),
+        "no traffic reached unready pods"
+    );
+    assert!(
+        status.analysis_runs.is_empty(),
+        "rolled back without waiting for analysis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_continues_the_rollout_from_its_step() {
+    let mut world = world("restart").await;
+    set_image(&world.ns, "web:2").await;
+    let api: Api<Canary> = world.ns.api();
+    wait_for(
+        &api,
+        "web",
+        "a measurement of the analysis step",
+        ROLLOUT_TIMEOUT,
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.analysis_runs
+                    .iter()
+                    .any(|r| r.metrics.iter().any(|m| m.tally.measured >= 1))
+            })
+        },
+    )
+    .await;
+    world
+        .controller
+        .kill()
+        .await
+        .expect("killing the controller");
+    let before = api.get("web").await.unwrap().status.unwrap();
+    let prometheus = world.prometheus.as_ref().unwrap().url();
+    world.controller = start_controller(&world.ns, &prometheus).await;
+    let (canary, timeline) = follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    eprintln!(
+        "after restart at step {:?}:\n{}",
+        before.step_display,
+        timeline.join("\n")
+    );
+    assert!(
+        !timeline.iter().any(|l| l.contains("step=0/")),
+        "the rollout did not start over: {timeline:#?}"
+    );
+    let status = canary.status.unwrap();
+    let tally = status.analysis_runs[0].metrics[0].tally;
+    assert_eq!(
+        tally.measured, 3,
+        "measurements before the restart count: {tally:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prometheus_gone_nothing_is_promoted_and_the_policy_rolls_back() {
+    let mut world = world("noprom").await;
+    set_image(&world.ns, "web:2").await;
+    eventually("the canary at 20%", ROLLOUT_TIMEOUT, || async {
+        (canary_weight_in_virtual_service(&world.ns).await == 20).then_some(())
+    })
+    .await;
+    drop(world.prometheus.take());
+    let (canary, timeline) = follow_until(&world.ns, Phase::RolledBack, ROLLOUT_TIMEOUT).await;
+    eprintln!("prometheus gone:\n{}", timeline.join("\n"));
+    assert!(
+        !timeline.iter().any(|l| l.contains("Promot")),
+        "{timeline:#?}"
+    );
+    let status = canary.status.unwrap();
+    let metric = &status.analysis_runs[0].metrics[0];
+    assert_eq!(
+        metric.phase,
+        canary::analysis::AnalysisPhase::Error,
+        "{metric:?}"
+    );
+    assert!(
+        metric
+            .measurements
+            .iter()
+            .any(|m| m.reason.contains("unreachable")),
+        "{metric:?}"
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_canaries_are_rejected_or_touch_no_traffic() {
+    let world = world("invalid").await;
+    // The API server itself rejects an impossible spec, saying why.
+    let api: Api<Canary> = world.ns.api();
+    let mut bad = api.get("web").await.unwrap();
+    bad.metadata = kube::core::ObjectMeta {
+        name: Some("bad".into()),
+        ..Default::default()
+    };
+    bad.status = None;
+    bad.spec.steps =
+        Some(serde_json::from_value(json!([{"setWeight": 50}, {"setWeight": 10}])).unwrap());
+    let status = cluster::api_error(
+        api.create(&PostParams::default(), &bad).await,
+        "decreasing steps",
+    );
+    assert!(
+        status.message.contains("setWeight steps must not decrease"),
+        "{status:?}"
+    );
+
+    // A missing template: Ready=False, a Warning event, no canary, no weight.
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [
+            {"setWeight": 20},
+            {"analysis": {"templates": [{"templateName": "no-such-template"}]}},
+        ]}}),
+    )
+    .await;
+    set_image(&world.ns, "web:2").await;
+    let canary = wait_for(&api, "web", "Ready=False", Duration::from_secs(30), |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False")
+        })
+    })
+    .await;
+    let status = canary.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains("no-such-template does not exist"),
+        "{ready:?}"
+    );
+    assert_eq!(status.phase, Phase::Idle);
+    let events: Api<k8s_openapi::api::events::v1::Event> = world.ns.api();
+    let warning = eventually("a Warning event", Duration::from_secs(10), || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("InvalidSpec")
+            })
+    })
+    .await;
+    assert!(
+        warning
+            .note
+            .unwrap_or_default()
+            .contains("no-such-template")
+    );
+    let deployments: Api<Deployment> = world.ns.api();
+    assert!(
+        deployments.get_opt("web-canary").await.unwrap().is_none(),
+        "no canary was deployed"
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
 }
