@@ -99,7 +99,10 @@ impl Simulator {
 
 /// The controller as it runs in a cluster: its own process, watching one namespace.
 async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
-    let port = prometheus::free_port();
+    start_controller_on(ns, prometheus, prometheus::free_port()).await
+}
+
+async fn start_controller_on(ns: &TestNamespace, prometheus: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_canary"))
         .args([
             "controller",
@@ -606,4 +609,60 @@ async fn invalid_canaries_are_rejected_or_touch_no_traffic() {
         "no canary was deployed"
     );
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
+    let ns = cluster().namespace("process").await;
+    set_up(&ns, "web:1").await;
+    let port = prometheus::free_port();
+    let mut controller = start_controller_on(&ns, "http://127.0.0.1:1", port).await;
+    eventually("/healthz answers", Duration::from_secs(30), || async {
+        http_get(port, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    eventually(
+        "/readyz once the caches synced",
+        Duration::from_secs(30),
+        || async { http_get(port, "/readyz").await.filter(|(s, _)| *s == 200) },
+    )
+    .await;
+    follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
+    let metrics = eventually("the Canary's metrics", Duration::from_secs(30), || async {
+        http_get(port, "/metrics")
+            .await
+            .map(|(_, text)| text)
+            .filter(|text| {
+                text.contains(&format!(
+                    "canary_phase{{namespace=\"{}\",name=\"web\",phase=\"Idle\"}} 1",
+                    ns.name
+                ))
+            })
+    })
+    .await;
+    assert!(metrics.contains("canary_weight{"), "{metrics}");
+    assert!(
+        metrics.contains("canary_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
+
+    let pid = controller.id().expect("the controller runs").to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), controller.wait())
+        .await
+        .expect("the controller stops within 15 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }

@@ -139,9 +139,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let readiness = tokio::spawn({
         let ready = ready.clone();
         async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready.store(true, Ordering::SeqCst);
-                info!("caches synced; ready");
+            // The store's ready signal wakes only its latest waiter (kube-runtime keeps one
+            // waker per oneshot, and the controller's own runner waits on it too); the value is
+            // remembered, so asking again after a short wait sees it.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        ready.store(true, Ordering::SeqCst);
+                        info!("caches synced; ready");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "the Canary cache stopped before it was filled");
+                        return;
+                    }
+                    Err(_) => continue,
+                }
             }
         }
     });
