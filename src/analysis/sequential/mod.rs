@@ -1,0 +1,127 @@
+//! The sequential canary-vs-stable judge: anytime-valid tests on counts.
+//!
+//! Pure: no I/O, no clock. The caller feeds one interval of counts at a time (deltas of
+//! Prometheus counters for the canary and the stable workload) and gets back an
+//! [`Assessment`] with the evidence, the effect estimate with its time-uniform confidence
+//! interval, a [`Verdict`] and a sentence for humans. The judge may be asked after every
+//! interval without inflating false rollbacks: the probability that a canary within tolerance
+//! is ever judged `Regressed` is at most `alpha`.
+//!
+//! - [`ErrorRateJudge`]: request and error counts (conditional beta-binomial mixture e-process
+//!   on the error-rate ratio).
+//! - [`LatencyJudge`]: histogram bucket counts per `le`, one e-process per bucket boundary on
+//!   the ratio of slower-than-`le` fractions, averaged.
+//! - [`combine`]: several metrics into one decision within the same `alpha`.
+//!
+//! The math, its references and the benchmark are in `docs/sequential-judge.md`.
+
+mod combine;
+mod config;
+mod error_rate;
+mod latency;
+mod rate_ratio;
+
+#[cfg(test)]
+mod optional_stopping_tests;
+
+pub use combine::{CombinedAssessment, WeightedMetric, combine};
+pub use config::{InvalidConfig, SequentialConfig};
+pub use error_rate::{ErrorCounts, ErrorRateJudge};
+pub use latency::{HistogramCounts, InvalidLatencySetup, LatencyJudge};
+pub use rate_ratio::RatioInterval;
+
+use serde::{Deserialize, Serialize};
+
+/// What the evidence says so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The canary is worse than stable by more than the tolerance (e-value ≥ 1/alpha).
+    Regressed,
+    /// The data rule out a regression beyond the tolerance: safe to step up or promote early.
+    NoRegression,
+    /// Not enough evidence either way yet.
+    Continue,
+}
+
+/// The judge's answer after an interval, for one metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assessment {
+    pub verdict: Verdict,
+    /// E-value against "no regression beyond tolerance"; `Regressed` when ≥ 1/alpha.
+    /// Capped at 1e300 so that it stays a finite number in JSON.
+    pub evidence_of_regression: f64,
+    /// E-value against "regression beyond tolerance"; `NoRegression` when ≥ 1/alpha.
+    pub evidence_of_no_regression: f64,
+    /// Estimated ratio canary/stable of the judged rate (error rate, or the fraction of
+    /// requests slower than [`Assessment::latency_bucket`]); `None` before any information.
+    pub ratio_estimate: Option<f64>,
+    /// Time-uniform 1 − 2·alpha confidence interval on that ratio; it excludes the tolerated
+    /// ratio whenever the verdict is `Regressed` or `NoRegression`.
+    pub ratio_interval: RatioInterval,
+    /// The ratio above which the canary counts as regressed (1 + tolerance).
+    pub tolerated_ratio: f64,
+    /// For latency: the bucket boundary `le` the estimate and interval refer to.
+    pub latency_bucket: Option<f64>,
+    /// Intervals that carried information (traffic on both sides and at least one event).
+    pub informative_intervals: u32,
+    /// Intervals the caller reported as missing (no data from Prometheus).
+    pub missing_intervals: u32,
+    /// One sentence: the effect, the interval, the evidence and what it means.
+    pub explanation: String,
+}
+
+/// Largest e-value reported; beyond it only the verdict matters.
+const EVIDENCE_CAP_LN: f64 = 690.0;
+
+fn capped_e_value(ln_e: f64) -> f64 {
+    ln_e.min(EVIDENCE_CAP_LN).exp()
+}
+
+/// Counts that cannot come from real counters: the interval is rejected, and the judge's
+/// state is left as it was.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidCounts {
+    #[error(
+        "{side} reported {errors} errors but only {requests} requests in one interval; check that the error query selects a subset of the request query"
+    )]
+    MoreErrorsThanRequests {
+        side: &'static str,
+        errors: u64,
+        requests: u64,
+    },
+    #[error(
+        "{side} histogram has {got} bucket counts but the layout has {expected} (one per `le`, including +Inf)"
+    )]
+    BucketCountMismatch {
+        side: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error(
+        "{side} histogram counts decrease from `le`={le_before} to `le`={le_after}; cumulative Prometheus buckets never do (mixed series or a counter reset inside the window?)"
+    )]
+    NotCumulative {
+        side: &'static str,
+        le_before: f64,
+        le_after: f64,
+    },
+}
+
+fn format_ratio(ratio: f64) -> String {
+    if ratio.is_infinite() {
+        "∞".to_owned()
+    } else if ratio >= 10.0 {
+        format!("{ratio:.0}")
+    } else {
+        format!("{ratio:.2}")
+    }
+}
+
+fn format_e_value(e: f64) -> String {
+    if e >= 1e4 || (e > 0.0 && e < 1e-3) {
+        format!("{e:.1e}")
+    } else {
+        format!("{e:.2}")
+    }
+}
