@@ -12,13 +12,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Assessment, InvalidConfig, Verdict, format_e_value};
+use super::{Evidence, InvalidConfig, Verdict, format_e_value};
 
-/// One metric's latest assessment with its weight in the combined decision.
+/// One metric's latest evidence ([`Assessment::evidence`] or the judge's `evidence()`) with
+/// its weight in the combined decision.
 #[derive(Clone, Copy, Debug)]
 pub struct WeightedMetric<'a> {
     pub name: &'a str,
-    pub assessment: &'a Assessment,
+    pub evidence: Evidence,
     /// Relative share of the false-rollback budget; any positive number (normalized).
     pub weight: f64,
 }
@@ -60,14 +61,14 @@ pub fn combine(
     let total_weight: f64 = metrics.iter().map(|m| m.weight).sum();
     let contributions: Vec<f64> = metrics
         .iter()
-        .map(|m| m.weight / total_weight * m.assessment.evidence_of_regression)
+        .map(|m| m.weight / total_weight * m.evidence.regression)
         .collect();
     let evidence_of_regression: f64 = contributions.iter().sum();
     let threshold = 1.0 / alpha;
     let all_safe = !metrics.is_empty()
         && metrics
             .iter()
-            .all(|m| m.assessment.evidence_of_no_regression >= threshold);
+            .all(|m| m.evidence.no_regression >= threshold);
     let verdict = if evidence_of_regression >= threshold {
         Verdict::Regressed
     } else if all_safe {
@@ -103,7 +104,7 @@ pub fn combine(
         Verdict::Continue => {
             let pending: Vec<&str> = metrics
                 .iter()
-                .filter(|m| m.assessment.evidence_of_no_regression < threshold)
+                .filter(|m| m.evidence.no_regression < threshold)
                 .map(|m| m.name)
                 .collect();
             format!(
@@ -129,23 +130,11 @@ pub fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::sequential::RatioInterval;
 
-    fn assessment(evidence_of_regression: f64, evidence_of_no_regression: f64) -> Assessment {
-        Assessment {
-            verdict: Verdict::Continue,
-            evidence_of_regression,
-            evidence_of_no_regression,
-            ratio_estimate: None,
-            ratio_interval: RatioInterval {
-                lower: 0.0,
-                upper: f64::INFINITY,
-            },
-            tolerated_ratio: 1.1,
-            latency_bucket: None,
-            informative_intervals: 0,
-            missing_intervals: 0,
-            explanation: String::new(),
+    fn evidence(regression: f64, no_regression: f64) -> Evidence {
+        Evidence {
+            regression,
+            no_regression,
         }
     }
 
@@ -210,18 +199,17 @@ mod tests {
             ),
         ];
         for (name, inputs, expected, deciding) in cases {
-            let assessments: Vec<Assessment> =
-                inputs.iter().map(|(r, s, _)| assessment(*r, *s)).collect();
             let names: Vec<String> = (0..inputs.len()).map(|i| format!("m{i}")).collect();
             let metrics: Vec<WeightedMetric> = inputs
                 .iter()
-                .zip(&assessments)
                 .zip(&names)
-                .map(|(((_, _, weight), assessment), name)| WeightedMetric {
-                    name,
-                    assessment,
-                    weight: *weight,
-                })
+                .map(
+                    |((regression, no_regression, weight), name)| WeightedMetric {
+                        name,
+                        evidence: evidence(*regression, *no_regression),
+                        weight: *weight,
+                    },
+                )
                 .collect();
             let combined = combine(0.01, &metrics).unwrap();
             assert_eq!(
@@ -235,16 +223,15 @@ mod tests {
 
     #[test]
     fn invalid_weight_or_alpha_is_refused() {
-        let a = assessment(1.0, 1.0);
         let zero = [WeightedMetric {
             name: "m",
-            assessment: &a,
+            evidence: evidence(1.0, 1.0),
             weight: 0.0,
         }];
         assert_eq!(combine(0.01, &zero).unwrap_err().field, "weight");
         let fine = [WeightedMetric {
             name: "m",
-            assessment: &a,
+            evidence: evidence(1.0, 1.0),
             weight: 1.0,
         }];
         assert_eq!(combine(0.0, &fine).unwrap_err().field, "alpha");

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rate_ratio::{RateRatioEvidence, RatioGrid};
 use super::{
-    Assessment, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
+    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
     format_e_value, format_ratio,
 };
 
@@ -87,6 +87,15 @@ impl ErrorRateJudge {
         self.missing_intervals += 1;
     }
 
+    /// The e-values alone, without estimate, interval or explanation (for combining metrics
+    /// in tight loops).
+    pub fn evidence(&self) -> Evidence {
+        Evidence {
+            regression: capped_e_value(self.evidence.ln_e_regression(&self.grid)),
+            no_regression: capped_e_value(self.evidence.ln_e_no_regression(&self.grid)),
+        }
+    }
+
     /// The verdict alone, without building the explanation (for tight loops).
     pub fn verdict(&self) -> Verdict {
         decide(
@@ -104,8 +113,10 @@ impl ErrorRateJudge {
         let ratio_estimate = self.evidence.estimate(&self.grid);
         let ratio_interval = self.evidence.confidence_sequence(&self.grid, self.alpha);
         let tolerated_ratio = self.grid.null_ratio();
-        let evidence_of_regression = capped_e_value(ln_regression);
-        let evidence_of_no_regression = capped_e_value(ln_no_regression);
+        let evidence = Evidence {
+            regression: capped_e_value(ln_regression),
+            no_regression: capped_e_value(ln_no_regression),
+        };
         let counts = format!(
             "canary {} errors in {} requests, stable {} in {}",
             self.evidence.canary_events,
@@ -128,16 +139,15 @@ impl ErrorRateJudge {
                 format_ratio(ratio_interval.lower),
                 format_ratio(ratio_interval.upper),
                 format_ratio(tolerated_ratio),
-                format_e_value(evidence_of_regression),
-                format_e_value(evidence_of_no_regression),
+                format_e_value(evidence.regression),
+                format_e_value(evidence.no_regression),
                 format_e_value(1.0 / self.alpha),
                 verdict_meaning(verdict),
             ),
         };
         Assessment {
             verdict,
-            evidence_of_regression,
-            evidence_of_no_regression,
+            evidence,
             ratio_estimate,
             ratio_interval,
             tolerated_ratio,
@@ -294,7 +304,7 @@ mod tests {
         }
         let assessment = judge.assess();
         assert_eq!(assessment.verdict, Verdict::Continue);
-        assert_eq!(assessment.evidence_of_regression, 1.0);
+        assert_eq!(assessment.evidence.regression, 1.0);
         assert_eq!(assessment.missing_intervals, 100);
         assert!(
             assessment
@@ -351,7 +361,7 @@ mod tests {
             assessment.ratio_interval.lower < estimate
                 && estimate < assessment.ratio_interval.upper
         );
-        assert!(assessment.evidence_of_regression >= 100.0);
+        assert!(assessment.evidence.regression >= 100.0);
         for part in [
             "canary error rate",
             "confidence sequence",

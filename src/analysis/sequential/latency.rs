@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error_rate::{decide, verdict_meaning};
 use super::rate_ratio::{RateRatioEvidence, RatioGrid, log_sum_exp};
 use super::{
-    Assessment, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
+    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
     format_e_value, format_ratio,
 };
 
@@ -176,6 +176,15 @@ impl LatencyJudge {
             .expect("at least one boundary")
     }
 
+    /// The e-values alone, without estimate, interval or explanation.
+    pub fn evidence(&self) -> Evidence {
+        let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
+        Evidence {
+            regression: capped_e_value(self.ln_e_regression()),
+            no_regression: capped_e_value(ln_no_regression),
+        }
+    }
+
     /// The verdict alone, without building the explanation.
     pub fn verdict(&self) -> Verdict {
         let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
@@ -199,8 +208,10 @@ impl LatencyJudge {
         let ratio_estimate = evidence.estimate(&self.grid);
         let ratio_interval = evidence.confidence_sequence(&self.grid, self.alpha);
         let tolerated_ratio = self.grid.null_ratio();
-        let evidence_of_regression = capped_e_value(ln_regression);
-        let evidence_of_no_regression = capped_e_value(ln_no_regression);
+        let evidence = Evidence {
+            regression: capped_e_value(ln_regression),
+            no_regression: capped_e_value(ln_no_regression),
+        };
         let missing = match self.missing_intervals {
             0 => String::new(),
             n => format!("; {n} interval(s) without data"),
@@ -221,16 +232,15 @@ impl LatencyJudge {
                 format_ratio(ratio_interval.upper),
                 format_ratio(tolerated_ratio),
                 self.boundaries.len(),
-                format_e_value(evidence_of_regression),
-                format_e_value(evidence_of_no_regression),
+                format_e_value(evidence.regression),
+                format_e_value(evidence.no_regression),
                 format_e_value(1.0 / self.alpha),
                 verdict_meaning(verdict),
             ),
         };
         Assessment {
             verdict,
-            evidence_of_regression,
-            evidence_of_no_regression,
+            evidence,
             ratio_estimate,
             ratio_interval,
             tolerated_ratio,

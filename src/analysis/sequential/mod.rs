@@ -43,16 +43,23 @@ pub enum Verdict {
     Continue,
 }
 
+/// The two e-values of a metric (or of a combination of metrics). Each is capped at 1e300 so
+/// that it stays a finite number in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// E-value against "no regression beyond tolerance"; `Regressed` when ≥ 1/alpha.
+    pub regression: f64,
+    /// E-value against "regression beyond tolerance"; `NoRegression` when ≥ 1/alpha.
+    pub no_regression: f64,
+}
+
 /// The judge's answer after an interval, for one metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Assessment {
     pub verdict: Verdict,
-    /// E-value against "no regression beyond tolerance"; `Regressed` when ≥ 1/alpha.
-    /// Capped at 1e300 so that it stays a finite number in JSON.
-    pub evidence_of_regression: f64,
-    /// E-value against "regression beyond tolerance"; `NoRegression` when ≥ 1/alpha.
-    pub evidence_of_no_regression: f64,
+    pub evidence: Evidence,
     /// Estimated ratio canary/stable of the judged rate (error rate, or the fraction of
     /// requests slower than [`Assessment::latency_bucket`]); `None` before any information.
     pub ratio_estimate: Option<f64>,

@@ -258,9 +258,26 @@ fn ln_rising_factorial(a: f64, n: u64) -> f64 {
         // A product of at most 16 factors below 1e16 stays far from overflow, and one `ln` is
         // much cheaper than two `ln_gamma` calls; counts per interval are usually small.
         (0..n).map(|j| a + j as f64).product::<f64>().ln()
+    } else if a >= STIRLING_FROM {
+        ln_gamma_stirling(a + n as f64) - ln_gamma_stirling(a)
     } else {
         ln_gamma(a + n as f64) - ln_gamma(a)
     }
+}
+
+/// Above this argument the Stirling series below is accurate to 1e-12.
+const STIRLING_FROM: f64 = 10.0;
+
+/// ln Γ(z) by the Stirling series with four correction terms; several times faster than the
+/// general Lanczos approximation and the judge calls it per grid point and interval.
+fn ln_gamma_stirling(z: f64) -> f64 {
+    let inverse = 1.0 / z;
+    let inverse_squared = inverse * inverse;
+    let correction = inverse
+        * (1.0 / 12.0
+            - inverse_squared
+                * (1.0 / 360.0 - inverse_squared * (1.0 / 1260.0 - inverse_squared / 1680.0)));
+    (z - 0.5) * z.ln() - z + 0.5 * (2.0 * std::f64::consts::PI).ln() + correction
 }
 
 pub(crate) fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
@@ -289,9 +306,21 @@ mod tests {
     }
 
     #[test]
+    fn stirling_series_matches_ln_gamma() {
+        for z in [10.0, 10.5, 37.2, 1e3, 4.5e6, 1e12] {
+            let reference = ln_gamma(z);
+            let fast = ln_gamma_stirling(z);
+            assert!(
+                (reference - fast).abs() <= 1e-12 * reference.abs().max(1.0),
+                "z={z}: {reference} vs {fast}"
+            );
+        }
+    }
+
+    #[test]
     fn rising_factorial_agrees_between_product_and_gamma_paths() {
         for a in [0.3, 1.0, 7.5, 123.0, 4.0e6] {
-            for n in [1_u64, 5, 16] {
+            for n in [1_u64, 5, 16, 17, 3_000] {
                 let by_gamma = ln_gamma(a + n as f64) - ln_gamma(a);
                 let direct = ln_rising_factorial(a, n);
                 assert!(
