@@ -27,6 +27,10 @@ struct Arguments {
     /// A subset of the grid with fewer runs, for development.
     #[arg(long)]
     quick: bool,
+    /// Instead of the grid: variants of our judge on a few cells, to show what each design
+    /// choice costs.
+    #[arg(long, conflicts_with = "quick")]
+    ablation: bool,
     /// Runs per healthy cell (default 2,000; 300 with --quick).
     #[arg(long)]
     healthy_runs: Option<usize>,
@@ -101,6 +105,27 @@ fn cells(arguments: &Arguments) -> Vec<Cell> {
                 &Scenario::BAD,
             )
         };
+    if arguments.ablation {
+        let cell = |scenario: Scenario, rps, schedule| Cell {
+            scenario,
+            rps,
+            schedule,
+            runs: if scenario.is_healthy() {
+                healthy_runs
+            } else {
+                bad_runs
+            },
+        };
+        return vec![
+            cell(Scenario::ErrorsX2, 1000.0, Schedule::OnePercent),
+            cell(Scenario::ErrorsX5, 1000.0, Schedule::OnePercent),
+            cell(Scenario::ErrorsX2, 100.0, Schedule::Stepped),
+            cell(Scenario::Latency20, 100.0, Schedule::OnePercent),
+            cell(Scenario::AaTest, 1000.0, Schedule::FivePercent),
+            cell(Scenario::PodOverdispersion, 1000.0, Schedule::FivePercent),
+            cell(Scenario::PodOverdispersion, 100.0, Schedule::Stepped),
+        ];
+    }
     let mut cells = Vec::new();
     for (scenarios, runs) in [(healthy, healthy_runs), (bad, bad_runs)] {
         for &scenario in scenarios {
@@ -139,9 +164,9 @@ fn run_seed(base: u64, cell: &Cell, run: usize) -> u64 {
     mix(base ^ mix(scenario << 40 ^ (cell.rps as u64) << 8 ^ schedule) ^ mix(run as u64))
 }
 
-fn run_once(cell: &Cell, seed: u64) -> Vec<RunOutcome> {
+fn run_once(cell: &Cell, methods: &[MethodKind], seed: u64) -> Vec<RunOutcome> {
     let observations = simulate_run(cell.scenario, cell.rps, cell.schedule, seed);
-    MethodKind::ALL
+    methods
         .iter()
         .map(|kind| {
             let mut method = kind.build();
@@ -171,6 +196,14 @@ fn run_once(cell: &Cell, seed: u64) -> Vec<RunOutcome> {
 fn main() {
     let arguments = Arguments::parse();
     let cells = cells(&arguments);
+    let methods: Vec<MethodKind> = if arguments.ablation {
+        (0..methods::VARIANTS.len())
+            .map(MethodKind::Variant)
+            .chain([MethodKind::Oracle])
+            .collect()
+    } else {
+        MethodKind::ALL.to_vec()
+    };
     let jobs: Vec<(usize, usize)> = cells
         .iter()
         .enumerate()
@@ -181,7 +214,7 @@ fn main() {
         "{} cells, {} runs, {} methods, {} threads",
         cells.len(),
         jobs.len(),
-        MethodKind::ALL.len(),
+        methods.len(),
         arguments.threads
     );
     let threads = arguments.threads.max(1);
@@ -194,6 +227,7 @@ fn main() {
             .map(|worker| {
                 let jobs = &jobs;
                 let cells = &cells;
+                let methods = &methods;
                 let seed = arguments.seed;
                 scope.spawn(move || {
                     jobs.iter()
@@ -201,7 +235,10 @@ fn main() {
                         .step_by(threads)
                         .map(|&(cell_index, run)| {
                             let cell = &cells[cell_index];
-                            (cell_index, run_once(cell, run_seed(seed, cell, run)))
+                            (
+                                cell_index,
+                                run_once(cell, methods, run_seed(seed, cell, run)),
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
@@ -217,8 +254,13 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let command = format!(
-        "cargo bench --bench decision_quality --{}{}{} --seed {}",
+        "cargo bench --bench decision_quality --{}{}{}{} --seed {}",
         if arguments.quick { " --quick" } else { "" },
+        if arguments.ablation {
+            " --ablation"
+        } else {
+            ""
+        },
         arguments
             .healthy_runs
             .map_or(String::new(), |n| format!(" --healthy-runs {n}")),
@@ -227,12 +269,20 @@ fn main() {
             .map_or(String::new(), |n| format!(" --bad-runs {n}")),
         arguments.seed
     );
-    let results = report::summarise(&cells, &outcomes);
-    let targets = report::check_targets(&results);
-    println!(
-        "{}",
-        report::markdown(&command, elapsed, &results, &targets)
-    );
+    let results = report::summarise(&cells, &methods, &outcomes);
+    let targets = if arguments.ablation {
+        Vec::new()
+    } else {
+        report::check_targets(&results)
+    };
+    if arguments.ablation {
+        println!("{}", report::ablation_markdown(&command, elapsed, &results));
+    } else {
+        println!(
+            "{}",
+            report::markdown(&command, elapsed, &results, &targets)
+        );
+    }
     let json = report::json(&command, elapsed, &results, &targets);
     if let Some(parent) = std::path::Path::new(&arguments.json).parent() {
         std::fs::create_dir_all(parent).ok();

@@ -28,8 +28,14 @@ const ALPHA: f64 = 0.01;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodKind {
     Sequential,
-    Flagger { threshold: u32 },
-    Argo { failure_limit: u32 },
+    /// A variant of our judge for the ablation study, by index into [`VARIANTS`].
+    Variant(usize),
+    Flagger {
+        threshold: u32,
+    },
+    Argo {
+        failure_limit: u32,
+    },
     Relative,
     Kayenta,
     NaivePerInterval,
@@ -53,6 +59,7 @@ impl MethodKind {
     pub fn label(self) -> String {
         match self {
             MethodKind::Sequential => "sequential (ours)".to_owned(),
+            MethodKind::Variant(index) => VARIANTS[index].0.to_owned(),
             MethodKind::Flagger { threshold } => format!("Flagger threshold {threshold}"),
             MethodKind::Argo { failure_limit } => format!("Argo failureLimit {failure_limit}"),
             MethodKind::Relative => "relative 1.2× (threshold 5)".to_owned(),
@@ -65,6 +72,7 @@ impl MethodKind {
     pub fn short_label(self) -> String {
         match self {
             MethodKind::Sequential => "ours".to_owned(),
+            MethodKind::Variant(index) => format!("v{index}"),
             MethodKind::Flagger { threshold } => format!("Fl-{threshold}"),
             MethodKind::Argo { failure_limit } => format!("Ar-{failure_limit}"),
             MethodKind::Relative => "rel".to_owned(),
@@ -76,7 +84,12 @@ impl MethodKind {
 
     pub fn build(self) -> Box<dyn Method> {
         match self {
-            MethodKind::Sequential => Box::new(Sequential::new()),
+            MethodKind::Sequential => Box::new(Sequential::new(SequentialConfig::default(), true)),
+            MethodKind::Variant(index) => {
+                let (_, variant) = VARIANTS[index];
+                let (config, with_latency) = variant();
+                Box::new(Sequential::new(config, with_latency))
+            }
             MethodKind::Flagger { threshold } => Box::new(Flagger {
                 threshold,
                 failed_checks: 0,
@@ -138,18 +151,77 @@ fn canary_success_rate(observation: &Observation) -> f64 {
     1.0 - errors.canary_errors as f64 / errors.canary_requests as f64
 }
 
-/// Our judge: error rate and latency, combined under one alpha with equal weights.
+type VariantBuilder = fn() -> (SequentialConfig, bool);
+
+/// Variants of our judge for the ablation study: what each design choice costs or buys.
+/// Each returns the configuration and whether latency is judged alongside errors.
+pub const VARIANTS: [(&str, VariantBuilder); 7] = [
+    ("default (errors + latency)", || {
+        (SequentialConfig::default(), true)
+    }),
+    ("errors only", || (SequentialConfig::default(), false)),
+    ("errors only, Poisson (max noise cv 0)", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.0,
+                ..SequentialConfig::default()
+            },
+            false,
+        )
+    }),
+    ("errors only, tolerance 0", || {
+        (
+            SequentialConfig {
+                error_tolerance: 0.0,
+                ..SequentialConfig::default()
+            },
+            false,
+        )
+    }),
+    ("max noise cv 0", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.0,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+    ("max noise cv 0.5", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.5,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+    ("prior scale 0.5", || {
+        (
+            SequentialConfig {
+                prior_scale: 0.5,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+];
+
+/// Our judge: error rate and (optionally) latency, combined under one alpha with equal
+/// weights.
 struct Sequential {
+    alpha: f64,
     errors: ErrorRateJudge,
-    latency: LatencyJudge,
+    latency: Option<LatencyJudge>,
 }
 
 impl Sequential {
-    fn new() -> Self {
-        let config = SequentialConfig::default();
+    fn new(config: SequentialConfig, with_latency: bool) -> Self {
         Self {
-            errors: ErrorRateJudge::new(&config).expect("default config is valid"),
-            latency: LatencyJudge::new(&config, &BOUNDARIES).expect("layout is valid"),
+            alpha: config.alpha,
+            errors: ErrorRateJudge::new(&config).expect("valid config"),
+            latency: with_latency
+                .then(|| LatencyJudge::new(&config, &BOUNDARIES).expect("layout is valid")),
         }
     }
 }
@@ -158,28 +230,35 @@ impl Method for Sequential {
     fn observe(&mut self, observation: &Observation) -> Decision {
         if observation.missing {
             self.errors.observe_missing();
-            self.latency.observe_missing();
+            if let Some(latency) = &mut self.latency {
+                latency.observe_missing();
+            }
         } else {
             self.errors
                 .observe(&observation.errors)
                 .expect("simulated counts are valid");
-            self.latency
-                .observe(&observation.histogram)
-                .expect("simulated counts are valid");
+            if let Some(latency) = &mut self.latency {
+                latency
+                    .observe(&observation.histogram)
+                    .expect("simulated counts are valid");
+            }
         }
-        let metrics = [
-            WeightedMetric {
-                name: "errors",
-                evidence: self.errors.evidence(),
-                weight: 1.0,
-            },
-            WeightedMetric {
+        let mut metrics = vec![WeightedMetric {
+            name: "errors",
+            evidence: self.errors.evidence(),
+            weight: 1.0,
+        }];
+        if let Some(latency) = &self.latency {
+            metrics.push(WeightedMetric {
                 name: "latency",
-                evidence: self.latency.evidence(),
+                evidence: latency.evidence(),
                 weight: 1.0,
-            },
-        ];
-        match combine(ALPHA, &metrics).expect("valid weights").verdict {
+            });
+        }
+        match combine(self.alpha, &metrics)
+            .expect("valid weights")
+            .verdict
+        {
             Verdict::Regressed => Decision::Rollback,
             Verdict::NoRegression => Decision::Promote,
             Verdict::Continue => end_of_analysis(observation),

@@ -87,14 +87,18 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
-pub fn summarise(cells: &[Cell], outcomes: &[Vec<Vec<RunOutcome>>]) -> Vec<CellResult> {
+pub fn summarise(
+    cells: &[Cell],
+    kinds: &[MethodKind],
+    outcomes: &[Vec<Vec<RunOutcome>>],
+) -> Vec<CellResult> {
     cells
         .iter()
         .zip(outcomes)
         .map(|(cell, runs)| {
             let healthy = cell.scenario.is_healthy();
             let onset = cell.scenario.onset().unwrap_or(0);
-            let methods = MethodKind::ALL
+            let methods = kinds
                 .iter()
                 .enumerate()
                 .map(|(index, &kind)| {
@@ -515,4 +519,43 @@ pub fn json(
         "cells": results,
         "targets": targets,
     })
+}
+
+/// The ablation study: one row per variant of our judge, one column per cell; bad cells show
+/// the median (p95) minutes to detect, healthy cells the false rollbacks.
+pub fn ablation_markdown(command: &str, elapsed: Duration, results: &[CellResult]) -> String {
+    let mut out = format!(
+        "Command: `{command}` ({:.0} s).\n\n| variant |",
+        elapsed.as_secs_f64()
+    );
+    for cell in results {
+        out.push_str(&format!(" {} |", cell.label()));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(results.len()));
+    out.push('\n');
+    let Some(first) = results.first() else {
+        return out;
+    };
+    for (index, method) in first.methods.iter().enumerate() {
+        out.push_str(&format!("| {} |", method.method));
+        for cell in results {
+            let m = &cell.methods[index];
+            if cell.healthy {
+                if m.kind == MethodKind::Oracle {
+                    out.push_str(" – |");
+                } else {
+                    out.push_str(&format!(" {}/{} rolled back |", m.rollbacks, m.runs));
+                }
+            } else {
+                out.push_str(&format!(
+                    " {} ({}) |",
+                    minutes(m.detection_minutes_median),
+                    minutes(m.detection_minutes_p95)
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -27,11 +27,12 @@ pub struct SequentialConfig {
     /// Latency regression allowed, per histogram bucket boundary `le`: the fraction of canary
     /// requests slower than `le` may be up to (1 + tolerance) × stable's fraction.
     pub latency_tolerance: f64,
-    /// Coefficient of variation of the canary's event rate relative to stable's from one
-    /// interval to the next, beyond Poisson noise (pods differ, bursts). The judge models it as
-    /// a Gamma-Poisson mixture, which caps how much evidence one noisy interval can carry.
-    /// `0` means pure Poisson counts.
-    pub interval_noise_cv: f64,
+    /// Largest coefficient of variation of the canary's event rate relative to stable's from
+    /// one interval to the next, beyond Poisson noise (pods differ, bursts), that the judge
+    /// stays valid for. It models the noise as a Gamma-Poisson mixture and considers a ladder
+    /// of levels from pure Poisson up to this one, using whichever fits the data; `0` assumes
+    /// pure Poisson counts.
+    pub max_interval_noise_cv: f64,
     /// Standard deviation, in natural-log units of the rate ratio, of the mixture over effect
     /// sizes. 1.0 spreads the evidence over ratios from about ×0.4 to ×2.7 around the
     /// tolerance boundary (one standard deviation) without excluding larger ones.
@@ -47,7 +48,7 @@ impl Default for SequentialConfig {
             alpha: 0.01,
             error_tolerance: 0.10,
             latency_tolerance: 0.10,
-            interval_noise_cv: 0.2,
+            max_interval_noise_cv: 0.2,
             prior_scale: 1.0,
             latency_tail_fraction: 0.01,
         }
@@ -71,7 +72,7 @@ impl SequentialConfig {
             alpha,
             error_tolerance,
             latency_tolerance,
-            interval_noise_cv,
+            max_interval_noise_cv,
             prior_scale,
             latency_tail_fraction,
         } = self;
@@ -100,9 +101,9 @@ impl SequentialConfig {
             "in [0, 10]",
         )?;
         check(
-            "intervalNoiseCv",
-            *interval_noise_cv,
-            *interval_noise_cv >= 0.0 && *interval_noise_cv <= 3.0,
+            "maxIntervalNoiseCv",
+            *max_interval_noise_cv,
+            *max_interval_noise_cv >= 0.0 && *max_interval_noise_cv <= 3.0,
             "in [0, 3]",
         )?;
         check(
@@ -119,10 +120,20 @@ impl SequentialConfig {
         )
     }
 
-    /// Shape of the Gamma distribution of the canary's per-interval rate multiplier, or `None`
-    /// for pure Poisson counts.
-    pub(crate) fn noise_shape(&self) -> Option<f64> {
-        (self.interval_noise_cv > 0.0).then(|| 1.0 / (self.interval_noise_cv.powi(2)))
+    /// Shapes of the Gamma distribution of the canary's per-interval rate multiplier the judge
+    /// considers, `None` for pure Poisson: the fixed ladder of coefficients of variation up to
+    /// the configured maximum, and the maximum itself.
+    pub(crate) fn noise_shapes(&self) -> Vec<Option<f64>> {
+        const LADDER: [f64; 5] = [0.05, 0.1, 0.2, 0.3, 0.5];
+        let maximum = self.max_interval_noise_cv;
+        let levels = LADDER
+            .iter()
+            .copied()
+            .filter(|cv| *cv < maximum)
+            .chain((maximum > 0.0).then_some(maximum));
+        std::iter::once(None)
+            .chain(levels.map(|cv| Some(1.0 / (cv * cv))))
+            .collect()
     }
 }
 
@@ -147,7 +158,7 @@ mod tests {
             ("alpha", |c| c.alpha = f64::NAN),
             ("errorTolerance", |c| c.error_tolerance = -0.1),
             ("latencyTolerance", |c| c.latency_tolerance = f64::INFINITY),
-            ("intervalNoiseCv", |c| c.interval_noise_cv = -1.0),
+            ("maxIntervalNoiseCv", |c| c.max_interval_noise_cv = -1.0),
             ("priorScale", |c| c.prior_scale = 0.0),
             ("latencyTailFraction", |c| c.latency_tail_fraction = 1.0),
         ];
@@ -156,6 +167,27 @@ mod tests {
             spoil(&mut config);
             assert_eq!(config.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn noise_ladder_runs_from_poisson_to_the_maximum() {
+        let shapes = |maximum| {
+            SequentialConfig {
+                max_interval_noise_cv: maximum,
+                ..SequentialConfig::default()
+            }
+            .noise_shapes()
+            .into_iter()
+            .map(|shape| shape.map(|k: f64| (1.0 / k.sqrt() * 1000.0).round() / 1000.0))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(shapes(0.0), vec![None]);
+        assert_eq!(
+            shapes(0.5),
+            vec![None, Some(0.05), Some(0.1), Some(0.2), Some(0.3), Some(0.5)]
+        );
+        assert_eq!(shapes(0.15), vec![None, Some(0.05), Some(0.1), Some(0.15)]);
+        assert_eq!(shapes(1.0).len(), 7);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl LatencyJudge {
         let grid = RatioGrid::new(1.0 + config.latency_tolerance, config.prior_scale);
         let per_boundary = boundaries
             .iter()
-            .map(|_| RateRatioEvidence::new(&grid, config.noise_shape()))
+            .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes()))
             .collect();
         Ok(Self {
             alpha: config.alpha,
