@@ -14,6 +14,43 @@
 //! - [`combine`]: several metrics into one decision within the same `alpha`.
 //!
 //! The math, its references and the benchmark are in `docs/sequential-judge.md`.
+//!
+//! ```
+//! use canary::analysis::sequential::{
+//!     ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, SequentialConfig, Verdict,
+//!     WeightedMetric, combine,
+//! };
+//!
+//! let config = SequentialConfig::default(); // alpha 0.01, tolerances 10%
+//! let mut errors = ErrorRateJudge::new(&config)?;
+//! let mut latency = LatencyJudge::new(&config, &[0.05, 0.1, 0.25, 0.5])?;
+//! // Ten minutes of a canary at 1% of 1000 rps with twice stable's error rate and a slower
+//! // body (cumulative bucket counts per `le`, +Inf last).
+//! for _ in 0..10 {
+//!     errors.observe(&ErrorCounts {
+//!         canary_requests: 600,
+//!         canary_errors: 6,
+//!         stable_requests: 59_400,
+//!         stable_errors: 297,
+//!     })?;
+//!     latency.observe(&HistogramCounts {
+//!         canary: vec![150, 400, 560, 590, 600],
+//!         stable: vec![29_700, 53_500, 58_800, 59_300, 59_400],
+//!     })?;
+//! }
+//! let assessment = errors.assess();
+//! assert_eq!(assessment.verdict, Verdict::Regressed);
+//! println!("{}", assessment.explanation);
+//! let combined = combine(
+//!     config.alpha,
+//!     &[
+//!         WeightedMetric { name: "error-rate", evidence: errors.evidence(), weight: 1.0 },
+//!         WeightedMetric { name: "latency", evidence: latency.evidence(), weight: 1.0 },
+//!     ],
+//! )?;
+//! assert_eq!(combined.verdict, Verdict::Regressed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod combine;
 mod config;
