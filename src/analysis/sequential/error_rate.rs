@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::rate_ratio::{RateRatioEvidence, RatioGrid};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    format_e_value, format_ratio,
+    decide, evidence_clause, format_ratio, missing_note,
 };
 
 /// One interval's request and error counts of both versions (counter deltas, resets handled
@@ -124,25 +124,21 @@ impl ErrorRateJudge {
             self.evidence.stable_events,
             self.stable_requests
         );
-        let missing = match self.missing_intervals {
-            0 => String::new(),
-            n => format!("; {n} interval(s) without data"),
-        };
+        let missing = missing_note(self.missing_intervals);
         let explanation = match ratio_estimate {
             None => format!(
                 "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
             ),
             Some(estimate) => format!(
-                "canary error rate {}× stable's ({}% confidence sequence {}–{}×, tolerated {}×); evidence of regression {} and of none {}, threshold {}: {} ({counts}{missing})",
+                "canary error rate {}× stable's {} ({counts}{missing})",
                 format_ratio(estimate),
-                format_ratio(100.0 * (1.0 - 2.0 * self.alpha)),
-                format_ratio(ratio_interval.lower),
-                format_ratio(ratio_interval.upper),
-                format_ratio(tolerated_ratio),
-                format_e_value(evidence.regression),
-                format_e_value(evidence.no_regression),
-                format_e_value(1.0 / self.alpha),
-                verdict_meaning(verdict),
+                evidence_clause(
+                    self.alpha,
+                    ratio_interval,
+                    tolerated_ratio,
+                    evidence,
+                    verdict
+                ),
             ),
         };
         Assessment {
@@ -156,27 +152,6 @@ impl ErrorRateJudge {
             missing_intervals: self.missing_intervals,
             explanation,
         }
-    }
-}
-
-/// Regressed beats NoRegression: both at once is practically impossible, and if it ever
-/// happened, rolling back is the safe reading.
-pub(crate) fn decide(ln_regression: f64, ln_no_regression: f64, alpha: f64) -> Verdict {
-    let threshold = -alpha.ln();
-    if ln_regression >= threshold {
-        Verdict::Regressed
-    } else if ln_no_regression >= threshold {
-        Verdict::NoRegression
-    } else {
-        Verdict::Continue
-    }
-}
-
-pub(crate) fn verdict_meaning(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Regressed => "regressed, roll back",
-        Verdict::NoRegression => "no regression beyond tolerance, safe to step up",
-        Verdict::Continue => "not decided yet, keep observing",
     }
 }
 

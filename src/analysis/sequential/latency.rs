@@ -11,11 +11,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error_rate::{decide, verdict_meaning};
 use super::rate_ratio::{RateRatioEvidence, RatioGrid, log_sum_exp};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    format_e_value, format_ratio,
+    decide, evidence_clause, format_ratio, missing_note,
 };
 
 /// One interval's histogram counts of both versions: for each `le` of the layout, in
@@ -212,10 +211,7 @@ impl LatencyJudge {
             regression: capped_e_value(ln_regression),
             no_regression: capped_e_value(ln_no_regression),
         };
-        let missing = match self.missing_intervals {
-            0 => String::new(),
-            n => format!("; {n} interval(s) without data"),
-        };
+        let missing = missing_note(self.missing_intervals);
         let counts = format!(
             "canary {} requests, stable {}{missing}",
             self.canary_requests, self.stable_requests
@@ -225,17 +221,16 @@ impl LatencyJudge {
                 "no information yet ({counts}): latency needs traffic on both sides and requests slower than some bucket boundary"
             ),
             Some(estimate) => format!(
-                "requests slower than le={le}: canary {}× stable's share ({}% confidence sequence {}–{}×, tolerated {}×); evidence of regression over all {} boundaries {} and of none {}, threshold {}: {} ({counts})",
+                "requests slower than le={le}: canary {}× stable's share {} ({counts}; evidence of regression averaged over {} bucket boundaries)",
                 format_ratio(estimate),
-                format_ratio(100.0 * (1.0 - 2.0 * self.alpha)),
-                format_ratio(ratio_interval.lower),
-                format_ratio(ratio_interval.upper),
-                format_ratio(tolerated_ratio),
+                evidence_clause(
+                    self.alpha,
+                    ratio_interval,
+                    tolerated_ratio,
+                    evidence,
+                    verdict
+                ),
                 self.boundaries.len(),
-                format_e_value(evidence.regression),
-                format_e_value(evidence.no_regression),
-                format_e_value(1.0 / self.alpha),
-                verdict_meaning(verdict),
             ),
         };
         Assessment {

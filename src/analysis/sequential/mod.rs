@@ -152,6 +152,52 @@ pub enum InvalidCounts {
     },
 }
 
+/// Regressed beats NoRegression: both at once is practically impossible, and if it ever
+/// happened, rolling back is the safe reading.
+fn decide(ln_regression: f64, ln_no_regression: f64, alpha: f64) -> Verdict {
+    let threshold = -alpha.ln();
+    if ln_regression >= threshold {
+        Verdict::Regressed
+    } else if ln_no_regression >= threshold {
+        Verdict::NoRegression
+    } else {
+        Verdict::Continue
+    }
+}
+
+/// The part of every explanation after the effect itself: interval, evidence, threshold and
+/// what the verdict means.
+fn evidence_clause(
+    alpha: f64,
+    interval: RatioInterval,
+    tolerated_ratio: f64,
+    evidence: Evidence,
+    verdict: Verdict,
+) -> String {
+    let meaning = match verdict {
+        Verdict::Regressed => "regressed, roll back",
+        Verdict::NoRegression => "no regression beyond tolerance, safe to step up",
+        Verdict::Continue => "not decided yet, keep observing",
+    };
+    format!(
+        "({}% confidence sequence {}–{}×, tolerated {}×); evidence of regression {} and of none {}, threshold {}: {meaning}",
+        format_ratio(100.0 * (1.0 - 2.0 * alpha)),
+        format_ratio(interval.lower),
+        format_ratio(interval.upper),
+        format_ratio(tolerated_ratio),
+        format_e_value(evidence.regression),
+        format_e_value(evidence.no_regression),
+        format_e_value(1.0 / alpha),
+    )
+}
+
+fn missing_note(missing_intervals: u32) -> String {
+    match missing_intervals {
+        0 => String::new(),
+        n => format!("; {n} interval(s) without data"),
+    }
+}
+
 fn format_ratio(ratio: f64) -> String {
     if ratio.is_infinite() {
         "∞".to_owned()
