@@ -8,6 +8,7 @@ pub mod import;
 pub mod measurement;
 pub mod render;
 pub mod run;
+pub mod sequential;
 pub mod validate;
 
 pub use assessment::AnalysisPhase;

@@ -1,0 +1,537 @@
+//! The judges under comparison: ours, the baselines reimplemented from their documented
+//! behaviour, and the oracle yardstick. Each sees one [`Observation`] per interval and says
+//! roll back, promote or continue.
+
+use canary::analysis::sequential::{
+    ErrorRateJudge, LatencyJudge, SequentialConfig, Verdict, WeightedMetric, combine,
+};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use crate::simulation::{BASE_ERROR_RATE, BOUNDARIES, INTERVALS, Observation};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Continue,
+    Rollback,
+    Promote,
+}
+
+pub trait Method {
+    fn observe(&mut self, observation: &Observation) -> Decision;
+}
+
+/// Flagger's documented success-rate and latency limits (its examples: ≥ 99%, p99 ≤ 500 ms).
+const SUCCESS_RATE_MIN: f64 = 0.99;
+const P99_MAX_SECONDS: f64 = 0.5;
+const ALPHA: f64 = 0.01;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodKind {
+    Sequential,
+    /// A variant of our judge for the ablation study, by index into [`VARIANTS`].
+    Variant(usize),
+    Flagger {
+        threshold: u32,
+    },
+    Argo {
+        failure_limit: u32,
+    },
+    Relative,
+    Kayenta,
+    NaivePerInterval,
+    Oracle,
+}
+
+impl MethodKind {
+    pub const ALL: [MethodKind; 10] = [
+        MethodKind::Sequential,
+        MethodKind::Flagger { threshold: 1 },
+        MethodKind::Flagger { threshold: 5 },
+        MethodKind::Flagger { threshold: 10 },
+        MethodKind::Argo { failure_limit: 0 },
+        MethodKind::Argo { failure_limit: 3 },
+        MethodKind::Relative,
+        MethodKind::Kayenta,
+        MethodKind::NaivePerInterval,
+        MethodKind::Oracle,
+    ];
+
+    pub fn label(self) -> String {
+        match self {
+            MethodKind::Sequential => "sequential (ours)".to_owned(),
+            MethodKind::Variant(index) => VARIANTS[index].0.to_owned(),
+            MethodKind::Flagger { threshold } => format!("Flagger threshold {threshold}"),
+            MethodKind::Argo { failure_limit } => format!("Argo failureLimit {failure_limit}"),
+            MethodKind::Relative => "relative 1.2× (threshold 5)".to_owned(),
+            MethodKind::Kayenta => "Kayenta Mann-Whitney".to_owned(),
+            MethodKind::NaivePerInterval => "naive per-interval test".to_owned(),
+            MethodKind::Oracle => "oracle SPRT".to_owned(),
+        }
+    }
+
+    pub fn short_label(self) -> String {
+        match self {
+            MethodKind::Sequential => "ours".to_owned(),
+            MethodKind::Variant(index) => format!("v{index}"),
+            MethodKind::Flagger { threshold } => format!("Fl-{threshold}"),
+            MethodKind::Argo { failure_limit } => format!("Ar-{failure_limit}"),
+            MethodKind::Relative => "rel".to_owned(),
+            MethodKind::Kayenta => "Kay".to_owned(),
+            MethodKind::NaivePerInterval => "naive".to_owned(),
+            MethodKind::Oracle => "oracle".to_owned(),
+        }
+    }
+
+    pub fn build(self) -> Box<dyn Method> {
+        match self {
+            MethodKind::Sequential => Box::new(Sequential::new(SequentialConfig::default(), true)),
+            MethodKind::Variant(index) => {
+                let (_, variant) = VARIANTS[index];
+                let (config, with_latency) = variant();
+                Box::new(Sequential::new(config, with_latency))
+            }
+            MethodKind::Flagger { threshold } => Box::new(Flagger {
+                threshold,
+                failed_checks: 0,
+            }),
+            MethodKind::Argo { failure_limit } => Box::new(Argo {
+                failure_limit,
+                failed: 0,
+                consecutive_errors: 0,
+            }),
+            MethodKind::Relative => Box::new(Relative { failed_checks: 0 }),
+            MethodKind::Kayenta => Box::new(Kayenta::default()),
+            MethodKind::NaivePerInterval => Box::new(NaivePerInterval),
+            MethodKind::Oracle => Box::new(Oracle {
+                log_likelihood_ratio: 0.0,
+            }),
+        }
+    }
+}
+
+fn end_of_analysis(observation: &Observation) -> Decision {
+    if observation.interval + 1 >= INTERVALS {
+        Decision::Promote
+    } else {
+        Decision::Continue
+    }
+}
+
+/// Prometheus' `histogram_quantile`: linear interpolation inside the bucket holding the rank;
+/// NaN without observations; the highest finite boundary if the rank falls into +Inf.
+pub fn histogram_quantile(quantile: f64, cumulative: &[u64]) -> f64 {
+    let Some(&total) = cumulative.last() else {
+        return f64::NAN;
+    };
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = quantile * total as f64;
+    let index = cumulative
+        .iter()
+        .position(|&count| count as f64 >= rank)
+        .unwrap_or(cumulative.len() - 1);
+    if index == BOUNDARIES.len() {
+        return BOUNDARIES[BOUNDARIES.len() - 1];
+    }
+    let (lower, below) = if index == 0 {
+        (0.0, 0)
+    } else {
+        (BOUNDARIES[index - 1], cumulative[index - 1])
+    };
+    let in_bucket = cumulative[index] - below;
+    if in_bucket == 0 {
+        return BOUNDARIES[index];
+    }
+    lower + (BOUNDARIES[index] - lower) * (rank - below as f64) / in_bucket as f64
+}
+
+fn canary_success_rate(observation: &Observation) -> f64 {
+    let errors = &observation.errors;
+    1.0 - errors.canary_errors as f64 / errors.canary_requests as f64
+}
+
+type VariantBuilder = fn() -> (SequentialConfig, bool);
+
+/// Variants of our judge for the ablation study: what each design choice costs or buys.
+/// Each returns the configuration and whether latency is judged alongside errors.
+pub const VARIANTS: [(&str, VariantBuilder); 7] = [
+    ("default (errors + latency)", || {
+        (SequentialConfig::default(), true)
+    }),
+    ("errors only", || (SequentialConfig::default(), false)),
+    ("errors only, Poisson (max noise cv 0)", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.0,
+                ..SequentialConfig::default()
+            },
+            false,
+        )
+    }),
+    ("errors only, tolerance 0", || {
+        (
+            SequentialConfig {
+                error_tolerance: 0.0,
+                ..SequentialConfig::default()
+            },
+            false,
+        )
+    }),
+    ("max noise cv 0", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.0,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+    ("max noise cv 0.5", || {
+        (
+            SequentialConfig {
+                max_interval_noise_cv: 0.5,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+    ("prior scale 0.5", || {
+        (
+            SequentialConfig {
+                prior_scale: 0.5,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
+];
+
+/// Our judge: error rate and (optionally) latency, combined under one alpha with equal
+/// weights.
+struct Sequential {
+    alpha: f64,
+    errors: ErrorRateJudge,
+    latency: Option<LatencyJudge>,
+}
+
+impl Sequential {
+    fn new(config: SequentialConfig, with_latency: bool) -> Self {
+        Self {
+            alpha: config.alpha,
+            errors: ErrorRateJudge::new(&config).expect("valid config"),
+            latency: with_latency
+                .then(|| LatencyJudge::new(&config, &BOUNDARIES).expect("layout is valid")),
+        }
+    }
+}
+
+impl Method for Sequential {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if observation.missing {
+            self.errors.observe_missing();
+            if let Some(latency) = &mut self.latency {
+                latency.observe_missing();
+            }
+        } else {
+            self.errors
+                .observe(&observation.errors)
+                .expect("simulated counts are valid");
+            if let Some(latency) = &mut self.latency {
+                latency
+                    .observe(&observation.histogram)
+                    .expect("simulated counts are valid");
+            }
+        }
+        let mut metrics = vec![WeightedMetric {
+            name: "errors",
+            evidence: self.errors.evidence(),
+            weight: 1.0,
+        }];
+        if let Some(latency) = &self.latency {
+            metrics.push(WeightedMetric {
+                name: "latency",
+                evidence: latency.evidence(),
+                weight: 1.0,
+            });
+        }
+        match combine(self.alpha, &metrics)
+            .expect("valid weights")
+            .verdict
+        {
+            Verdict::Regressed => Decision::Rollback,
+            Verdict::NoRegression => Decision::Promote,
+            Verdict::Continue => end_of_analysis(observation),
+        }
+    }
+}
+
+/// Flagger: every interval checks the canary alone against fixed limits; a failed check or a
+/// query without values increments `failedChecks`; rollback when it reaches `threshold`.
+struct Flagger {
+    threshold: u32,
+    failed_checks: u32,
+}
+
+impl Method for Flagger {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        let passed = !observation.missing && {
+            let success = canary_success_rate(observation);
+            let p99 = histogram_quantile(0.99, &observation.histogram.canary);
+            // NaN (no canary requests) compares false: "no values found" fails the check.
+            success >= SUCCESS_RATE_MIN && p99 <= P99_MAX_SECONDS
+        };
+        if !passed {
+            self.failed_checks += 1;
+        }
+        if self.failed_checks >= self.threshold {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}
+
+/// Argo Rollouts: a measurement per interval with `successCondition`; NaN fails it (the
+/// condition is false), an empty result is an error (abort after more than
+/// `consecutiveErrorLimit` = 4 in a row); abort when failures exceed `failureLimit`.
+struct Argo {
+    failure_limit: u32,
+    failed: u32,
+    consecutive_errors: u32,
+}
+
+impl Method for Argo {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if observation.missing {
+            self.consecutive_errors += 1;
+            if self.consecutive_errors > 4 {
+                return Decision::Rollback;
+            }
+            return end_of_analysis(observation);
+        }
+        self.consecutive_errors = 0;
+        let success = canary_success_rate(observation);
+        let p99 = histogram_quantile(0.99, &observation.histogram.canary);
+        if !(success >= SUCCESS_RATE_MIN && p99 <= P99_MAX_SECONDS) {
+            self.failed += 1;
+        }
+        if self.failed > self.failure_limit {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}
+
+/// "Canary worse than 1.2 × stable" on error rate or p99, per interval, with Flagger's
+/// failed-check counting and a threshold of 5.
+struct Relative {
+    failed_checks: u32,
+}
+
+impl Method for Relative {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if !observation.missing && observation.errors.canary_requests > 0 {
+            let errors = &observation.errors;
+            let canary_rate = errors.canary_errors as f64 / errors.canary_requests as f64;
+            let stable_rate = errors.stable_errors as f64 / errors.stable_requests.max(1) as f64;
+            let canary_p99 = histogram_quantile(0.99, &observation.histogram.canary);
+            let stable_p99 = histogram_quantile(0.99, &observation.histogram.stable);
+            if canary_rate > 1.2 * stable_rate || canary_p99 > 1.2 * stable_p99 {
+                self.failed_checks += 1;
+            }
+        }
+        if self.failed_checks >= 5 {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}
+
+/// Kayenta's NetflixACAJudge in outline: per metric, a Mann-Whitney test of the canary's
+/// per-minute series against the baseline's at 98% confidence; "High" when significant,
+/// canary higher, and the mean ratio beyond the 25% tolerance. Two metrics (error rate, p99):
+/// one High gives a score of 50, below the marginal 75: fail. Judged every interval from the
+/// third on, without correction for the repeated looks (as Kayenta's repeated judgements).
+#[derive(Default)]
+struct Kayenta {
+    canary_error_rates: Vec<f64>,
+    stable_error_rates: Vec<f64>,
+    canary_p99: Vec<f64>,
+    stable_p99: Vec<f64>,
+}
+
+impl Method for Kayenta {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if !observation.missing && observation.errors.canary_requests > 0 {
+            let errors = &observation.errors;
+            self.canary_error_rates
+                .push(errors.canary_errors as f64 / errors.canary_requests as f64);
+            self.stable_error_rates
+                .push(errors.stable_errors as f64 / errors.stable_requests.max(1) as f64);
+            let canary_p99 = histogram_quantile(0.99, &observation.histogram.canary);
+            let stable_p99 = histogram_quantile(0.99, &observation.histogram.stable);
+            if canary_p99.is_finite() && stable_p99.is_finite() {
+                self.canary_p99.push(canary_p99);
+                self.stable_p99.push(stable_p99);
+            }
+        }
+        let high = |canary: &[f64], stable: &[f64]| {
+            canary.len() >= 3 && mann_whitney_high(canary, stable, 0.02, 0.25)
+        };
+        if high(&self.canary_error_rates, &self.stable_error_rates)
+            || high(&self.canary_p99, &self.stable_p99)
+        {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}
+
+/// Two-sided Mann-Whitney U (normal approximation with tie correction) significant at
+/// `significance`, canary ranked higher, and canary mean above (1 + tolerance) × baseline's.
+fn mann_whitney_high(canary: &[f64], baseline: &[f64], significance: f64, tolerance: f64) -> bool {
+    let canary_mean = canary.iter().sum::<f64>() / canary.len() as f64;
+    let baseline_mean = baseline.iter().sum::<f64>() / baseline.len() as f64;
+    if canary_mean <= (1.0 + tolerance) * baseline_mean {
+        return false;
+    }
+    let mut pooled: Vec<(f64, bool)> = canary
+        .iter()
+        .map(|&v| (v, true))
+        .chain(baseline.iter().map(|&v| (v, false)))
+        .collect();
+    pooled.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = pooled.len();
+    let mut canary_rank_sum = 0.0;
+    let mut tie_term = 0.0;
+    let mut start = 0;
+    while start < n {
+        let mut end = start;
+        while end + 1 < n && pooled[end + 1].0 == pooled[start].0 {
+            end += 1;
+        }
+        let average_rank = (start + end) as f64 / 2.0 + 1.0;
+        let ties = (end - start + 1) as f64;
+        tie_term += ties.powi(3) - ties;
+        canary_rank_sum +=
+            pooled[start..=end].iter().filter(|(_, c)| *c).count() as f64 * average_rank;
+        start = end + 1;
+    }
+    let (m, k) = (canary.len() as f64, baseline.len() as f64);
+    let u = canary_rank_sum - m * (m + 1.0) / 2.0;
+    let total = m + k;
+    let variance = m * k / 12.0 * ((total + 1.0) - tie_term / (total * (total - 1.0)));
+    if variance <= 0.0 {
+        return false;
+    }
+    let z = (u - m * k / 2.0 - 0.5) / variance.sqrt();
+    let p_two_sided = 2.0 * (1.0 - standard_normal().cdf(z.abs()));
+    z > 0.0 && p_two_sided < significance
+}
+
+fn standard_normal() -> Normal {
+    Normal::standard()
+}
+
+/// A test valid for one look, applied at every interval: one-sided pooled two-proportion
+/// z-tests at 0.5% each (Bonferroni over the two metrics) on the error rate and on the
+/// fraction of requests slower than the boundary stable exceeds closest to 10% of the time.
+struct NaivePerInterval;
+
+fn one_sided_z(
+    canary_events: u64,
+    canary_total: u64,
+    stable_events: u64,
+    stable_total: u64,
+) -> f64 {
+    if canary_total == 0 || stable_total == 0 {
+        return 0.0;
+    }
+    let pooled = (canary_events + stable_events) as f64 / (canary_total + stable_total) as f64;
+    let variance =
+        pooled * (1.0 - pooled) * (1.0 / canary_total as f64 + 1.0 / stable_total as f64);
+    if variance <= 0.0 {
+        return 0.0;
+    }
+    (canary_events as f64 / canary_total as f64 - stable_events as f64 / stable_total as f64)
+        / variance.sqrt()
+}
+
+impl Method for NaivePerInterval {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if observation.missing {
+            return end_of_analysis(observation);
+        }
+        let critical = standard_normal().inverse_cdf(1.0 - ALPHA / 2.0);
+        let errors = &observation.errors;
+        let error_z = one_sided_z(
+            errors.canary_errors,
+            errors.canary_requests,
+            errors.stable_errors,
+            errors.stable_requests,
+        );
+        let histogram = &observation.histogram;
+        let canary_total = *histogram.canary.last().unwrap_or(&0);
+        let stable_total = *histogram.stable.last().unwrap_or(&0);
+        let latency_z = (0..BOUNDARIES.len())
+            .min_by_key(|&index| {
+                let slower = stable_total - histogram.stable[index];
+                ((slower as f64 / stable_total.max(1) as f64 - 0.1).abs() * 1e6) as u64
+            })
+            .map_or(0.0, |index| {
+                one_sided_z(
+                    canary_total - histogram.canary[index],
+                    canary_total,
+                    stable_total - histogram.stable[index],
+                    stable_total,
+                )
+            });
+        if error_z > critical || latency_z > critical {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}
+
+/// The yardstick: a sequential probability ratio test that knows the true canary
+/// distribution and stable's (no mixture, no unknowns), on the canary's counts alone; rolls
+/// back when the likelihood ratio reaches 1/alpha. Nothing reliable can be much faster.
+struct Oracle {
+    log_likelihood_ratio: f64,
+}
+
+impl Method for Oracle {
+    fn observe(&mut self, observation: &Observation) -> Decision {
+        if !observation.missing {
+            let ratio = observation.truth.error_ratio;
+            let errors = &observation.errors;
+            // Poisson log-likelihood ratio of the canary's errors: rate r·e0 against e0.
+            self.log_likelihood_ratio += errors.canary_errors as f64 * ratio.ln()
+                - errors.canary_requests as f64 * BASE_ERROR_RATE * (ratio - 1.0);
+            let mut below = 0;
+            for ((&cumulative, truth), null) in observation
+                .histogram
+                .canary
+                .iter()
+                .zip(&observation.canary_bucket_probabilities)
+                .zip(&observation.stable_bucket_probabilities)
+            {
+                let in_bucket = cumulative - below;
+                below = cumulative;
+                if in_bucket > 0 && truth != null {
+                    self.log_likelihood_ratio += in_bucket as f64 * (truth / null).ln();
+                }
+            }
+        }
+        if self.log_likelihood_ratio >= (1.0 / ALPHA).ln() {
+            Decision::Rollback
+        } else {
+            end_of_analysis(observation)
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Error-rate comparison: canary against stable on request and error counts.
+
+use serde::{Deserialize, Serialize};
+
+use super::rate_ratio::{RateRatioEvidence, RatioGrid};
+use super::{
+    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
+    decide, evidence_clause, format_ratio, missing_note,
+};
+
+/// One interval's request and error counts of both versions (counter deltas, resets handled
+/// by the caller).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorCounts {
+    pub canary_requests: u64,
+    pub canary_errors: u64,
+    pub stable_requests: u64,
+    pub stable_errors: u64,
+}
+
+/// Sequential judge of the canary's error rate relative to stable's.
+///
+/// Holds only accumulated sufficient statistics, so it can be serialized into status and
+/// continued after a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorRateJudge {
+    alpha: f64,
+    grid: RatioGrid,
+    evidence: RateRatioEvidence,
+    missing_intervals: u32,
+    canary_requests: u64,
+    stable_requests: u64,
+}
+
+impl ErrorRateJudge {
+    pub fn new(config: &SequentialConfig) -> Result<Self, InvalidConfig> {
+        config.validate()?;
+        let grid = RatioGrid::new(1.0 + config.error_tolerance, config.prior_scale);
+        let evidence = RateRatioEvidence::new(&grid, config.noise_shapes());
+        Ok(Self {
+            alpha: config.alpha,
+            grid,
+            evidence,
+            missing_intervals: 0,
+            canary_requests: 0,
+            stable_requests: 0,
+        })
+    }
+
+    /// Adds one interval. Invalid counts are rejected without changing the judge.
+    pub fn observe(&mut self, counts: &ErrorCounts) -> Result<(), InvalidCounts> {
+        let ErrorCounts {
+            canary_requests,
+            canary_errors,
+            stable_requests,
+            stable_errors,
+        } = *counts;
+        for (side, errors, requests) in [
+            ("canary", canary_errors, canary_requests),
+            ("stable", stable_errors, stable_requests),
+        ] {
+            if errors > requests {
+                return Err(InvalidCounts::MoreErrorsThanRequests {
+                    side,
+                    errors,
+                    requests,
+                });
+            }
+        }
+        let total_requests = canary_requests + stable_requests;
+        let canary_share = if total_requests == 0 {
+            0.0
+        } else {
+            canary_requests as f64 / total_requests as f64
+        };
+        self.evidence
+            .observe(&self.grid, canary_errors, stable_errors, canary_share);
+        self.canary_requests += canary_requests;
+        self.stable_requests += stable_requests;
+        Ok(())
+    }
+
+    /// Records an interval for which Prometheus returned no data. It adds no evidence; it is
+    /// counted so the explanation can say so.
+    pub fn observe_missing(&mut self) {
+        self.missing_intervals += 1;
+    }
+
+    /// The e-values alone, without estimate, interval or explanation (for combining metrics
+    /// in tight loops).
+    pub fn evidence(&self) -> Evidence {
+        Evidence {
+            regression: capped_e_value(self.evidence.ln_e_regression(&self.grid)),
+            no_regression: capped_e_value(self.evidence.ln_e_no_regression(&self.grid)),
+        }
+    }
+
+    /// The verdict alone, without building the explanation (for tight loops).
+    pub fn verdict(&self) -> Verdict {
+        decide(
+            self.evidence.ln_e_regression(&self.grid),
+            self.evidence.ln_e_no_regression(&self.grid),
+            self.alpha,
+        )
+    }
+
+    /// The full assessment after the intervals seen so far.
+    pub fn assess(&self) -> Assessment {
+        let ln_regression = self.evidence.ln_e_regression(&self.grid);
+        let ln_no_regression = self.evidence.ln_e_no_regression(&self.grid);
+        let verdict = decide(ln_regression, ln_no_regression, self.alpha);
+        let ratio_estimate = self.evidence.estimate(&self.grid);
+        let ratio_interval = self.evidence.confidence_sequence(&self.grid, self.alpha);
+        let tolerated_ratio = self.grid.null_ratio();
+        let evidence = Evidence {
+            regression: capped_e_value(ln_regression),
+            no_regression: capped_e_value(ln_no_regression),
+        };
+        let counts = format!(
+            "canary {} errors in {} requests, stable {} in {}",
+            self.evidence.canary_events,
+            self.canary_requests,
+            self.evidence.stable_events,
+            self.stable_requests
+        );
+        let missing = missing_note(self.missing_intervals);
+        let explanation = match ratio_estimate {
+            None => format!(
+                "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
+            ),
+            Some(estimate) => format!(
+                "canary error rate {}× stable's {} ({counts}{missing})",
+                format_ratio(estimate),
+                evidence_clause(
+                    self.alpha,
+                    ratio_interval,
+                    tolerated_ratio,
+                    evidence,
+                    verdict
+                ),
+            ),
+        };
+        Assessment {
+            verdict,
+            evidence,
+            ratio_estimate,
+            ratio_interval,
+            tolerated_ratio,
+            latency_bucket: None,
+            informative_intervals: self.evidence.informative_intervals,
+            missing_intervals: self.missing_intervals,
+            explanation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(
+        canary_requests: u64,
+        canary_errors: u64,
+        stable_requests: u64,
+        stable_errors: u64,
+    ) -> ErrorCounts {
+        ErrorCounts {
+            canary_requests,
+            canary_errors,
+            stable_requests,
+            stable_errors,
+        }
+    }
+
+    /// Each case repeats one interval and states the verdict expected after `intervals`.
+    #[test]
+    fn verdicts_by_scenario() {
+        struct Case {
+            name: &'static str,
+            interval: ErrorCounts,
+            intervals: usize,
+            expected: Verdict,
+        }
+        let cases = [
+            Case {
+                name: "no traffic at all",
+                interval: counts(0, 0, 0, 0),
+                intervals: 1000,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "no canary traffic",
+                interval: counts(0, 0, 60_000, 300),
+                intervals: 1000,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "no stable traffic",
+                interval: counts(600, 30, 0, 0),
+                intervals: 1000,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "no errors anywhere",
+                interval: counts(600, 0, 59_400, 0),
+                intervals: 1000,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "canary errors only, stable none",
+                interval: counts(600, 3, 59_400, 0),
+                intervals: 1,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "x5 at 1% of 1000 rps, one minute",
+                interval: counts(600, 15, 59_400, 297),
+                intervals: 1,
+                expected: Verdict::Regressed,
+            },
+            Case {
+                name: "x2 at 1% of 1000 rps, short",
+                interval: counts(600, 6, 59_400, 297),
+                intervals: 2,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "x2 at 1% of 1000 rps, ten minutes",
+                interval: counts(600, 6, 59_400, 297),
+                intervals: 10,
+                expected: Verdict::Regressed,
+            },
+            Case {
+                name: "equal rates, 30 minutes at 1%",
+                interval: counts(600, 3, 59_400, 297),
+                intervals: 30,
+                expected: Verdict::Continue,
+            },
+            Case {
+                name: "equal rates, 50% share, long",
+                interval: counts(30_000, 150, 30_000, 150),
+                intervals: 200,
+                expected: Verdict::NoRegression,
+            },
+            Case {
+                name: "clean canary, 50% share",
+                interval: counts(30_000, 0, 30_000, 150),
+                intervals: 3,
+                expected: Verdict::NoRegression,
+            },
+            Case {
+                name: "just above tolerance stays undecided",
+                interval: counts(30_000, 165, 30_000, 150),
+                intervals: 20,
+                expected: Verdict::Continue,
+            },
+        ];
+        for case in cases {
+            let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+            for _ in 0..case.intervals {
+                judge.observe(&case.interval).unwrap();
+            }
+            let assessment = judge.assess();
+            assert_eq!(
+                assessment.verdict, case.expected,
+                "{}: {}",
+                case.name, assessment.explanation
+            );
+            assert_eq!(judge.verdict(), case.expected, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn missing_intervals_add_no_evidence_and_are_explained() {
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        for _ in 0..100 {
+            judge.observe_missing();
+        }
+        let assessment = judge.assess();
+        assert_eq!(assessment.verdict, Verdict::Continue);
+        assert_eq!(assessment.evidence.regression, 1.0);
+        assert_eq!(assessment.missing_intervals, 100);
+        assert!(
+            assessment
+                .explanation
+                .contains("100 interval(s) without data"),
+            "{}",
+            assessment.explanation
+        );
+        assert!(assessment.explanation.contains("no information yet"));
+    }
+
+    #[test]
+    fn impossible_counts_are_rejected_without_changing_state() {
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        judge.observe(&counts(100, 1, 100, 1)).unwrap();
+        let before = judge.clone();
+        let error = judge.observe(&counts(10, 11, 100, 1)).unwrap_err();
+        assert_eq!(
+            error,
+            InvalidCounts::MoreErrorsThanRequests {
+                side: "canary",
+                errors: 11,
+                requests: 10
+            }
+        );
+        assert!(judge.observe(&counts(10, 1, 100, 101)).is_err());
+        assert_eq!(judge, before);
+    }
+
+    #[test]
+    fn invalid_config_is_refused() {
+        let config = SequentialConfig {
+            alpha: 2.0,
+            ..SequentialConfig::default()
+        };
+        assert_eq!(ErrorRateJudge::new(&config).unwrap_err().field, "alpha");
+    }
+
+    #[test]
+    fn assessment_explains_effect_interval_and_evidence() {
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        for _ in 0..10 {
+            judge.observe(&counts(600, 6, 59_400, 297)).unwrap();
+        }
+        let assessment = judge.assess();
+        let estimate = assessment.ratio_estimate.unwrap();
+        assert!((1.7..2.4).contains(&estimate), "{estimate}");
+        assert!(
+            assessment.ratio_interval.lower >= assessment.tolerated_ratio - 1e-9,
+            "{}",
+            assessment.explanation
+        );
+        assert!(
+            assessment.ratio_interval.lower < estimate
+                && estimate < assessment.ratio_interval.upper
+        );
+        assert!(assessment.evidence.regression >= 100.0);
+        for part in [
+            "canary error rate",
+            "confidence sequence",
+            "roll back",
+            "canary 60 errors in 6000 requests",
+        ] {
+            assert!(
+                assessment.explanation.contains(part),
+                "missing {part:?} in {}",
+                assessment.explanation
+            );
+        }
+        let json = serde_json::to_value(&assessment).unwrap();
+        assert_eq!(json["verdict"], "Regressed");
+    }
+
+    #[test]
+    fn judge_state_survives_serialization() {
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        for _ in 0..5 {
+            judge.observe(&counts(600, 6, 59_400, 297)).unwrap();
+        }
+        let restored: ErrorRateJudge =
+            serde_json::from_str(&serde_json::to_string(&judge).unwrap()).unwrap();
+        // JSON may round the last bit of a float; nothing a human or a verdict can see.
+        let (before, after) = (judge.assess(), restored.assess());
+        assert_eq!(after.verdict, before.verdict);
+        assert_eq!(after.explanation, before.explanation);
+        let relative = (after.evidence.regression / before.evidence.regression - 1.0).abs();
+        assert!(relative < 1e-12, "{relative}");
+    }
+}

@@ -1,0 +1,420 @@
+//! Latency comparison on Prometheus histogram buckets.
+//!
+//! For every bucket boundary `le`, a request slower than `le` is an "event", and the
+//! error-rate machinery judges the ratio of the canary's slower-than-`le` fraction to
+//! stable's. Together the boundaries describe the whole distribution: the canary is
+//! stochastically slower exactly when some boundary's ratio exceeds one, so a shift of the
+//! body shows at the middle boundaries and a tail-only regression at the high ones. The
+//! per-boundary e-processes are averaged with equal, fixed weights, which is itself an
+//! e-process (no independence needed), so the family of boundaries costs a factor of the
+//! number of boundaries in evidence, not in error rate.
+
+use serde::{Deserialize, Serialize};
+
+use super::rate_ratio::{RateRatioEvidence, RatioGrid, log_sum_exp};
+use super::{
+    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
+    decide, evidence_clause, format_ratio, missing_note,
+};
+
+/// One interval's histogram counts of both versions: for each `le` of the layout, in
+/// order, then +Inf, the number of requests at most that slow (Prometheus' cumulative
+/// `_bucket` series, as deltas over the interval).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramCounts {
+    pub canary: Vec<u64>,
+    pub stable: Vec<u64>,
+}
+
+/// Bucket boundaries that are not finite, positive and strictly increasing, or a bad config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidLatencySetup {
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
+    #[error(
+        "latency bucket boundaries must be finite, positive and strictly increasing, without +Inf; got {0:?}"
+    )]
+    Layout(Vec<f64>),
+}
+
+/// Sequential judge of the canary's latency distribution relative to stable's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyJudge {
+    alpha: f64,
+    tail_fraction: f64,
+    grid: RatioGrid,
+    /// Finite bucket boundaries `le`, increasing.
+    boundaries: Vec<f64>,
+    /// One e-process per finite boundary, on the slower-than-`le` rate ratio.
+    per_boundary: Vec<RateRatioEvidence>,
+    /// Stable requests slower than each boundary, summed over intervals.
+    stable_slower: Vec<u64>,
+    stable_requests: u64,
+    canary_requests: u64,
+    missing_intervals: u32,
+}
+
+impl LatencyJudge {
+    /// `boundaries` are the histogram's finite `le` values, increasing (+Inf is implied).
+    pub fn new(config: &SequentialConfig, boundaries: &[f64]) -> Result<Self, InvalidLatencySetup> {
+        config.validate()?;
+        let well_formed = !boundaries.is_empty()
+            && boundaries.iter().all(|b| b.is_finite() && *b > 0.0)
+            && boundaries.windows(2).all(|pair| pair[0] < pair[1]);
+        if !well_formed {
+            return Err(InvalidLatencySetup::Layout(boundaries.to_vec()));
+        }
+        let grid = RatioGrid::new(1.0 + config.latency_tolerance, config.prior_scale);
+        let per_boundary = boundaries
+            .iter()
+            .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes()))
+            .collect();
+        Ok(Self {
+            alpha: config.alpha,
+            tail_fraction: config.latency_tail_fraction,
+            grid,
+            boundaries: boundaries.to_vec(),
+            per_boundary,
+            stable_slower: vec![0; boundaries.len()],
+            stable_requests: 0,
+            canary_requests: 0,
+            missing_intervals: 0,
+        })
+    }
+
+    /// Adds one interval. Invalid counts are rejected without changing the judge.
+    pub fn observe(&mut self, counts: &HistogramCounts) -> Result<(), InvalidCounts> {
+        let HistogramCounts { canary, stable } = counts;
+        self.check_cumulative("canary", canary)?;
+        self.check_cumulative("stable", stable)?;
+        let canary_total = *canary.last().expect("length checked");
+        let stable_total = *stable.last().expect("length checked");
+        let total = canary_total + stable_total;
+        let canary_share = if total == 0 {
+            0.0
+        } else {
+            canary_total as f64 / total as f64
+        };
+        for (index, evidence) in self.per_boundary.iter_mut().enumerate() {
+            let canary_slower = canary_total - canary[index];
+            let stable_slower = stable_total - stable[index];
+            evidence.observe(&self.grid, canary_slower, stable_slower, canary_share);
+            self.stable_slower[index] += stable_slower;
+        }
+        self.stable_requests += stable_total;
+        self.canary_requests += canary_total;
+        Ok(())
+    }
+
+    /// Records an interval for which Prometheus returned no data.
+    pub fn observe_missing(&mut self) {
+        self.missing_intervals += 1;
+    }
+
+    fn check_cumulative(&self, side: &'static str, counts: &[u64]) -> Result<(), InvalidCounts> {
+        let expected = self.boundaries.len() + 1;
+        if counts.len() != expected {
+            return Err(InvalidCounts::BucketCountMismatch {
+                side,
+                got: counts.len(),
+                expected,
+            });
+        }
+        let bounds_with_infinity = || self.boundaries.iter().copied().chain([f64::INFINITY]);
+        for ((pair, le_before), le_after) in counts
+            .windows(2)
+            .zip(bounds_with_infinity())
+            .zip(bounds_with_infinity().skip(1))
+        {
+            if pair[1] < pair[0] {
+                return Err(InvalidCounts::NotCumulative {
+                    side,
+                    le_before,
+                    le_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn ln_e_regression(&self) -> f64 {
+        let per_boundary = self
+            .per_boundary
+            .iter()
+            .map(|evidence| evidence.ln_e_regression(&self.grid));
+        log_sum_exp(per_boundary) - (self.per_boundary.len() as f64).ln()
+    }
+
+    /// Boundaries dense enough in stable's data to prove the absence of a regression.
+    fn judged_for_no_regression(&self) -> impl Iterator<Item = usize> + '_ {
+        let minimum = self.tail_fraction * self.stable_requests as f64;
+        (0..self.boundaries.len()).filter(move |&index| {
+            self.stable_requests > 0 && self.stable_slower[index] as f64 >= minimum
+        })
+    }
+
+    /// No regression must hold at every judged boundary: the smallest of their e-values.
+    /// Without any judged boundary there is no such evidence (1).
+    fn weakest_no_regression(&self) -> Option<(usize, f64)> {
+        self.judged_for_no_regression()
+            .map(|index| {
+                (
+                    index,
+                    self.per_boundary[index].ln_e_no_regression(&self.grid),
+                )
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    fn strongest_regression(&self) -> (usize, f64) {
+        self.per_boundary
+            .iter()
+            .map(|evidence| evidence.ln_e_regression(&self.grid))
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("at least one boundary")
+    }
+
+    /// The e-values alone, without estimate, interval or explanation.
+    pub fn evidence(&self) -> Evidence {
+        let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
+        Evidence {
+            regression: capped_e_value(self.ln_e_regression()),
+            no_regression: capped_e_value(ln_no_regression),
+        }
+    }
+
+    /// The verdict alone, without building the explanation.
+    pub fn verdict(&self) -> Verdict {
+        let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
+        decide(self.ln_e_regression(), ln_no_regression, self.alpha)
+    }
+
+    pub fn assess(&self) -> Assessment {
+        let ln_regression = self.ln_e_regression();
+        let weakest = self.weakest_no_regression();
+        let ln_no_regression = weakest.map_or(0.0, |(_, ln_e)| ln_e);
+        let verdict = decide(ln_regression, ln_no_regression, self.alpha);
+        // Report the boundary that drives the decision: the strongest evidence of regression,
+        // unless the canary looks fine, then the boundary that holds up early promotion.
+        let (strongest, strongest_ln_e) = self.strongest_regression();
+        let reported = match weakest {
+            Some((index, _)) if verdict != Verdict::Regressed && strongest_ln_e < 0.0 => index,
+            _ => strongest,
+        };
+        let evidence = &self.per_boundary[reported];
+        let le = self.boundaries[reported];
+        let ratio_estimate = evidence.estimate(&self.grid);
+        let ratio_interval = evidence.confidence_sequence(&self.grid, self.alpha);
+        let tolerated_ratio = self.grid.null_ratio();
+        let evidence = Evidence {
+            regression: capped_e_value(ln_regression),
+            no_regression: capped_e_value(ln_no_regression),
+        };
+        let missing = missing_note(self.missing_intervals);
+        let counts = format!(
+            "canary {} requests, stable {}{missing}",
+            self.canary_requests, self.stable_requests
+        );
+        let explanation = match ratio_estimate {
+            None => format!(
+                "no information yet ({counts}): latency needs traffic on both sides and requests slower than some bucket boundary"
+            ),
+            Some(estimate) => format!(
+                "requests slower than le={le}: canary {}× stable's share {} ({counts}; evidence of regression averaged over {} bucket boundaries)",
+                format_ratio(estimate),
+                evidence_clause(
+                    self.alpha,
+                    ratio_interval,
+                    tolerated_ratio,
+                    evidence,
+                    verdict
+                ),
+                self.boundaries.len(),
+            ),
+        };
+        Assessment {
+            verdict,
+            evidence,
+            ratio_estimate,
+            ratio_interval,
+            tolerated_ratio,
+            latency_bucket: Some(le),
+            informative_intervals: self
+                .per_boundary
+                .iter()
+                .map(|evidence| evidence.informative_intervals)
+                .max()
+                .unwrap_or(0),
+            missing_intervals: self.missing_intervals,
+            explanation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYOUT: [f64; 5] = [0.05, 0.1, 0.25, 0.5, 1.0];
+
+    /// Cumulative counts from per-bucket counts (last = above the highest boundary).
+    fn cumulative(per_bucket: [u64; 6]) -> Vec<u64> {
+        per_bucket
+            .iter()
+            .scan(0, |running, count| {
+                *running += count;
+                Some(*running)
+            })
+            .collect()
+    }
+
+    fn judge_after(canary: [u64; 6], stable: [u64; 6], intervals: usize) -> LatencyJudge {
+        let mut judge = LatencyJudge::new(&SequentialConfig::default(), &LAYOUT).unwrap();
+        let counts = HistogramCounts {
+            canary: cumulative(canary),
+            stable: cumulative(stable),
+        };
+        for _ in 0..intervals {
+            judge.observe(&counts).unwrap();
+        }
+        judge
+    }
+
+    #[test]
+    fn verdicts_by_scenario() {
+        // Stable per interval: 5,940 requests, about half below 50 ms, 10% above 100 ms.
+        let stable = [2970, 2376, 475, 95, 18, 6];
+        struct Case {
+            name: &'static str,
+            canary: [u64; 6],
+            intervals: usize,
+            expected: Verdict,
+            reported_le: Option<f64>,
+        }
+        let cases = [
+            Case {
+                name: "no canary traffic",
+                canary: [0; 6],
+                intervals: 500,
+                expected: Verdict::Continue,
+                reported_le: None,
+            },
+            Case {
+                name: "same distribution, short",
+                canary: [30, 24, 5, 1, 0, 0],
+                intervals: 5,
+                expected: Verdict::Continue,
+                reported_le: None,
+            },
+            Case {
+                name: "body twice as slow",
+                canary: [5, 25, 22, 6, 1, 1],
+                intervals: 2,
+                expected: Verdict::Regressed,
+                reported_le: None,
+            },
+            Case {
+                name: "tail only: 5% above 1 s",
+                canary: [28, 23, 4, 1, 0, 4],
+                intervals: 3,
+                expected: Verdict::Regressed,
+                reported_le: Some(1.0),
+            },
+            Case {
+                name: "same distribution, 50% share, long",
+                canary: [2970, 2376, 475, 95, 18, 6],
+                intervals: 300,
+                expected: Verdict::NoRegression,
+                reported_le: None,
+            },
+        ];
+        for case in cases {
+            let judge = judge_after(case.canary, stable, case.intervals);
+            let assessment = judge.assess();
+            assert_eq!(
+                assessment.verdict, case.expected,
+                "{}: {}",
+                case.name, assessment.explanation
+            );
+            assert_eq!(judge.verdict(), case.expected, "{}", case.name);
+            if let Some(le) = case.reported_le {
+                assert_eq!(
+                    assessment.latency_bucket,
+                    Some(le),
+                    "{}: {}",
+                    case.name,
+                    assessment.explanation
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_layouts_and_counts_are_rejected() {
+        let config = SequentialConfig::default();
+        for layout in [
+            vec![],
+            vec![0.1, 0.1],
+            vec![0.2, 0.1],
+            vec![0.1, f64::INFINITY],
+            vec![-1.0],
+        ] {
+            assert!(
+                matches!(
+                    LatencyJudge::new(&config, &layout),
+                    Err(InvalidLatencySetup::Layout(_))
+                ),
+                "{layout:?}"
+            );
+        }
+        let mut judge = LatencyJudge::new(&config, &LAYOUT).unwrap();
+        let before = judge.clone();
+        let short = HistogramCounts {
+            canary: vec![1, 2, 3],
+            stable: cumulative([1; 6]),
+        };
+        assert_eq!(
+            judge.observe(&short),
+            Err(InvalidCounts::BucketCountMismatch {
+                side: "canary",
+                got: 3,
+                expected: 6
+            })
+        );
+        let decreasing = HistogramCounts {
+            canary: cumulative([1; 6]),
+            stable: vec![1, 2, 3, 2, 5, 6],
+        };
+        assert_eq!(
+            judge.observe(&decreasing),
+            Err(InvalidCounts::NotCumulative {
+                side: "stable",
+                le_before: 0.25,
+                le_after: 0.5
+            })
+        );
+        assert_eq!(judge, before);
+    }
+
+    #[test]
+    fn sparse_tail_alone_cannot_promote_early() {
+        // Stable never has a request above 0.25 s, so the canary's behaviour above it is
+        // unknown: those boundaries are excluded from the no-regression requirement, which
+        // still needs all judged boundaries to agree.
+        let judge = judge_after(
+            [2000, 2000, 2000, 0, 0, 0],
+            [2000, 2000, 2000, 0, 0, 0],
+            300,
+        );
+        let assessment = judge.assess();
+        assert_eq!(
+            assessment.verdict,
+            Verdict::NoRegression,
+            "{}",
+            assessment.explanation
+        );
+        let judge = judge_after([0; 6], [0; 6], 40);
+        assert_eq!(judge.assess().verdict, Verdict::Continue);
+    }
+}

@@ -1,0 +1,232 @@
+//! Seeded Monte Carlo checks of the guarantee that matters: looking after every interval, a
+//! canary at the edge of the null hypothesis is judged wrongly with probability ≤ alpha.
+//!
+//! They use alpha = 0.05 so that a few hundred runs resolve the rate (the guarantee is the
+//! same for every alpha), run in a few seconds in debug builds, and each one also checks that
+//! the judge does reject clear regressions, so a judge that never decides cannot pass.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Binomial, Distribution, Gamma, Poisson};
+
+use super::{
+    ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, SequentialConfig, Verdict,
+};
+
+const ALPHA: f64 = 0.05;
+const INTERVALS: usize = 30;
+
+fn config() -> SequentialConfig {
+    SequentialConfig {
+        alpha: ALPHA,
+        ..SequentialConfig::default()
+    }
+}
+
+/// Largest rate of wrong verdicts compatible with a true rate of `ALPHA`: three binomial
+/// standard errors above it.
+fn tolerated_rate(runs: usize) -> f64 {
+    ALPHA + 3.0 * (ALPHA * (1.0 - ALPHA) / runs as f64).sqrt()
+}
+
+fn poisson(rng: &mut StdRng, mean: f64) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    Poisson::new(mean).expect("positive mean").sample(rng) as u64
+}
+
+/// Product of `pods` independent Gamma factors' mean: the rate multiplier of a version served
+/// by that many pods whose error rates wobble independently with coefficient of variation `cv`.
+fn pod_noise(rng: &mut StdRng, pods: u32, cv: f64) -> f64 {
+    if cv == 0.0 {
+        return 1.0;
+    }
+    let shape = 1.0 / (cv * cv);
+    let gamma = Gamma::new(shape, 1.0 / shape).expect("valid gamma");
+    (0..pods).map(|_| gamma.sample(rng)).sum::<f64>() / f64::from(pods)
+}
+
+struct ErrorScenario {
+    canary_share: f64,
+    requests_per_interval: f64,
+    base_error_rate: f64,
+    error_ratio: f64,
+    pod_cv: f64,
+}
+
+/// Fraction of runs in which the judge ever returned `target`, looking after every interval.
+fn error_verdict_rate(scenario: &ErrorScenario, target: Verdict, runs: usize, seed: u64) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut hits = 0;
+    for _ in 0..runs {
+        let mut judge = ErrorRateJudge::new(&config()).unwrap();
+        for _ in 0..INTERVALS {
+            let requests = poisson(&mut rng, scenario.requests_per_interval);
+            let canary_requests = Binomial::new(requests, scenario.canary_share)
+                .unwrap()
+                .sample(&mut rng);
+            let stable_requests = requests - canary_requests;
+            let canary_rate = scenario.base_error_rate
+                * scenario.error_ratio
+                * pod_noise(&mut rng, 1, scenario.pod_cv);
+            let stable_rate = scenario.base_error_rate * pod_noise(&mut rng, 10, scenario.pod_cv);
+            let counts = ErrorCounts {
+                canary_requests,
+                canary_errors: poisson(&mut rng, canary_requests as f64 * canary_rate)
+                    .min(canary_requests),
+                stable_requests,
+                stable_errors: poisson(&mut rng, stable_requests as f64 * stable_rate)
+                    .min(stable_requests),
+            };
+            judge.observe(&counts).unwrap();
+            if judge.verdict() == target {
+                hits += 1;
+                break;
+            }
+        }
+    }
+    hits as f64 / runs as f64
+}
+
+#[test]
+fn error_judge_false_rollbacks_stay_below_alpha_under_optional_stopping() {
+    let runs = 500;
+    let tolerance_boundary = 1.0 + config().error_tolerance;
+    // (name, canary share, requests per interval, base error rate, pod cv)
+    let cells = [
+        ("low traffic, 5%", 0.05, 6_000.0, 0.005, 0.0),
+        ("high traffic, 20%", 0.2, 60_000.0, 0.005, 0.0),
+        ("pod overdispersion", 0.05, 60_000.0, 0.005, 0.2),
+    ];
+    for (seed, (name, canary_share, requests_per_interval, base_error_rate, pod_cv)) in
+        cells.into_iter().enumerate()
+    {
+        let at_boundary = ErrorScenario {
+            canary_share,
+            requests_per_interval,
+            base_error_rate,
+            error_ratio: tolerance_boundary,
+            pod_cv,
+        };
+        let false_rollbacks =
+            error_verdict_rate(&at_boundary, Verdict::Regressed, runs, seed as u64);
+        assert!(
+            false_rollbacks <= tolerated_rate(runs),
+            "{name}: false rollback rate {false_rollbacks} above alpha {ALPHA}"
+        );
+        let regressed = ErrorScenario {
+            error_ratio: 3.0,
+            ..at_boundary
+        };
+        let detections = error_verdict_rate(&regressed, Verdict::Regressed, 100, 100 + seed as u64);
+        assert!(
+            detections >= 0.9,
+            "{name}: detected only {detections} of x3 regressions"
+        );
+    }
+}
+
+#[test]
+fn error_judge_false_early_promotions_stay_below_alpha() {
+    let runs = 400;
+    let at_boundary = ErrorScenario {
+        canary_share: 0.5,
+        requests_per_interval: 60_000.0,
+        base_error_rate: 0.01,
+        error_ratio: 1.0 + config().error_tolerance,
+        pod_cv: 0.0,
+    };
+    let false_promotions = error_verdict_rate(&at_boundary, Verdict::NoRegression, runs, 7);
+    assert!(
+        false_promotions <= tolerated_rate(runs),
+        "false early promotions {false_promotions}"
+    );
+    let healthy = ErrorScenario {
+        error_ratio: 0.8,
+        ..at_boundary
+    };
+    let promotions = error_verdict_rate(&healthy, Verdict::NoRegression, 100, 8);
+    assert!(
+        promotions >= 0.9,
+        "promoted only {promotions} of clearly better canaries"
+    );
+}
+
+const LAYOUT: [f64; 8] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0];
+
+/// Cumulative bucket counts of `requests` lognormal latencies with the given median, drawn as
+/// a multinomial through successive binomials.
+fn histogram(rng: &mut StdRng, requests: u64, median: f64) -> Vec<u64> {
+    let sigma = 0.5;
+    let cdf = |x: f64| {
+        0.5 * statrs::function::erf::erfc(
+            -(x.ln() - median.ln()) / (sigma * std::f64::consts::SQRT_2),
+        )
+    };
+    let mut cumulative = Vec::with_capacity(LAYOUT.len() + 1);
+    let mut remaining = requests;
+    let mut probability_below = 0.0;
+    let mut count_below = 0;
+    for le in LAYOUT {
+        let bucket_probability = cdf(le) - probability_below;
+        let conditional = (bucket_probability / (1.0 - probability_below)).clamp(0.0, 1.0);
+        let in_bucket = Binomial::new(remaining, conditional).unwrap().sample(rng);
+        remaining -= in_bucket;
+        count_below += in_bucket;
+        probability_below = cdf(le);
+        cumulative.push(count_below);
+    }
+    cumulative.push(requests);
+    cumulative
+}
+
+fn latency_verdict_rate(
+    canary_slowdown: f64,
+    shared_incidents: bool,
+    runs: usize,
+    seed: u64,
+) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut hits = 0;
+    for _ in 0..runs {
+        let mut judge = LatencyJudge::new(&config(), &LAYOUT).unwrap();
+        for _ in 0..INTERVALS {
+            // A shared incident slows both versions alike for an interval.
+            let shared = if shared_incidents && rng.random::<f64>() < 0.1 {
+                3.0
+            } else {
+                1.0
+            };
+            let requests = poisson(&mut rng, 4_000.0);
+            let canary_requests = Binomial::new(requests, 0.05).unwrap().sample(&mut rng);
+            let counts = HistogramCounts {
+                canary: histogram(&mut rng, canary_requests, 0.05 * shared * canary_slowdown),
+                stable: histogram(&mut rng, requests - canary_requests, 0.05 * shared),
+            };
+            judge.observe(&counts).unwrap();
+            if judge.verdict() == Verdict::Regressed {
+                hits += 1;
+                break;
+            }
+        }
+    }
+    hits as f64 / runs as f64
+}
+
+#[test]
+fn latency_judge_false_rollbacks_stay_below_alpha_under_optional_stopping() {
+    let runs = 400;
+    for (seed, shared_incidents) in [(11, false), (12, true)] {
+        let false_rollbacks = latency_verdict_rate(1.0, shared_incidents, runs, seed);
+        assert!(
+            false_rollbacks <= tolerated_rate(runs),
+            "shared incidents {shared_incidents}: false rollback rate {false_rollbacks}"
+        );
+    }
+    let detections = latency_verdict_rate(1.5, true, 100, 13);
+    assert!(
+        detections >= 0.9,
+        "detected only {detections} of +50% latency regressions"
+    );
+}

@@ -1,0 +1,523 @@
+//! The mixture e-process on the ratio of two event rates, conditioned on the total events of
+//! each interval.
+//!
+//! Per interval the canary served a share `w` of the requests. Given that `k` events (errors,
+//! or requests slower than a latency bucket) happened in total, each one is the canary's with
+//! probability `p = w·r / (w·r + 1 − w)`, where `r` is the ratio of the canary's event rate to
+//! stable's. Conditioning on `k` removes everything both versions share: load swings, diurnal
+//! ramps, incidents in a common dependency.
+//!
+//! Overdispersion: the canary's rate may wobble from interval to interval by a Gamma factor of
+//! shape `κ` (stable's by the matching shape `κ·(1−w)/(w·r)` on a common scale, as independent
+//! pods would). Then the canary's events given `k` follow a beta-binomial law
+//! `BB(k; κ, κ/odds)` with `odds = r·w/(1−w)`; for `κ → ∞` it is the binomial. The noise level
+//! is unknown, so the judge keeps the likelihood of every ratio on a grid under each noise
+//! level of a fixed ladder (from pure Poisson to the configured maximum).
+//!
+//! Evidence against `H0: r ≤ r0`, for any noise level on the ladder:
+//!
+//! ```text
+//!          Σ_i π_i · Π_t f(x_t | r_i, κ̂_{t−1})          (mixture over ratios above r0)
+//!   E_t = ---------------------------------------
+//!          max_κ max_{r ≤ r0} Π_t f(x_t | r, κ)       (best-fitting null)
+//! ```
+//!
+//! The numerator is a mixture of likelihoods in which each interval uses the noise level that
+//! fitted best *before* it (a predictable plug-in), so it is a valid alternative density. The
+//! denominator is at least the likelihood of the true null, so `E_t` is bounded by a test
+//! martingale under the truth and, by Ville's inequality, exceeds `1/α` with probability at
+//! most `α` however often it is looked at ("universal inference", Wasserman, Ramdas and
+//! Balakrishnan 2020, with the plug-in alternative of sequential likelihood-ratio tests). When
+//! the data are Poisson the best-fitting noise level is zero and nothing is paid for the
+//! robustness; when they are overdispersed, the null explains one noisy interval as noise and
+//! one busy minute cannot trigger a rollback. The mirror image (mixture below `r0`, null
+//! maximised over `r ≥ r0`) proves the absence of a regression.
+
+use serde::{Deserialize, Serialize};
+use statrs::function::gamma::ln_gamma;
+
+/// Distance between neighbouring grid points in natural-log ratio units (5%).
+const GRID_STEP: f64 = 0.05;
+/// Grid points on each side of the tolerance boundary: covers ratios from r0/20 to r0·20.
+const GRID_POINTS_PER_SIDE: usize = 60;
+/// Beyond this many events the rising factorial is computed from `ln_gamma` rather than a
+/// product of its factors.
+const DIRECT_PRODUCT_LIMIT: u64 = 16;
+
+/// Fixed grid of log rate ratios with the mixture weights over it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RatioGrid {
+    /// `ln r` of each grid point; the middle one is the tolerance boundary `ln r0`.
+    log_ratios: Vec<f64>,
+    /// Log prior weights of the points above the boundary (summing to one).
+    log_prior_above: Vec<f64>,
+    /// Log prior weights of the points below the boundary (summing to one).
+    log_prior_below: Vec<f64>,
+}
+
+impl RatioGrid {
+    pub(crate) fn new(null_ratio: f64, prior_scale: f64) -> Self {
+        let null_log_ratio = null_ratio.ln();
+        let log_ratios = (0..=2 * GRID_POINTS_PER_SIDE)
+            .map(|index| null_log_ratio + (index as f64 - GRID_POINTS_PER_SIDE as f64) * GRID_STEP)
+            .collect();
+        // Half-normal weights in distance from the boundary: most mass on effects near the
+        // tolerance, where evidence is hardest to collect, but heavy enough tails that large
+        // regressions are still detected within a couple of intervals.
+        let half_normal: Vec<f64> = (1..=GRID_POINTS_PER_SIDE)
+            .map(|distance| -0.5 * (distance as f64 * GRID_STEP / prior_scale).powi(2))
+            .collect();
+        let normaliser = log_sum_exp(half_normal.iter().copied());
+        let log_prior_side: Vec<f64> = half_normal.iter().map(|w| w - normaliser).collect();
+        Self {
+            log_ratios,
+            log_prior_above: log_prior_side.clone(),
+            log_prior_below: log_prior_side.into_iter().rev().collect(),
+        }
+    }
+
+    fn boundary_index(&self) -> usize {
+        GRID_POINTS_PER_SIDE
+    }
+
+    pub(crate) fn null_ratio(&self) -> f64 {
+        self.log_ratios[self.boundary_index()].exp()
+    }
+}
+
+/// Accumulated evidence about the rate ratio of one metric (or one latency bucket).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RateRatioEvidence {
+    /// Gamma shapes of the canary's rate noise considered, `None` for pure Poisson.
+    noise_shapes: Vec<Option<f64>>,
+    /// Log-likelihood of each grid point under each noise level (`[level][point]`), summed over
+    /// the informative intervals; only the binomial coefficient, common to all, is dropped.
+    log_likelihood: Vec<Vec<f64>>,
+    /// Log-likelihood of each grid point where every interval used the noise level that fitted
+    /// best before it (the numerator's predictable plug-in).
+    plug_in_log_likelihood: Vec<f64>,
+    /// Intervals with at least one event and traffic on both sides.
+    pub(crate) informative_intervals: u32,
+    pub(crate) canary_events: u64,
+    pub(crate) stable_events: u64,
+}
+
+impl RateRatioEvidence {
+    pub(crate) fn new(grid: &RatioGrid, noise_shapes: Vec<Option<f64>>) -> Self {
+        let points = grid.log_ratios.len();
+        Self {
+            log_likelihood: vec![vec![0.0; points]; noise_shapes.len()],
+            noise_shapes,
+            plug_in_log_likelihood: vec![0.0; points],
+            informative_intervals: 0,
+            canary_events: 0,
+            stable_events: 0,
+        }
+    }
+
+    /// The noise level whose best ratio explains the intervals so far best; before any data,
+    /// the middle of the ladder.
+    fn best_fitting_noise_level(&self) -> usize {
+        if self.informative_intervals == 0 {
+            return self.noise_shapes.len() / 2;
+        }
+        self.log_likelihood
+            .iter()
+            .map(|per_point| per_point.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(level, _)| level)
+    }
+
+    /// Adds one interval: the canary's and stable's events and the canary's share of the
+    /// requests. An interval without events or without traffic on one side carries no
+    /// information about the ratio and changes nothing.
+    pub(crate) fn observe(
+        &mut self,
+        grid: &RatioGrid,
+        canary_events: u64,
+        stable_events: u64,
+        canary_share: f64,
+    ) {
+        let total_events = canary_events + stable_events;
+        if total_events == 0 || !(canary_share > 0.0 && canary_share < 1.0) {
+            return;
+        }
+        let plug_in_level = self.best_fitting_noise_level();
+        let base_log_odds = (canary_share / (1.0 - canary_share)).ln();
+        for (level, (shape, per_point)) in self
+            .noise_shapes
+            .iter()
+            .zip(&mut self.log_likelihood)
+            .enumerate()
+        {
+            // Γ(x+a)/Γ(a) with a = κ does not depend on the ratio: once per level.
+            let canary_term = shape.map_or(0.0, |a| ln_rising_factorial(a, canary_events));
+            for (index, log_ratio) in grid.log_ratios.iter().enumerate() {
+                let odds = (log_ratio + base_log_odds).exp();
+                let log_likelihood = match shape {
+                    // Binomial: x·ln p + (k − x)·ln(1 − p) = x·ln odds − k·ln(1 + odds).
+                    None => canary_events as f64 * odds.ln() - total_events as f64 * odds.ln_1p(),
+                    // Beta-binomial BB(k; a = κ, b = κ/odds) without the binomial coefficient:
+                    // Γ(x+a)/Γ(a) · Γ(y+b)/Γ(b) · Γ(a+b)/Γ(k+a+b), y = stable events.
+                    Some(a) => {
+                        let b = a / odds;
+                        canary_term + ln_rising_factorial(b, stable_events)
+                            - ln_rising_factorial(a + b, total_events)
+                    }
+                };
+                per_point[index] += log_likelihood;
+                if level == plug_in_level {
+                    self.plug_in_log_likelihood[index] += log_likelihood;
+                }
+            }
+        }
+        self.informative_intervals += 1;
+        self.canary_events += canary_events;
+        self.stable_events += stable_events;
+    }
+
+    /// Largest log-likelihood over all noise levels and the grid points in `points`.
+    fn best_null(&self, points: std::ops::Range<usize>) -> f64 {
+        self.log_likelihood
+            .iter()
+            .flat_map(|per_point| per_point[points.clone()].iter().copied())
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// ln of the e-value against `H0: r ≤ r0` (evidence of a regression).
+    pub(crate) fn ln_e_regression(&self, grid: &RatioGrid) -> f64 {
+        if self.informative_intervals == 0 {
+            // Exactly one, not one up to rounding of the prior's normalisation.
+            return 0.0;
+        }
+        let boundary = grid.boundary_index();
+        let above = &self.plug_in_log_likelihood[boundary + 1..];
+        log_sum_exp(above.iter().zip(&grid.log_prior_above).map(|(l, p)| l + p))
+            - self.best_null(0..boundary + 1)
+    }
+
+    /// ln of the e-value against `H0': r ≥ r0` (evidence that there is no regression).
+    pub(crate) fn ln_e_no_regression(&self, grid: &RatioGrid) -> f64 {
+        if self.informative_intervals == 0 {
+            return 0.0;
+        }
+        let boundary = grid.boundary_index();
+        let below = &self.plug_in_log_likelihood[..boundary];
+        log_sum_exp(below.iter().zip(&grid.log_prior_below).map(|(l, p)| l + p))
+            - self.best_null(boundary..grid.log_ratios.len())
+    }
+
+    /// Largest log-likelihood over the noise levels at each grid point.
+    fn profile_log_likelihood(&self) -> Vec<f64> {
+        (0..self.plug_in_log_likelihood.len())
+            .map(|index| self.best_null(index..index + 1))
+            .collect()
+    }
+
+    /// Maximum-likelihood ratio on the grid, once there is any information.
+    pub(crate) fn estimate(&self, grid: &RatioGrid) -> Option<f64> {
+        if self.informative_intervals == 0 {
+            return None;
+        }
+        let (best, _) = self
+            .profile_log_likelihood()
+            .into_iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        Some(grid.log_ratios[best].exp())
+    }
+
+    /// Time-uniform confidence sequence for the ratio at level `1 − 2·alpha`: the grid ratios
+    /// whose best likelihood over the noise levels is within a factor `1/(2·alpha)` of the
+    /// two-sided plug-in mixture's (Robbins' prior-to-posterior ratio), widened outwards by
+    /// one grid step. A bound at the end of the grid is reported as unbounded (0 or infinity).
+    ///
+    /// Why `2·alpha`: the two-sided mixture puts half its weight on each side of the
+    /// tolerance, so at this level the interval excludes the tolerance exactly when a
+    /// one-sided e-value reaches `1/alpha`. The interval shown then agrees with the verdict.
+    pub(crate) fn confidence_sequence(&self, grid: &RatioGrid, alpha: f64) -> RatioInterval {
+        let two_sided_prior = grid
+            .log_prior_below
+            .iter()
+            .chain(&grid.log_prior_above)
+            .map(|p| p - std::f64::consts::LN_2);
+        let without_boundary = self
+            .plug_in_log_likelihood
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != grid.boundary_index())
+            .map(|(_, l)| *l);
+        let ln_mixture = log_sum_exp(without_boundary.zip(two_sided_prior).map(|(l, p)| l + p));
+        let threshold = ln_mixture + (2.0 * alpha).ln();
+        let profile = self.profile_log_likelihood();
+        let inside = |l: &f64| *l > threshold;
+        let first = profile.iter().position(inside);
+        let last = profile.iter().rposition(inside);
+        let (Some(first), Some(last)) = (first, last) else {
+            // Only if the plug-in fits better than every fixed noise level at every ratio (the
+            // noise model does not fit): claim nothing.
+            return RatioInterval {
+                lower: 0.0,
+                upper: f64::INFINITY,
+            };
+        };
+        let lower = if first == 0 {
+            0.0
+        } else {
+            grid.log_ratios[first - 1].exp()
+        };
+        let upper = if last + 1 == grid.log_ratios.len() {
+            f64::INFINITY
+        } else {
+            grid.log_ratios[last + 1].exp()
+        };
+        RatioInterval { lower, upper }
+    }
+}
+
+/// A time-uniform confidence interval on a rate ratio; `upper` may be infinite.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RatioInterval {
+    pub lower: f64,
+    #[serde(with = "infinite_as_null")]
+    pub upper: f64,
+}
+
+/// JSON has no infinity: an unbounded upper end is written as `null`.
+mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            serializer.serialize_some(value)
+        } else {
+            serializer.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::INFINITY))
+    }
+}
+
+/// ln(Γ(a + n) / Γ(a)) = ln(a·(a+1)·…·(a+n−1)).
+fn ln_rising_factorial(a: f64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else if n <= DIRECT_PRODUCT_LIMIT && a < 1e15 {
+        // A product of at most 16 factors below 1e16 stays far from overflow, and one `ln` is
+        // much cheaper than two `ln_gamma` calls; counts per interval are usually small.
+        (0..n).map(|j| a + j as f64).product::<f64>().ln()
+    } else if a >= STIRLING_FROM {
+        ln_gamma_stirling(a + n as f64) - ln_gamma_stirling(a)
+    } else {
+        ln_gamma(a + n as f64) - ln_gamma(a)
+    }
+}
+
+/// Above this argument the Stirling series below is accurate to 1e-12.
+const STIRLING_FROM: f64 = 10.0;
+
+/// ln Γ(z) by the Stirling series with four correction terms; several times faster than the
+/// general Lanczos approximation and the judge calls it per grid point and interval.
+fn ln_gamma_stirling(z: f64) -> f64 {
+    let inverse = 1.0 / z;
+    let inverse_squared = inverse * inverse;
+    let correction = inverse
+        * (1.0 / 12.0
+            - inverse_squared
+                * (1.0 / 360.0 - inverse_squared * (1.0 / 1260.0 - inverse_squared / 1680.0)));
+    (z - 0.5) * z.ln() - z + 0.5 * (2.0 * std::f64::consts::PI).ln() + correction
+}
+
+pub(crate) fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence_after(
+        noise_shapes: &[Option<f64>],
+        null_ratio: f64,
+        intervals: &[(u64, u64, f64)],
+    ) -> (RatioGrid, RateRatioEvidence) {
+        let grid = RatioGrid::new(null_ratio, 1.0);
+        let mut evidence = RateRatioEvidence::new(&grid, noise_shapes.to_vec());
+        for &(canary, stable, share) in intervals {
+            evidence.observe(&grid, canary, stable, share);
+        }
+        (grid, evidence)
+    }
+
+    #[test]
+    fn stirling_series_matches_ln_gamma() {
+        for z in [10.0, 10.5, 37.2, 1e3, 4.5e6, 1e12] {
+            let reference = ln_gamma(z);
+            let fast = ln_gamma_stirling(z);
+            assert!(
+                (reference - fast).abs() <= 1e-12 * reference.abs().max(1.0),
+                "z={z}: {reference} vs {fast}"
+            );
+        }
+    }
+
+    #[test]
+    fn rising_factorial_agrees_between_product_and_gamma_paths() {
+        for a in [0.3, 1.0, 7.5, 123.0, 4.0e6] {
+            for n in [1_u64, 5, 16, 17, 3_000] {
+                let by_gamma = ln_gamma(a + n as f64) - ln_gamma(a);
+                let direct = ln_rising_factorial(a, n);
+                assert!(
+                    (by_gamma - direct).abs() < 1e-9 * by_gamma.abs().max(1.0),
+                    "a={a} n={n}: {by_gamma} vs {direct}"
+                );
+            }
+        }
+    }
+
+    /// The default ladder: Poisson, then coefficients of variation 0.05 to 0.5.
+    fn ladder() -> Vec<Option<f64>> {
+        crate::analysis::sequential::SequentialConfig::default().noise_shapes()
+    }
+
+    #[test]
+    fn beta_binomial_tends_to_binomial_for_large_shape() {
+        let data = [(4, 100, 0.05), (9, 80, 0.05)];
+        let (grid, binomial) = evidence_after(&[None], 1.1, &data);
+        let (_, nearly_binomial) = evidence_after(&[Some(1e9)], 1.1, &data);
+        let difference = binomial.ln_e_regression(&grid) - nearly_binomial.ln_e_regression(&grid);
+        assert!(difference.abs() < 1e-3, "{difference}");
+    }
+
+    #[test]
+    fn uninformative_intervals_leave_everything_neutral() {
+        // No events, no canary traffic, no stable traffic: nothing is learned.
+        let (grid, evidence) =
+            evidence_after(&ladder(), 1.1, &[(0, 0, 0.05), (3, 5, 0.0), (3, 0, 1.0)]);
+        assert_eq!(evidence.informative_intervals, 0);
+        assert_eq!(evidence.ln_e_regression(&grid), 0.0);
+        assert_eq!(evidence.ln_e_no_regression(&grid), 0.0);
+        assert_eq!(evidence.estimate(&grid), None);
+        let interval = evidence.confidence_sequence(&grid, 0.01);
+        assert_eq!(interval.lower, 0.0);
+        assert_eq!(interval.upper, f64::INFINITY);
+    }
+
+    #[test]
+    fn evidence_points_the_right_way() {
+        // (canary events, stable events, canary share) repeated, and which e-value must grow.
+        struct Case {
+            name: &'static str,
+            interval: (u64, u64, f64),
+            regression_grows: bool,
+        }
+        let cases = [
+            Case {
+                name: "canary 5× stable",
+                interval: (25, 95, 0.05),
+                regression_grows: true,
+            },
+            Case {
+                name: "canary equal",
+                interval: (5, 95, 0.05),
+                regression_grows: false,
+            },
+            Case {
+                name: "canary clean",
+                interval: (0, 100, 0.05),
+                regression_grows: false,
+            },
+            Case {
+                name: "half share, 2×",
+                interval: (66, 34, 0.5),
+                regression_grows: true,
+            },
+        ];
+        for noise_shapes in [vec![None], vec![Some(11.0)], ladder()] {
+            for case in &cases {
+                let (grid, evidence) = evidence_after(&noise_shapes, 1.1, &[case.interval; 20]);
+                let regression = evidence.ln_e_regression(&grid);
+                let no_regression = evidence.ln_e_no_regression(&grid);
+                if case.regression_grows {
+                    assert!(
+                        regression > 100_f64.ln(),
+                        "{} {noise_shapes:?}: {regression}",
+                        case.name
+                    );
+                    assert!(
+                        no_regression < 0.0,
+                        "{} {noise_shapes:?}: {no_regression}",
+                        case.name
+                    );
+                } else {
+                    assert!(
+                        regression < 0.0,
+                        "{} {noise_shapes:?}: {regression}",
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn confidence_sequence_covers_the_estimate_and_shrinks() {
+        let (grid, short) = evidence_after(&ladder(), 1.1, &[(10, 95, 0.05); 3]);
+        let (_, long) = evidence_after(&ladder(), 1.1, &[(10, 95, 0.05); 60]);
+        let short_interval = short.confidence_sequence(&grid, 0.01);
+        let long_interval = long.confidence_sequence(&grid, 0.01);
+        // 10 of 105 events at a 5% share: ratio ≈ (10/95)/(5/95) ≈ 2.1.
+        let estimate = long.estimate(&grid).unwrap();
+        assert!((1.9..2.4).contains(&estimate), "{estimate}");
+        assert!(long_interval.lower < estimate && estimate < long_interval.upper);
+        assert!(short_interval.lower <= long_interval.lower);
+        assert!(short_interval.upper >= long_interval.upper);
+        assert!(
+            long_interval.lower > 1.5 && long_interval.upper < 3.0,
+            "{long_interval:?}"
+        );
+    }
+
+    #[test]
+    fn one_huge_noisy_interval_is_explained_as_noise() {
+        // One interval with 40,000 events of which the canary has 13% at a 10% share (odds
+        // ratio 1.34, 22% above the tolerance): the binomial calls it overwhelming; with 20%
+        // per-interval noise on the ladder it is weak evidence.
+        let data = [(5_200, 34_800, 0.1)];
+        let (grid, binomial) = evidence_after(&[None], 1.1, &data);
+        let (_, robust) = evidence_after(&ladder(), 1.1, &data);
+        assert!(binomial.ln_e_regression(&grid) > 50.0);
+        let single = robust.ln_e_regression(&grid);
+        assert!(single < 1.0, "{single}");
+        // The same excess in every interval is not noise: it is detected.
+        let (_, persistent) = evidence_after(&ladder(), 1.1, &[(5_200, 34_800, 0.1); 20]);
+        assert!(persistent.ln_e_regression(&grid) > 100_f64.ln());
+    }
+
+    #[test]
+    fn poisson_data_costs_little_for_the_robustness() {
+        // ×2 at 1% of 1000 rps with 0.5% errors, exactly as expected each minute.
+        let data = [(6, 297, 600.0 / 60_000.0); 12];
+        let (grid, binomial) = evidence_after(&[None], 1.1, &data);
+        let (_, adaptive) = evidence_after(&ladder(), 1.1, &data);
+        let (_, fixed_noise) = evidence_after(&[Some(25.0)], 1.1, &data);
+        let binomial = binomial.ln_e_regression(&grid);
+        let adaptive = adaptive.ln_e_regression(&grid);
+        let fixed_noise = fixed_noise.ln_e_regression(&grid);
+        assert!(
+            adaptive > binomial - 1.0,
+            "adaptive {adaptive} vs binomial {binomial}"
+        );
+        assert!(
+            adaptive > fixed_noise,
+            "adaptive {adaptive} vs fixed cv 0.2 {fixed_noise}"
+        );
+    }
+}
