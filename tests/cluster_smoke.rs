@@ -389,3 +389,66 @@ async fn api_server_restart_is_survived_by_clients_and_data() {
     .await
     .expect("writing after the restart");
 }
+
+/// The guarantee every test relies on: a cluster started for a test binary leaves no process
+/// and no listening port once its owner exits, whatever way it exits. Runs a second, private
+/// instance so the shared one is not disturbed.
+#[tokio::test]
+async fn owned_cluster_leaves_no_process_or_port_when_its_owner_dies() {
+    let run_dir = tempfile::tempdir().expect("a temporary folder");
+    let mut owner = tokio::process::Command::new("sleep")
+        .arg("600")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting a stand-in owner process");
+    let owner_pid = owner.id().expect("owner pid").to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+    let up = tokio::process::Command::new(&script)
+        .args(["up", "--owner-pid", &owner_pid])
+        .env("CANARY_CLUSTER_DIR", run_dir.path())
+        .env("CANARY_CLUSTER_NODES", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("running scripts/cluster up");
+    assert!(
+        up.status.success(),
+        "private cluster did not start: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let state = std::fs::read_to_string(run_dir.path().join("state.env")).expect("state.env");
+    let ports: Vec<u16> = state
+        .lines()
+        .filter(|l| l.contains("_PORT="))
+        .filter_map(|l| l.split_once('=')?.1.parse().ok())
+        .collect();
+    let pids: Vec<String> = std::fs::read_dir(run_dir.path().join("pids"))
+        .expect("pids folder")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|pid| pid.trim().to_string())
+        .collect();
+    assert_eq!(ports.len(), 6, "six ports in {state}");
+    assert_eq!(
+        pids.len(),
+        6,
+        "five components and the owner watcher: {pids:?}"
+    );
+    let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    assert!(
+        ports.iter().any(|p| listening(*p)),
+        "the private cluster listens"
+    );
+
+    owner.kill().await.expect("killing the owner");
+    let leftovers = eventually("the private cluster to stop", TIMEOUT, || async {
+        let running: Vec<&String> = pids
+            .iter()
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        let open: Vec<u16> = ports.iter().copied().filter(|p| listening(*p)).collect();
+        (running.is_empty() && open.is_empty()).then_some((running.len(), open.len()))
+    })
+    .await;
+    assert_eq!(leftovers, (0, 0));
+}
