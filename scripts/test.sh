@@ -4,14 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests start for real (Prometheus with promtool; openssl for certificates).
-scripts/install-packages.sh prometheus:prometheus promtool:prometheus openssl:openssl
-
 # The local Kubernetes control plane, built from its Go modules once and cached in .cache/
-# (cold: about 10 minutes on 2 cores; then seconds). Tests start and stop it themselves.
+# (cold: 10-15 minutes on 2 cores; then under a second). Started once for every test binary,
+# stopped however the run ends.
 echo "== local control plane"
+# Debian packages the tests start for real: Prometheus with promtool, openssl, curl.
 scripts/cluster deps
 scripts/cluster build
+scripts/cluster up >/dev/null
+trap 'scripts/cluster down >/dev/null 2>&1 || true' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
