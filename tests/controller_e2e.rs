@@ -181,7 +181,8 @@ async fn set_up(ns: &TestNamespace, image: &str) {
             // The canary's series appear with its first traffic; a 5 s rate needs two scrapes.
             "initialDelay": "6s",
             "count": 3,
-            "inconclusiveLimit": 1,
+            // A loaded machine may scrape late: tolerate no data at warm-up, never a failure.
+            "inconclusiveLimit": 2,
             "successCondition": "result[0] >= 0.95",
             "provider": {"prometheus": {"query": concat!(
                 "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code!~\"5..\"}[5s]))",
@@ -339,7 +340,9 @@ async fn a_healthy_revision_walks_every_step_and_is_promoted() {
     let status = canary.status.unwrap();
     assert_eq!(status.canary_weight, 0);
     let run = &status.analysis_runs[0];
-    assert_eq!(run.metrics[0].tally.successful, 3, "{run:?}");
+    let tally = run.metrics[0].tally;
+    assert_eq!((tally.measured, tally.failed), (3, 0), "{run:?}");
+    assert!(tally.successful >= 1, "{run:?}");
     let deployments: Api<Deployment> = world.ns.api();
     let stable = deployments.get("web-stable").await.unwrap();
     assert_eq!(image_of(&stable), "web:2", "stable runs the new template");
@@ -665,4 +668,48 @@ async fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
         .expect("the controller stops within 15 s of SIGTERM")
         .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_canary_mid_rollout_leaves_the_service_on_stable_and_the_target_restored() {
+    let world = world("delete").await;
+    set_image(&world.ns, "web:2").await;
+    eventually("the canary at 20%", ROLLOUT_TIMEOUT, || async {
+        (canary_weight_in_virtual_service(&world.ns).await == 20).then_some(())
+    })
+    .await;
+    let canaries: Api<Canary> = world.ns.api();
+    canaries.delete("web", &Default::default()).await.unwrap();
+    cluster::wait_gone(&canaries, "web", Duration::from_secs(30)).await;
+    assert_eq!(
+        canary_weight_in_virtual_service(&world.ns).await,
+        0,
+        "all traffic on stable"
+    );
+    let deployments: Api<Deployment> = world.ns.api();
+    let target = deployments.get("web").await.unwrap();
+    assert_eq!(
+        target.spec.unwrap().replicas,
+        Some(2),
+        "the target has its replicas back"
+    );
+    assert_eq!(
+        target.status.unwrap().available_replicas,
+        Some(2),
+        "ready before letting go"
+    );
+    let rule = dynamic(&world.ns, "DestinationRule")
+        .get("web")
+        .await
+        .unwrap();
+    for subset in rule.data["spec"]["subsets"].as_array().unwrap() {
+        assert_eq!(
+            subset["labels"],
+            json!({"app": "web"}),
+            "subsets select the target's pods"
+        );
+    }
+    // The managed Deployments were owned by the Canary: garbage-collected with it.
+    cluster::wait_gone(&deployments, "web-canary", Duration::from_secs(60)).await;
+    cluster::wait_gone(&deployments, "web-stable", Duration::from_secs(60)).await;
 }

@@ -37,6 +37,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Invalid(String),
+    /// Not a failure: something to wait for (retried shortly).
+    #[error("{0}")]
+    Waiting(String),
     #[error("serialising an object: {0}")]
     Json(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -78,8 +81,13 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
 
 fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeue {
     let namespace = canary.namespace().unwrap_or_default();
-    warn!(namespace, canary = canary.name_any(), %error, "reconcile failed; retrying");
-    ctx.metrics.reconcile_error(&namespace, &canary.name_any());
+    let waiting = matches!(error, Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::Waiting(_))));
+    if waiting {
+        info!(namespace, canary = canary.name_any(), %error, "deleting");
+    } else {
+        warn!(namespace, canary = canary.name_any(), %error, "reconcile failed; retrying");
+        ctx.metrics.reconcile_error(&namespace, &canary.name_any());
+    }
     Requeue::requeue(Duration::from_secs(2))
 }
 

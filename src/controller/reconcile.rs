@@ -83,8 +83,10 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     ))
 }
 
-/// Reconciles a Canary being deleted: all traffic to stable, then the canary scaled to zero,
-/// and the user's Deployment given its replicas back, so nothing is left without an owner.
+/// Reconciles a Canary being deleted, handing the service back to the user's Deployment
+/// without a moment without endpoints: all traffic to stable; the target gets its replicas
+/// back; once they are ready both DestinationRule subsets select the target's pods; only then
+/// is the finalizer removed and the managed Deployments garbage-collected.
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let routing = &canary.spec.traffic_routing.istio;
@@ -97,20 +99,43 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
         .as_ref()
         .and_then(|s| s.desired_replicas)
         .unwrap_or(1);
-    if deployments
-        .get_opt(&canary.spec.target_ref.name)
-        .await?
-        .is_some()
-    {
-        deployments
-            .patch(
-                &canary.spec.target_ref.name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Merge(json!({"spec": {"replicas": desired}})),
-            )
-            .await?;
+    if let Some(target) = deployments.get_opt(&canary.spec.target_ref.name).await? {
+        if target.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
+            deployments
+                .patch(
+                    &canary.spec.target_ref.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": desired}})),
+                )
+                .await?;
+        }
+        let available = target
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        if available < desired {
+            return Err(Error::Waiting(format!(
+                "waiting for Deployment {} to have {desired} available pods before letting go",
+                canary.spec.target_ref.name
+            )));
+        }
+        let labels = serde_json::to_value(
+            target
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default(),
+        )?;
+        let dr_api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &namespace, &destination_rule_resource());
+        if let Some(rule) = dr_api.get_opt(&routing.destination_rule.name).await?
+            && let Some(patch) =
+                istio::subsets_release_patch(&serde_json::to_value(&rule)?, routing, &labels)
+        {
+            json_patch(&dr_api, &routing.destination_rule.name, patch).await?;
+        }
     }
-    // The managed Deployments are owned by the Canary and garbage-collected after it.
     ctx.metrics.forget(&namespace, &canary.name_any());
     Ok(Requeue::await_change())
 }

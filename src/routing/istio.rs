@@ -171,6 +171,30 @@ pub fn weight_patch(
 /// managed pods (`canary.dev/subset: stable|canary`), adding missing subsets; `None` if they
 /// already do.
 pub fn subsets_patch(destination_rule: &Value, routing: &IstioRouting) -> Option<Value> {
+    subsets_labels_patch(
+        destination_rule,
+        routing,
+        &json!({ SUBSET_LABEL: "stable" }),
+        &json!({ SUBSET_LABEL: "canary" }),
+    )
+}
+
+/// A JSON Patch that makes both subsets select `labels` (the target's own pods), for when the
+/// controller lets go of a service: whichever subset a route names still has endpoints.
+pub fn subsets_release_patch(
+    destination_rule: &Value,
+    routing: &IstioRouting,
+    labels: &Value,
+) -> Option<Value> {
+    subsets_labels_patch(destination_rule, routing, labels, labels)
+}
+
+fn subsets_labels_patch(
+    destination_rule: &Value,
+    routing: &IstioRouting,
+    stable_labels: &Value,
+    canary_labels: &Value,
+) -> Option<Value> {
     let subsets: Vec<&Value> = destination_rule
         .pointer("/spec/subsets")
         .and_then(Value::as_array)
@@ -180,16 +204,15 @@ pub fn subsets_patch(destination_rule: &Value, routing: &IstioRouting) -> Option
     if destination_rule.pointer("/spec/subsets").is_none() {
         ops.push(json!({"op": "add", "path": "/spec/subsets", "value": []}));
     }
-    for (name, value) in [
-        (&routing.destination_rule.stable_subset_name, "stable"),
-        (&routing.destination_rule.canary_subset_name, "canary"),
+    for (name, labels) in [
+        (&routing.destination_rule.stable_subset_name, stable_labels),
+        (&routing.destination_rule.canary_subset_name, canary_labels),
     ] {
-        let labels = json!({ SUBSET_LABEL: value });
         match subsets
             .iter()
             .position(|s| s.get("name").and_then(Value::as_str) == Some(name))
         {
-            Some(i) if subsets[i].get("labels") == Some(&labels) => {}
+            Some(i) if subsets[i].get("labels") == Some(labels) => {}
             Some(i) => {
                 ops.push(
                     json!({"op": "test", "path": format!("/spec/subsets/{i}/name"), "value": name}),
@@ -311,6 +334,17 @@ mod tests {
             ])
         );
         assert_eq!(subsets_patch(&after, &r), None, "already right: no write");
+        let released = apply(
+            &after,
+            &subsets_release_patch(&after, &r, &json!({"app": "web"})).unwrap(),
+        );
+        assert!(
+            released["spec"]["subsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["labels"] == json!({"app": "web"}))
+        );
         let empty = json!({"spec": {"host": "web"}});
         let after = apply(&empty, &subsets_patch(&empty, &r).unwrap());
         assert_eq!(after["spec"]["subsets"].as_array().unwrap().len(), 2);
