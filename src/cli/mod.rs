@@ -1,9 +1,13 @@
 //! The `canary` command line: one module per subcommand, each a thin caller of the library.
 
 pub mod analyze;
+pub mod cluster;
 pub mod controller;
 pub mod crds;
 pub mod output;
+pub mod request;
+pub mod run;
+pub mod status;
 pub mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,10 +68,27 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    Run(run::Args),
+    Status(status::Args),
+    List(status::ListArgs),
+    Promote(request::PromoteArgs),
+    /// Hold the rollout where it is (traffic and pods stay), until `canary resume`.
+    Pause(request::Args),
+    /// Continue a paused rollout (a failed or inconclusive analysis starts afresh).
+    Resume(request::Args),
+    /// All traffic back to stable at once, then roll back.
+    Abort(request::Args),
+    /// Roll out the revision that was rolled back again.
+    Retry(request::Args),
     Analyze(analyze::Args),
     Validate(validate::Args),
     Crds(crds::Args),
     Controller(controller::Args),
+    /// Print a shell completion script: `source <(canary completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,12 +110,37 @@ pub async fn run(cli: Cli) -> Exit {
         output,
         command,
     } = cli;
-    match command {
-        Command::Analyze(args) => analyze::run(args, output).await,
-        Command::Validate(args) => validate::run(args, output),
-        Command::Crds(args) => crds::run(args),
-        Command::Controller(args) => controller::run(args).await,
-    }
+    use crate::api::canary::RequestAction;
+    let result = match command {
+        Command::Run(args) => run::run(args, output).await,
+        Command::Status(args) => status::run(args, output).await,
+        Command::List(args) => status::list(args, output).await,
+        Command::Promote(args) => {
+            let action = if args.full {
+                RequestAction::PromoteFull
+            } else {
+                RequestAction::Promote
+            };
+            request::run(action, args.request, output).await
+        }
+        Command::Pause(args) => request::run(RequestAction::Pause, args, output).await,
+        Command::Resume(args) => request::run(RequestAction::Resume, args, output).await,
+        Command::Abort(args) => request::run(RequestAction::Abort, args, output).await,
+        Command::Retry(args) => request::run(RequestAction::Retry, args, output).await,
+        Command::Analyze(args) => Ok(analyze::run(args, output).await),
+        Command::Validate(args) => Ok(validate::run(args, output)),
+        Command::Crds(args) => Ok(crds::run(args)),
+        Command::Controller(args) => Ok(controller::run(args).await),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "canary", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+    };
+    result.unwrap_or_else(|failure| {
+        eprintln!("error: {}", failure.message);
+        failure.exit
+    })
 }
 
 /// `key=value` pairs of `--arg`.

@@ -1,0 +1,139 @@
+//! How the CLI reaches the cluster: kubectl's flags (`--kubeconfig`, `--context`, `-n`), and
+//! API errors turned into the documented exit codes with messages that say what to do.
+
+use std::path::PathBuf;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use super::Exit;
+use crate::api::canary::Canary;
+
+/// kubectl's connection flags, shared by every command that talks to the cluster.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Namespace of the Canary (default: the context's namespace, or `default`).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+/// A command that could not do its job: the exit code and the sentence to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            exit: Exit::Invalid,
+            message: message.into(),
+        }
+    }
+
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+/// A connected client and the namespace commands act in.
+pub struct Connection {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl KubeArgs {
+    pub async fn connect(&self) -> Result<Connection, Failure> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let config = match &self.kubeconfig {
+            // KUBECONFIG may list several files separated by ':'; kube merges them.
+            Some(path) if path.to_string_lossy().contains(':') => {
+                Config::from_kubeconfig(&options).await.map_err(|e| {
+                    Failure::invalid(format!(
+                        "cannot load the kubeconfig {}: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
+                    Failure::invalid(format!(
+                        "cannot read the kubeconfig {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| {
+                        Failure::invalid(format!(
+                            "cannot use the kubeconfig {}: {e}",
+                            path.display()
+                        ))
+                    })?
+            }
+            None if self.context.is_some() => Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| Failure::invalid(format!("cannot load the kubeconfig: {e}")))?,
+            None => Config::infer().await.map_err(|e| {
+                Failure::invalid(format!(
+                    "no cluster to talk to: {e}; set KUBECONFIG or pass --kubeconfig"
+                ))
+            })?,
+        };
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config)
+            .map_err(|e| Failure::invalid(format!("cannot build a Kubernetes client: {e}")))?;
+        Ok(Connection { client, namespace })
+    }
+}
+
+impl Connection {
+    pub fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The Canary, or exit 2 saying it does not exist (or cannot be read).
+    pub async fn canary(&self, name: &str) -> Result<Canary, Failure> {
+        match self.canaries().get_opt(name).await {
+            Ok(Some(canary)) => Ok(canary),
+            Ok(None) => Err(Failure::invalid(format!(
+                "no Canary {name} in namespace {}: check the name (`canary list -A`) or pass -n NAMESPACE",
+                self.namespace
+            ))),
+            Err(e) => Err(api_failure(&format!("Canary {}/{name}", self.namespace), e)),
+        }
+    }
+}
+
+/// An API error as an exit code and a sentence naming the object.
+pub fn api_failure(what: &str, error: kube::Error) -> Failure {
+    match &error {
+        kube::Error::Api(status) if status.code == 403 => Failure::invalid(format!(
+            "no access to {what}: {}; ask for RBAC permission (see deploy/rbac.yaml for what the controller needs)",
+            status.message
+        )),
+        kube::Error::Api(status) if status.code == 404 => {
+            Failure::invalid(format!("{what} does not exist: {}", status.message))
+        }
+        kube::Error::Api(status) => {
+            Failure::invalid(format!("the API server refused {what}: {}", status.message))
+        }
+        other => Failure::invalid(format!("cannot reach the API server for {what}: {other}")),
+    }
+}

@@ -1,0 +1,797 @@
+//! `canary status` and `canary list`: what is happening and why.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use kube::runtime::watcher;
+use kube::{ResourceExt, runtime::WatchStreamExt};
+use serde::Serialize;
+
+use super::cluster::{Connection, Failure, KubeArgs, api_failure};
+use super::output::{table, time};
+use super::{Exit, OutputFormat};
+use crate::api::canary::{Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep};
+
+/// Show a rollout: phase, revision, step, weight, each metric's latest verdict and why, the
+/// next action and when, and recent events.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  canary status web -n shop
+  canary status web --watch            # redraws; one line per change when not a terminal
+  canary status web -o json
+
+With --watch it exits when the rollout ends: 0 promoted (or nothing to do), 1 rolled back or
+failed, 3 on --timeout.")]
+pub struct Args {
+    /// The Canary.
+    pub name: String,
+    /// Follow changes until the rollout ends.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// With --watch: give up after this long (exit 3).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<crate::api::Duration>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// List Canaries and where each rollout stands.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  canary list -n shop\n  canary list -A -o json")]
+pub struct ListArgs {
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// The documented JSON shape of `canary status -o json` (and the source of the human view).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub namespace: String,
+    pub name: String,
+    pub phase: Phase,
+    pub weight: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_images: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<PauseReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<crate::api::canary::RollbackReason>,
+    /// Seconds since the current step (or pause, promotion, rollback) began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_in_step: Option<i64>,
+    /// What happens next and when, in words.
+    pub next: String,
+    pub metrics: Vec<MetricView>,
+    pub conditions: Vec<ConditionView>,
+    pub events: Vec<EventView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    /// Zero-based index of the current step.
+    pub index: u32,
+    pub total: u32,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricView {
+    pub run: String,
+    pub metric: String,
+    pub phase: crate::analysis::AnalysisPhase,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<crate::api::canary::MeasurementStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConditionView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventView {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Phases after which a watch ends: nothing more will happen until a new revision.
+pub fn is_settled(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Idle | Phase::Promoted | Phase::RolledBack | Phase::Failed
+    )
+}
+
+fn describe_step(step: &RolloutStep) -> String {
+    match step {
+        RolloutStep::SetWeight(w) => format!("setWeight {w}%"),
+        RolloutStep::Pause(Some(d)) => format!("pause {d}"),
+        RolloutStep::Pause(None) => "pause until promoted".into(),
+        RolloutStep::Analysis(a) => format!(
+            "analysis {}",
+            a.templates
+                .iter()
+                .map(|t| t.template_name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn seconds_until(at: &Option<String>, now: Timestamp) -> Option<i64> {
+    let at: Timestamp = at.as_deref()?.parse().ok()?;
+    Some(at.duration_since(now).as_secs())
+}
+
+/// What happens next, in words, from the spec, the status and the time.
+pub fn next_action(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> String {
+    let target = &spec.target_ref.name;
+    match status.phase {
+        Phase::Initializing => format!("waiting for {} to be ready", spec.stable_name()),
+        Phase::Idle | Phase::Promoted => {
+            format!("waiting for a new revision of Deployment {target}")
+        }
+        Phase::RolledBack => format!(
+            "waiting for a new revision of Deployment {target} (`canary retry` rolls {} out again)",
+            status
+                .failed_revision
+                .as_deref()
+                .unwrap_or("the rolled-back revision")
+        ),
+        Phase::Failed => "fix what the message says; the controller retries by itself".into(),
+        Phase::Promoting => format!(
+            "moving all traffic to {} once it runs the new revision",
+            spec.stable_name()
+        ),
+        Phase::RollingBack => format!(
+            "scaling the canary down once {} is ready",
+            spec.stable_name()
+        ),
+        Phase::Paused => match status.pause_reason {
+            Some(PauseReason::Step) => "waiting for `canary promote`".into(),
+            Some(PauseReason::Manual) => "waiting for `canary resume` (or promote, abort)".into(),
+            _ => "a human decides: `canary promote`, `canary resume` or `canary abort`".into(),
+        },
+        Phase::Progressing => {
+            let steps = spec.rollout_steps();
+            let index = status.current_step_index.unwrap_or(0) as usize;
+            match steps.get(index) {
+                Some(RolloutStep::SetWeight(w)) => {
+                    format!("moving {w}% of the traffic to the canary once its pods are ready")
+                }
+                Some(RolloutStep::Pause(Some(d))) => {
+                    let started = status
+                        .step_started_at
+                        .as_deref()
+                        .and_then(|t| t.parse::<Timestamp>().ok());
+                    match started {
+                        Some(started) => {
+                            let total =
+                                jiff::SignedDuration::try_from(d.as_std()).unwrap_or_default();
+                            let left = (started + total).duration_since(now).as_secs().max(0);
+                            format!("next step in {left}s")
+                        }
+                        None => format!("next step after {d}"),
+                    }
+                }
+                Some(RolloutStep::Pause(None)) => "waiting for `canary promote`".into(),
+                Some(RolloutStep::Analysis(_)) | None => {
+                    let next = status
+                        .analysis_runs
+                        .iter()
+                        .filter(|r| !r.phase.is_terminal())
+                        .flat_map(|r| r.metrics.iter())
+                        .filter_map(|m| {
+                            seconds_until(&m.next_measurement_at, now).map(|s| (s, m.name.clone()))
+                        })
+                        .min();
+                    match next {
+                        Some((seconds, metric)) => {
+                            format!("next measurement of {metric} in {}s", seconds.max(0))
+                        }
+                        None => "waiting for the analysis to finish".into(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The view of a Canary (and its recent events) at `now`.
+pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
+    let status = canary.status.clone().unwrap_or_default();
+    let steps = canary.spec.rollout_steps();
+    let step = status.current_step_index.map(|index| StepView {
+        index,
+        total: steps.len() as u32,
+        description: steps
+            .get(index as usize)
+            .map(describe_step)
+            .unwrap_or_else(|| "all steps done".into()),
+    });
+    let metrics = status
+        .analysis_runs
+        .iter()
+        .flat_map(|run| {
+            run.metrics.iter().map(move |m| MetricView {
+                run: run.name.clone(),
+                metric: m.name.clone(),
+                phase: m.phase,
+                summary: m.message.clone(),
+                latest: m.measurements.last().cloned(),
+            })
+        })
+        .collect();
+    let mut events: Vec<EventView> = events
+        .iter()
+        .map(|e| EventView {
+            time: e
+                .last_timestamp
+                .as_ref()
+                .or(e.first_timestamp.as_ref())
+                .map(|t| t.0.to_string())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                .unwrap_or_default(),
+            kind: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+        })
+        .collect();
+    events.sort_by(|a, b| a.time.cmp(&b.time));
+    let keep = events.len().saturating_sub(8);
+    events.drain(..keep);
+    StatusView {
+        namespace: canary.namespace().unwrap_or_default(),
+        name: canary.name_any(),
+        phase: status.phase,
+        weight: status.canary_weight,
+        step,
+        stable_revision: status.stable_revision.clone(),
+        canary_revision: status.canary_revision.clone(),
+        failed_revision: status.failed_revision.clone(),
+        canary_images: status.canary_images.clone(),
+        message: status.message.clone(),
+        pause_reason: status.pause_reason,
+        rollback_reason: status.rollback_reason,
+        seconds_in_step: status
+            .step_started_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|t| now.duration_since(t).as_secs()),
+        next: next_action(&canary.spec, &status, now),
+        metrics,
+        conditions: status
+            .conditions
+            .iter()
+            .map(|c| ConditionView {
+                kind: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect(),
+        events,
+    }
+}
+
+/// `[██████░░░░░░░░░░░░░░] 30%`
+pub fn weight_bar(weight: u8) -> String {
+    let filled = usize::from(weight.min(100)) / 5;
+    format!(
+        "[{}{}] {weight}%",
+        "█".repeat(filled),
+        "░".repeat(20 - filled)
+    )
+}
+
+/// The human view, several lines.
+pub fn render(view: &StatusView) -> String {
+    let mut out = format!(
+        "Canary {}/{}: {:?}\n",
+        view.namespace, view.name, view.phase
+    );
+    let mut field = |name: &str, value: String| {
+        if !value.is_empty() {
+            out.push_str(&format!("  {name:<10} {value}\n"));
+        }
+    };
+    let revision = match (&view.canary_revision, &view.canary_images) {
+        (Some(r), Some(images)) => format!("{r} ({images})"),
+        (Some(r), None) => r.clone(),
+        (None, _) => String::new(),
+    };
+    field("canary", revision);
+    field("stable", view.stable_revision.clone().unwrap_or_default());
+    if let Some(failed) = &view.failed_revision {
+        field(
+            "rolled back",
+            format!(
+                "{failed} ({:?})",
+                view.rollback_reason
+                    .as_ref()
+                    .map(|r| format!("{r:?}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    field("weight", weight_bar(view.weight));
+    if let Some(step) = &view.step {
+        let elapsed = view
+            .seconds_in_step
+            .map(|s| format!(", {s}s in step"))
+            .unwrap_or_default();
+        field(
+            "step",
+            format!(
+                "{}/{} {}{elapsed}",
+                (step.index + 1).min(step.total),
+                step.total,
+                step.description
+            ),
+        );
+    }
+    field("message", view.message.clone().unwrap_or_default());
+    field("next", view.next.clone());
+    if !view.metrics.is_empty() {
+        out.push_str("  metrics\n");
+        let rows: Vec<Vec<String>> = view
+            .metrics
+            .iter()
+            .map(|m| {
+                let (value, verdict, reason) = match &m.latest {
+                    Some(l) => (
+                        l.value.clone().unwrap_or_else(|| "-".into()),
+                        format!("{:?}", l.phase),
+                        l.reason.clone(),
+                    ),
+                    None => ("-".into(), "-".into(), m.summary.clone()),
+                };
+                vec![
+                    m.run.clone(),
+                    m.metric.clone(),
+                    format!("{:?}", m.phase),
+                    value,
+                    verdict,
+                    reason,
+                ]
+            })
+            .collect();
+        for line in table(
+            &["RUN", "METRIC", "PHASE", "LATEST", "VERDICT", "REASON"],
+            &rows,
+        )
+        .lines()
+        {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    if !view.conditions.is_empty() {
+        let conditions: Vec<String> = view
+            .conditions
+            .iter()
+            .map(|c| format!("{}={} ({})", c.kind, c.status, c.reason))
+            .collect();
+        out.push_str(&format!(
+            "  {:<10} {}\n",
+            "conditions",
+            conditions.join(", ")
+        ));
+    }
+    if !view.events.is_empty() {
+        out.push_str("  events\n");
+        let rows: Vec<Vec<String>> = view
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.time.clone(),
+                    e.kind.clone(),
+                    e.reason.clone(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        for line in table(&["TIME", "TYPE", "REASON", "MESSAGE"], &rows).lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
+}
+
+/// One line per change, for logs: `12:00:01 web Progressing 20% step 2/4: canary at 20%`.
+pub fn line(view: &StatusView, now: Timestamp) -> String {
+    let step = view
+        .step
+        .as_ref()
+        .map(|s| format!(" step {}/{}", (s.index + 1).min(s.total), s.total))
+        .unwrap_or_default();
+    format!(
+        "{} {}/{} {:?} {}%{step}: {}",
+        time(now),
+        view.namespace,
+        view.name,
+        view.phase,
+        view.weight,
+        view.message.as_deref().unwrap_or("")
+    )
+}
+
+async fn events_of(connection: &Connection, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(connection.client.clone(), &connection.namespace);
+    let selector = format!("involvedObject.kind=Canary,involvedObject.name={name}");
+    api.list(&ListParams::default().fields(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
+    let connection = args.kube.connect().await?;
+    let canary = connection.canary(&args.name).await?;
+    if !args.watch {
+        let events = events_of(&connection, &args.name).await;
+        print_view(&view(&canary, &events, Timestamp::now()), output);
+        return Ok(Exit::Ok);
+    }
+    watch(
+        &connection,
+        &args.name,
+        args.timeout.map(|d| d.as_std()),
+        output,
+    )
+    .await
+}
+
+fn print_view(view: &StatusView, output: OutputFormat) {
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(view).expect("view serialises")
+        ),
+        OutputFormat::Human => print!("{}", render(view)),
+    }
+}
+
+/// Follows a Canary until its rollout settles: redraws on a terminal, one line (or one JSON
+/// object) per change otherwise.
+async fn watch(
+    connection: &Connection,
+    name: &str,
+    timeout: Option<Duration>,
+    output: OutputFormat,
+) -> Result<Exit, Failure> {
+    let interactive = std::io::stdout().is_terminal() && output == OutputFormat::Human;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(connection.canaries(), config).applied_objects());
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last_line = String::new();
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(Failure::new(
+                        Exit::TimedOut,
+                        format!("{name} did not settle within the timeout"),
+                    ));
+                }
+            },
+            None => stream.next().await,
+        };
+        let canary = match next {
+            Some(Ok(canary)) => canary,
+            Some(Err(e)) => {
+                return Err(Failure::invalid(format!("watching Canary {name}: {e}")));
+            }
+            None => {
+                return Err(Failure::invalid(format!(
+                    "the watch of Canary {name} ended"
+                )));
+            }
+        };
+        let now = Timestamp::now();
+        let events = if interactive {
+            events_of(connection, name).await
+        } else {
+            Vec::new()
+        };
+        let current = view(&canary, &events, now);
+        let this_line = line(&current, now);
+        let changed = this_line.split_once(' ').map(|(_, rest)| rest)
+            != last_line.split_once(' ').map(|(_, rest)| rest);
+        if changed || interactive {
+            match (output, interactive) {
+                (OutputFormat::Json, _) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&current).expect("view serialises")
+                    )
+                }
+                (OutputFormat::Human, true) => {
+                    print!("\x1b[H\x1b[2J{}", render(&current));
+                }
+                (OutputFormat::Human, false) => println!("{this_line}"),
+            }
+            let _ = std::io::stdout().flush();
+            last_line = this_line;
+        }
+        if is_settled(current.phase) {
+            return Ok(match current.phase {
+                Phase::RolledBack | Phase::Failed => Exit::Failed,
+                _ => Exit::Ok,
+            });
+        }
+    }
+}
+
+/// One row per Canary.
+pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let connection = args.kube.connect().await?;
+    let api: Api<Canary> = if args.all_namespaces {
+        Api::all(connection.client.clone())
+    } else {
+        connection.canaries()
+    };
+    let canaries = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_failure("the Canaries", e))?;
+    let now = Timestamp::now();
+    let views: Vec<StatusView> = canaries.items.iter().map(|c| view(c, &[], now)).collect();
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&views).expect("views serialise")
+        ),
+        OutputFormat::Human => {
+            if views.is_empty() {
+                println!("no Canaries found");
+            }
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.namespace.clone(),
+                        v.name.clone(),
+                        format!("{:?}", v.phase),
+                        format!("{}%", v.weight),
+                        v.step
+                            .as_ref()
+                            .map(|s| format!("{}/{}", (s.index + 1).min(s.total), s.total))
+                            .unwrap_or_else(|| "-".into()),
+                        v.canary_revision
+                            .clone()
+                            .or(v.stable_revision.clone())
+                            .unwrap_or_default(),
+                        v.message.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "NAMESPACE",
+                            "NAME",
+                            "PHASE",
+                            "WEIGHT",
+                            "STEP",
+                            "REVISION",
+                            "MESSAGE"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::assessment::{AnalysisPhase, Tally};
+    use crate::analysis::measurement::MeasurementPhase;
+    use crate::api::canary::{AnalysisRunStatus, MeasurementStatus, MetricStatus};
+
+    fn canary(status: CanaryStatus) -> Canary {
+        let mut canary: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "targetRef": {"name": "web"}, "service": {"port": 8080},
+                "trafficRouting": {"istio": {"virtualService": {"name": "web"}, "destinationRule": {"name": "web"}}},
+                "steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}}, {"analysis": {"templates": [{"templateName": "success-rate"}]}}, {"pause": {}}],
+            },
+        }))
+        .unwrap();
+        canary.status = Some(status);
+        canary
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn says_what_happens_next_for_every_phase() {
+        let base = CanaryStatus {
+            stable_revision: Some("r1".into()),
+            ..Default::default()
+        };
+        let cases: Vec<(CanaryStatus, &str)> = vec![
+            (
+                CanaryStatus {
+                    phase: Phase::Idle,
+                    ..base.clone()
+                },
+                "waiting for a new revision of Deployment web",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::RolledBack,
+                    failed_revision: Some("r2".into()),
+                    ..base.clone()
+                },
+                "`canary retry` rolls r2 out again",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Progressing,
+                    current_step_index: Some(0),
+                    ..base.clone()
+                },
+                "moving 20% of the traffic",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Progressing,
+                    current_step_index: Some(1),
+                    step_started_at: Some(at(0).to_string()),
+                    ..base.clone()
+                },
+                "next step in 45s",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Paused,
+                    pause_reason: Some(PauseReason::Step),
+                    ..base.clone()
+                },
+                "waiting for `canary promote`",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Paused,
+                    pause_reason: Some(PauseReason::AnalysisInconclusive),
+                    ..base.clone()
+                },
+                "a human decides",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Promoting,
+                    ..base.clone()
+                },
+                "moving all traffic to web-stable",
+            ),
+            (
+                CanaryStatus {
+                    phase: Phase::Progressing,
+                    current_step_index: Some(2),
+                    analysis_runs: vec![AnalysisRunStatus {
+                        name: "step-2".into(),
+                        phase: AnalysisPhase::Running,
+                        message: String::new(),
+                        started_at: at(0).to_string(),
+                        metrics: vec![MetricStatus {
+                            name: "success-rate".into(),
+                            template: "success-rate".into(),
+                            phase: AnalysisPhase::Running,
+                            message: "1 passed".into(),
+                            tally: Tally::default(),
+                            next_measurement_at: Some(at(20).to_string()),
+                            measurements: vec![MeasurementStatus {
+                                time: at(10).to_string(),
+                                phase: MeasurementPhase::Successful,
+                                value: Some("0.999".into()),
+                                reason: "successCondition `result[0] >= 0.99` is true".into(),
+                            }],
+                        }],
+                    }],
+                    ..base.clone()
+                },
+                "next measurement of success-rate in 5s",
+            ),
+        ];
+        for (status, expected) in cases {
+            let view = view(&canary(status.clone()), &[], at(15));
+            assert!(
+                view.next.contains(expected),
+                "{:?}: {}",
+                status.phase,
+                view.next
+            );
+        }
+    }
+
+    #[test]
+    fn renders_weight_step_metrics_and_one_line() {
+        let status = CanaryStatus {
+            phase: Phase::Progressing,
+            stable_revision: Some("r1".into()),
+            canary_revision: Some("r2".into()),
+            canary_images: Some("app=web:2".into()),
+            canary_weight: 20,
+            current_step_index: Some(1),
+            step_started_at: Some(at(0).to_string()),
+            message: Some("canary at 20%".into()),
+            ..Default::default()
+        };
+        let v = view(&canary(status), &[], at(15));
+        let text = render(&v);
+        assert!(text.contains("[████░░░░░░░░░░░░░░░░] 20%"), "{text}");
+        assert!(
+            text.contains("step       2/4 pause 1m, 15s in step"),
+            "{text}"
+        );
+        assert!(text.contains("canary     r2 (app=web:2)"), "{text}");
+        assert_eq!(
+            line(&v, at(15)),
+            "2027-01-15T08:00:15Z shop/web Progressing 20% step 2/4: canary at 20%"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["step"]["total"], 4);
+        assert_eq!(json["weight"], 20);
+        assert_eq!(json["next"], "next step in 45s");
+    }
+
+    #[test]
+    fn weight_bars() {
+        assert_eq!(weight_bar(0), "[░░░░░░░░░░░░░░░░░░░░] 0%");
+        assert_eq!(weight_bar(100), "[████████████████████] 100%");
+        assert_eq!(weight_bar(50), "[██████████░░░░░░░░░░] 50%");
+    }
+
+    #[test]
+    fn settled_phases_end_a_watch() {
+        for phase in Phase::ALL {
+            let settled = matches!(
+                phase,
+                Phase::Idle | Phase::Promoted | Phase::RolledBack | Phase::Failed
+            );
+            assert_eq!(is_settled(phase), settled, "{phase:?}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Shared by the end-to-end tests: the service `web` on the real local control plane, the
+//! traffic simulator routing by its VirtualService, a real Prometheus scraping the simulator,
+//! and `canary controller` as its own process.
+//!
+//! Include it with `#[path = "support/rollout.rs"] mod rollout;` (it uses `cluster` and
+//! `prometheus`, which the test file includes too).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use canary::api::canary::{Canary, Phase};
+
+use crate::cluster::{TestNamespace, cluster};
+use crate::prometheus;
+
+pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A binary of this workspace, next to `canary`; built first when a lone test target was
+/// compiled without it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let canary = PathBuf::from(env!("CARGO_BIN_EXE_canary"));
+    let path = canary.with_file_name(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bin", name, "-p", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {name}");
+    }
+    path
+}
+
+pub struct Simulator {
+    _child: Child,
+    pub address: std::net::SocketAddr,
+}
+
+impl Simulator {
+    pub async fn start(ns: &TestNamespace) -> Simulator {
+        let mut child = Command::new(workspace_binary("canary-traffic-simulator"))
+            .arg("--kubeconfig")
+            .arg(cluster().kubeconfig())
+            .args([
+                "--namespace",
+                &ns.name,
+                "--virtual-service",
+                "web",
+                "--rps",
+                "200",
+            ])
+            .args(["--reporters", "destination", "--seed", "7"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the traffic simulator");
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::time::timeout(
+            Duration::from_secs(30),
+            BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .expect("the simulator printed its address in time")
+        .unwrap()
+        .unwrap();
+        let address = line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the simulator: {line}"));
+        Simulator {
+            _child: child,
+            address,
+        }
+    }
+
+    pub async fn set_error_rate(&self, workload: &str, rate: f64) {
+        let status = reqwest::Client::new()
+            .put(format!("http://{}/workloads/{workload}", self.address))
+            .json(&json!({"errorRate": rate}))
+            .send()
+            .await
+            .expect("PUT /workloads")
+            .status();
+        assert!(
+            status.is_success(),
+            "changing {workload}'s behaviour: {status}"
+        );
+    }
+}
+
+/// The controller as it runs in a cluster: its own process, watching one namespace.
+pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
+    start_controller_on(ns, prometheus, prometheus::free_port()).await
+}
+
+pub async fn start_controller_on(ns: &TestNamespace, prometheus: &str, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_canary"))
+        .args([
+            "controller",
+            "--namespace",
+            &ns.name,
+            "--prometheus",
+            prometheus,
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", cluster().kubeconfig())
+        .env("CANARY_LOG", "canary=info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting canary controller")
+}
+
+pub fn dynamic(ns: &TestNamespace, kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
+}
+
+pub async fn create<K>(api: &Api<K>, value: Value)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let object: K = serde_json::from_value(value).expect("test object deserializes");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("creating a test object");
+}
+
+/// The service `web`: its Deployment (2 replicas of `image`), DestinationRule, VirtualService
+/// (all traffic on stable), an AnalysisTemplate judging the canary's success rate from Istio's
+/// metrics, and a Canary walking 20% → analysis → 50% → 2 s → promote.
+pub async fn set_up(ns: &TestNamespace, image: &str) {
+    create::<Deployment>(
+        &ns.api(),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": image}]},
+                },
+            },
+        }),
+    )
+    .await;
+    create::<DynamicObject>(&dynamic(ns, "DestinationRule"), json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "web"},
+        "spec": {"host": "web", "subsets": [{"name": "stable", "labels": {"app": "web"}}, {"name": "canary", "labels": {"app": "web"}}]},
+    })).await;
+    create::<DynamicObject>(
+        &dynamic(ns, "VirtualService"),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web"},
+            "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
+                {"destination": {"host": "web", "subset": "stable"}, "weight": 100},
+                {"destination": {"host": "web", "subset": "canary"}, "weight": 0},
+            ]}]},
+        }),
+    )
+    .await;
+    create::<canary::api::AnalysisTemplate>(&ns.api(), json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "success-rate"},
+        "spec": {"metrics": [{
+            "name": "success-rate",
+            "interval": "2s",
+            // The canary's series appear with its first traffic; a 5 s rate needs two scrapes.
+            "initialDelay": "6s",
+            "count": 3,
+            // A loaded machine may scrape late: tolerate no data at warm-up, never a failure.
+            "inconclusiveLimit": 2,
+            "successCondition": "result[0] >= 0.95",
+            "provider": {"prometheus": {"query": concat!(
+                "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code!~\"5..\"}[5s]))",
+                " / sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}[5s]))"
+            )}},
+        }]},
+    })).await;
+    create::<Canary>(
+        &ns.api(),
+        json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web"},
+            "spec": {
+                "targetRef": {"name": "web"},
+                "service": {"port": 8080},
+                "trafficRouting": {"istio": {
+                    "virtualService": {"name": "web", "routes": ["primary"]},
+                    "destinationRule": {"name": "web"},
+                }},
+                "steps": [
+                    {"setWeight": 20},
+                    {"analysis": {"templates": [{"templateName": "success-rate"}]}},
+                    {"setWeight": 50},
+                    {"pause": {"duration": "2s"}},
+                ],
+                "progressDeadlineSeconds": 60,
+            },
+        }),
+    )
+    .await;
+}
+
+pub async fn set_image(ns: &TestNamespace, image: &str) {
+    let api: Api<Deployment> = ns.api();
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})),
+    )
+    .await
+    .expect("setting the image");
+}
+
+pub async fn canary_weight_in_virtual_service(ns: &TestNamespace) -> u64 {
+    let vs = dynamic(ns, "VirtualService").get("web").await.unwrap();
+    let routes = vs.data["spec"]["http"][0]["route"]
+        .as_array()
+        .unwrap()
+        .clone();
+    routes
+        .iter()
+        .find(|r| r["destination"]["subset"] == "canary")
+        .and_then(|r| r["weight"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Polls the Canary until `phase`, recording each change of (phase, weight, step, message).
+pub async fn follow_until(
+    ns: &TestNamespace,
+    phase: Phase,
+    timeout: Duration,
+) -> (Canary, Vec<String>) {
+    let api: Api<Canary> = ns.api();
+    let started = Instant::now();
+    let mut timeline = Vec::new();
+    let mut last = String::new();
+    loop {
+        let canary = api.get("web").await.expect("reading the Canary");
+        let status = canary.status.clone().unwrap_or_default();
+        let line = format!(
+            "{:?} weight={} step={} {}",
+            status.phase,
+            status.canary_weight,
+            status.step_display.clone().unwrap_or_default(),
+            status.message.clone().unwrap_or_default()
+        );
+        if line != last {
+            timeline.push(format!("{:>5.1}s {line}", started.elapsed().as_secs_f64()));
+            last = line;
+        }
+        if status.phase == phase {
+            return (canary, timeline);
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {phase:?}; timeline:\n{}",
+            timeline.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub struct World {
+    pub ns: TestNamespace,
+    pub simulator: Simulator,
+    pub prometheus: Option<prometheus::Prometheus>,
+    pub controller: Child,
+}
+
+/// The service at rest on web:1, the controller running, traffic flowing and scraped.
+pub async fn world(prefix: &str) -> World {
+    let ns = cluster().namespace(prefix).await;
+    set_up(&ns, "web:1").await;
+    let simulator = Simulator::start(&ns).await;
+    let target = simulator.address;
+    let prometheus = tokio::task::spawn_blocking(move || {
+        prometheus::Prometheus::builder()
+            .scrape("mesh", target)
+            .start()
+    })
+    .await
+    .unwrap();
+    let controller = start_controller(&ns, &prometheus.url()).await;
+    let (canary, timeline) = follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
+    eprintln!("initialized:\n{}", timeline.join("\n"));
+    assert_eq!(canary.status.unwrap().canary_weight, 0);
+    let target: Deployment = ns.api().get("web").await.unwrap();
+    assert_eq!(
+        target.spec.unwrap().replicas,
+        Some(0),
+        "the target is kept at zero replicas"
+    );
+    World {
+        ns,
+        simulator,
+        prometheus: Some(prometheus),
+        controller,
+    }
+}
+
+pub fn image_of(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+pub async fn patch_canary(ns: &TestNamespace, patch: Value) {
+    let api: Api<Canary> = ns.api();
+    api.patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("patching the Canary");
+}
