@@ -28,9 +28,9 @@ use crate::workload;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Examples:
-  canary run web --image registry.example/web:1.4.2 --wait
-  canary run web --image app=registry.example/web:1.4.2 --image sidecar=proxy:2 --wait --timeout 30m
-  canary run -l team=checkout --image checkout=registry.example/checkout:9 --wait
+  canary run web --image web:1.4.2 --wait
+  canary run web --image app=web:1.4.2 --image sidecar=proxy:2 --wait --timeout 30m
+  canary run -l team=checkout --image checkout=checkout:9 --wait
   canary run web --image web:1.5 --wait --success-on-pause   # a manual gate counts as success")]
 pub struct Args {
     /// The Canary (or select several with -l).
