@@ -53,3 +53,15 @@ fn help_documents_the_exit_codes_and_usage_errors_exit_2() {
     let unknown = canary(&["analyse-this"]);
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+#[test]
+fn prints_shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = canary(&["completions", shell]);
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = stdout(&output);
+        for word in ["run", "status", "abort", "--success-on-pause"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+}

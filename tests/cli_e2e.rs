@@ -306,3 +306,71 @@ async fn commands_on_a_missing_canary_exit_2_and_say_so() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues() {
+    let world = world("cli-gate").await;
+    rollout::patch_canary(
+        &world.ns,
+        serde_json::json!({"spec": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}]}}),
+    )
+    .await;
+    let ran = run(canary(
+        &world.ns,
+        &[
+            "run",
+            "web",
+            "--image",
+            "web:2",
+            "--wait",
+            "--success-on-pause",
+            "-o",
+            "json",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    let result = json(&ran);
+    assert_eq!(result["result"], "paused");
+    assert!(
+        result["message"]
+            .as_str()
+            .unwrap()
+            .contains("`canary promote web` continues it"),
+        "{result}"
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 20);
+
+    let promote = run(canary(&world.ns, &["promote", "web"])).await;
+    assert_eq!(
+        promote.code,
+        Some(0),
+        "{}\n{}",
+        promote.stdout,
+        promote.stderr
+    );
+    assert!(
+        promote
+            .stdout
+            .contains("promote (skipping to the next step)"),
+        "{}",
+        promote.stdout
+    );
+    let watched = run(canary(
+        &world.ns,
+        &["status", "web", "--watch", "--timeout", "1m"],
+    ))
+    .await;
+    assert_eq!(
+        watched.code,
+        Some(0),
+        "{}\n{}",
+        watched.stdout,
+        watched.stderr
+    );
+    assert!(
+        watched.stdout.lines().last().unwrap().contains("Promoted"),
+        "{}",
+        watched.stdout
+    );
+}
