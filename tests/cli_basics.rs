@@ -60,7 +60,7 @@ fn prints_shell_completions() {
         let output = canary(&["completions", shell]);
         assert_eq!(output.status.code(), Some(0), "{shell}");
         let script = stdout(&output);
-        for word in ["run", "status", "abort", "--success-on-pause"] {
+        for word in ["run", "status", "abort", "success-on-pause"] {
             assert!(script.contains(word), "{shell} completion lacks {word}");
         }
     }
