@@ -140,3 +140,28 @@ fn missing_and_malformed_files_are_invalid_input() {
     );
     assert!(text.contains("bad.yaml: error: not valid YAML"), "{text}");
 }
+
+#[test]
+fn validates_a_whole_manifest_with_its_canary_and_skips_other_kinds() {
+    let output = canary(&["validate", "deploy/examples/istio-canary.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("Canary web: ok"), "{text}");
+    assert!(
+        text.contains("VirtualService web: warning: apiVersion/kind: skipped"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("canary.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: canary.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec:\n  targetRef: {name: web}\n  service: {port: 8080}\n  trafficRouting: {istio: {virtualService: {name: web}, destinationRule: {name: web}}}\n  steps: [{setWeight: 50}, {setWeight: 10}]\n  stepWeigth: 5\n",
+    )
+    .unwrap();
+    let output = canary(&["validate", broken.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("setWeight steps must not decrease"), "{text}");
+    assert!(text.contains("spec.stepWeigth: unknown field"), "{text}");
+}

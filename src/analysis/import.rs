@@ -133,13 +133,31 @@ fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
             import_argo(&value, kind)
         }
         ("flagger.app/v1beta1", "MetricTemplate") => import_flagger(&value),
-        _ => Err(vec![error(
+        // Not a template, but ours: checked against its CRD so a manifest can be validated whole.
+        (API_VERSION, "Canary") => Err(check_canary(value)),
+        _ => Err(vec![warning(
             "apiVersion/kind",
-            format!(
-                "{api_version:?}/{kind:?} is not a template this tool reads; expected {API_VERSION} AnalysisTemplate or ClusterAnalysisTemplate, argoproj.io/v1alpha1 AnalysisTemplate or ClusterAnalysisTemplate, or flagger.app/v1beta1 MetricTemplate"
-            ),
+            format!("skipped: {api_version} {kind} is neither an analysis template nor a Canary"),
         )]),
     }
+}
+
+/// A Canary's fields and the CRD's CEL rules; an empty list when it is valid.
+fn check_canary(value: Value) -> Vec<Note> {
+    let mut notes = crd_rule_violations::<crate::api::canary::Canary>(&value);
+    let mut unknown = Vec::new();
+    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    let parsed: Result<crate::api::canary::CanarySpec, _> =
+        serde_ignored::deserialize(spec, |path| unknown.push(path.to_string()));
+    if let Err(e) = parsed {
+        notes.push(error("spec", e.to_string()));
+    }
+    notes.extend(
+        unknown
+            .iter()
+            .map(|path| unknown_field(&format!("spec.{path}"))),
+    );
+    notes
 }
 
 /// Our own kinds. Each argument and metric is read on its own, so that every problem of the

@@ -332,16 +332,11 @@ pub fn render(view: &StatusView) -> String {
     field("canary", revision);
     field("stable", view.stable_revision.clone().unwrap_or_default());
     if let Some(failed) = &view.failed_revision {
-        field(
-            "rolled back",
-            format!(
-                "{failed} ({:?})",
-                view.rollback_reason
-                    .as_ref()
-                    .map(|r| format!("{r:?}"))
-                    .unwrap_or_default()
-            ),
-        );
+        let reason = view
+            .rollback_reason
+            .map(|r| format!(" ({r:?})"))
+            .unwrap_or_default();
+        field("rolled back", format!("{failed}{reason}"));
     }
     field("weight", weight_bar(view.weight));
     if let Some(step) = &view.step {
