@@ -20,3 +20,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the README's main job: scripts/demo.sh"
+bash scripts/demo.sh
