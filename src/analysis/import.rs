@@ -460,6 +460,7 @@ fn argo_metric(
         inconclusive_limit,
         consecutive_error_limit,
         dry_run,
+        compare: None,
         provider: MetricProvider {
             prometheus: prometheus?,
         },
@@ -794,6 +795,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
         inconclusive_limit: None,
         consecutive_error_limit: None,
         dry_run: false,
+        compare: None,
         provider: MetricProvider {
             prometheus: PrometheusProvider {
                 address: provider
