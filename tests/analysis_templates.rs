@@ -765,6 +765,126 @@ async fn generic_http_template() {
     .await;
 }
 
+/// The compare template judges each version against a healthy stable ("healthy") over
+/// [t0, t0+4m], reading raw counters at both ends of every interval: a healthy twin is never
+/// judged regressed and passes; ×10 errors and a slow body are Regressed (Failed) at once; a
+/// canary without traffic or without series is Inconclusive, never passed.
+#[tokio::test]
+async fn istio_compare_template() {
+    let mut versions = VERSIONS.to_vec();
+    versions.push(("twin", HEALTHY));
+    let prometheus = Prometheus::builder()
+        .backfill(&backfill(istio, &versions))
+        .start();
+    let template = load_template("istio-compare.yaml");
+    let source = PrometheusSource::new().unwrap();
+    let analyse = |canary: &str| {
+        let context = BTreeMap::from([
+            ("namespace".to_string(), NAMESPACE.to_string()),
+            ("canary".to_string(), canary.to_string()),
+            ("stable".to_string(), "healthy".to_string()),
+        ]);
+        let prepared = prepare(
+            "istio-compare",
+            &template.spec,
+            &BTreeMap::new(),
+            &context,
+            Some(&prometheus.url()),
+            &NoSecrets,
+        )
+        .unwrap_or_else(|problems| panic!("istio-compare.yaml does not prepare: {problems:#?}"));
+        let source = source.clone();
+        async move {
+            let schedule = Schedule::Retrospective {
+                from: t0(),
+                to: t0() + SignedDuration::from_mins(4),
+            };
+            run(&source, &prepared, schedule, |_, _| {}).await
+        }
+    };
+    // (canary, error-rate phase, latency phase, overall, a fragment of the error-rate message)
+    let cases = [
+        (
+            "twin",
+            AnalysisPhase::Successful,
+            AnalysisPhase::Successful,
+            AnalysisPhase::Successful,
+            "canary error rate 1.00× stable's",
+        ),
+        (
+            "errors",
+            AnalysisPhase::Failed,
+            AnalysisPhase::Successful,
+            AnalysisPhase::Failed,
+            "regressed, roll back",
+        ),
+        (
+            "slow",
+            AnalysisPhase::Successful,
+            AnalysisPhase::Failed,
+            AnalysisPhase::Failed,
+            "canary error rate 1.00× stable's",
+        ),
+        (
+            "idle",
+            AnalysisPhase::Inconclusive,
+            AnalysisPhase::Inconclusive,
+            AnalysisPhase::Inconclusive,
+            "nothing was compared",
+        ),
+        (
+            "absent",
+            AnalysisPhase::Inconclusive,
+            AnalysisPhase::Inconclusive,
+            AnalysisPhase::Inconclusive,
+            "nothing was compared",
+        ),
+    ];
+    for (canary, error_rate, latency, overall, message) in cases {
+        let report = analyse(canary).await;
+        let context = format!("canary {canary}: {report:#?}");
+        assert_eq!(report.phase, overall, "{context}");
+        let errors = metric(&report, "error-rate");
+        assert_eq!(errors.phase, error_rate, "{context}");
+        assert!(errors.message.contains(message), "{context}");
+        assert_eq!(metric(&report, "latency").phase, latency, "{context}");
+        for m in &report.metrics {
+            let first = m.measurements.first().expect("measured");
+            let detail = first.compare.as_ref().expect("compare detail");
+            // The first window is the interval before t0; then windows are back to back.
+            assert_eq!(
+                detail.window_start,
+                t0() - SignedDuration::from_mins(1),
+                "{context}"
+            );
+            for pair in m.measurements.windows(2) {
+                assert_eq!(
+                    pair[1].compare.as_ref().unwrap().window_start,
+                    pair[0].time,
+                    "{context}"
+                );
+            }
+        }
+        if canary == "errors" {
+            // Exact counts: 4 scrapes of 600 requests per minute, 5% vs 0.5% failing.
+            let first = &errors.measurements[0];
+            assert_eq!(first.phase, MeasurementPhase::Failed, "{context}");
+            let counts = &first.compare.as_ref().unwrap().counts;
+            assert_eq!(counts.canary, vec![2400, 120], "{context}");
+            assert_eq!(counts.stable, vec![2400, 12], "{context}");
+        }
+        if canary == "twin" {
+            let counts = &metric(&report, "latency").measurements[0]
+                .compare
+                .as_ref()
+                .unwrap()
+                .counts;
+            assert_eq!(counts.canary, counts.stable, "{context}");
+            assert_eq!(counts.canary.last(), Some(&2400), "{context}");
+        }
+    }
+}
+
 /// Every file in analysis-templates/ is covered by a test above, so a new template cannot be
 /// added without one.
 #[test]
@@ -785,6 +905,7 @@ fn every_template_is_exercised() {
             "generic-http.yaml",
             "haproxy.yaml",
             "ingress-nginx.yaml",
+            "istio-compare.yaml",
             "istio.yaml",
             "linkerd.yaml"
         ]

@@ -37,7 +37,7 @@ fn reports_every_problem_of_a_broken_template_at_once() {
         "metric bad-cel: spec.metrics[1].successCondition: `result[0] >=` is not valid CEL",
         "metric int-equality: spec.metrics[2].successCondition: `result[0] == 0` compares a result with the whole number 0",
         "metric undeclared-arg: spec.metrics[3].provider.prometheus.query: {{args.job}} is used but the template declares no argument \"job\"",
-        "spec.metrics[4]: a metric needs successCondition, failureCondition or thresholdRange",
+        "spec.metrics[4]: a metric needs successCondition, failureCondition, thresholdRange or compare",
         "spec.metrics[5].thresholdRange: thresholdRange.min must not be greater than max",
         "spec.metrics[5] (bad-range): invalid duration \"5 minutes\"",
     ];
@@ -164,4 +164,19 @@ fn validates_a_whole_manifest_with_its_canary_and_skips_other_kinds() {
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("setWeight steps must not decrease"), "{text}");
     assert!(text.contains("spec.stepWeigth: unknown field"), "{text}");
+}
+
+#[test]
+fn names_the_mistakes_of_compare_metrics() {
+    let output = canary(&["validate", "tests/fixtures/canary/broken-compare.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    let expected = [
+        "metric rate-not-counter: spec.metrics[0].compare.requests: the query uses rate(...): a comparison reads raw counters",
+        "metric same-series: spec.metrics[1].compare.latencyBuckets: the query reads the same series for canary and stable",
+        "errorTolerence",
+    ];
+    for line in expected {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
 }

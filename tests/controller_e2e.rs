@@ -15,8 +15,8 @@ use cluster::{cluster, eventually, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rollout::{
-    ROLLOUT_TIMEOUT, canary_weight_in_virtual_service, dynamic, follow_until, image_of,
-    patch_canary, set_image, set_up, start_controller, start_controller_on, world,
+    ROLLOUT_TIMEOUT, World, canary_weight_in_virtual_service, create, dynamic, follow_until,
+    image_of, patch_canary, set_image, set_up, start_controller, start_controller_on, world,
 };
 use serde_json::json;
 
@@ -399,4 +399,150 @@ async fn deleting_a_canary_mid_rollout_leaves_the_service_on_stable_and_the_targ
     // The managed Deployments were owned by the Canary: garbage-collected with it.
     cluster::wait_gone(&deployments, "web-canary", Duration::from_secs(60)).await;
     cluster::wait_gone(&deployments, "web-stable", Duration::from_secs(60)).await;
+}
+
+/// Switches the world to a background `compare` analysis at high traffic: 2,000 rps, 5% errors
+/// on stable; steps 20% → 5 min pause → 50% → 5 min pause, which only evidence can shorten
+/// (minStepDuration 5 s). The judge's tolerance is 50% and it assumes Poisson counts (what the
+/// simulator draws), so a one-minute test can reach NoRegression.
+async fn compare_world(prefix: &str, canary_error_rate: f64) -> World {
+    let world = world(prefix).await;
+    create::<canary::api::AnalysisTemplate>(&world.ns.api(), json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "compare"},
+        "spec": {"metrics": [{
+            "name": "error-rate",
+            "interval": "2s",
+            "inconclusiveLimit": 3,
+            "compare": {
+                "requests": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}",
+                "errors": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code=~\"5..\"}",
+                "judge": {"errorTolerance": 0.5, "maxIntervalNoiseCv": 0.0},
+            },
+            "provider": {"prometheus": {}},
+        }]},
+    })).await;
+    patch_canary(
+        &world.ns,
+        json!({"spec": {
+            "steps": [
+                {"setWeight": 20},
+                {"pause": {"duration": "5m"}},
+                {"setWeight": 50},
+                {"pause": {"duration": "5m"}},
+            ],
+            "analysis": {
+                "templates": [{"templateName": "compare"}],
+                "startingStep": 1,
+                "minStepDuration": "5s",
+            },
+        }}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let status = client
+        .put(format!("http://{}/rate", world.simulator.address))
+        .json(&json!({"requestsPerSecond": 2000}))
+        .send()
+        .await
+        .expect("PUT /rate")
+        .status();
+    assert!(status.is_success(), "changing the rate: {status}");
+    world.simulator.set_error_rate("web-stable", 0.05).await;
+    world
+        .simulator
+        .set_error_rate("web-canary", canary_error_rate)
+        .await;
+    world
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_metric_rolls_back_a_canary_with_five_times_the_errors() {
+    let world = compare_world("compare-bad", 0.25).await;
+    let started = Instant::now();
+    set_image(&world.ns, "web:bad").await;
+    let (canary, timeline) = follow_until(&world.ns, Phase::RolledBack, ROLLOUT_TIMEOUT).await;
+    eprintln!(
+        "×5 errors, compare metric ({:.1} s):\n{}",
+        started.elapsed().as_secs_f64(),
+        timeline.join("\n")
+    );
+    let status = canary.status.unwrap();
+    assert_eq!(status.rollback_reason, Some(RollbackReason::AnalysisFailed));
+    let metric = &status.analysis_runs[0].metrics[0];
+    let compare = metric
+        .compare
+        .as_ref()
+        .expect("the judge's state is in status");
+    let assessment = compare.assessment.as_ref().unwrap();
+    assert_eq!(
+        assessment.verdict,
+        canary::analysis::sequential::Verdict::Regressed,
+        "{assessment:?}"
+    );
+    assert!(assessment.ratio_interval.lower > 1.5, "{assessment:?}");
+    assert!(assessment.evidence.regression >= 100.0, "{assessment:?}");
+    assert!(!compare.record.intervals.is_empty());
+    assert!(
+        metric
+            .measurements
+            .last()
+            .unwrap()
+            .reason
+            .contains("regressed, roll back"),
+        "{metric:?}"
+    );
+    assert!(
+        !timeline.iter().any(|l| l.contains("weight=50")),
+        "rolled back at 20%: {timeline:?}"
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_steps_up_early_on_no_regression() {
+    let world = compare_world("compare-good", 0.05).await;
+    let started = Instant::now();
+    set_image(&world.ns, "web:2").await;
+    let (canary, timeline) = follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    let took = started.elapsed();
+    eprintln!(
+        "healthy canary, compare metric ({:.1} s):\n{}",
+        took.as_secs_f64(),
+        timeline.join("\n")
+    );
+    // Two 5-minute pauses, both ended by evidence.
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    let text = timeline.join("\n");
+    assert!(text.contains("weight=20"), "{text}");
+    assert!(text.contains("weight=50"), "{text}");
+    let status = canary.status.unwrap();
+    let metric = &status.analysis_runs[0].metrics[0];
+    let compare = metric.compare.as_ref().unwrap();
+    let assessment = compare.assessment.as_ref().unwrap();
+    assert_eq!(
+        assessment.verdict,
+        canary::analysis::sequential::Verdict::NoRegression,
+        "{assessment:?}"
+    );
+    assert!(assessment.ratio_interval.upper < 1.5, "{assessment:?}");
+    assert_eq!(metric.tally.failed, 0, "{metric:?}");
+    let events: Vec<String> = kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+        world.ns.client.clone(),
+        &world.ns.name,
+    )
+    .list(&Default::default())
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .filter_map(|e| {
+        e.message
+            .filter(|m| m.contains("stepping up before the pause ends"))
+    })
+    .collect();
+    assert!(
+        !events.is_empty(),
+        "an event says why the pause ended early"
+    );
 }

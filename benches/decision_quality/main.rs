@@ -11,6 +11,7 @@
 //! ```
 
 mod methods;
+mod replay;
 mod report;
 mod simulation;
 
@@ -46,6 +47,15 @@ struct Arguments {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/decision-quality.json")]
     json: String,
+    /// The real-Prometheus replay track instead of the grid: a few cells' counters written as
+    /// OpenMetrics, backfilled with promtool, read back by every method through the compare
+    /// metrics' PromQL path (instant queries with `time=`), decisions checked against the
+    /// in-process ones for the same seeds.
+    #[arg(long, conflicts_with_all = ["quick", "ablation"])]
+    replay: bool,
+    /// Runs per cell of the replay track.
+    #[arg(long, default_value_t = 100)]
+    replay_runs: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -166,12 +176,17 @@ fn run_seed(base: u64, cell: &Cell, run: usize) -> u64 {
 
 fn run_once(cell: &Cell, methods: &[MethodKind], seed: u64) -> Vec<RunOutcome> {
     let observations = simulate_run(cell.scenario, cell.rps, cell.schedule, seed);
+    decide(&observations, methods)
+}
+
+/// Every method on the same observations, each until its first decision.
+fn decide(observations: &[simulation::Observation], methods: &[MethodKind]) -> Vec<RunOutcome> {
     methods
         .iter()
         .map(|kind| {
             let mut method = kind.build();
             let mut exposure = 0;
-            for observation in &observations {
+            for observation in observations {
                 if observation.truth.is_bad() {
                     exposure += observation.errors.canary_requests;
                 }
@@ -195,6 +210,15 @@ fn run_once(cell: &Cell, methods: &[MethodKind], seed: u64) -> Vec<RunOutcome> {
 
 fn main() {
     let arguments = Arguments::parse();
+    if arguments.replay {
+        let json = if arguments.json == "target/decision-quality.json" {
+            "target/decision-quality-replay.json".to_string()
+        } else {
+            arguments.json.clone()
+        };
+        replay::run(arguments.seed, arguments.replay_runs, &json);
+        return;
+    }
     let cells = cells(&arguments);
     let methods: Vec<MethodKind> = if arguments.ablation {
         (0..methods::VARIANTS.len())

@@ -226,6 +226,9 @@ pub struct Observation {
     /// there is no extra noise: the oracle's null and alternative.
     pub stable_bucket_probabilities: Vec<f64>,
     pub canary_bucket_probabilities: Vec<f64>,
+    /// A pod of (canary, stable) restarted in this interval: its counters start from zero
+    /// (what the replay track writes as a new series).
+    pub resets: [bool; 2],
 }
 
 /// Per-bucket probabilities (not cumulative, +Inf last) of a lognormal latency with median
@@ -428,18 +431,23 @@ pub fn simulate_run(
             errors: binomial(&mut rng, stable_requests, stable_error_rate),
             buckets: multinomial(&mut rng, stable_requests, &stable_interval_probabilities),
         };
+        let mut resets = [false; 2];
         if scenario == Scenario::CounterResets {
             // Each version restarts a pod in 10% of the intervals; the canary's single pod
             // loses up to a quarter of the minute (one 15 s scrape), stable's ten pods a tenth
             // of that.
             let canary_pods = 1.0;
-            for (counts, pods) in [
+            for ((counts, pods), reset) in [
                 (&mut canary, canary_pods),
                 (&mut stable, f64::from(STABLE_PODS)),
-            ] {
+            ]
+            .into_iter()
+            .zip(resets.iter_mut())
+            {
                 if rng.random::<f64>() < 0.1 {
                     let lost = rng.random::<f64>() * 0.25 / pods;
                     counts.lose(&mut rng, lost);
+                    *reset = true;
                 }
             }
         }
@@ -475,6 +483,7 @@ pub fn simulate_run(
                 MEDIAN_LATENCY * truth.latency_scale,
                 truth.tail_fraction,
             ),
+            resets,
         });
     }
     observations

@@ -478,6 +478,7 @@ fn argo_metric(
         inconclusive_limit,
         consecutive_error_limit,
         dry_run,
+        compare: None,
         provider: MetricProvider {
             prometheus: prometheus?,
         },
@@ -812,6 +813,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
         inconclusive_limit: None,
         consecutive_error_limit: None,
         dry_run: false,
+        compare: None,
         provider: MetricProvider {
             prometheus: PrometheusProvider {
                 address: provider

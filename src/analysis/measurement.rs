@@ -249,6 +249,7 @@ mod tests {
             inconclusive_limit: None,
             consecutive_error_limit: None,
             dry_run: false,
+            compare: None,
             provider: crate::api::analysis_template::MetricProvider {
                 prometheus: crate::api::analysis_template::PrometheusProvider {
                     address: None,

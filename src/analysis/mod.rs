@@ -3,6 +3,7 @@
 //! runner calls through.
 
 pub mod assessment;
+pub mod compare;
 pub mod condition;
 pub mod import;
 pub mod measurement;

@@ -9,8 +9,13 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::assessment::{self, AnalysisPhase, Limits, Tally};
+use super::compare::{
+    self, CompareKind, CompareRecord, CompareSetup, Counter, CounterQuery, IntervalCounts,
+    PreparedCompare,
+};
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
+use super::sequential::Assessment;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::metrics::{MetricsSource, QueryRequest};
 
@@ -76,6 +81,9 @@ pub struct PreparedMetric {
     pub interval: Duration,
     pub initial_delay: Duration,
     pub limits: Limits,
+    /// For `compare` metrics: the counter queries of both versions and the judge's setup
+    /// (`request` then carries only the address, timeout and headers).
+    pub compare: Option<PreparedCompare>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +142,7 @@ pub fn prepare(
         }
     }
 
+    let compared = spec.metrics.iter().filter(|m| m.compare.is_some()).count();
     let mut metrics = Vec::new();
     for (i, metric) in spec.metrics.iter().enumerate() {
         let mut problem = |field: &str, message: String| {
@@ -153,9 +162,23 @@ pub fn prepare(
             context: metric_context,
         };
         let prometheus = &metric.provider.prometheus;
-        let query = render::render_query(&prometheus.query, &declared, &variables)
-            .map_err(|e| problem("provider.prometheus.query", e.to_string()))
-            .ok();
+        let (query, compare) = match &metric.compare {
+            None => (
+                render::render_query(&prometheus.query, &declared, &variables)
+                    .map_err(|e| problem("provider.prometheus.query", e.to_string()))
+                    .ok(),
+                None,
+            ),
+            Some(spec) => match prepare_compare(spec, compared, &declared, &variables) {
+                Ok((text, prepared)) => (Some(text), Some(prepared)),
+                Err(found) => {
+                    for (field, message) in found {
+                        problem(&field, message);
+                    }
+                    (None, None)
+                }
+            },
+        };
         let criteria = Criteria::from_metric(metric)
             .map_err(|errors| {
                 for e in errors {
@@ -193,6 +216,7 @@ pub fn prepare(
         if metric.success_condition.is_none()
             && metric.failure_condition.is_none()
             && metric.threshold_range.is_none()
+            && metric.compare.is_none()
         {
             problem("successCondition", NO_CONDITION.into());
         }
@@ -220,6 +244,7 @@ pub fn prepare(
                     inconclusive_limit: metric.inconclusive_limit(),
                     consecutive_error_limit: metric.consecutive_error_limit(),
                 },
+                compare,
             });
         }
     }
@@ -233,6 +258,118 @@ pub fn prepare(
     }
 }
 
+/// Renders a compare metric's counter queries for both versions: `{{workload}}` is the canary
+/// (context `canary`, or `<target>-canary`) and then stable. Returns the text people see as
+/// the metric's query, and the prepared comparison; or every problem as (field, message).
+fn prepare_compare(
+    spec: &crate::api::analysis_template::Compare,
+    compared: usize,
+    declared: &[&str],
+    variables: &Variables,
+) -> Result<(String, PreparedCompare), Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let (kind, counters) = match (&spec.requests, &spec.errors, &spec.latency_buckets) {
+        (Some(requests), Some(errors), None) => (
+            CompareKind::ErrorRate,
+            vec![(Counter::Requests, requests), (Counter::Errors, errors)],
+        ),
+        (None, None, Some(buckets)) => (
+            CompareKind::Latency,
+            vec![(Counter::LatencyBuckets, buckets)],
+        ),
+        _ => {
+            return Err(vec![(
+                "compare".into(),
+                "compare needs requests and errors (an error-rate comparison) or latencyBuckets (a latency comparison), not both".into(),
+            )]);
+        }
+    };
+    let mut config = spec.judge.clone().unwrap_or_default();
+    if let Err(e) = config.validate() {
+        problems.push((format!("compare.judge.{}", e.field), e.to_string()));
+    }
+    // The template's compare metrics share alpha (a union bound): together they roll back a
+    // canary within tolerance with probability at most alpha.
+    config.alpha /= compared.max(1) as f64;
+    let context = &variables.context;
+    let target = context.get("target");
+    let name = |side: &str| {
+        context
+            .get(side)
+            .cloned()
+            .or_else(|| target.map(|t| format!("{t}-{side}")))
+    };
+    let (Some(canary), Some(stable)) = (name("canary"), name("stable")) else {
+        problems.push((
+            "compare".into(),
+            "a comparison needs the names of both workloads: pass the context values canary=NAME and stable=NAME (or target=NAME for NAME-canary and NAME-stable)".into(),
+        ));
+        return Err(problems);
+    };
+    let mut queries = Vec::new();
+    for (counter, text) in counters {
+        let render = |workload: &str| {
+            let mut variables = variables.clone();
+            variables
+                .context
+                .insert("workload".to_string(), workload.to_string());
+            render::render_query(text, declared, &variables)
+        };
+        let lowered = text.to_lowercase();
+        if let Some(function) = ["increase(", "rate(", "irate(", "delta(", "idelta("]
+            .iter()
+            .find(|f| lowered.contains(*f))
+        {
+            problems.push((
+                counter.field().into(),
+                format!(
+                    "the query uses {function}...): a comparison reads raw counters at both ends of each interval and takes exact differences itself; select the counters (e.g. sum by (pod) (requests_total{{...}}))"
+                ),
+            ));
+            continue;
+        }
+        match (render(&canary), render(&stable)) {
+            (Ok(canary_query), Ok(stable_query)) if canary_query == stable_query => problems.push((
+                counter.field().into(),
+                "the query reads the same series for canary and stable: select the version with {{workload}} (e.g. destination_workload=\"{{workload}}\")".into(),
+            )),
+            (Ok(canary), Ok(stable)) => queries.push(CounterQuery {
+                counter,
+                canary,
+                stable,
+            }),
+            (Err(e), _) | (_, Err(e)) => problems.push((counter.field().into(), e.to_string())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let text = queries
+        .iter()
+        .map(|q| format!("{} (canary): {}", q.counter.field(), q.canary.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((
+        text,
+        PreparedCompare {
+            setup: CompareSetup { kind, config },
+            queries,
+        },
+    ))
+}
+
+/// The comparison behind a compare measurement: the window, both versions' counts and the
+/// judge's assessment after them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompareDetail {
+    pub kind: CompareKind,
+    pub window_start: Timestamp,
+    pub counts: IntervalCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<Assessment>,
+}
+
 /// One measurement, as reported and kept.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Measurement {
@@ -242,6 +379,9 @@ pub struct Measurement {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     pub reason: String,
+    /// For `compare` metrics: counts, effect estimate with its interval, evidence, verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareDetail>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -278,6 +418,9 @@ pub async fn run<S: MetricsSource>(
         Schedule::Retrospective { from, .. } => from,
         Schedule::Once | Schedule::Live { .. } => Timestamp::now(),
     };
+    // Per compare metric: its intervals so far and where the next window starts.
+    let mut comparisons: Vec<(CompareRecord, Option<Timestamp>, Option<Assessment>)> =
+        vec![Default::default(); analysis.metrics.len()];
     let mut states: Vec<(Timestamp, MetricReport)> = analysis
         .metrics
         .iter()
@@ -318,8 +461,64 @@ pub async fn run<S: MetricsSource>(
                 tokio::time::sleep(wait.unsigned_abs()).await;
             }
         }
-        for (metric, (next_due, report)) in analysis.metrics.iter().zip(states.iter_mut()) {
+        for ((metric, (next_due, report)), comparison) in analysis
+            .metrics
+            .iter()
+            .zip(states.iter_mut())
+            .zip(comparisons.iter_mut())
+        {
             if report.phase.is_terminal() || *next_due > due {
+                continue;
+            }
+            if let Some(compare) = &metric.compare {
+                let end = match schedule {
+                    Schedule::Retrospective { .. } => due,
+                    _ => Timestamp::now(),
+                };
+                let (record, window_end, latest) = comparison;
+                let start = window_end.unwrap_or(end - signed(metric.interval));
+                let outcome = compare::measure(source, compare, &metric.request, start, end)
+                    .await
+                    .map_err(|e| e.to_string());
+                let judged = compare::record_interval(&compare.setup, record, outcome);
+                if judged.phase != MeasurementPhase::Error {
+                    // A failed read is retried over the same window.
+                    *window_end = Some(end);
+                }
+                if judged.assessment.is_some() {
+                    latest.clone_from(&judged.assessment);
+                }
+                report.tally.record(judged.phase);
+                let measurement = Measurement {
+                    time: end,
+                    phase: judged.phase,
+                    value: judged.value,
+                    reason: judged.reason,
+                    compare: Some(CompareDetail {
+                        kind: compare.setup.kind,
+                        window_start: start,
+                        counts: record
+                            .intervals
+                            .last()
+                            .filter(|_| judged.phase != MeasurementPhase::Error)
+                            .cloned()
+                            .unwrap_or_default(),
+                        assessment: judged.assessment,
+                    }),
+                };
+                report.measurements.push(measurement.clone());
+                let assessment = compare::metric_phase(
+                    latest.as_ref(),
+                    &metric.limits,
+                    &report.tally,
+                    record.intervals.len(),
+                    schedule == Schedule::Once,
+                    true,
+                );
+                report.phase = assessment.phase;
+                report.message = assessment.message;
+                observe(report, &measurement);
+                *next_due = due + signed(metric.interval);
                 continue;
             }
             let mut request = metric.request.clone();
@@ -338,6 +537,7 @@ pub async fn run<S: MetricsSource>(
                 phase: judgement.phase,
                 value: judgement.value,
                 reason: judgement.reason,
+                compare: None,
             };
             report.measurements.push(measurement.clone());
             let ending = schedule == Schedule::Once;
@@ -352,9 +552,24 @@ pub async fn run<S: MetricsSource>(
         }
     }
     // Whatever is still running ends here: the window, the time limit or a decision ended it.
-    for (metric, (_, report)) in analysis.metrics.iter().zip(states.iter_mut()) {
+    for ((metric, (_, report)), (record, _, latest)) in analysis
+        .metrics
+        .iter()
+        .zip(states.iter_mut())
+        .zip(&comparisons)
+    {
         if !report.phase.is_terminal() {
-            let assessment = assessment::assess(&metric.limits, &report.tally, true);
+            let assessment = match metric.compare {
+                Some(_) => compare::metric_phase(
+                    latest.as_ref(),
+                    &metric.limits,
+                    &report.tally,
+                    record.intervals.len(),
+                    true,
+                    true,
+                ),
+                None => assessment::assess(&metric.limits, &report.tally, true),
+            };
             report.phase = assessment.phase;
             report.message = assessment.message;
         }

@@ -136,10 +136,11 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
         .map(|name| {
             (
                 name.to_string(),
-                given
-                    .get(*name)
-                    .cloned()
-                    .unwrap_or_else(|| "placeholder".into()),
+                given.get(*name).cloned().unwrap_or_else(|| match *name {
+                    // Distinct, so a comparison's two renderings can be told apart.
+                    "canary" | "stable" => format!("placeholder-{name}"),
+                    _ => "placeholder".into(),
+                }),
             )
         })
         .collect();

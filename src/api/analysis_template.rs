@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
+use crate::analysis::sequential::SequentialConfig;
 
 /// Defaults, stated once and reported by `canary validate` and the README.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -94,7 +95,9 @@ pub struct SecretKeyRef {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange)").message("a metric needs successCondition, failureCondition or thresholdRange: without one, no measurement can pass or fail"))]
+#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
+#[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
+#[x_kube(validation = Rule::new("has(self.compare) != (has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -137,7 +140,43 @@ pub struct Metric {
     /// Measure and report, but never let this metric decide the analysis.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Compare the canary with stable on counts instead of judging a value: the queries are
+    /// rendered once with `{{workload}}` = the canary and once = stable, and the sequential
+    /// test judges the canary's error rate or latency relative to stable's at every interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Compare>,
     pub provider: MetricProvider,
+}
+
+/// A canary-against-stable comparison on counters. Each query selects **raw counters** (no
+/// `rate()` or `increase()`): the analysis reads them at the start and the end of each
+/// interval and takes the differences itself, series by series, so counter resets (a value
+/// that went down) and new series (a new pod) are counted exactly. Keep the series that
+/// identify a process (`pod`) when aggregating: `sum by (pod) (...)`, or for buckets
+/// `sum by (pod, le) (...)`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.requests) && has(self.errors) && !has(self.latencyBuckets)) || (!has(self.requests) && !has(self.errors) && has(self.latencyBuckets))").message("compare needs requests and errors (an error-rate comparison) or latencyBuckets (a latency comparison), not both"))]
+#[x_kube(validation = Rule::new("!has(self.judge) || !has(self.judge.alpha) || (self.judge.alpha > 0.0 && self.judge.alpha < 0.5)").message("compare.judge.alpha must be in (0, 0.5)"))]
+#[x_kube(validation = Rule::new("!has(self.judge) || ((!has(self.judge.errorTolerance) || (self.judge.errorTolerance >= 0.0 && self.judge.errorTolerance <= 10.0)) && (!has(self.judge.latencyTolerance) || (self.judge.latencyTolerance >= 0.0 && self.judge.latencyTolerance <= 10.0)))").message("compare.judge tolerances must be in [0, 10]"))]
+pub struct Compare {
+    /// Counters of all requests served by `{{workload}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub requests: Option<String>,
+    /// Counters of the failed requests of `{{workload}}` (a subset of `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub errors: Option<String>,
+    /// Histogram `_bucket` counters of `{{workload}}`, with their `le` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub latency_buckets: Option<String>,
+    /// Settings of the sequential test: `alpha` (0.01), `errorTolerance` (0.10),
+    /// `latencyTolerance` (0.10), `maxIntervalNoiseCv` (0.2), `priorScale` (1.0),
+    /// `latencyTailFraction` (0.01). A template's compare metrics share `alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<SequentialConfig>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -165,7 +204,9 @@ pub struct PrometheusProvider {
     #[schemars(length(max = 2048))]
     pub address: Option<String>,
     /// PromQL with `{{args.NAME}}` and context placeholders; see the README for escaping rules.
-    #[schemars(length(min = 1, max = 16384))]
+    /// Empty (absent) for `compare` metrics, which carry their own queries.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 16384))]
     pub query: String,
     /// Give up on a query after this long (default 30s); the measurement is then an Error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +308,21 @@ mod tests {
         }));
         good.validate_cel()
             .expect("a good template passes its CEL rules");
+        let compare = |compare: serde_json::Value| {
+            serde_json::json!({
+                "name": "error-rate",
+                "compare": compare,
+                "provider": {"prometheus": {}},
+            })
+        };
+        let good_compare = template(serde_json::json!({
+            "metrics": [
+                compare(serde_json::json!({"requests": "r", "errors": "e", "judge": {"alpha": 0.05}})),
+            ],
+        }));
+        good_compare
+            .validate_cel()
+            .expect("a compare metric needs no condition and no query");
 
         let cases = [
             (
@@ -294,6 +350,30 @@ mod tests {
                     "metrics": [metric(serde_json::json!({"successCondition": "true"}))],
                 }),
                 "either value or valueFrom",
+            ),
+            (
+                serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r", "errors": "e", "latencyBuckets": "b"}))]}),
+                "not both",
+            ),
+            (
+                serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r", "errors": "e", "judge": {"alpha": 0.7}}))]}),
+                "alpha must be in (0, 0.5)",
+            ),
+            (
+                serde_json::json!({"metrics": [compare(serde_json::json!({"latencyBuckets": "b", "judge": {"latencyTolerance": -1.0}}))]}),
+                "tolerances must be in [0, 10]",
+            ),
+            (
+                serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r"}))]}),
+                "needs requests and errors",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({"compare": {"latencyBuckets": "b"}}))]}),
+                "either provider.prometheus.query",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({"successCondition": "true", "compare": {"latencyBuckets": "b"}}))]}),
+                "not by conditions",
             ),
         ];
         for (spec, expected) in cases {

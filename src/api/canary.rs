@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
 use crate::analysis::assessment::{AnalysisPhase, Tally};
+use crate::analysis::compare::CompareRecord;
 use crate::analysis::measurement::MeasurementPhase;
+use crate::analysis::sequential::Assessment;
 
 /// The annotation that carries a manual request: `<action>:<id>` (see [`RequestAction`]).
 /// The controller acts once per id and records it in `status.lastRequest`. An annotation, not a
@@ -188,7 +190,15 @@ pub struct BackgroundAnalysis {
     /// The step index from which it runs (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_step: Option<u32>,
+    /// When every `compare` metric of this analysis says NoRegression (measured during the
+    /// current step), a timed pause ends early, but never before it has lasted this long
+    /// (default 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_step_duration: Option<Duration>,
 }
+
+/// Default of `spec.analysis.minStepDuration`.
+pub const DEFAULT_MIN_STEP_DURATION: Duration = Duration::from_secs(60);
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
@@ -501,6 +511,25 @@ pub struct MetricStatus {
     /// The most recent measurements, newest last (at most [`MEASUREMENTS_KEPT`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measurements: Vec<MeasurementStatus>,
+    /// For `compare` metrics: the judge's verdict with its evidence and every interval's
+    /// counts (from which the judge is rebuilt after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareStatus>,
+}
+
+/// A comparison's state and latest assessment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CompareStatus {
+    /// The end of the last measured interval: the next one starts here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
+    /// Verdict (`Regressed`, `NoRegression`, `Continue`), evidence both ways, the effect
+    /// estimate with its confidence sequence, and the explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<Assessment>,
+    #[serde(flatten)]
+    pub record: CompareRecord,
 }
 
 /// How many measurements per metric status keeps.

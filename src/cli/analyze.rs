@@ -307,6 +307,11 @@ fn human_report(report: &AnalysisReport) -> String {
             "\nMetric {}{dry}: {:?} — {}\n",
             metric.name, metric.phase, metric.message
         ));
+        if metric.measurements.iter().any(|m| m.compare.is_some()) {
+            out.push_str(&compare_table(metric));
+            out.push_str(&format!("  query: {}\n", one_line(&metric.query)));
+            continue;
+        }
         let rows: Vec<Vec<String>> = metric
             .measurements
             .iter()
@@ -335,6 +340,71 @@ fn human_report(report: &AnalysisReport) -> String {
         report.template
     ));
     out
+}
+
+/// A compare metric, interval by interval: verdict, effect with its confidence sequence,
+/// evidence both ways and the counts; then the latest explanation in full.
+fn compare_table(metric: &MetricReport) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = metric
+        .measurements
+        .iter()
+        .map(|m| {
+            let detail = m.compare.as_ref();
+            let assessment = detail.and_then(|d| d.assessment.as_ref());
+            vec![
+                time(m.time),
+                phase_word(m.phase).to_string(),
+                assessment.map_or("-".into(), |a| format!("{:?}", a.verdict)),
+                assessment
+                    .and_then(crate::analysis::compare::effect)
+                    .unwrap_or_else(|| "-".into()),
+                assessment.map_or("-".into(), |a| {
+                    format!(
+                        "{} / {}",
+                        e_value(a.evidence.regression),
+                        e_value(a.evidence.no_regression)
+                    )
+                }),
+                match (m.phase, detail) {
+                    (MeasurementPhase::Error, _) | (_, None) => one_line(&m.reason),
+                    (_, Some(d)) => d.counts.describe(d.kind),
+                },
+            ]
+        })
+        .collect();
+    for line in table(
+        &[
+            "TIME",
+            "PHASE",
+            "VERDICT",
+            "RATIO (INTERVAL)",
+            "EVIDENCE REG/NONE",
+            "COUNTS",
+        ],
+        &rows,
+    )
+    .lines()
+    {
+        out.push_str(&format!("  {line}\n"));
+    }
+    if let Some(latest) = metric
+        .measurements
+        .iter()
+        .rev()
+        .find_map(|m| m.compare.as_ref()?.assessment.as_ref())
+    {
+        out.push_str(&format!("  latest: {}\n", latest.explanation));
+    }
+    out
+}
+
+fn e_value(e: f64) -> String {
+    if e >= 1e4 || (e > 0.0 && e < 1e-2) {
+        format!("{e:.1e}")
+    } else {
+        format!("{e:.2}")
+    }
 }
 
 fn phase_word(phase: MeasurementPhase) -> &'static str {

@@ -103,6 +103,10 @@ pub struct MetricView {
     pub summary: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest: Option<crate::api::canary::MeasurementStatus>,
+    /// For a `compare` metric: the sequential judge's latest verdict in words (effect,
+    /// interval, evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -248,6 +252,11 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
                 phase: m.phase,
                 summary: m.message.clone(),
                 latest: m.measurements.last().cloned(),
+                evidence: m
+                    .compare
+                    .as_ref()
+                    .and_then(|c| c.assessment.as_ref())
+                    .map(|a| a.explanation.clone()),
             })
         })
         .collect();
@@ -387,6 +396,11 @@ pub fn render(view: &StatusView) -> String {
         .lines()
         {
             out.push_str(&format!("    {line}\n"));
+        }
+        for metric in &view.metrics {
+            if let Some(evidence) = &metric.evidence {
+                out.push_str(&format!("    {} evidence: {evidence}\n", metric.metric));
+            }
         }
     }
     if !view.conditions.is_empty() {
@@ -716,6 +730,7 @@ mod tests {
                             phase: AnalysisPhase::Running,
                             message: "1 passed".into(),
                             tally: Tally::default(),
+                            compare: None,
                             next_measurement_at: Some(at(20).to_string()),
                             measurements: vec![MeasurementStatus {
                                 time: at(10).to_string(),

@@ -26,7 +26,8 @@ use crate::api::canary::{
 };
 use crate::metrics::MetricsSource;
 use crate::rollout::{
-    self, Action, EventType, MetricDefinition, NewMeasurement, Observed, due_measurements,
+    self, Action, EventType, MetricDefinition, NewMeasurement, Observed, compare_window_start,
+    due_measurements, preview_compare,
 };
 use crate::routing::istio;
 use crate::workload::{self, Subset};
@@ -174,6 +175,43 @@ async fn observe(
         let Some(prepared_metric) = prepared.get(&(run_name.clone(), metric.clone())) else {
             continue;
         };
+        if let Some(prepared_compare) = &prepared_metric.compare {
+            // Both ends of the interval are read with explicit `time=`, so the counts are
+            // exact and the next interval starts where this one ended (kept in status).
+            let end = Timestamp::now();
+            let start =
+                compare_window_start(status, &run_name, &metric, prepared_metric.interval, now);
+            let outcome = crate::analysis::compare::measure(
+                &ctx.prometheus,
+                prepared_compare,
+                &prepared_metric.request,
+                start,
+                end,
+            )
+            .await
+            .map_err(|e| e.to_string());
+            let judged = preview_compare(
+                status,
+                &run_name,
+                &metric,
+                &prepared_compare.setup,
+                outcome.clone(),
+            );
+            ctx.metrics
+                .measurement(&namespace, &canary.name_any(), &metric, judged.phase);
+            measurements.push(NewMeasurement {
+                run: run_name,
+                metric,
+                measurement: MeasurementStatus {
+                    time: end.to_string(),
+                    phase: judged.phase,
+                    value: judged.value,
+                    reason: judged.reason,
+                },
+                compare: Some(outcome),
+            });
+            continue;
+        }
         let outcome = ctx.prometheus.instant_query(&prepared_metric.request).await;
         let judgement = prepared_metric
             .criteria
@@ -189,6 +227,7 @@ async fn observe(
                 value: judgement.value,
                 reason: judgement.reason,
             },
+            compare: None,
         });
     }
     Ok(Observed {
@@ -229,7 +268,11 @@ async fn resolve_analysis(
 ) -> Result<(Definitions, PreparedByMetric), String> {
     let mut runs: Vec<(String, &[TemplateRef], &[AnalysisArg])> = Vec::new();
     if let Some(background) = &canary.spec.analysis {
-        runs.push(("background".into(), &background.templates, &background.args));
+        runs.push((
+            rollout::BACKGROUND.into(),
+            &background.templates,
+            &background.args,
+        ));
     }
     let steps = canary.spec.rollout_steps();
     for (i, step) in steps.iter().enumerate() {
@@ -243,7 +286,7 @@ async fn resolve_analysis(
     for (run_name, templates, args) in runs {
         let mut run_definitions = Vec::new();
         for (t, template_ref) in templates.iter().enumerate() {
-            let where_ = if run_name == "background" {
+            let where_ = if run_name == rollout::BACKGROUND {
                 format!("spec.analysis.templates[{t}]")
             } else {
                 format!("the analysis step {run_name}, templates[{t}]")
@@ -295,6 +338,7 @@ async fn resolve_analysis(
                     initial_delay: metric.initial_delay,
                     limits: metric.limits,
                     dry_run: metric.dry_run,
+                    compare: metric.compare.as_ref().map(|c| c.setup.clone()),
                 });
                 prepared.insert(key, metric);
             }

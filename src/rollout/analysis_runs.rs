@@ -9,12 +9,18 @@ use std::time::Duration as StdDuration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::analysis::assessment::{self, AnalysisPhase, Limits, Tally};
+use crate::analysis::compare::{self, CompareJudgement, CompareSetup, MeasuredInterval};
+use crate::analysis::sequential::Verdict;
 use crate::api::canary::{
-    AnalysisRunStatus, CanaryStatus, MEASUREMENTS_KEPT, MeasurementStatus, MetricStatus,
+    AnalysisRunStatus, CanaryStatus, CompareStatus, MEASUREMENTS_KEPT, MeasurementStatus,
+    MetricStatus,
 };
 
+/// The run that goes on in the background; the others are analysis steps (`step-N`).
+pub const BACKGROUND: &str = "background";
+
 /// A metric of a run, as resolved from its template (what status does not keep).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MetricDefinition {
     pub template: String,
     pub name: String,
@@ -22,6 +28,8 @@ pub struct MetricDefinition {
     pub initial_delay: StdDuration,
     pub limits: Limits,
     pub dry_run: bool,
+    /// For `compare` metrics: how the judge is set up.
+    pub compare: Option<CompareSetup>,
 }
 
 /// A measurement the controller took for `run`/`metric`.
@@ -29,7 +37,11 @@ pub struct MetricDefinition {
 pub struct NewMeasurement {
     pub run: String,
     pub metric: String,
+    /// For a compare metric, phase, value and reason are filled in by [`record`] from the
+    /// judge; `time` is the end of the measured interval.
     pub measurement: MeasurementStatus,
+    /// For a compare metric: the interval's counts, or why they could not be read.
+    pub compare: Option<Result<MeasuredInterval, String>>,
 }
 
 fn at(time: Timestamp) -> String {
@@ -64,6 +76,7 @@ pub fn ensure(
             tally: Tally::default(),
             next_measurement_at: Some(at(now + signed(d.initial_delay))),
             measurements: Vec::new(),
+            compare: d.compare.as_ref().map(|_| CompareStatus::default()),
         })
         .collect();
     // A run without metrics has nothing to wait for.
@@ -108,13 +121,43 @@ pub fn record(
         if metric.phase.is_terminal() {
             continue;
         }
-        metric.tally.record(new.measurement.phase);
-        metric.measurements.push(new.measurement.clone());
+        let mut measurement = new.measurement.clone();
+        let compared = match (&definition.compare, &new.compare) {
+            (Some(setup), Some(outcome)) => {
+                let state = metric.compare.get_or_insert_with(CompareStatus::default);
+                let judged = compare::record_interval(setup, &mut state.record, outcome.clone());
+                if judged.phase != crate::analysis::MeasurementPhase::Error {
+                    state.window_end = Some(measurement.time.clone());
+                }
+                if judged.assessment.is_some() {
+                    state.assessment.clone_from(&judged.assessment);
+                }
+                measurement.phase = judged.phase;
+                measurement.value = judged.value;
+                measurement.reason = judged.reason;
+                Some((setup, state.record.intervals.len()))
+            }
+            _ => None,
+        };
+        metric.tally.record(measurement.phase);
+        metric.measurements.push(measurement.clone());
         let excess = metric.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
         metric.measurements.drain(..excess);
-        let measured_at: Option<Timestamp> = new.measurement.time.parse().ok();
+        let measured_at: Option<Timestamp> = measurement.time.parse().ok();
         metric.next_measurement_at = measured_at.map(|t| at(t + signed(definition.interval)));
-        let assessment = assessment::assess(&definition.limits, &metric.tally, false);
+        let assessment = match compared {
+            Some((_, intervals)) => compare::metric_phase(
+                metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
+                &definition.limits,
+                &metric.tally,
+                intervals,
+                false,
+                // An analysis step is done once the canary is shown fine; the background
+                // analysis keeps watching and the rollout reads the verdict.
+                new.run != BACKGROUND,
+            ),
+            None => assessment::assess(&definition.limits, &metric.tally, false),
+        };
         metric.phase = assessment.phase;
         metric.message = assessment.message;
         if metric.phase.is_terminal() {
@@ -133,6 +176,76 @@ pub fn record(
             }
         }
     }
+}
+
+/// Where the next interval of a compare metric starts: where the last one ended, or one
+/// interval before `now` for the first.
+pub fn compare_window_start(
+    status: &CanaryStatus,
+    run: &str,
+    metric: &str,
+    interval: StdDuration,
+    now: Timestamp,
+) -> Timestamp {
+    status
+        .analysis_runs
+        .iter()
+        .find(|r| r.name == run)
+        .and_then(|r| r.metrics.iter().find(|m| m.name == metric))
+        .and_then(|m| parse(&m.compare.as_ref()?.window_end))
+        .unwrap_or(now - signed(interval))
+}
+
+/// What [`record`] will make of a compare measurement, without changing status (for the
+/// controller's own metrics and logs).
+pub fn preview_compare(
+    status: &CanaryStatus,
+    run: &str,
+    metric: &str,
+    setup: &CompareSetup,
+    outcome: Result<MeasuredInterval, String>,
+) -> CompareJudgement {
+    let mut record = status
+        .analysis_runs
+        .iter()
+        .find(|r| r.name == run)
+        .and_then(|r| r.metrics.iter().find(|m| m.name == metric))
+        .and_then(|m| m.compare.as_ref())
+        .map(|c| c.record.clone())
+        .unwrap_or_default();
+    compare::record_interval(setup, &mut record, outcome)
+}
+
+/// Evidence-driven progression: when every deciding compare metric of run `name` says
+/// NoRegression and each measured an interval that ended at or after `since` (evidence at
+/// the current weight), the explanations; otherwise `None`. A run without compare metrics never
+/// allows it.
+pub fn no_regression_shown(
+    status: &CanaryStatus,
+    definitions: &[MetricDefinition],
+    name: &str,
+    since: Timestamp,
+) -> Option<String> {
+    let run = status.analysis_runs.iter().find(|r| r.name == name)?;
+    if run.phase.is_terminal() && run.phase != AnalysisPhase::Successful {
+        return None;
+    }
+    let mut explanations = Vec::new();
+    let mut fresh = true;
+    for definition in definitions
+        .iter()
+        .filter(|d| d.compare.is_some() && !d.dry_run)
+    {
+        let metric = run.metrics.iter().find(|m| m.name == definition.name)?;
+        let state = metric.compare.as_ref()?;
+        let assessment = state.assessment.as_ref()?;
+        if assessment.verdict != Verdict::NoRegression {
+            return None;
+        }
+        fresh &= parse(&state.window_end).is_some_and(|end| end >= since);
+        explanations.push(format!("{}: {}", metric.name, assessment.explanation));
+    }
+    (fresh && !explanations.is_empty()).then(|| explanations.join("; "))
 }
 
 /// The `(run, metric)` pairs to measure now.

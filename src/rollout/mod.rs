@@ -24,7 +24,10 @@ use crate::api::canary::{
     RequestStatus, RollbackReason, RolloutStep,
 };
 
-pub use analysis_runs::{MetricDefinition, NewMeasurement, due_measurements};
+pub use analysis_runs::{
+    BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
+    preview_compare,
+};
 
 /// What the controller saw of one managed Deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -611,6 +614,9 @@ impl Planner<'_> {
         if elapsed >= total {
             return true;
         }
+        if self.evidence_ends_pause(elapsed) {
+            return true;
+        }
         let left = (total - elapsed).unsigned_abs();
         self.status.message = Some(format!(
             "canary at {}%, holding {duration} ({} left)",
@@ -619,6 +625,55 @@ impl Planner<'_> {
         ));
         self.requeue_in(left);
         false
+    }
+
+    /// Evidence-driven progression: a timed pause ends early once every compare metric of the
+    /// background analysis says NoRegression with an interval measured in this step, and the
+    /// step has lasted `minStepDuration`.
+    fn evidence_ends_pause(&mut self, elapsed: SignedDuration) -> bool {
+        let Some(background) = &self.spec.analysis else {
+            return false;
+        };
+        let Ok(definitions) = &self.observed.analysis else {
+            return false;
+        };
+        let Some(definitions) = definitions.get(BACKGROUND) else {
+            return false;
+        };
+        let Some(step_started) = self
+            .status
+            .step_started_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        else {
+            return false;
+        };
+        let Some(why) =
+            analysis_runs::no_regression_shown(&self.status, definitions, BACKGROUND, step_started)
+        else {
+            return false;
+        };
+        let minimum = background
+            .min_step_duration
+            .unwrap_or(crate::api::canary::DEFAULT_MIN_STEP_DURATION);
+        let minimum_signed =
+            SignedDuration::try_from(minimum.as_std()).unwrap_or(SignedDuration::MAX);
+        if elapsed < minimum_signed {
+            self.requeue_in((minimum_signed - elapsed).unsigned_abs());
+            return false;
+        }
+        self.event(
+            EventType::Normal,
+            "AnalysisPassed",
+            format!(
+                "no regression shown at {}% after {}: stepping up before the pause ends ({why})",
+                self.status.canary_weight,
+                crate::api::Duration::from(StdDuration::from_secs(
+                    elapsed.unsigned_abs().as_secs()
+                ))
+            ),
+        );
+        true
     }
 
     fn step_analysis(&mut self, index: usize) -> bool {
@@ -645,10 +700,10 @@ impl Planner<'_> {
         if (index as u32) < background.starting_step.unwrap_or(0) {
             return true;
         }
-        match self.ensure_run("background") {
+        match self.ensure_run(BACKGROUND) {
             None => false,
             Some(AnalysisPhase::Successful) => true,
-            Some(phase) => self.handle_run_outcome("background", phase),
+            Some(phase) => self.handle_run_outcome(BACKGROUND, phase),
         }
     }
 

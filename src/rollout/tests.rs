@@ -7,7 +7,9 @@ use jiff::Timestamp;
 
 use super::*;
 use crate::analysis::assessment::Limits;
+use crate::analysis::compare::{CompareKind, CompareSetup, IntervalCounts, MeasuredInterval};
 use crate::analysis::measurement::MeasurementPhase;
+use crate::analysis::sequential::{SequentialConfig, Verdict};
 use crate::api::canary::{CanarySpec, MeasurementStatus, Phase, Request, RequestAction};
 
 const T0: i64 = 1_800_000_000;
@@ -422,6 +424,7 @@ fn definitions(run: &str, count: u32) -> Result<BTreeMap<String, Vec<MetricDefin
                 consecutive_error_limit: 2,
             },
             dry_run: false,
+            compare: None,
         }],
     )]))
 }
@@ -436,6 +439,7 @@ fn measurement(run: &str, at: i64, phase: MeasurementPhase) -> NewMeasurement {
             value: Some("0.99".into()),
             reason: "test".into(),
         },
+        compare: None,
     }
 }
 
@@ -713,4 +717,272 @@ fn planning_again_on_the_same_facts_changes_nothing() {
             second.events
         );
     }
+}
+
+// -- compare metrics: evidence-driven rollback and progression -----------------------------
+
+fn compare_definitions(run: &str) -> Result<BTreeMap<String, Vec<MetricDefinition>>, String> {
+    Ok(BTreeMap::from([(
+        run.to_string(),
+        vec![MetricDefinition {
+            template: "compare".into(),
+            name: "error-rate".into(),
+            interval: StdDuration::from_secs(10),
+            initial_delay: StdDuration::ZERO,
+            limits: Limits {
+                count: None,
+                failure_limit: 0,
+                inconclusive_limit: 0,
+                consecutive_error_limit: 2,
+            },
+            dry_run: false,
+            compare: Some(CompareSetup {
+                kind: CompareKind::ErrorRate,
+                config: SequentialConfig::default(),
+            }),
+        }],
+    )]))
+}
+
+/// A compare interval: canary and stable `[requests, errors]` at 10% canary traffic.
+fn compare_measurement(run: &str, at: i64, canary_errors: u64) -> NewMeasurement {
+    NewMeasurement {
+        run: run.into(),
+        metric: "error-rate".into(),
+        measurement: MeasurementStatus {
+            time: t(at).to_string(),
+            phase: MeasurementPhase::Successful,
+            value: None,
+            reason: String::new(),
+        },
+        compare: Some(Ok(MeasuredInterval {
+            counts: IntervalCounts {
+                canary: vec![100_000, canary_errors],
+                stable: vec![900_000, 4_500],
+            },
+            boundaries: Vec::new(),
+        })),
+    }
+}
+
+/// Rolls out with a background compare analysis over a 10-minute pause at 10%, measuring every
+/// 10 s with `canary_errors` per 100,000 canary requests (stable: 0.5%); returns each plan.
+fn drive_compare(extra: serde_json::Value, canary_errors: u64, intervals: usize) -> Vec<Plan> {
+    let mut spec_json = serde_json::json!({
+        "steps": [
+            {"setWeight": 10},
+            {"pause": {"duration": "10m"}},
+            {"setWeight": 50},
+            {"pause": {"duration": "10m"}},
+        ],
+        "analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1},
+    });
+    spec_json
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let s = spec(spec_json);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions(BACKGROUND);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let mut plans = Vec::new();
+    for i in 1..=intervals {
+        let at = 10 * i as i64;
+        seen.measurements = vec![compare_measurement(BACKGROUND, at, canary_errors)];
+        let p = plan(&s, &status, &seen, t(at));
+        status = p.status.clone();
+        let done = p.status.current_step_index != Some(1) || p.status.phase != Phase::Progressing;
+        plans.push(p);
+        if done {
+            break;
+        }
+    }
+    plans
+}
+
+#[test]
+fn a_regressed_compare_metric_fails_the_rollout_by_policy() {
+    // ×5 errors (2.5% against 0.5%).
+    let cases = [
+        (
+            "rollback",
+            Phase::RolledBack,
+            vec!["AnalysisFailed", "RollingBack", "RolledBack"],
+        ),
+        ("pause", Phase::Paused, vec!["AnalysisFailed", "Paused"]),
+    ];
+    for (policy, expected, expected_reasons) in cases {
+        let plans = drive_compare(serde_json::json!({"onAnalysisFailure": policy}), 2_500, 30);
+        let last = plans.last().unwrap();
+        assert_eq!(last.status.phase, expected, "{policy}");
+        assert_eq!(reasons(last), expected_reasons, "{policy}");
+        assert_eq!(
+            plans.len(),
+            1,
+            "{policy}: one interval of ×5 errors at 100k requests is enough"
+        );
+        let metric = &last.status.analysis_runs[0].metrics[0];
+        let compare = metric.compare.as_ref().unwrap();
+        let assessment = compare.assessment.as_ref().unwrap();
+        assert_eq!(assessment.verdict, Verdict::Regressed);
+        assert!(assessment.ratio_interval.lower > 1.1, "{assessment:?}");
+        assert_eq!(compare.record.intervals.len(), 1);
+        assert_eq!(metric.measurements[0].phase, MeasurementPhase::Failed);
+        let failed = last
+            .events
+            .iter()
+            .find(|e| e.reason == "AnalysisFailed")
+            .unwrap();
+        assert!(
+            failed.message.contains("regressed, roll back"),
+            "the event carries the explanation: {:?}",
+            failed.message
+        );
+    }
+}
+
+#[test]
+fn no_regression_ends_a_pause_early_but_not_before_the_minimum_step_time() {
+    // Healthy: 0.5% on both sides. NoRegression needs several intervals; the pause is 10 min.
+    let cases = [
+        // (minStepDuration, expected seconds into the step when it ends early)
+        (
+            serde_json::json!({"analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1, "minStepDuration": "30s"}}),
+            None,
+        ),
+        (
+            serde_json::json!({"analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1, "minStepDuration": "4m"}}),
+            Some(240),
+        ),
+    ];
+    for (extra, ends_at) in cases {
+        let plans = drive_compare(extra.clone(), 500, 60);
+        let last = plans.last().unwrap();
+        assert_eq!(
+            last.status.current_step_index,
+            Some(2),
+            "{extra}: stepped up early"
+        );
+        assert_eq!(
+            last.status.canary_weight, 10,
+            "the next setWeight step follows"
+        );
+        assert!(
+            reasons(last).contains(&"AnalysisPassed"),
+            "{:?}",
+            reasons(last)
+        );
+        let at = 10 * plans.len() as i64;
+        assert!(at < 600, "{extra}: before the pause's 10 minutes");
+        let compare = last.status.analysis_runs[0].metrics[0]
+            .compare
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            compare.assessment.as_ref().unwrap().verdict,
+            Verdict::NoRegression
+        );
+        let decided_at = plans
+            .iter()
+            .position(|p| {
+                p.status.analysis_runs[0].metrics[0]
+                    .compare
+                    .as_ref()
+                    .and_then(|c| c.assessment.as_ref())
+                    .is_some_and(|a| a.verdict == Verdict::NoRegression)
+            })
+            .map(|i| 10 * (i as i64 + 1))
+            .unwrap();
+        match ends_at {
+            // The evidence came after the minimum: the step ends with it.
+            None => {
+                assert!(decided_at > 30, "{decided_at}");
+                assert_eq!(at, decided_at);
+            }
+            // The evidence came first: the step waits for the minimum, and says when.
+            Some(minimum) => {
+                assert!(decided_at < minimum, "{decided_at}");
+                assert_eq!(at, minimum);
+                let before = &plans[plans.len() - 2];
+                assert_eq!(before.status.current_step_index, Some(1));
+                assert!(before.requeue_after.unwrap() <= StdDuration::from_secs(10));
+            }
+        }
+        // The background analysis keeps watching after the step.
+        assert_eq!(last.status.analysis_runs[0].phase, AnalysisPhase::Running);
+    }
+}
+
+#[test]
+fn no_regression_needs_evidence_from_the_current_step() {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1, "minStepDuration": "10s"},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions(BACKGROUND);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    for i in 1..=40 {
+        seen.measurements = vec![compare_measurement(BACKGROUND, 10 * i, 500)];
+        status = plan(&s, &status, &seen, t(10 * i)).status;
+        if status.current_step_index != Some(1) {
+            break;
+        }
+    }
+    let run = &status.analysis_runs[0];
+    assert_eq!(
+        run.metrics[0]
+            .compare
+            .as_ref()
+            .unwrap()
+            .assessment
+            .as_ref()
+            .unwrap()
+            .verdict,
+        Verdict::NoRegression
+    );
+    // The same status, but the step began after the last interval: no early end.
+    let mut later = status.clone();
+    later.current_step_index = Some(1);
+    later.step_started_at = Some(t(1_000).to_string());
+    seen.measurements = Vec::new();
+    let held = plan(&s, &later, &seen, t(1_100));
+    assert_eq!(held.status.current_step_index, Some(1));
+    assert!(!reasons(&held).contains(&"AnalysisPassed"));
+}
+
+#[test]
+fn a_compare_analysis_step_completes_on_no_regression() {
+    let s = spec(serde_json::json!({
+        "steps": [
+            {"setWeight": 10},
+            {"analysis": {"templates": [{"templateName": "compare"}]}},
+            {"setWeight": 50},
+        ],
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions("step-1");
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let mut steps = 0;
+    for i in 1..=60 {
+        seen.measurements = vec![compare_measurement("step-1", 10 * i, 500)];
+        let p = plan(&s, &status, &seen, t(10 * i));
+        status = p.status;
+        steps = i;
+        if status.current_step_index != Some(1) {
+            assert_eq!(reasons_of(&p.events), ["AnalysisPassed"]);
+            break;
+        }
+    }
+    // On to the 50% step, which waits for its canary pods.
+    assert_eq!(status.current_step_index, Some(2));
+    assert!(steps < 60, "no count: only the evidence ended the step");
+    assert_eq!(status.analysis_runs[0].phase, AnalysisPhase::Successful);
+}
+
+fn reasons_of(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.reason).collect()
 }

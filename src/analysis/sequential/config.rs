@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// priorScale: 1.0         # spread of the mixture over log effect sizes
 /// latencyTailFraction: 0.01
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SequentialConfig {
     /// Probability, over the whole rollout and however often it looks, of rolling back a canary

@@ -10,7 +10,9 @@ use super::{
 
 /// One interval's request and error counts of both versions (counter deltas, resets handled
 /// by the caller).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorCounts {
     pub canary_requests: u64,

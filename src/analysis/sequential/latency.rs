@@ -20,7 +20,7 @@ use super::{
 /// One interval's histogram counts of both versions: for each `le` of the layout, in
 /// order, then +Inf, the number of requests at most that slow (Prometheus' cumulative
 /// `_bucket` series, as deltas over the interval).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistogramCounts {
     pub canary: Vec<u64>,
     pub stable: Vec<u64>,

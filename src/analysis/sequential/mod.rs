@@ -70,7 +70,7 @@ pub use rate_ratio::RatioInterval;
 use serde::{Deserialize, Serialize};
 
 /// What the evidence says so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Verdict {
     /// The canary is worse than stable by more than the tolerance (e-value ≥ 1/alpha).
     Regressed,
@@ -82,7 +82,7 @@ pub enum Verdict {
 
 /// The two e-values of a metric (or of a combination of metrics). Each is capped at 1e300 so
 /// that it stays a finite number in JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Evidence {
     /// E-value against "no regression beyond tolerance"; `Regressed` when ≥ 1/alpha.
@@ -92,7 +92,7 @@ pub struct Evidence {
 }
 
 /// The judge's answer after an interval, for one metric.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assessment {
     pub verdict: Verdict,

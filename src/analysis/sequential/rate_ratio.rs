@@ -277,10 +277,12 @@ impl RateRatioEvidence {
 }
 
 /// A time-uniform confidence interval on a rate ratio; `upper` may be infinite.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RatioInterval {
     pub lower: f64,
+    /// `null` when unbounded.
     #[serde(with = "infinite_as_null")]
+    #[schemars(with = "Option<f64>")]
     pub upper: f64,
 }
 

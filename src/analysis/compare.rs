@@ -1,0 +1,901 @@
+//! `compare` metrics: the canary judged against stable on counts, interval by interval, by the
+//! sequential test of [`super::sequential`].
+//!
+//! Each interval `[start, end]` the counter queries are evaluated for both versions at both
+//! instants (`time=start`, `time=end`); the increase is computed here, series by series:
+//! a series whose value went down was reset (a restarted process) and counts its whole new
+//! value, a series that did not exist at `start` (a new pod) counts its whole value, a series
+//! that disappeared counts nothing. `increase()` is never used: its extrapolation to the window
+//! edges makes counts that are not the exact number of requests the test assumes.
+//!
+//! The judge's state is the list of per-interval counts ([`CompareRecord`]), which is small,
+//! lives in `Canary.status` and replays deterministically into the judge after a restart.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::assessment::{self, AnalysisPhase, Limits, Tally};
+use super::measurement::MeasurementPhase;
+use super::sequential::{
+    Assessment, ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, SequentialConfig,
+    Verdict,
+};
+use crate::metrics::{MetricsError, MetricsSource, QueryOutput, QueryRequest};
+
+/// Most intervals a comparison keeps (24 h of one-minute intervals); a metric that reaches it
+/// ends as if its count were reached.
+pub const MAX_INTERVALS: usize = 1440;
+
+/// What is compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CompareKind {
+    /// Requests and errors: the canary's error rate against stable's.
+    ErrorRate,
+    /// Histogram buckets: the canary's latency distribution against stable's.
+    Latency,
+}
+
+/// The counters a comparison reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Counter {
+    Requests,
+    Errors,
+    LatencyBuckets,
+}
+
+impl Counter {
+    pub fn field(self) -> &'static str {
+        match self {
+            Counter::Requests => "compare.requests",
+            Counter::Errors => "compare.errors",
+            Counter::LatencyBuckets => "compare.latencyBuckets",
+        }
+    }
+}
+
+/// One counter query rendered for both versions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CounterQuery {
+    pub counter: Counter,
+    pub canary: String,
+    pub stable: String,
+}
+
+/// How a comparison is judged (what `Canary.status` does not keep).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareSetup {
+    pub kind: CompareKind,
+    /// The template's settings, with `alpha` already divided among its compare metrics.
+    pub config: SequentialConfig,
+}
+
+/// A compare metric ready to measure.
+#[derive(Clone, Debug)]
+pub struct PreparedCompare {
+    pub setup: CompareSetup,
+    pub queries: Vec<CounterQuery>,
+}
+
+/// One interval's counts of both versions, as kept in status: for an error-rate comparison
+/// `[requests, errors]`, for latency the cumulative bucket counts in `le` order with `+Inf`
+/// last. Both empty: Prometheus had no data for the interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IntervalCounts {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stable: Vec<u64>,
+}
+
+impl IntervalCounts {
+    pub fn is_missing(&self) -> bool {
+        self.canary.is_empty() && self.stable.is_empty()
+    }
+
+    /// For people: `canary 12/600, stable 290/59400` or the request totals of a histogram.
+    pub fn describe(&self, kind: CompareKind) -> String {
+        if self.is_missing() {
+            return "no data".into();
+        }
+        let side = |counts: &[u64]| match kind {
+            CompareKind::ErrorRate => format!(
+                "{}/{}",
+                counts.get(1).copied().unwrap_or(0),
+                counts.first().copied().unwrap_or(0)
+            ),
+            CompareKind::Latency => format!("{} req", counts.last().copied().unwrap_or(0)),
+        };
+        format!(
+            "canary {}, stable {}",
+            side(&self.canary),
+            side(&self.stable)
+        )
+    }
+}
+
+/// A measured interval: its counts, and for latency the bucket layout they follow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasuredInterval {
+    pub counts: IntervalCounts,
+    pub boundaries: Vec<f64>,
+}
+
+/// The comparison's state: every interval's counts, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompareRecord {
+    /// The finite `le` boundaries of a latency comparison (fixed by its first interval with
+    /// data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boundaries: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<IntervalCounts>,
+}
+
+/// Why an interval could not be measured.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MeasureError {
+    #[error("{field} ({side}) at {at}: {source}")]
+    Query {
+        field: &'static str,
+        side: &'static str,
+        at: Timestamp,
+        source: MetricsError,
+    },
+    #[error("{field} ({side}): {message}")]
+    Data {
+        field: &'static str,
+        side: &'static str,
+        message: String,
+    },
+}
+
+/// Counter values at one instant, by series.
+type Snapshot = BTreeMap<BTreeMap<String, String>, f64>;
+
+fn snapshot(output: QueryOutput) -> Snapshot {
+    match output {
+        QueryOutput::Scalar(value) => BTreeMap::from([(BTreeMap::new(), value)]),
+        QueryOutput::Vector(series) => series
+            .into_iter()
+            .filter(|s| s.value.is_finite())
+            .map(|s| (s.labels, s.value))
+            .collect(),
+    }
+}
+
+/// The increase of every series between two snapshots, reset-aware: a value that went down
+/// restarted from zero (its whole new value counts), a new series counts its whole value, a
+/// series gone counts nothing.
+fn increases(before: &Snapshot, after: &Snapshot) -> Vec<(BTreeMap<String, String>, f64)> {
+    after
+        .iter()
+        .map(|(labels, &now)| {
+            let increase = match before.get(labels) {
+                Some(&then) if now >= then => now - then,
+                _ => now,
+            };
+            (labels.clone(), increase)
+        })
+        .collect()
+}
+
+fn whole(value: f64) -> u64 {
+    value.round().max(0.0) as u64
+}
+
+/// Increases per finite `le` and `+Inf`, summed over the other labels.
+fn bucket_increases(
+    increases: &[(BTreeMap<String, String>, f64)],
+    side: &'static str,
+) -> Result<BTreeMap<OrderedLe, f64>, MeasureError> {
+    let mut per_le: BTreeMap<OrderedLe, f64> = BTreeMap::new();
+    for (labels, increase) in increases {
+        let le = labels
+            .get("le")
+            .and_then(|le| le.parse::<f64>().ok())
+            .filter(|le| !le.is_nan())
+            .ok_or_else(|| MeasureError::Data {
+                field: Counter::LatencyBuckets.field(),
+                side,
+                message: format!(
+                    "series {labels:?} has no numeric `le` label: select `_bucket` series and keep `le` (e.g. sum by (pod, le) (...))"
+                ),
+            })?;
+        *per_le.entry(OrderedLe(le)).or_default() += increase;
+    }
+    Ok(per_le)
+}
+
+/// An `le` value that sorts (never NaN).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OrderedLe(f64);
+
+impl Eq for OrderedLe {}
+
+impl PartialOrd for OrderedLe {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedLe {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The counters of one version at the two instants of an interval.
+pub struct SideCounters {
+    pub side: &'static str,
+    /// Per counter of [`PreparedCompare::queries`], in order: (at start, at end).
+    pub snapshots: Vec<(Counter, QueryOutput, QueryOutput)>,
+}
+
+/// Turns the raw counters of both versions into one interval's counts. Pure.
+pub fn interval_counts(
+    kind: CompareKind,
+    canary: SideCounters,
+    stable: SideCounters,
+) -> Result<MeasuredInterval, MeasureError> {
+    let mut sides = Vec::new();
+    for side in [canary, stable] {
+        let mut per_counter = BTreeMap::new();
+        for (counter, start, end) in side.snapshots {
+            let end = snapshot(end);
+            let present = !end.is_empty();
+            per_counter.insert(counter as u8, (increases(&snapshot(start), &end), present));
+        }
+        sides.push((side.side, per_counter));
+    }
+    // The interval is missing when neither version's main counter has any series at its end.
+    let main = match kind {
+        CompareKind::ErrorRate => Counter::Requests,
+        CompareKind::Latency => Counter::LatencyBuckets,
+    } as u8;
+    if sides
+        .iter()
+        .all(|(_, c)| c.get(&main).is_none_or(|(_, present)| !present))
+    {
+        return Ok(MeasuredInterval {
+            counts: IntervalCounts::default(),
+            boundaries: Vec::new(),
+        });
+    }
+    match kind {
+        CompareKind::ErrorRate => {
+            let mut counts = Vec::new();
+            for (side, counters) in &sides {
+                let total = |counter: Counter| {
+                    counters
+                        .get(&(counter as u8))
+                        .map_or(0.0, |(increases, _)| increases.iter().map(|(_, x)| x).sum())
+                };
+                let requests = whole(total(Counter::Requests));
+                let errors = whole(total(Counter::Errors));
+                if errors > requests {
+                    return Err(MeasureError::Data {
+                        field: Counter::Errors.field(),
+                        side,
+                        message: format!(
+                            "{errors} errors but only {requests} requests in the interval: the errors query must select a subset of the requests query's counters"
+                        ),
+                    });
+                }
+                counts.push(vec![requests, errors]);
+            }
+            let stable = counts.pop().unwrap_or_default();
+            let canary = counts.pop().unwrap_or_default();
+            Ok(MeasuredInterval {
+                counts: IntervalCounts { canary, stable },
+                boundaries: Vec::new(),
+            })
+        }
+        CompareKind::Latency => {
+            let mut per_side = Vec::new();
+            for (side, counters) in &sides {
+                let increases = counters
+                    .get(&(Counter::LatencyBuckets as u8))
+                    .map(|(increases, _)| increases.as_slice())
+                    .unwrap_or_default();
+                per_side.push((*side, bucket_increases(increases, side)?));
+            }
+            // The layout: every `le` either version reports. A version without any series (no
+            // requests yet) counts zero everywhere; otherwise both must use the same buckets.
+            let layout: Vec<OrderedLe> = per_side
+                .iter()
+                .flat_map(|(_, buckets)| buckets.keys().copied())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if layout.last().is_none_or(|le| le.0 != f64::INFINITY) {
+                return Err(MeasureError::Data {
+                    field: Counter::LatencyBuckets.field(),
+                    side: "both",
+                    message: "no `le=\"+Inf\"` bucket: select every bucket of the histogram".into(),
+                });
+            }
+            let mut cumulative = Vec::new();
+            for (side, buckets) in &per_side {
+                if !buckets.is_empty() && buckets.len() != layout.len() {
+                    return Err(MeasureError::Data {
+                        field: Counter::LatencyBuckets.field(),
+                        side,
+                        message: format!(
+                            "the canary and stable histograms have different buckets ({} vs {} `le` values): both versions must use the same bucket layout",
+                            buckets.len(),
+                            layout.len()
+                        ),
+                    });
+                }
+                let counts: Vec<u64> = layout
+                    .iter()
+                    .map(|le| whole(buckets.get(le).copied().unwrap_or(0.0)))
+                    .collect();
+                // Increases of cumulative buckets stay cumulative unless series of one `le`
+                // reset between the two reads; keep them monotone so the test sees real counts.
+                let counts = counts
+                    .iter()
+                    .scan(0u64, |running, &count| {
+                        *running = (*running).max(count);
+                        Some(*running)
+                    })
+                    .collect();
+                cumulative.push(counts);
+            }
+            let stable = cumulative.pop().unwrap_or_default();
+            let canary = cumulative.pop().unwrap_or_default();
+            Ok(MeasuredInterval {
+                counts: IntervalCounts { canary, stable },
+                boundaries: layout[..layout.len() - 1].iter().map(|le| le.0).collect(),
+            })
+        }
+    }
+}
+
+/// Reads the counters of both versions at `start` and `end` and returns the interval's counts.
+pub async fn measure<S: MetricsSource>(
+    source: &S,
+    prepared: &PreparedCompare,
+    base: &QueryRequest,
+    start: Timestamp,
+    end: Timestamp,
+) -> Result<MeasuredInterval, MeasureError> {
+    let mut canary = SideCounters {
+        side: "canary",
+        snapshots: Vec::new(),
+    };
+    let mut stable = SideCounters {
+        side: "stable",
+        snapshots: Vec::new(),
+    };
+    for query in &prepared.queries {
+        for (side, text) in [(&mut canary, &query.canary), (&mut stable, &query.stable)] {
+            let mut outputs = Vec::with_capacity(2);
+            for at in [start, end] {
+                let request = QueryRequest {
+                    query: text.clone(),
+                    time: Some(at),
+                    ..base.clone()
+                };
+                let output =
+                    source
+                        .instant_query(&request)
+                        .await
+                        .map_err(|source| MeasureError::Query {
+                            field: query.counter.field(),
+                            side: side.side,
+                            at,
+                            source,
+                        })?;
+                outputs.push(output);
+            }
+            let end_output = outputs.pop().expect("two outputs");
+            let start_output = outputs.pop().expect("two outputs");
+            side.snapshots
+                .push((query.counter, start_output, end_output));
+        }
+    }
+    interval_counts(prepared.setup.kind, canary, stable)
+}
+
+/// Replays every recorded interval into a fresh judge and assesses it.
+pub fn assess(setup: &CompareSetup, record: &CompareRecord) -> Result<Assessment, String> {
+    match setup.kind {
+        CompareKind::ErrorRate => {
+            let mut judge = ErrorRateJudge::new(&setup.config).map_err(|e| e.to_string())?;
+            for interval in &record.intervals {
+                if interval.is_missing() {
+                    judge.observe_missing();
+                    continue;
+                }
+                let value = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
+                judge
+                    .observe(&ErrorCounts {
+                        canary_requests: value(&interval.canary, 0),
+                        canary_errors: value(&interval.canary, 1),
+                        stable_requests: value(&interval.stable, 0),
+                        stable_errors: value(&interval.stable, 1),
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(judge.assess())
+        }
+        CompareKind::Latency => {
+            if record.boundaries.is_empty() {
+                // No interval with data yet: the judge has nothing to say, but an empty
+                // layout is not one it accepts; any layout gives the same empty assessment.
+                let mut judge =
+                    LatencyJudge::new(&setup.config, &[1.0]).map_err(|e| e.to_string())?;
+                for _ in &record.intervals {
+                    judge.observe_missing();
+                }
+                return Ok(judge.assess());
+            }
+            let mut judge =
+                LatencyJudge::new(&setup.config, &record.boundaries).map_err(|e| e.to_string())?;
+            for interval in &record.intervals {
+                if interval.is_missing() {
+                    judge.observe_missing();
+                    continue;
+                }
+                judge
+                    .observe(&HistogramCounts {
+                        canary: interval.canary.clone(),
+                        stable: interval.stable.clone(),
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(judge.assess())
+        }
+    }
+}
+
+/// One compare measurement: its phase, value and reason, and the judge's assessment after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareJudgement {
+    pub phase: MeasurementPhase,
+    pub value: Option<String>,
+    pub reason: String,
+    pub assessment: Option<Assessment>,
+}
+
+/// Adds an interval (or a failed measurement) to `record` and judges. Pure.
+///
+/// Measurement phases: `Failed` when the judge says `Regressed`, `Successful` otherwise
+/// (`Continue` or `NoRegression`: nothing against the canary), `Inconclusive` for an interval
+/// without data, `Error` when the counters could not be read or were impossible.
+pub fn record_interval(
+    setup: &CompareSetup,
+    record: &mut CompareRecord,
+    outcome: Result<MeasuredInterval, String>,
+) -> CompareJudgement {
+    let error = |reason: String| CompareJudgement {
+        phase: MeasurementPhase::Error,
+        value: None,
+        reason,
+        assessment: None,
+    };
+    let measured = match outcome {
+        Ok(measured) => measured,
+        Err(reason) => return error(reason),
+    };
+    if !measured.counts.is_missing() && setup.kind == CompareKind::Latency {
+        if record.boundaries.is_empty() {
+            record.boundaries = measured.boundaries.clone();
+        } else if record.boundaries != measured.boundaries {
+            return error(format!(
+                "the histogram's buckets changed from {:?} to {:?} during the analysis; a comparison needs one bucket layout",
+                record.boundaries, measured.boundaries
+            ));
+        }
+    }
+    let mut candidate = record.clone();
+    candidate.intervals.push(measured.counts.clone());
+    let assessment = match assess(setup, &candidate) {
+        Ok(assessment) => assessment,
+        Err(reason) => return error(format!("impossible counts ({reason})")),
+    };
+    *record = candidate;
+    let phase = if measured.counts.is_missing() {
+        MeasurementPhase::Inconclusive
+    } else if assessment.verdict == Verdict::Regressed {
+        MeasurementPhase::Failed
+    } else {
+        MeasurementPhase::Successful
+    };
+    CompareJudgement {
+        phase,
+        value: Some(format!(
+            "{} {}",
+            summary(&assessment),
+            measured.counts.describe(setup.kind)
+        )),
+        reason: assessment.explanation.clone(),
+        assessment: Some(assessment),
+    }
+}
+
+/// `Regressed 2.10× (1.40–3.30)`: the verdict with the effect estimate and its interval.
+pub fn summary(assessment: &Assessment) -> String {
+    let verdict = format!("{:?}", assessment.verdict);
+    match effect(assessment) {
+        None => verdict,
+        Some(effect) => format!("{verdict} {effect}"),
+    }
+}
+
+/// `2.10× (1.40–3.30) at le=250`: the effect estimate, its confidence sequence and, for
+/// latency, the bucket boundary they refer to; `None` before any information.
+pub fn effect(assessment: &Assessment) -> Option<String> {
+    let ratio = assessment.ratio_estimate?;
+    let upper = assessment.ratio_interval.upper;
+    let upper = if upper.is_finite() {
+        format!("{upper:.2}")
+    } else {
+        "∞".into()
+    };
+    let bucket = assessment
+        .latency_bucket
+        .map_or(String::new(), |le| format!(" at le={le}"));
+    Some(format!(
+        "{ratio:.2}× ({:.2}–{upper}){bucket}",
+        assessment.ratio_interval.lower
+    ))
+}
+
+/// A compare metric's phase after its latest measurement.
+///
+/// - `Regressed` → Failed, at once (the sequential test keeps α however often it looks);
+/// - query errors and intervals without data → the metric's `consecutiveErrorLimit` and
+///   `inconclusiveLimit`, as for any metric;
+/// - `NoRegression` → Successful when `finish_on_no_regression` (an analysis step: the step
+///   is done early); a background analysis keeps watching and the rollout reads the verdict;
+/// - `count` reached, the intervals exhausted, or the run ended: Successful when some interval
+///   carried information and none showed a regression, Inconclusive when none did (a canary
+///   without traffic, or a query that selects nothing, never passes);
+/// - otherwise Running.
+pub fn metric_phase(
+    latest: Option<&Assessment>,
+    limits: &Limits,
+    tally: &Tally,
+    intervals: usize,
+    ending: bool,
+    finish_on_no_regression: bool,
+) -> assessment::Assessment {
+    let outcome = |phase, message: String| assessment::Assessment { phase, message };
+    if let Some(latest) = latest
+        && latest.verdict == Verdict::Regressed
+    {
+        return outcome(AnalysisPhase::Failed, latest.explanation.clone());
+    }
+    let by_limits = assessment::assess(
+        &Limits {
+            count: None,
+            failure_limit: u32::MAX,
+            ..*limits
+        },
+        tally,
+        false,
+    );
+    if matches!(
+        by_limits.phase,
+        AnalysisPhase::Error | AnalysisPhase::Inconclusive
+    ) {
+        return by_limits;
+    }
+    let explanation = latest.map_or_else(
+        || "no interval measured yet".to_string(),
+        |a| a.explanation.clone(),
+    );
+    if finish_on_no_regression && latest.is_some_and(|a| a.verdict == Verdict::NoRegression) {
+        return outcome(AnalysisPhase::Successful, explanation);
+    }
+    let complete =
+        limits.count.is_some_and(|count| tally.measured >= count) || intervals >= MAX_INTERVALS;
+    if complete || ending {
+        if tally.measured == 0 {
+            return assessment::assess(limits, tally, true);
+        }
+        return match latest {
+            Some(a) if a.informative_intervals > 0 => outcome(
+                AnalysisPhase::Successful,
+                format!(
+                    "no regression found in {} intervals: {explanation}",
+                    tally.measured
+                ),
+            ),
+            _ => outcome(
+                AnalysisPhase::Inconclusive,
+                format!(
+                    "no interval had traffic on both versions and at least one event, so nothing was compared: {explanation}"
+                ),
+            ),
+        };
+    }
+    let phase = if tally.measured == 0 && tally.errors == 0 {
+        AnalysisPhase::Pending
+    } else {
+        AnalysisPhase::Running
+    };
+    outcome(phase, explanation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Series;
+
+    fn vector(series: &[(&[(&str, &str)], f64)]) -> QueryOutput {
+        QueryOutput::Vector(
+            series
+                .iter()
+                .map(|(labels, value)| Series {
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    value: *value,
+                })
+                .collect(),
+        )
+    }
+
+    fn side(
+        name: &'static str,
+        snapshots: Vec<(Counter, QueryOutput, QueryOutput)>,
+    ) -> SideCounters {
+        SideCounters {
+            side: name,
+            snapshots,
+        }
+    }
+
+    #[test]
+    fn increases_are_exact_across_resets_new_and_vanished_series() {
+        let before = vector(&[
+            (&[("pod", "a")], 100.0),
+            (&[("pod", "b")], 50.0),
+            (&[("pod", "gone")], 70.0),
+        ]);
+        let after = vector(&[
+            (&[("pod", "a")], 130.0), // +30
+            (&[("pod", "b")], 8.0),   // reset: +8
+            (&[("pod", "new")], 5.0), // new pod: +5
+        ]);
+        let errors_before = vector(&[(&[("pod", "a")], 1.0)]);
+        let errors_after = vector(&[(&[("pod", "a")], 2.0), (&[("pod", "new")], 1.0)]);
+        let measured = interval_counts(
+            CompareKind::ErrorRate,
+            side(
+                "canary",
+                vec![
+                    (Counter::Requests, before.clone(), after.clone()),
+                    (Counter::Errors, errors_before, errors_after),
+                ],
+            ),
+            side(
+                "stable",
+                vec![
+                    (Counter::Requests, vector(&[]), vector(&[(&[], 1000.0)])),
+                    (Counter::Errors, vector(&[]), vector(&[])),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!(measured.counts.canary, vec![43, 2]);
+        assert_eq!(measured.counts.stable, vec![1000, 0]);
+    }
+
+    #[test]
+    fn no_series_at_the_end_on_either_side_is_a_missing_interval() {
+        let empty = || {
+            side(
+                "x",
+                vec![
+                    (Counter::Requests, vector(&[]), vector(&[])),
+                    (Counter::Errors, vector(&[]), vector(&[])),
+                ],
+            )
+        };
+        let measured = interval_counts(CompareKind::ErrorRate, empty(), empty()).unwrap();
+        assert!(measured.counts.is_missing());
+    }
+
+    #[test]
+    fn more_errors_than_requests_is_an_error_naming_the_field() {
+        let bad = interval_counts(
+            CompareKind::ErrorRate,
+            side(
+                "canary",
+                vec![
+                    (Counter::Requests, vector(&[]), vector(&[(&[], 1.0)])),
+                    (Counter::Errors, vector(&[]), vector(&[(&[], 3.0)])),
+                ],
+            ),
+            side(
+                "stable",
+                vec![(Counter::Requests, vector(&[]), vector(&[(&[], 1.0)]))],
+            ),
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("compare.errors (canary)"), "{bad}");
+    }
+
+    #[test]
+    fn buckets_sum_per_le_and_a_version_without_series_counts_zero() {
+        let buckets = |values: [f64; 3]| {
+            vector(&[
+                (&[("le", "0.1"), ("pod", "a")], values[0]),
+                (&[("le", "0.5"), ("pod", "a")], values[1]),
+                (&[("le", "+Inf"), ("pod", "a")], values[2]),
+                (&[("le", "0.1"), ("pod", "b")], values[0]),
+                (&[("le", "0.5"), ("pod", "b")], values[1]),
+                (&[("le", "+Inf"), ("pod", "b")], values[2]),
+            ])
+        };
+        let measured = interval_counts(
+            CompareKind::Latency,
+            side(
+                "canary",
+                vec![(Counter::LatencyBuckets, vector(&[]), vector(&[]))],
+            ),
+            side(
+                "stable",
+                vec![(
+                    Counter::LatencyBuckets,
+                    buckets([10.0, 20.0, 30.0]),
+                    buckets([15.0, 30.0, 45.0]),
+                )],
+            ),
+        )
+        .unwrap();
+        assert_eq!(measured.boundaries, vec![0.1, 0.5]);
+        assert_eq!(measured.counts.stable, vec![10, 20, 30]);
+        assert_eq!(measured.counts.canary, vec![0, 0, 0]);
+    }
+
+    fn setup(kind: CompareKind) -> CompareSetup {
+        CompareSetup {
+            kind,
+            config: SequentialConfig::default(),
+        }
+    }
+
+    fn interval(canary: [u64; 2], stable: [u64; 2]) -> Result<MeasuredInterval, String> {
+        Ok(MeasuredInterval {
+            counts: IntervalCounts {
+                canary: canary.to_vec(),
+                stable: stable.to_vec(),
+            },
+            boundaries: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn recording_judges_each_interval_and_keeps_the_state_replayable() {
+        let setup = setup(CompareKind::ErrorRate);
+        let mut record = CompareRecord::default();
+        // ×5 errors at 10% of the traffic: regressed within a few intervals.
+        let mut phases = Vec::new();
+        for _ in 0..10 {
+            let judged = record_interval(&setup, &mut record, interval([600, 15], [5400, 27]));
+            phases.push(judged.phase);
+            if judged.phase == MeasurementPhase::Failed {
+                let assessment = judged.assessment.unwrap();
+                assert_eq!(assessment.verdict, Verdict::Regressed);
+                assert!(judged.value.unwrap().starts_with("Regressed"));
+                // The status round trip gives the same verdict.
+                let json = serde_json::to_string(&record).unwrap();
+                let back: CompareRecord = serde_json::from_str(&json).unwrap();
+                assert_eq!(assess(&setup, &back).unwrap(), assessment);
+                break;
+            }
+        }
+        assert_eq!(phases.last(), Some(&MeasurementPhase::Failed), "{phases:?}");
+        assert!(phases.len() <= 4, "{phases:?}");
+
+        let missing = record_interval(
+            &setup,
+            &mut CompareRecord::default(),
+            Ok(MeasuredInterval {
+                counts: IntervalCounts::default(),
+                boundaries: vec![],
+            }),
+        );
+        assert_eq!(missing.phase, MeasurementPhase::Inconclusive);
+        let failed = record_interval(&setup, &mut record, Err("unreachable".into()));
+        assert_eq!(failed.phase, MeasurementPhase::Error);
+    }
+
+    #[test]
+    fn metric_phase_follows_the_verdict_and_the_limits() {
+        let setup = setup(CompareKind::ErrorRate);
+        let judged = |intervals: &[([u64; 2], [u64; 2])]| {
+            let mut record = CompareRecord::default();
+            let mut tally = Tally::default();
+            let mut latest = None;
+            for (c, s) in intervals {
+                let j = record_interval(&setup, &mut record, interval(*c, *s));
+                tally.record(j.phase);
+                latest = j.assessment;
+            }
+            (latest, tally, record.intervals.len())
+        };
+        let limits = Limits {
+            count: Some(20),
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 4,
+        };
+        let healthy = ([6000, 30], [54000, 270]);
+        let plenty = ([1_000_000, 5000], [1_000_000, 5000]);
+        let bad = ([6000, 150], [54000, 270]);
+        let quiet = ([0, 0], [0, 0]);
+        type Case = (
+            &'static str,
+            Vec<([u64; 2], [u64; 2])>,
+            bool,
+            bool,
+            AnalysisPhase,
+        );
+        let cases: Vec<Case> = vec![
+            ("nothing yet", vec![], false, false, AnalysisPhase::Pending),
+            ("regressed", vec![bad], false, false, AnalysisPhase::Failed),
+            (
+                "undecided",
+                vec![healthy],
+                false,
+                false,
+                AnalysisPhase::Running,
+            ),
+            (
+                "no regression, background keeps watching",
+                vec![plenty; 12],
+                false,
+                false,
+                AnalysisPhase::Running,
+            ),
+            (
+                "no regression ends an analysis step",
+                vec![plenty; 12],
+                false,
+                true,
+                AnalysisPhase::Successful,
+            ),
+            (
+                "count reached",
+                vec![healthy; 20],
+                false,
+                false,
+                AnalysisPhase::Successful,
+            ),
+            (
+                "count reached without any information",
+                vec![quiet; 20],
+                false,
+                false,
+                AnalysisPhase::Inconclusive,
+            ),
+            (
+                "run ended",
+                vec![healthy],
+                true,
+                false,
+                AnalysisPhase::Successful,
+            ),
+        ];
+        for (name, intervals, ending, finish, expected) in cases {
+            let (latest, tally, count) = judged(&intervals);
+            let phase = metric_phase(latest.as_ref(), &limits, &tally, count, ending, finish);
+            assert_eq!(phase.phase, expected, "{name}: {phase:?}");
+        }
+        // Intervals without data follow inconclusiveLimit.
+        let mut tally = Tally::default();
+        tally.record(MeasurementPhase::Inconclusive);
+        let phase = metric_phase(None, &limits, &tally, 1, false, false);
+        assert_eq!(phase.phase, AnalysisPhase::Inconclusive);
+    }
+}
