@@ -546,3 +546,95 @@ async fn a_healthy_canary_steps_up_early_on_no_regression() {
         "an event says why the pause ended early"
     );
 }
+
+/// Two replicas with leader election: one holds the Lease; when it stops, the other takes
+/// over and drives the rollout to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_takes_over_when_the_leader_stops() {
+    let ns = cluster().namespace("leader").await;
+    set_up(&ns, "web:1").await;
+    let simulator = rollout::Simulator::start(&ns).await;
+    let target = simulator.address;
+    let prometheus = tokio::task::spawn_blocking(move || {
+        prometheus::Prometheus::builder()
+            .scrape("mesh", target)
+            .start()
+    })
+    .await
+    .unwrap();
+    let start = |port: u16| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_canary"))
+            .args([
+                "controller",
+                "--namespace",
+                &ns.name,
+                "--prometheus",
+                &prometheus.url(),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--leader-elect"])
+            .env("KUBECONFIG", cluster().kubeconfig())
+            .env("POD_NAMESPACE", &ns.name)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting canary controller")
+    };
+    let mut replicas = [
+        start(prometheus::free_port()),
+        start(prometheus::free_port()),
+    ];
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
+    let holder = |lease: &k8s_openapi::api::coordination::v1::Lease| {
+        lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
+    let lease = wait_for(
+        &leases,
+        "canary-controller",
+        "a leader",
+        Duration::from_secs(30),
+        |l| !holder(l).is_empty(),
+    )
+    .await;
+    let leader_identity = holder(&lease);
+    let leader = replicas
+        .iter()
+        .position(|r| leader_identity.ends_with(&format!("-{}", r.id().unwrap())))
+        .unwrap_or_else(|| panic!("the lease holder {leader_identity} is one of the replicas"));
+    follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
+
+    // The leader stops (SIGTERM): it releases the Lease and the standby takes over.
+    let pid = replicas[leader].id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), replicas[leader].wait())
+        .await
+        .expect("the leader stops within 15 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let lease = wait_for(
+        &leases,
+        "canary-controller",
+        "the standby to take the lease",
+        Duration::from_secs(30),
+        |l| {
+            let h = holder(l);
+            !h.is_empty() && h != leader_identity
+        },
+    )
+    .await;
+    eprintln!("lease moved from {leader_identity} to {}", holder(&lease));
+    set_image(&ns, "web:2").await;
+    let (canary, timeline) = follow_until(&ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    eprintln!("rolled out by the new leader:\n{}", timeline.join("\n"));
+    assert_eq!(canary.status.unwrap().canary_weight, 0);
+    drop(simulator);
+}

@@ -50,6 +50,22 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("get", "secrets"),
         ("create", "events.events.k8s.io"),
     ];
+    for (verb, resource) in [
+        ("get", "leases.coordination.k8s.io"),
+        ("patch", "leases.coordination.k8s.io"),
+    ] {
+        let (ok, text) = kubectl(&["auth", "can-i", verb, resource, "-n", "canary-system", who]);
+        assert!(
+            ok && text.trim() == "yes",
+            "{verb} {resource} in canary-system must be allowed: {text}"
+        );
+        let (_, text) = kubectl(&["auth", "can-i", verb, resource, "-n", "default", who]);
+        assert_eq!(
+            text.trim(),
+            "no",
+            "{verb} {resource} elsewhere must be denied"
+        );
+    }
     for (verb, resource) in allowed {
         let (ok, text) = kubectl(&["auth", "can-i", verb, resource, "-A", who]);
         assert!(

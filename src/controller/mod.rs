@@ -22,6 +22,7 @@ use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::api::canary::Canary;
@@ -64,6 +65,37 @@ pub struct Config {
     pub prometheus: Option<String>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// Run only while holding this Lease (several replicas: one active, the others standby).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// The Lease that makes one replica the active controller.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub namespace: String,
+    /// This replica's name in the Lease (the pod name in a cluster).
+    pub identity: String,
+}
+
+/// The Lease's name.
+pub const LEASE_NAME: &str = "canary-controller";
+/// How long a Lease is valid without renewal; a standby takes over after this at worst.
+const LEASE_SECONDS: u64 = 15;
+
+/// What stopped the controller.
+enum Stop {
+    Signal,
+    LostLeadership,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -119,6 +151,78 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
 
+    // With leader election, wait as a standby (ready, so rolling updates of the controller are
+    // not held up) until this replica holds the Lease.
+    let mut leadership = None;
+    if let Some(election) = &config.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(&election.namespace)
+            .with_identity(&election.identity)
+            .with_duration(LEASE_SECONDS)
+            .with_grace(5)
+            .with_field_manager(reconcile::FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
+        let (mut is_leader, task) = manager.watch().await;
+        ready.store(true, Ordering::SeqCst);
+        info!(
+            identity = election.identity,
+            lease = LEASE_NAME,
+            namespace = election.namespace,
+            "standby: waiting for the lease"
+        );
+        loop {
+            if *is_leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = is_leader.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Invalid("leader election stopped".into()));
+                    }
+                }
+                _ = termination() => {
+                    drop(is_leader);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                    server.abort();
+                    info!("controller stopped while standby");
+                    return Ok(());
+                }
+            }
+        }
+        ready.store(false, Ordering::SeqCst);
+        info!(
+            identity = election.identity,
+            "leader: starting the controller"
+        );
+        leadership = Some((is_leader, task));
+    }
+    let stop = Arc::new(std::sync::Mutex::new(Stop::Signal));
+    let shutdown = {
+        let stop = stop.clone();
+        let mut lost = leadership.as_ref().map(|(is_leader, _)| is_leader.clone());
+        async move {
+            let lost_leadership = async {
+                match lost.as_mut() {
+                    Some(is_leader) => loop {
+                        if is_leader.changed().await.is_err() || !*is_leader.borrow() {
+                            return;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = termination() => {}
+                _ = lost_leadership => {
+                    *stop.lock().unwrap_or_else(|e| e.into_inner()) = Stop::LostLeadership;
+                    warn!("lost the lease: stopping so that this replica restarts as a standby");
+                }
+            }
+        }
+    };
+
     let controller = Controller::new(canaries, watcher::Config::default());
     let store = controller.store();
     let mapper_store = store.clone();
@@ -143,7 +247,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
-        .shutdown_on_signal();
+        .graceful_shutdown_on(shutdown);
     let readiness = tokio::spawn({
         let ready = ready.clone();
         async move {
@@ -179,8 +283,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .await;
     readiness.abort();
     server.abort();
+    if let Some((is_leader, task)) = leadership {
+        // Closing the channel releases the Lease, so a standby takes over at once.
+        drop(is_leader);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     info!("controller stopped");
-    Ok(())
+    match *stop.lock().unwrap_or_else(|e| e.into_inner()) {
+        Stop::Signal => Ok(()),
+        Stop::LostLeadership => Err(Error::Invalid(
+            "lost the leader lease; restart to rejoin as a standby".into(),
+        )),
+    }
 }
 
 async fn serve(
