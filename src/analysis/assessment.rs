@@ -100,25 +100,28 @@ pub fn assess(limits: &Limits, tally: &Tally, ending: bool) -> Assessment {
         consecutive_error_limit,
     } = *limits;
     let verdict = |phase, message: String| Assessment { phase, message };
+    // "2 failed measurements exceed failureLimit 1", "1 inconclusive measurement exceeds …"
+    let over = |count: u32, kind: &str, limit_name: &str, limit: u32| {
+        format!(
+            "{count} {kind} measurement{} exceed{} {limit_name} {limit}",
+            plural(count),
+            if count == 1 { "s" } else { "" }
+        )
+    };
     if tally.failed > failure_limit {
         return verdict(
             AnalysisPhase::Failed,
-            format!(
-                "{} failed measurement{} exceed{} failureLimit {failure_limit}",
-                tally.failed,
-                plural(tally.failed),
-                if tally.failed == 1 { "s" } else { "" }
-            ),
+            over(tally.failed, "failed", "failureLimit", failure_limit),
         );
     }
     if tally.inconclusive > inconclusive_limit {
         return verdict(
             AnalysisPhase::Inconclusive,
-            format!(
-                "{} inconclusive measurement{} exceed{} inconclusiveLimit {inconclusive_limit}",
+            over(
                 tally.inconclusive,
-                plural(tally.inconclusive),
-                if tally.inconclusive == 1 { "s" } else { "" }
+                "inconclusive",
+                "inconclusiveLimit",
+                inconclusive_limit,
             ),
         );
     }
