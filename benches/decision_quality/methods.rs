@@ -155,11 +155,20 @@ type VariantBuilder = fn() -> (SequentialConfig, bool);
 
 /// Variants of our judge for the ablation study: what each design choice costs or buys.
 /// Each returns the configuration and whether latency is judged alongside errors.
-pub const VARIANTS: [(&str, VariantBuilder); 7] = [
+pub const VARIANTS: [(&str, VariantBuilder); 8] = [
     ("default (errors + latency)", || {
         (SequentialConfig::default(), true)
     }),
     ("errors only", || (SequentialConfig::default(), false)),
+    ("no late-onset copies", || {
+        (
+            SequentialConfig {
+                late_onset_share: 0.0,
+                ..SequentialConfig::default()
+            },
+            true,
+        )
+    }),
     ("errors only, Poisson (max noise cv 0)", || {
         (
             SequentialConfig {

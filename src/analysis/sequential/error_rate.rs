@@ -39,7 +39,8 @@ impl ErrorRateJudge {
     pub fn new(config: &SequentialConfig) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let grid = RatioGrid::new(1.0 + config.error_tolerance, config.prior_scale);
-        let evidence = RateRatioEvidence::new(&grid, config.noise_shapes());
+        let evidence =
+            RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share);
         Ok(Self {
             alpha: config.alpha,
             grid,
@@ -112,8 +113,16 @@ impl ErrorRateJudge {
         let ln_regression = self.evidence.ln_e_regression(&self.grid);
         let ln_no_regression = self.evidence.ln_e_no_regression(&self.grid);
         let verdict = decide(ln_regression, ln_no_regression, self.alpha);
-        let ratio_estimate = self.evidence.estimate(&self.grid);
-        let ratio_interval = self.evidence.confidence_sequence(&self.grid, self.alpha);
+        // A regression that began late is reported on the intervals since it began (the
+        // copy of the e-process that found it), at that copy's share of alpha.
+        let window = if verdict == Verdict::Regressed {
+            self.evidence.strongest_window(&self.grid)
+        } else {
+            self.evidence.whole_window()
+        };
+        let ratio_estimate = window.estimate(&self.grid);
+        let ratio_interval = window.confidence_sequence(&self.grid, window.alpha_share(self.alpha));
+        let since = window.since_note();
         let tolerated_ratio = self.grid.null_ratio();
         let evidence = Evidence {
             regression: capped_e_value(ln_regression),
@@ -132,7 +141,7 @@ impl ErrorRateJudge {
                 "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
             ),
             Some(estimate) => format!(
-                "canary error rate {}× stable's {} ({counts}{missing})",
+                "canary error rate {}× stable's{since} {} ({counts}{missing})",
                 format_ratio(estimate),
                 evidence_clause(
                     self.alpha,
