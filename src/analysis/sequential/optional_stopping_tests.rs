@@ -180,7 +180,7 @@ fn error_judge_false_early_promotions_stay_below_alpha() {
     );
 }
 
-/// The late-onset copies of the e-process (started after 1, 3, 7, 15 informative intervals)
+/// The late-onset copies of the e-process (started after 3, 7 and 15 informative intervals)
 /// keep alpha also when the null changes over time: a canary better than stable at first and
 /// at the tolerance boundary later, the case where a copy that started late sees only
 /// boundary data. They must also pay off: a ×3 regression from interval 10 is found sooner

@@ -107,8 +107,9 @@ pub(crate) struct RateRatioEvidence {
 }
 
 /// Informative intervals after which the late copies of the e-process start: doubling gaps,
-/// so a regression that begins after `n` intervals finds a copy started after at least `n/2`.
-const LATE_STARTS_AFTER: [u32; 4] = [1, 3, 7, 15];
+/// so a regression that begins after `n ≥ 4` intervals finds a copy started after at least
+/// `n/2` (earlier onsets cost the copy from the start only a few intervals).
+const LATE_STARTS_AFTER: [u32; 3] = [3, 7, 15];
 
 /// A copy of the e-process that starts after `after` informative intervals. Its likelihoods
 /// are the running totals minus the totals at its start, kept in `at_start`.
@@ -243,7 +244,7 @@ impl RateRatioEvidence {
     }
 
     /// ln of the e-value against `H0: r ≤ r0` (evidence of a regression): the fixed-weight
-    /// average of the copies started with the first interval and after 1, 3, 7, 15
+    /// average of the copies started with the first interval and after 3, 7 and 15
     /// informative intervals. A copy not started yet, or without data since its start,
     /// counts at exactly one.
     pub(crate) fn ln_e_regression(&self, grid: &RatioGrid) -> f64 {
