@@ -145,6 +145,7 @@ impl ErrorRateJudge {
                 format_ratio(estimate),
                 evidence_clause(
                     self.alpha,
+                    window.alpha_share(self.alpha),
                     ratio_interval,
                     tolerated_ratio,
                     evidence,
@@ -330,6 +331,54 @@ mod tests {
     }
 
     #[test]
+    fn late_regression_is_reported_on_the_intervals_since_it_began() {
+        // Ten healthy intervals, then the canary's error rate triples.
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        let mut intervals = 0;
+        for _ in 0..10 {
+            judge.observe(&counts(600, 3, 59_400, 297)).unwrap();
+        }
+        while judge.verdict() != Verdict::Regressed && intervals < 20 {
+            judge.observe(&counts(600, 9, 59_400, 297)).unwrap();
+            intervals += 1;
+        }
+        let assessment = judge.assess();
+        assert_eq!(
+            assessment.verdict,
+            Verdict::Regressed,
+            "{}",
+            assessment.explanation
+        );
+        assert!(
+            assessment
+                .explanation
+                .contains("since informative interval"),
+            "{}",
+            assessment.explanation
+        );
+        let estimate = assessment.ratio_estimate.unwrap();
+        assert!(estimate > 2.0, "{estimate}: {}", assessment.explanation);
+        assert!(
+            assessment.ratio_interval.lower >= assessment.tolerated_ratio - 1e-9,
+            "{}",
+            assessment.explanation
+        );
+        // Without the late copies the same data take longer (or never) to decide.
+        let mut whole_run = ErrorRateJudge::new(&SequentialConfig {
+            late_onset_share: 0.0,
+            ..SequentialConfig::default()
+        })
+        .unwrap();
+        for _ in 0..10 {
+            whole_run.observe(&counts(600, 3, 59_400, 297)).unwrap();
+        }
+        for _ in 0..intervals {
+            whole_run.observe(&counts(600, 9, 59_400, 297)).unwrap();
+        }
+        assert_ne!(whole_run.verdict(), Verdict::Regressed);
+    }
+
+    #[test]
     fn assessment_explains_effect_interval_and_evidence() {
         let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
         for _ in 0..10 {
@@ -350,7 +399,7 @@ mod tests {
         assert!(assessment.evidence.regression >= 100.0);
         for part in [
             "canary error rate",
-            "confidence sequence",
+            "98% confidence sequence",
             "roll back",
             "canary 60 errors in 6000 requests",
         ] {

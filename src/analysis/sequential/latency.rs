@@ -231,6 +231,7 @@ impl LatencyJudge {
                 format_ratio(estimate),
                 evidence_clause(
                     self.alpha,
+                    window.alpha_share(self.alpha),
                     ratio_interval,
                     tolerated_ratio,
                     evidence,
