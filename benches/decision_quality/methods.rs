@@ -84,11 +84,13 @@ impl MethodKind {
 
     pub fn build(self) -> Box<dyn Method> {
         match self {
-            MethodKind::Sequential => Box::new(Sequential::new(SequentialConfig::default(), true)),
+            MethodKind::Sequential => {
+                Box::new(Sequential::new(SequentialConfig::default(), Some(1.0)))
+            }
             MethodKind::Variant(index) => {
                 let (_, variant) = VARIANTS[index];
-                let (config, with_latency) = variant();
-                Box::new(Sequential::new(config, with_latency))
+                let (config, latency_weight) = variant();
+                Box::new(Sequential::new(config, latency_weight))
             }
             MethodKind::Flagger { threshold } => Box::new(Flagger {
                 threshold,
@@ -151,22 +153,44 @@ fn canary_success_rate(observation: &Observation) -> f64 {
     1.0 - errors.canary_errors as f64 / errors.canary_requests as f64
 }
 
-type VariantBuilder = fn() -> (SequentialConfig, bool);
+type VariantBuilder = fn() -> (SequentialConfig, Option<f64>);
 
 /// Variants of our judge for the ablation study: what each design choice costs or buys.
-/// Each returns the configuration and whether latency is judged alongside errors.
-pub const VARIANTS: [(&str, VariantBuilder); 7] = [
+/// Each returns the configuration and, if latency is judged alongside errors, its weight in
+/// `combine` (errors weigh 1).
+pub const VARIANTS: [(&str, VariantBuilder); 10] = [
     ("default (errors + latency)", || {
-        (SequentialConfig::default(), true)
+        (SequentialConfig::default(), Some(1.0))
     }),
-    ("errors only", || (SequentialConfig::default(), false)),
+    ("errors only", || (SequentialConfig::default(), None)),
+    ("no late-onset copies", || {
+        (
+            SequentialConfig {
+                late_onset_share: 0.0,
+                ..SequentialConfig::default()
+            },
+            Some(1.0),
+        )
+    }),
+    ("late-onset share 0.5", || {
+        (
+            SequentialConfig {
+                late_onset_share: 0.5,
+                ..SequentialConfig::default()
+            },
+            Some(1.0),
+        )
+    }),
+    ("errors 3 : latency 1 in combine", || {
+        (SequentialConfig::default(), Some(1.0 / 3.0))
+    }),
     ("errors only, Poisson (max noise cv 0)", || {
         (
             SequentialConfig {
                 max_interval_noise_cv: 0.0,
                 ..SequentialConfig::default()
             },
-            false,
+            None,
         )
     }),
     ("errors only, tolerance 0", || {
@@ -175,7 +199,7 @@ pub const VARIANTS: [(&str, VariantBuilder); 7] = [
                 error_tolerance: 0.0,
                 ..SequentialConfig::default()
             },
-            false,
+            None,
         )
     }),
     ("max noise cv 0", || {
@@ -184,7 +208,7 @@ pub const VARIANTS: [(&str, VariantBuilder); 7] = [
                 max_interval_noise_cv: 0.0,
                 ..SequentialConfig::default()
             },
-            true,
+            Some(1.0),
         )
     }),
     ("max noise cv 0.5", || {
@@ -193,7 +217,7 @@ pub const VARIANTS: [(&str, VariantBuilder); 7] = [
                 max_interval_noise_cv: 0.5,
                 ..SequentialConfig::default()
             },
-            true,
+            Some(1.0),
         )
     }),
     ("prior scale 0.5", || {
@@ -202,26 +226,31 @@ pub const VARIANTS: [(&str, VariantBuilder); 7] = [
                 prior_scale: 0.5,
                 ..SequentialConfig::default()
             },
-            true,
+            Some(1.0),
         )
     }),
 ];
 
-/// Our judge: error rate and (optionally) latency, combined under one alpha with equal
-/// weights.
+/// Our judge: error rate and (optionally) latency, combined under one alpha (equal weights
+/// by default, as the compare metrics of one template share alpha).
 struct Sequential {
     alpha: f64,
     errors: ErrorRateJudge,
-    latency: Option<LatencyJudge>,
+    /// The latency judge and its weight relative to the error metric's 1.
+    latency: Option<(LatencyJudge, f64)>,
 }
 
 impl Sequential {
-    fn new(config: SequentialConfig, with_latency: bool) -> Self {
+    fn new(config: SequentialConfig, latency_weight: Option<f64>) -> Self {
         Self {
             alpha: config.alpha,
             errors: ErrorRateJudge::new(&config).expect("valid config"),
-            latency: with_latency
-                .then(|| LatencyJudge::new(&config, &BOUNDARIES).expect("layout is valid")),
+            latency: latency_weight.map(|weight| {
+                (
+                    LatencyJudge::new(&config, &BOUNDARIES).expect("layout is valid"),
+                    weight,
+                )
+            }),
         }
     }
 }
@@ -230,14 +259,14 @@ impl Method for Sequential {
     fn observe(&mut self, observation: &Observation) -> Decision {
         if observation.missing {
             self.errors.observe_missing();
-            if let Some(latency) = &mut self.latency {
+            if let Some((latency, _)) = &mut self.latency {
                 latency.observe_missing();
             }
         } else {
             self.errors
                 .observe(&observation.errors)
                 .expect("simulated counts are valid");
-            if let Some(latency) = &mut self.latency {
+            if let Some((latency, _)) = &mut self.latency {
                 latency
                     .observe(&observation.histogram)
                     .expect("simulated counts are valid");
@@ -248,11 +277,11 @@ impl Method for Sequential {
             evidence: self.errors.evidence(),
             weight: 1.0,
         }];
-        if let Some(latency) = &self.latency {
+        if let Some((latency, weight)) = &self.latency {
             metrics.push(WeightedMetric {
                 name: "latency",
                 evidence: latency.evidence(),
-                weight: 1.0,
+                weight: *weight,
             });
         }
         match combine(self.alpha, &metrics)

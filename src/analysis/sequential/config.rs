@@ -40,6 +40,14 @@ pub struct SequentialConfig {
     /// Latency buckets that stable exceeds less often than this fraction are too sparse to
     /// prove the absence of a regression; they still count as evidence of one.
     pub latency_tail_fraction: f64,
+    /// Share of the evidence of regression given to copies of the e-process that start late
+    /// (after 3, 7 and 15 informative intervals, in equal parts), so that a regression
+    /// that begins mid-rollout is not diluted by the healthy intervals before it. Fixed by
+    /// the design, not a template setting (not (de)serialized); the benchmark's ablation
+    /// varies it. `0` judges from the first interval only.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub late_onset_share: f64,
 }
 
 impl Default for SequentialConfig {
@@ -51,6 +59,7 @@ impl Default for SequentialConfig {
             max_interval_noise_cv: 0.2,
             prior_scale: 1.0,
             latency_tail_fraction: 0.01,
+            late_onset_share: 0.25,
         }
     }
 }
@@ -75,6 +84,7 @@ impl SequentialConfig {
             max_interval_noise_cv,
             prior_scale,
             latency_tail_fraction,
+            late_onset_share,
         } = self;
         let check = |field, value: f64, ok: bool, expected| {
             if ok && value.is_finite() {
@@ -117,6 +127,12 @@ impl SequentialConfig {
             *latency_tail_fraction,
             *latency_tail_fraction > 0.0 && *latency_tail_fraction < 1.0,
             "in (0, 1)",
+        )?;
+        check(
+            "lateOnsetShare",
+            *late_onset_share,
+            *late_onset_share >= 0.0 && *late_onset_share < 1.0,
+            "in [0, 1)",
         )
     }
 
@@ -153,7 +169,7 @@ mod tests {
     #[test]
     fn each_out_of_range_field_is_named() {
         type Spoil = fn(&mut SequentialConfig);
-        let cases: [(&str, Spoil); 7] = [
+        let cases: [(&str, Spoil); 8] = [
             ("alpha", |c| c.alpha = 0.0),
             ("alpha", |c| c.alpha = f64::NAN),
             ("errorTolerance", |c| c.error_tolerance = -0.1),
@@ -161,6 +177,7 @@ mod tests {
             ("maxIntervalNoiseCv", |c| c.max_interval_noise_cv = -1.0),
             ("priorScale", |c| c.prior_scale = 0.0),
             ("latencyTailFraction", |c| c.latency_tail_fraction = 1.0),
+            ("lateOnsetShare", |c| c.late_onset_share = 1.0),
         ];
         for (field, spoil) in cases {
             let mut config = SequentialConfig::default();

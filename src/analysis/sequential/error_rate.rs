@@ -39,7 +39,8 @@ impl ErrorRateJudge {
     pub fn new(config: &SequentialConfig) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let grid = RatioGrid::new(1.0 + config.error_tolerance, config.prior_scale);
-        let evidence = RateRatioEvidence::new(&grid, config.noise_shapes());
+        let evidence =
+            RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share);
         Ok(Self {
             alpha: config.alpha,
             grid,
@@ -112,8 +113,16 @@ impl ErrorRateJudge {
         let ln_regression = self.evidence.ln_e_regression(&self.grid);
         let ln_no_regression = self.evidence.ln_e_no_regression(&self.grid);
         let verdict = decide(ln_regression, ln_no_regression, self.alpha);
-        let ratio_estimate = self.evidence.estimate(&self.grid);
-        let ratio_interval = self.evidence.confidence_sequence(&self.grid, self.alpha);
+        // A regression that began late is reported on the intervals since it began (the
+        // copy of the e-process that found it), at that copy's share of alpha.
+        let window = if verdict == Verdict::Regressed {
+            self.evidence.strongest_window(&self.grid)
+        } else {
+            self.evidence.whole_window()
+        };
+        let ratio_estimate = window.estimate(&self.grid);
+        let ratio_interval = window.confidence_sequence(&self.grid, window.alpha_share(self.alpha));
+        let since = window.since_note();
         let tolerated_ratio = self.grid.null_ratio();
         let evidence = Evidence {
             regression: capped_e_value(ln_regression),
@@ -132,10 +141,11 @@ impl ErrorRateJudge {
                 "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
             ),
             Some(estimate) => format!(
-                "canary error rate {}× stable's {} ({counts}{missing})",
+                "canary error rate {}× stable's{since} {} ({counts}{missing})",
                 format_ratio(estimate),
                 evidence_clause(
                     self.alpha,
+                    window.alpha_share(self.alpha),
                     ratio_interval,
                     tolerated_ratio,
                     evidence,
@@ -321,6 +331,54 @@ mod tests {
     }
 
     #[test]
+    fn late_regression_is_reported_on_the_intervals_since_it_began() {
+        // Ten healthy intervals, then the canary's error rate triples.
+        let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+        let mut intervals = 0;
+        for _ in 0..10 {
+            judge.observe(&counts(600, 3, 59_400, 297)).unwrap();
+        }
+        while judge.verdict() != Verdict::Regressed && intervals < 20 {
+            judge.observe(&counts(600, 9, 59_400, 297)).unwrap();
+            intervals += 1;
+        }
+        let assessment = judge.assess();
+        assert_eq!(
+            assessment.verdict,
+            Verdict::Regressed,
+            "{}",
+            assessment.explanation
+        );
+        assert!(
+            assessment
+                .explanation
+                .contains("since informative interval"),
+            "{}",
+            assessment.explanation
+        );
+        let estimate = assessment.ratio_estimate.unwrap();
+        assert!(estimate > 2.0, "{estimate}: {}", assessment.explanation);
+        assert!(
+            assessment.ratio_interval.lower >= assessment.tolerated_ratio - 1e-9,
+            "{}",
+            assessment.explanation
+        );
+        // Without the late copies the same data take longer (or never) to decide.
+        let mut whole_run = ErrorRateJudge::new(&SequentialConfig {
+            late_onset_share: 0.0,
+            ..SequentialConfig::default()
+        })
+        .unwrap();
+        for _ in 0..10 {
+            whole_run.observe(&counts(600, 3, 59_400, 297)).unwrap();
+        }
+        for _ in 0..intervals {
+            whole_run.observe(&counts(600, 9, 59_400, 297)).unwrap();
+        }
+        assert_ne!(whole_run.verdict(), Verdict::Regressed);
+    }
+
+    #[test]
     fn assessment_explains_effect_interval_and_evidence() {
         let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
         for _ in 0..10 {
@@ -341,7 +399,7 @@ mod tests {
         assert!(assessment.evidence.regression >= 100.0);
         for part in [
             "canary error rate",
-            "confidence sequence",
+            "98% confidence sequence",
             "roll back",
             "canary 60 errors in 6000 requests",
         ] {

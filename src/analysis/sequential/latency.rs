@@ -67,7 +67,7 @@ impl LatencyJudge {
         let grid = RatioGrid::new(1.0 + config.latency_tolerance, config.prior_scale);
         let per_boundary = boundaries
             .iter()
-            .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes()))
+            .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share))
             .collect();
         Ok(Self {
             alpha: config.alpha,
@@ -204,8 +204,14 @@ impl LatencyJudge {
         };
         let evidence = &self.per_boundary[reported];
         let le = self.boundaries[reported];
-        let ratio_estimate = evidence.estimate(&self.grid);
-        let ratio_interval = evidence.confidence_sequence(&self.grid, self.alpha);
+        let window = if verdict == Verdict::Regressed {
+            evidence.strongest_window(&self.grid)
+        } else {
+            evidence.whole_window()
+        };
+        let ratio_estimate = window.estimate(&self.grid);
+        let ratio_interval = window.confidence_sequence(&self.grid, window.alpha_share(self.alpha));
+        let since = window.since_note();
         let tolerated_ratio = self.grid.null_ratio();
         let evidence = Evidence {
             regression: capped_e_value(ln_regression),
@@ -221,10 +227,11 @@ impl LatencyJudge {
                 "no information yet ({counts}): latency needs traffic on both sides and requests slower than some bucket boundary"
             ),
             Some(estimate) => format!(
-                "requests slower than le={le}: canary {}× stable's share {} ({counts}; evidence of regression averaged over {} bucket boundaries)",
+                "requests slower than le={le}: canary {}× stable's share{since} {} ({counts}; evidence of regression averaged over {} bucket boundaries)",
                 format_ratio(estimate),
                 evidence_clause(
                     self.alpha,
+                    window.alpha_share(self.alpha),
                     ratio_interval,
                     tolerated_ratio,
                     evidence,

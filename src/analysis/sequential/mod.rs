@@ -167,8 +167,11 @@ fn decide(ln_regression: f64, ln_no_regression: f64, alpha: f64) -> Verdict {
 
 /// The part of every explanation after the effect itself: interval, evidence, threshold and
 /// what the verdict means.
+/// `interval_alpha`: the interval is at level `1 − 2·interval_alpha` (alpha itself, or a late
+/// copy's share of it).
 fn evidence_clause(
     alpha: f64,
+    interval_alpha: f64,
     interval: RatioInterval,
     tolerated_ratio: f64,
     evidence: Evidence,
@@ -181,7 +184,7 @@ fn evidence_clause(
     };
     format!(
         "({}% confidence sequence {}–{}×, tolerated {}×); evidence of regression {} and of none {}, threshold {}: {meaning}",
-        format_ratio(100.0 * (1.0 - 2.0 * alpha)),
+        format_percent(100.0 * (1.0 - 2.0 * interval_alpha)),
         format_ratio(interval.lower),
         format_ratio(interval.upper),
         format_ratio(tolerated_ratio),
@@ -196,6 +199,14 @@ fn missing_note(missing_intervals: u32) -> String {
         0 => String::new(),
         n => format!("; {n} interval(s) without data"),
     }
+}
+
+/// A confidence level in percent with at most two decimals and no trailing zeros ("98",
+/// "99.83"), never rounded up to "100".
+fn format_percent(percent: f64) -> String {
+    // The small offset keeps 98 (computed as 97.999…) from showing as 97.99.
+    let text = format!("{:.2}", (percent * 100.0 + 1e-6).floor() / 100.0);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 fn format_ratio(ratio: f64) -> String {

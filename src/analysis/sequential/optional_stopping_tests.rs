@@ -53,23 +53,44 @@ struct ErrorScenario {
     base_error_rate: f64,
     error_ratio: f64,
     pod_cv: f64,
+    /// Intervals before `error_ratio` applies (a late onset); before it, `early_ratio`.
+    onset: usize,
+    early_ratio: f64,
 }
 
 /// Fraction of runs in which the judge ever returned `target`, looking after every interval.
 fn error_verdict_rate(scenario: &ErrorScenario, target: Verdict, runs: usize, seed: u64) -> f64 {
+    error_verdicts(scenario, &config(), target, runs, seed).0
+}
+
+/// Fraction of runs with the `target` verdict, and the mean interval (1-based) of the verdict
+/// counting runs without one as `INTERVALS + 1`.
+fn error_verdicts(
+    scenario: &ErrorScenario,
+    judge_config: &SequentialConfig,
+    target: Verdict,
+    runs: usize,
+    seed: u64,
+) -> (f64, f64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut hits = 0;
+    let mut total_time = 0;
     for _ in 0..runs {
-        let mut judge = ErrorRateJudge::new(&config()).unwrap();
-        for _ in 0..INTERVALS {
+        let mut judge = ErrorRateJudge::new(judge_config).unwrap();
+        let mut time = INTERVALS + 1;
+        for interval in 0..INTERVALS {
+            let error_ratio = if interval < scenario.onset {
+                scenario.early_ratio
+            } else {
+                scenario.error_ratio
+            };
             let requests = poisson(&mut rng, scenario.requests_per_interval);
             let canary_requests = Binomial::new(requests, scenario.canary_share)
                 .unwrap()
                 .sample(&mut rng);
             let stable_requests = requests - canary_requests;
-            let canary_rate = scenario.base_error_rate
-                * scenario.error_ratio
-                * pod_noise(&mut rng, 1, scenario.pod_cv);
+            let canary_rate =
+                scenario.base_error_rate * error_ratio * pod_noise(&mut rng, 1, scenario.pod_cv);
             let stable_rate = scenario.base_error_rate * pod_noise(&mut rng, 10, scenario.pod_cv);
             let counts = ErrorCounts {
                 canary_requests,
@@ -82,11 +103,13 @@ fn error_verdict_rate(scenario: &ErrorScenario, target: Verdict, runs: usize, se
             judge.observe(&counts).unwrap();
             if judge.verdict() == target {
                 hits += 1;
+                time = interval + 1;
                 break;
             }
         }
+        total_time += time;
     }
-    hits as f64 / runs as f64
+    (hits as f64 / runs as f64, total_time as f64 / runs as f64)
 }
 
 #[test]
@@ -108,6 +131,8 @@ fn error_judge_false_rollbacks_stay_below_alpha_under_optional_stopping() {
             base_error_rate,
             error_ratio: tolerance_boundary,
             pod_cv,
+            onset: 0,
+            early_ratio: tolerance_boundary,
         };
         let false_rollbacks =
             error_verdict_rate(&at_boundary, Verdict::Regressed, runs, seed as u64);
@@ -136,6 +161,8 @@ fn error_judge_false_early_promotions_stay_below_alpha() {
         base_error_rate: 0.01,
         error_ratio: 1.0 + config().error_tolerance,
         pod_cv: 0.0,
+        onset: 0,
+        early_ratio: 1.0,
     };
     let false_promotions = error_verdict_rate(&at_boundary, Verdict::NoRegression, runs, 7);
     assert!(
@@ -150,6 +177,61 @@ fn error_judge_false_early_promotions_stay_below_alpha() {
     assert!(
         promotions >= 0.9,
         "promoted only {promotions} of clearly better canaries"
+    );
+}
+
+/// The late-onset copies of the e-process (started after 3, 7 and 15 informative intervals)
+/// keep alpha also when the null changes over time: a canary better than stable at first and
+/// at the tolerance boundary later, the case where a copy that started late sees only
+/// boundary data. They must also pay off: a ×3 regression from interval 10 is found sooner
+/// than by the judge without them.
+#[test]
+fn late_onset_copies_keep_alpha_and_find_late_regressions_sooner() {
+    let runs = 500;
+    let boundary = 1.0 + config().error_tolerance;
+    let better_then_boundary = ErrorScenario {
+        canary_share: 0.05,
+        requests_per_interval: 20_000.0,
+        base_error_rate: 0.005,
+        error_ratio: boundary,
+        pod_cv: 0.0,
+        onset: 8,
+        early_ratio: 0.5,
+    };
+    let (false_rollbacks, _) = error_verdicts(
+        &better_then_boundary,
+        &config(),
+        Verdict::Regressed,
+        runs,
+        21,
+    );
+    assert!(
+        false_rollbacks <= tolerated_rate(runs),
+        "better, then at the boundary: false rollback rate {false_rollbacks}"
+    );
+    let late_regression = ErrorScenario {
+        error_ratio: 3.0,
+        onset: 10,
+        early_ratio: 1.0,
+        ..better_then_boundary
+    };
+    let (with_copies, time_with) =
+        error_verdicts(&late_regression, &config(), Verdict::Regressed, 200, 22);
+    let without_config = SequentialConfig {
+        late_onset_share: 0.0,
+        ..config()
+    };
+    let (without_copies, time_without) = error_verdicts(
+        &late_regression,
+        &without_config,
+        Verdict::Regressed,
+        200,
+        22,
+    );
+    assert!(with_copies >= 0.9, "late ×3 detected in only {with_copies}");
+    assert!(
+        time_with < time_without - 1.0,
+        "late-onset copies: mean detection interval {time_with} (detected {with_copies}), without: {time_without} (detected {without_copies})"
     );
 }
 

@@ -100,11 +100,59 @@ pub(crate) struct RateRatioEvidence {
     pub(crate) informative_intervals: u32,
     pub(crate) canary_events: u64,
     pub(crate) stable_events: u64,
+    /// Log weight of the copy of the e-process that starts with the first interval.
+    log_weight_from_start: f64,
+    /// Copies that start later (late onset), each with its fixed weight.
+    late_starts: Vec<LateStart>,
+}
+
+/// Informative intervals after which the late copies of the e-process start: doubling gaps,
+/// so a regression that begins after `n ≥ 4` intervals finds a copy started after at least
+/// `n/2` (earlier onsets cost the copy from the start only a few intervals).
+const LATE_STARTS_AFTER: [u32; 3] = [3, 7, 15];
+
+/// A copy of the e-process that starts after `after` informative intervals. Its likelihoods
+/// are the running totals minus the totals at its start, kept in `at_start`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct LateStart {
+    after: u32,
+    log_weight: f64,
+    /// `(log_likelihood, plug_in_log_likelihood)` when the copy started; `None` before.
+    at_start: Option<(Vec<Vec<f64>>, Vec<f64>)>,
+}
+
+/// The intervals one copy of the e-process has seen: its log-likelihoods, its weight, its
+/// first informative interval (0-based) and how many informative intervals it covers.
+pub(crate) struct Window {
+    log_likelihood: Vec<Vec<f64>>,
+    plug_in_log_likelihood: Vec<f64>,
+    pub(crate) log_weight: f64,
+    pub(crate) first_interval: u32,
+    pub(crate) intervals: u32,
 }
 
 impl RateRatioEvidence {
-    pub(crate) fn new(grid: &RatioGrid, noise_shapes: Vec<Option<f64>>) -> Self {
+    /// `late_onset_share`: the fixed share of the evidence of regression given to the copies
+    /// that start late, in equal parts (0: only the copy from the first interval).
+    pub(crate) fn new(
+        grid: &RatioGrid,
+        noise_shapes: Vec<Option<f64>>,
+        late_onset_share: f64,
+    ) -> Self {
         let points = grid.log_ratios.len();
+        let late_starts = if late_onset_share > 0.0 {
+            let log_weight = (late_onset_share / LATE_STARTS_AFTER.len() as f64).ln();
+            LATE_STARTS_AFTER
+                .iter()
+                .map(|&after| LateStart {
+                    after,
+                    log_weight,
+                    at_start: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             log_likelihood: vec![vec![0.0; points]; noise_shapes.len()],
             noise_shapes,
@@ -112,6 +160,8 @@ impl RateRatioEvidence {
             informative_intervals: 0,
             canary_events: 0,
             stable_events: 0,
+            log_weight_from_start: (1.0 - late_onset_share).ln(),
+            late_starts,
         }
     }
 
@@ -142,6 +192,14 @@ impl RateRatioEvidence {
         let total_events = canary_events + stable_events;
         if total_events == 0 || !(canary_share > 0.0 && canary_share < 1.0) {
             return;
+        }
+        for late in &mut self.late_starts {
+            if late.at_start.is_none() && late.after == self.informative_intervals {
+                late.at_start = Some((
+                    self.log_likelihood.clone(),
+                    self.plug_in_log_likelihood.clone(),
+                ));
+            }
         }
         let plug_in_level = self.best_fitting_noise_level();
         let base_log_odds = (canary_share / (1.0 - canary_share)).ln();
@@ -185,16 +243,99 @@ impl RateRatioEvidence {
             .fold(f64::NEG_INFINITY, f64::max)
     }
 
-    /// ln of the e-value against `H0: r ≤ r0` (evidence of a regression).
+    /// ln of the e-value against `H0: r ≤ r0` (evidence of a regression): the fixed-weight
+    /// average of the copies started with the first interval and after 3, 7 and 15
+    /// informative intervals. A copy not started yet, or without data since its start,
+    /// counts at exactly one.
     pub(crate) fn ln_e_regression(&self, grid: &RatioGrid) -> f64 {
         if self.informative_intervals == 0 {
             // Exactly one, not one up to rounding of the prior's normalisation.
             return 0.0;
         }
-        let boundary = grid.boundary_index();
-        let above = &self.plug_in_log_likelihood[boundary + 1..];
-        log_sum_exp(above.iter().zip(&grid.log_prior_above).map(|(l, p)| l + p))
-            - self.best_null(0..boundary + 1)
+        let from_start = self.log_weight_from_start
+            + ln_e_regression_of(
+                grid,
+                &self.log_likelihood,
+                &self.plug_in_log_likelihood,
+                None,
+            );
+        let late = self.late_starts.iter().map(|late| {
+            late.log_weight
+                + match &late.at_start {
+                    Some((at_start, plug_in_at_start))
+                        if self.informative_intervals > late.after =>
+                    {
+                        ln_e_regression_of(
+                            grid,
+                            &self.log_likelihood,
+                            &self.plug_in_log_likelihood,
+                            Some((at_start, plug_in_at_start)),
+                        )
+                    }
+                    _ => 0.0,
+                }
+        });
+        log_sum_exp(
+            std::iter::once(from_start)
+                .chain(late)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        )
+    }
+
+    /// The copy whose weighted evidence of regression is largest, as a window of intervals:
+    /// the one the explanation reports when a regression is found.
+    pub(crate) fn strongest_window(&self, grid: &RatioGrid) -> Window {
+        let whole = Window {
+            log_likelihood: self.log_likelihood.clone(),
+            plug_in_log_likelihood: self.plug_in_log_likelihood.clone(),
+            log_weight: self.log_weight_from_start,
+            first_interval: 0,
+            intervals: self.informative_intervals,
+        };
+        let mut best = (whole.log_weight + whole.ln_e_regression(grid), whole);
+        for late in &self.late_starts {
+            let Some((at_start, plug_in_at_start)) = &late.at_start else {
+                continue;
+            };
+            if self.informative_intervals <= late.after {
+                continue;
+            }
+            let window = Window {
+                log_likelihood: self
+                    .log_likelihood
+                    .iter()
+                    .zip(at_start)
+                    .map(|(now, then)| now.iter().zip(then).map(|(a, b)| a - b).collect())
+                    .collect(),
+                plug_in_log_likelihood: self
+                    .plug_in_log_likelihood
+                    .iter()
+                    .zip(plug_in_at_start)
+                    .map(|(a, b)| a - b)
+                    .collect(),
+                log_weight: late.log_weight,
+                first_interval: late.after,
+                intervals: self.informative_intervals - late.after,
+            };
+            let weighted = window.log_weight + window.ln_e_regression(grid);
+            if weighted > best.0 {
+                best = (weighted, window);
+            }
+        }
+        best.1
+    }
+
+    /// All intervals as one window (the copy from the first interval), for the estimate and
+    /// interval when no late copy dominates.
+    pub(crate) fn whole_window(&self) -> Window {
+        Window {
+            log_likelihood: self.log_likelihood.clone(),
+            plug_in_log_likelihood: self.plug_in_log_likelihood.clone(),
+            log_weight: self.log_weight_from_start,
+            first_interval: 0,
+            intervals: self.informative_intervals,
+        }
     }
 
     /// ln of the e-value against `H0': r ≥ r0` (evidence that there is no regression).
@@ -208,6 +349,94 @@ impl RateRatioEvidence {
             - self.best_null(boundary..grid.log_ratios.len())
     }
 
+    /// Maximum-likelihood ratio over all intervals, once there is any information.
+    #[cfg(test)]
+    pub(crate) fn estimate(&self, grid: &RatioGrid) -> Option<f64> {
+        self.whole_window().estimate(grid)
+    }
+
+    /// Time-uniform confidence sequence for the ratio over all intervals at level
+    /// `1 − 2·alpha` (see [`Window::confidence_sequence`]).
+    #[cfg(test)]
+    pub(crate) fn confidence_sequence(&self, grid: &RatioGrid, alpha: f64) -> RatioInterval {
+        self.whole_window().confidence_sequence(grid, alpha)
+    }
+}
+
+/// ln of the e-value against `H0: r ≤ r0` of the intervals since `at_start` (all of them for
+/// `None`): the plug-in mixture over ratios above `r0` against the best-fitting null, both on
+/// those intervals only. Without allocation, for tight loops.
+fn ln_e_regression_of(
+    grid: &RatioGrid,
+    log_likelihood: &[Vec<f64>],
+    plug_in_log_likelihood: &[f64],
+    at_start: Option<(&Vec<Vec<f64>>, &Vec<f64>)>,
+) -> f64 {
+    let boundary = grid.boundary_index();
+    let plug_in = |index: usize| {
+        plug_in_log_likelihood[index] - at_start.map_or(0.0, |(_, then)| then[index])
+    };
+    let numerator = log_sum_exp(
+        (boundary + 1..grid.log_ratios.len())
+            .zip(&grid.log_prior_above)
+            .map(|(index, prior)| plug_in(index) + prior),
+    );
+    let null = log_likelihood
+        .iter()
+        .enumerate()
+        .flat_map(|(level, per_point)| {
+            per_point[..=boundary]
+                .iter()
+                .enumerate()
+                .map(move |(index, now)| now - at_start.map_or(0.0, |(then, _)| then[level][index]))
+        })
+        .fold(f64::NEG_INFINITY, f64::max);
+    numerator - null
+}
+
+impl Window {
+    /// The share of `alpha` at which this window's interval is reported: all of it for the
+    /// whole run, the copy's weight for a late one (a union bound over the copies).
+    pub(crate) fn alpha_share(&self, alpha: f64) -> f64 {
+        if self.first_interval == 0 {
+            alpha
+        } else {
+            alpha * self.log_weight.exp()
+        }
+    }
+
+    /// " since informative interval n" for a late window, empty for the whole run.
+    pub(crate) fn since_note(&self) -> String {
+        if self.first_interval == 0 {
+            String::new()
+        } else {
+            format!(
+                " since informative interval {} (a regression that began late)",
+                self.first_interval + 1
+            )
+        }
+    }
+
+    fn ln_e_regression(&self, grid: &RatioGrid) -> f64 {
+        if self.intervals == 0 {
+            return 0.0;
+        }
+        ln_e_regression_of(
+            grid,
+            &self.log_likelihood,
+            &self.plug_in_log_likelihood,
+            None,
+        )
+    }
+
+    /// Largest log-likelihood over all noise levels and the grid points in `points`.
+    fn best_null(&self, points: std::ops::Range<usize>) -> f64 {
+        self.log_likelihood
+            .iter()
+            .flat_map(|per_point| per_point[points.clone()].iter().copied())
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
     /// Largest log-likelihood over the noise levels at each grid point.
     fn profile_log_likelihood(&self) -> Vec<f64> {
         (0..self.plug_in_log_likelihood.len())
@@ -217,7 +446,7 @@ impl RateRatioEvidence {
 
     /// Maximum-likelihood ratio on the grid, once there is any information.
     pub(crate) fn estimate(&self, grid: &RatioGrid) -> Option<f64> {
-        if self.informative_intervals == 0 {
+        if self.intervals == 0 {
             return None;
         }
         let (best, _) = self
@@ -351,7 +580,7 @@ mod tests {
         intervals: &[(u64, u64, f64)],
     ) -> (RatioGrid, RateRatioEvidence) {
         let grid = RatioGrid::new(null_ratio, 1.0);
-        let mut evidence = RateRatioEvidence::new(&grid, noise_shapes.to_vec());
+        let mut evidence = RateRatioEvidence::new(&grid, noise_shapes.to_vec(), 0.0);
         for &(canary, stable, share) in intervals {
             evidence.observe(&grid, canary, stable, share);
         }
@@ -501,6 +730,41 @@ mod tests {
         // The same excess in every interval is not noise: it is detected.
         let (_, persistent) = evidence_after(&ladder(), 1.1, &[(5_200, 34_800, 0.1); 20]);
         assert!(persistent.ln_e_regression(&grid) > 100_f64.ln());
+    }
+
+    #[test]
+    fn late_copies_are_a_fixed_weight_average_that_starts_at_one() {
+        // After one interval only the copy from the start has data; the late ones count at
+        // exactly one with their weights: E = (1 − s)·E_whole + s. Weights that did not sum
+        // to one (a sum of copies instead of an average) would fail this.
+        let grid = RatioGrid::new(1.1, 1.0);
+        let share = 0.5;
+        for data in [[(30, 95, 0.05); 1], [(2, 95, 0.05); 1]] {
+            let mut whole = RateRatioEvidence::new(&grid, ladder(), 0.0);
+            let mut averaged = RateRatioEvidence::new(&grid, ladder(), share);
+            for &(canary, stable, canary_share) in &data {
+                whole.observe(&grid, canary, stable, canary_share);
+                averaged.observe(&grid, canary, stable, canary_share);
+            }
+            let expected = ((1.0 - share) * whole.ln_e_regression(&grid).exp() + share).ln();
+            let actual = averaged.ln_e_regression(&grid);
+            assert!((expected - actual).abs() < 1e-9, "{expected} vs {actual}");
+        }
+        // A regression that starts after 8 healthy intervals: the copy started after 7 sees
+        // one healthy interval, the copy from the start eight; the average gets ahead and
+        // reports the late window.
+        let mut whole = RateRatioEvidence::new(&grid, ladder(), 0.0);
+        let mut averaged = RateRatioEvidence::new(&grid, ladder(), share);
+        let intervals = [(5, 95, 0.05); 8].into_iter().chain([(15, 95, 0.05); 4]);
+        for (canary, stable, canary_share) in intervals {
+            whole.observe(&grid, canary, stable, canary_share);
+            averaged.observe(&grid, canary, stable, canary_share);
+        }
+        assert!(averaged.ln_e_regression(&grid) > whole.ln_e_regression(&grid) + 1.0);
+        let window = averaged.strongest_window(&grid);
+        assert_eq!((window.first_interval, window.intervals), (7, 5));
+        let estimate = window.estimate(&grid).unwrap();
+        assert!(estimate > 2.0, "{estimate}");
     }
 
     #[test]
