@@ -413,7 +413,10 @@ async fn compare_world(prefix: &str, canary_error_rate: f64) -> World {
         "spec": {"metrics": [{
             "name": "error-rate",
             "interval": "2s",
-            "inconclusiveLimit": 3,
+            // The canary's series appear with its first traffic and a loaded machine scrapes
+            // late: no data at warm-up is tolerated (it is never a pass).
+            "initialDelay": "4s",
+            "inconclusiveLimit": 10,
             "compare": {
                 "requests": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}",
                 "errors": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code=~\"5..\"}",
