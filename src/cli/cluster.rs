@@ -108,6 +108,18 @@ impl Connection {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Every change of one Canary, as it happens (for `status --watch`, `run --wait` and the
+    /// requests' wait for an answer).
+    pub fn watch_canary(
+        &self,
+        name: &str,
+    ) -> impl futures::Stream<Item = Result<Canary, kube::runtime::watcher::Error>> + use<> {
+        use kube::runtime::WatchStreamExt;
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        kube::runtime::watcher(self.canaries(), config).applied_objects()
+    }
+
     /// The Canary, or exit 2 saying it does not exist (or cannot be read).
     pub async fn canary(&self, name: &str) -> Result<Canary, Failure> {
         match self.canaries().get_opt(name).await {

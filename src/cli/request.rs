@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde_json::json;
 
@@ -117,8 +116,7 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
         .await
         .map_err(|e| api_failure(&format!("Canary {}/{}", connection.namespace, args.name), e))?;
 
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", args.name));
-    let mut stream = std::pin::pin!(watcher(connection.canaries(), config).applied_objects());
+    let mut stream = std::pin::pin!(connection.watch_canary(&args.name));
     let timeout: Duration = args.timeout.as_std();
     let answered = tokio::time::timeout(timeout, async {
         while let Some(event) = stream.next().await {

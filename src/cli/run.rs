@@ -7,12 +7,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde_json::json;
 
 use super::cluster::{Connection, Failure, KubeArgs, api_failure};
-use super::status::{line, view};
+use super::status::{line, same_change, view};
 use super::{Exit, OutputFormat};
 use crate::api::canary::{Canary, PauseReason, Phase, RollbackReason};
 use crate::workload;
@@ -344,8 +343,7 @@ async fn follow(
 ) -> Result<Outcome, Failure> {
     let deployments: Api<Deployment> =
         Api::namespaced(connection.client.clone(), &connection.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = std::pin::pin!(watcher(connection.canaries(), config).applied_objects());
+    let mut stream = std::pin::pin!(connection.watch_canary(name));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_line = String::new();
     let mut reported_pause = false;
@@ -395,7 +393,7 @@ async fn follow(
         let now = Timestamp::now();
         let current = view(&canary, &[], now);
         let this_line = line(&current, now);
-        if this_line.split_once(' ').map(|(_, r)| r) != last_line.split_once(' ').map(|(_, r)| r) {
+        if !same_change(&this_line, &last_line) {
             if output == OutputFormat::Human {
                 eprintln!("{this_line}");
             }

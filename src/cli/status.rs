@@ -6,9 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
-use kube::{ResourceExt, runtime::WatchStreamExt};
 use serde::Serialize;
 
 use super::cluster::{Connection, Failure, KubeArgs, api_failure};
@@ -454,6 +453,11 @@ pub fn line(view: &StatusView, now: Timestamp) -> String {
     )
 }
 
+/// Whether two [`line`]s say the same thing (their timestamps aside).
+pub fn same_change(a: &str, b: &str) -> bool {
+    a.split_once(' ').map(|(_, rest)| rest) == b.split_once(' ').map(|(_, rest)| rest)
+}
+
 async fn events_of(connection: &Connection, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(connection.client.clone(), &connection.namespace);
     let selector = format!("involvedObject.kind=Canary,involvedObject.name={name}");
@@ -499,8 +503,7 @@ async fn watch(
     output: OutputFormat,
 ) -> Result<Exit, Failure> {
     let interactive = std::io::stdout().is_terminal() && output == OutputFormat::Human;
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = std::pin::pin!(watcher(connection.canaries(), config).applied_objects());
+    let mut stream = std::pin::pin!(connection.watch_canary(name));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut last_line = String::new();
     loop {
@@ -535,8 +538,7 @@ async fn watch(
         };
         let current = view(&canary, &events, now);
         let this_line = line(&current, now);
-        let changed = this_line.split_once(' ').map(|(_, rest)| rest)
-            != last_line.split_once(' ').map(|(_, rest)| rest);
+        let changed = !same_change(&this_line, &last_line);
         if changed || interactive {
             match (output, interactive) {
                 (OutputFormat::Json, _) => {

@@ -68,8 +68,22 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         weight = plan.status.canary_weight, actions = ?plan.actions, "planned"
     );
 
+    // The managed Deployments are built from the target; read it once for every action.
+    let needs_target = plan.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::EnsureStable { .. } | Action::EnsureCanary { .. } | Action::ScaleCanary { .. }
+        )
+    });
+    let target = if needs_target {
+        Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&canary.spec.target_ref.name)
+            .await?
+    } else {
+        None
+    };
     for action in &plan.actions {
-        apply_action(&canary, action, &ctx).await?;
+        apply_action(&canary, target.as_ref(), action, &ctx).await?;
     }
     if plan.status != status {
         write_status(&canary, &plan.status, &ctx).await?;
@@ -409,15 +423,20 @@ async fn fetch_secrets(
     ClusterSecrets(values)
 }
 
-async fn apply_action(canary: &Canary, action: &Action, ctx: &Context) -> Result<(), Error> {
+async fn apply_action(
+    canary: &Canary,
+    target: Option<&Deployment>,
+    action: &Action,
+    ctx: &Context,
+) -> Result<(), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     match action {
         Action::EnsureStable { revision, replicas } => {
-            ensure_managed(canary, ctx, Subset::Stable, revision, *replicas).await
+            ensure_managed(canary, target, ctx, Subset::Stable, revision, *replicas).await
         }
         Action::EnsureCanary { revision, replicas } => {
-            ensure_managed(canary, ctx, Subset::Canary, revision, *replicas).await
+            ensure_managed(canary, target, ctx, Subset::Canary, revision, *replicas).await
         }
         Action::ScaleCanary { replicas } => {
             let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
@@ -426,7 +445,7 @@ async fn apply_action(canary: &Canary, action: &Action, ctx: &Context) -> Result
             let revision = workload::workload_state(&current)
                 .revision
                 .unwrap_or_default();
-            ensure_managed(canary, ctx, Subset::Canary, &revision, *replicas).await
+            ensure_managed(canary, target, ctx, Subset::Canary, &revision, *replicas).await
         }
         Action::SetWeight { weight } => {
             set_weight(ctx, &namespace, &canary.spec.traffic_routing.istio, *weight).await
@@ -447,6 +466,7 @@ async fn apply_action(canary: &Canary, action: &Action, ctx: &Context) -> Result
 /// Server-side applies `<target>-<subset>` running `revision` with `replicas` pods.
 async fn ensure_managed(
     canary: &Canary,
+    target: Option<&Deployment>,
     ctx: &Context,
     subset: Subset,
     revision: &str,
@@ -454,16 +474,13 @@ async fn ensure_managed(
 ) -> Result<(), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let target = deployments
-        .get_opt(&canary.spec.target_ref.name)
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "Deployment {} is gone",
-                canary.spec.target_ref.name
-            ))
-        })?;
-    let template = template_of(canary, ctx, &target, revision).await?;
+    let target = target.ok_or_else(|| {
+        Error::Invalid(format!(
+            "Deployment {} is gone",
+            canary.spec.target_ref.name
+        ))
+    })?;
+    let template = template_of(canary, ctx, target, revision).await?;
     let name = match subset {
         Subset::Stable => canary.spec.stable_name(),
         Subset::Canary => canary.spec.canary_name(),
@@ -472,7 +489,7 @@ async fn ensure_managed(
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
     let desired =
-        workload::managed_deployment(&target, &name, subset, revision, &template, replicas, owner);
+        workload::managed_deployment(target, &name, subset, revision, &template, replicas, owner);
     let mut body = serde_json::to_value(&desired)?;
     body["apiVersion"] = json!("apps/v1");
     body["kind"] = json!("Deployment");
