@@ -184,7 +184,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
                 _ = termination() => {
                     drop(is_leader);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
                     server.abort();
                     info!("controller stopped while standby");
                     return Ok(());
@@ -286,7 +286,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some((is_leader, task)) = leadership {
         // Closing the channel releases the Lease, so a standby takes over at once.
         drop(is_leader);
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     info!("controller stopped");
     match *stop.lock().unwrap_or_else(|e| e.into_inner()) {
