@@ -142,7 +142,14 @@ pub fn prepare(
         }
     }
 
-    let compared = spec.metrics.iter().filter(|m| m.compare.is_some()).count();
+    // Compare metrics share alpha in proportion to their weights (a weighted union bound);
+    // a weight out of range is reported on its own metric and takes no share.
+    let total_compare_weight: f64 = spec
+        .metrics
+        .iter()
+        .filter_map(|m| m.compare.as_ref().map(|c| c.weight()))
+        .filter(|weight| weight_in_range(*weight))
+        .sum();
     let mut metrics = Vec::new();
     for (i, metric) in spec.metrics.iter().enumerate() {
         let mut problem = |field: &str, message: String| {
@@ -169,15 +176,17 @@ pub fn prepare(
                     .ok(),
                 None,
             ),
-            Some(spec) => match prepare_compare(spec, compared, &declared, &variables) {
-                Ok((text, prepared)) => (Some(text), Some(prepared)),
-                Err(found) => {
-                    for (field, message) in found {
-                        problem(&field, message);
+            Some(spec) => {
+                match prepare_compare(spec, total_compare_weight, &declared, &variables) {
+                    Ok((text, prepared)) => (Some(text), Some(prepared)),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        (None, None)
                     }
-                    (None, None)
                 }
-            },
+            }
         };
         let criteria = Criteria::from_metric(metric)
             .map_err(|errors| {
@@ -258,12 +267,16 @@ pub fn prepare(
     }
 }
 
+fn weight_in_range(weight: f64) -> bool {
+    weight > 0.0 && weight <= 1000.0
+}
+
 /// Renders a compare metric's counter queries for both versions: `{{workload}}` is the canary
 /// (context `canary`, or `<target>-canary`) and then stable. Returns the text people see as
 /// the metric's query, and the prepared comparison; or every problem as (field, message).
 fn prepare_compare(
     spec: &crate::api::analysis_template::Compare,
-    compared: usize,
+    total_compare_weight: f64,
     declared: &[&str],
     variables: &Variables,
 ) -> Result<(String, PreparedCompare), Vec<(String, String)>> {
@@ -288,9 +301,17 @@ fn prepare_compare(
     if let Err(e) = config.validate() {
         problems.push((format!("compare.judge.{}", e.field), e.to_string()));
     }
-    // The template's compare metrics share alpha (a union bound): together they roll back a
-    // canary within tolerance with probability at most alpha.
-    config.alpha /= compared.max(1) as f64;
+    // The template's compare metrics share alpha by weight (a union bound): together they
+    // roll back a canary within tolerance with probability at most alpha.
+    let weight = spec.weight();
+    if weight_in_range(weight) {
+        config.alpha *= weight / total_compare_weight;
+    } else {
+        problems.push((
+            "compare.weight".into(),
+            format!("compare.weight must be greater than 0 and at most 1000; got {weight}"),
+        ));
+    }
     let context = &variables.context;
     let target = context.get("target");
     let name = |side: &str| {
@@ -594,4 +615,77 @@ pub async fn run<S: MetricsSource>(
 
 fn signed(duration: Duration) -> SignedDuration {
     SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(weights: &[Option<f64>]) -> AnalysisTemplateSpec {
+        let metrics: Vec<serde_json::Value> = weights
+            .iter()
+            .enumerate()
+            .map(|(index, weight)| {
+                let mut compare = serde_json::json!({
+                    "requests": "requests_total{workload=\"{{workload}}\"}",
+                    "errors": "errors_total{workload=\"{{workload}}\"}",
+                    "judge": {"alpha": 0.02},
+                });
+                if let Some(weight) = weight {
+                    compare["weight"] = serde_json::json!(weight);
+                }
+                serde_json::json!({
+                    "name": format!("m{index}"),
+                    "compare": compare,
+                    "provider": {"prometheus": {}},
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({ "metrics": metrics })).unwrap()
+    }
+
+    fn alphas(weights: &[Option<f64>]) -> Result<Vec<f64>, Vec<Problem>> {
+        let context = BTreeMap::from([("target".to_string(), "web".to_string())]);
+        let prepared = prepare(
+            "t",
+            &template(weights),
+            &BTreeMap::new(),
+            &context,
+            Some("http://prometheus:9090"),
+            &NoSecrets,
+        )?;
+        Ok(prepared
+            .metrics
+            .iter()
+            .map(|m| m.compare.as_ref().unwrap().setup.config.alpha)
+            .collect())
+    }
+
+    #[test]
+    fn compare_metrics_share_alpha_by_weight() {
+        let close = |got: Vec<f64>, want: &[f64]| {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "{got:?} != {want:?}");
+            }
+        };
+        close(alphas(&[None]).unwrap(), &[0.02]);
+        close(alphas(&[None, None]).unwrap(), &[0.01, 0.01]);
+        close(alphas(&[Some(3.0), None]).unwrap(), &[0.015, 0.005]);
+        close(
+            alphas(&[Some(0.5), Some(0.5), Some(1.0)]).unwrap(),
+            &[0.005, 0.005, 0.01],
+        );
+    }
+
+    #[test]
+    fn a_weight_out_of_range_names_the_metric_and_field() {
+        for weight in [0.0, -1.0, 1001.0] {
+            let problems = alphas(&[Some(weight), None]).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].metric.as_deref(), Some("m0"));
+            assert_eq!(problems[0].field, "metrics[0].compare.weight");
+            assert!(problems[0].message.contains("at most 1000"), "{problems:?}");
+        }
+    }
 }

@@ -158,6 +158,7 @@ pub struct Metric {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.requests) && has(self.errors) && !has(self.latencyBuckets)) || (!has(self.requests) && !has(self.errors) && has(self.latencyBuckets))").message("compare needs requests and errors (an error-rate comparison) or latencyBuckets (a latency comparison), not both"))]
 #[x_kube(validation = Rule::new("!has(self.judge) || !has(self.judge.alpha) || (self.judge.alpha > 0.0 && self.judge.alpha < 0.5)").message("compare.judge.alpha must be in (0, 0.5)"))]
+#[x_kube(validation = Rule::new("!has(self.weight) || (self.weight > 0.0 && self.weight <= 1000.0)").message("compare.weight must be greater than 0 and at most 1000"))]
 #[x_kube(validation = Rule::new("!has(self.judge) || ((!has(self.judge.errorTolerance) || (self.judge.errorTolerance >= 0.0 && self.judge.errorTolerance <= 10.0)) && (!has(self.judge.latencyTolerance) || (self.judge.latencyTolerance >= 0.0 && self.judge.latencyTolerance <= 10.0)))").message("compare.judge tolerances must be in [0, 10]"))]
 pub struct Compare {
     /// Counters of all requests served by `{{workload}}`.
@@ -177,6 +178,20 @@ pub struct Compare {
     /// `latencyTailFraction` (0.01). A template's compare metrics share `alpha`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<SequentialConfig>,
+    /// This metric's share of the template's `alpha`, relative to its other compare metrics
+    /// (default 1: equal shares). A critical metric with weight 3 beside one of weight 1
+    /// judges with 3/4 of `alpha`, so it rolls back on less evidence; together they still
+    /// roll back a canary within tolerance with probability at most `alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+impl Compare {
+    pub const DEFAULT_WEIGHT: f64 = 1.0;
+
+    pub fn weight(&self) -> f64 {
+        self.weight.unwrap_or(Self::DEFAULT_WEIGHT)
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -317,7 +332,7 @@ mod tests {
         };
         let good_compare = template(serde_json::json!({
             "metrics": [
-                compare(serde_json::json!({"requests": "r", "errors": "e", "judge": {"alpha": 0.05}})),
+                compare(serde_json::json!({"requests": "r", "errors": "e", "judge": {"alpha": 0.05}, "weight": 3.0})),
             ],
         }));
         good_compare
@@ -362,6 +377,10 @@ mod tests {
             (
                 serde_json::json!({"metrics": [compare(serde_json::json!({"latencyBuckets": "b", "judge": {"latencyTolerance": -1.0}}))]}),
                 "tolerances must be in [0, 10]",
+            ),
+            (
+                serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r", "errors": "e", "weight": 0.0}))]}),
+                "weight must be greater than 0",
             ),
             (
                 serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r"}))]}),
