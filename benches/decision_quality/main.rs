@@ -131,6 +131,7 @@ fn cells(arguments: &Arguments) -> Vec<Cell> {
             cell(Scenario::ErrorsX5, 1000.0, Schedule::OnePercent),
             cell(Scenario::ErrorsX2, 100.0, Schedule::Stepped),
             cell(Scenario::Latency20, 100.0, Schedule::OnePercent),
+            cell(Scenario::Latency20, 1000.0, Schedule::OnePercent),
             cell(Scenario::LateOnsetErrorsX2, 1000.0, Schedule::OnePercent),
             cell(Scenario::LateOnsetErrorsX2, 100.0, Schedule::Stepped),
             cell(Scenario::IntermittentErrorsX3, 1000.0, Schedule::OnePercent),
@@ -226,7 +227,7 @@ fn main() {
     let methods: Vec<MethodKind> = if arguments.ablation {
         (0..methods::VARIANTS.len())
             .map(MethodKind::Variant)
-            .chain([MethodKind::Oracle])
+            .chain([MethodKind::Oracle, MethodKind::OracleAtTolerance])
             .collect()
     } else {
         MethodKind::ALL.to_vec()

@@ -40,10 +40,12 @@ pub enum MethodKind {
     Kayenta,
     NaivePerInterval,
     Oracle,
+    /// The oracle against the closest point of the judge's null (tolerances included).
+    OracleAtTolerance,
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 10] = [
+    pub const ALL: [MethodKind; 11] = [
         MethodKind::Sequential,
         MethodKind::Flagger { threshold: 1 },
         MethodKind::Flagger { threshold: 5 },
@@ -54,7 +56,13 @@ impl MethodKind {
         MethodKind::Kayenta,
         MethodKind::NaivePerInterval,
         MethodKind::Oracle,
+        MethodKind::OracleAtTolerance,
     ];
+
+    /// Knows the truth: a yardstick, not a method anyone could run.
+    pub fn is_yardstick(self) -> bool {
+        matches!(self, MethodKind::Oracle | MethodKind::OracleAtTolerance)
+    }
 
     pub fn label(self) -> String {
         match self {
@@ -66,6 +74,7 @@ impl MethodKind {
             MethodKind::Kayenta => "Kayenta Mann-Whitney".to_owned(),
             MethodKind::NaivePerInterval => "naive per-interval test".to_owned(),
             MethodKind::Oracle => "oracle SPRT".to_owned(),
+            MethodKind::OracleAtTolerance => "oracle SPRT at the tolerance".to_owned(),
         }
     }
 
@@ -79,6 +88,7 @@ impl MethodKind {
             MethodKind::Kayenta => "Kay".to_owned(),
             MethodKind::NaivePerInterval => "naive".to_owned(),
             MethodKind::Oracle => "oracle".to_owned(),
+            MethodKind::OracleAtTolerance => "oracle@tol".to_owned(),
         }
     }
 
@@ -106,7 +116,18 @@ impl MethodKind {
             MethodKind::NaivePerInterval => Box::new(NaivePerInterval),
             MethodKind::Oracle => Box::new(Oracle {
                 log_likelihood_ratio: 0.0,
+                tolerance: None,
             }),
+            MethodKind::OracleAtTolerance => {
+                let defaults = SequentialConfig::default();
+                Box::new(Oracle {
+                    log_likelihood_ratio: 0.0,
+                    tolerance: Some(Tolerance {
+                        error: defaults.error_tolerance,
+                        latency: defaults.latency_tolerance,
+                    }),
+                })
+            }
         }
     }
 }
@@ -529,31 +550,88 @@ impl Method for NaivePerInterval {
 
 /// The yardstick: a sequential probability ratio test that knows the true canary
 /// distribution and stable's (no mixture, no unknowns), on the canary's counts alone; rolls
-/// back when the likelihood ratio reaches 1/alpha. Nothing reliable can be much faster.
+/// back when the likelihood ratio reaches 1/alpha, with errors and latency in one likelihood
+/// (no alpha shared between metrics). Nothing reliable can be much faster.
+///
+/// Without a tolerance the null is "canary = stable" (REFERENCE.md's information limit).
+/// With one, the null is the point of the judge's own null hypothesis nearest the truth:
+/// error ratio 1 + tolerance, and the canary's latency survival function capped at
+/// (1 + tolerance) × stable's at every boundary (`min(S_canary, (1 + tol)·S_stable)`, a
+/// distribution the judge must accept). A test that keeps alpha for every distribution the
+/// judge must accept keeps it at that one, so by Wald's bound it cannot detect much faster
+/// than this SPRT: the yardstick of what the configured tolerances allow.
 struct Oracle {
     log_likelihood_ratio: f64,
+    tolerance: Option<Tolerance>,
+}
+
+#[derive(Clone, Copy)]
+struct Tolerance {
+    error: f64,
+    latency: f64,
+}
+
+/// Per-bucket probabilities (+Inf last) whose survival function at every boundary is
+/// `min(S_truth, (1 + tolerance)·S_stable)`: non-increasing, so a distribution, and within the
+/// judge's latency null at every boundary.
+fn nearest_latency_null(truth: &[f64], stable: &[f64], tolerance: f64) -> Vec<f64> {
+    let survival = |probabilities: &[f64]| {
+        let mut remaining = 1.0;
+        probabilities
+            .iter()
+            .map(|p| {
+                remaining -= p;
+                remaining.max(0.0)
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (truth_survival, stable_survival) = (survival(truth), survival(stable));
+    let mut above = 1.0;
+    truth_survival
+        .iter()
+        .zip(&stable_survival)
+        .enumerate()
+        .map(|(index, (t, s))| {
+            let capped = if index + 1 == truth.len() {
+                0.0
+            } else {
+                t.min((1.0 + tolerance) * s)
+            };
+            let probability = (above - capped).max(0.0);
+            above = capped;
+            probability
+        })
+        .collect()
 }
 
 impl Method for Oracle {
     fn observe(&mut self, observation: &Observation) -> Decision {
         if !observation.missing {
             let ratio = observation.truth.error_ratio;
+            let null_ratio = self.tolerance.map_or(1.0, |t| 1.0 + t.error);
             let errors = &observation.errors;
-            // Poisson log-likelihood ratio of the canary's errors: rate r·e0 against e0.
-            self.log_likelihood_ratio += errors.canary_errors as f64 * ratio.ln()
-                - errors.canary_requests as f64 * BASE_ERROR_RATE * (ratio - 1.0);
+            // Poisson log-likelihood ratio of the canary's errors: rate r·e0 against r0·e0.
+            if ratio > null_ratio {
+                self.log_likelihood_ratio += errors.canary_errors as f64
+                    * (ratio / null_ratio).ln()
+                    - errors.canary_requests as f64 * BASE_ERROR_RATE * (ratio - null_ratio);
+            }
+            let truth = &observation.canary_bucket_probabilities;
+            let null = match self.tolerance {
+                None => observation.stable_bucket_probabilities.clone(),
+                Some(t) => {
+                    nearest_latency_null(truth, &observation.stable_bucket_probabilities, t.latency)
+                }
+            };
             let mut below = 0;
-            for ((&cumulative, truth), null) in observation
-                .histogram
-                .canary
-                .iter()
-                .zip(&observation.canary_bucket_probabilities)
-                .zip(&observation.stable_bucket_probabilities)
+            for ((&cumulative, truth), null) in
+                observation.histogram.canary.iter().zip(truth).zip(&null)
             {
                 let in_bucket = cumulative - below;
                 below = cumulative;
                 if in_bucket > 0 && truth != null {
-                    self.log_likelihood_ratio += in_bucket as f64 * (truth / null).ln();
+                    self.log_likelihood_ratio +=
+                        in_bucket as f64 * (truth / null.max(f64::MIN_POSITIVE)).ln();
                 }
             }
         }
