@@ -36,7 +36,9 @@ if ! scripts/cluster status >/dev/null 2>&1; then
 fi
 scripts/cluster up >/dev/null
 eval "$(scripts/cluster env)"
-canary=target/debug/canary
+# Respect a CARGO_TARGET_DIR set by the caller (a CI cache, a shared build directory).
+binaries="${CARGO_TARGET_DIR:-target}/debug"
+canary="$binaries/canary"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_for_url() {
@@ -52,7 +54,7 @@ kubectl create namespace "$namespace" >/dev/null
 kubectl -n "$namespace" apply -f deploy/examples/istio-canary.yaml
 
 echo "== traffic: 200 requests/s through the VirtualService, Istio metrics on /metrics"
-target/debug/canary-traffic-simulator --namespace "$namespace" --virtual-service web \
+"$binaries/canary-traffic-simulator" --namespace "$namespace" --virtual-service web \
     --rps 200 --reporters destination >"$work/simulator.out" 2>"$work/simulator.log" &
 pids+=($!)
 for _ in $(seq 1 150); do grep -q "listening on" "$work/simulator.out" 2>/dev/null && break; sleep 0.2; done

@@ -10,7 +10,7 @@ scripts/install-packages.sh prometheus:prometheus promtool:prometheus python3:py
 
 echo "building canary (release)"
 cargo build --release --locked --quiet
-canary=target/release/canary
+canary="${CARGO_TARGET_DIR:-target}/release/canary"
 
 work=$(mktemp -d -t canary-try-XXXXXX)
 prometheus_pid=""
