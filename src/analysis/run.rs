@@ -20,6 +20,9 @@ use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::metrics::{MetricsSource, QueryRequest};
 
 /// Why a metric without any condition cannot run: no measurement could pass or fail.
+/// The compare.weight range, said the same way by the CRD rule and by `prepare`.
+pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
+
 pub const NO_CONDITION: &str = "the metric has no successCondition, failureCondition or thresholdRange, so no measurement could pass or fail";
 
 /// A problem found while preparing or validating a template, located by metric and field.
@@ -142,11 +145,14 @@ pub fn prepare(
         }
     }
 
-    // Compare metrics share alpha in proportion to their weights (a weighted union bound);
-    // a weight out of range is reported on its own metric and takes no share.
-    let total_compare_weight: f64 = spec
+    // The compare metrics that can roll back share alpha in proportion to their weights (a
+    // weighted union bound); a dryRun metric never decides, so it takes no share from them and
+    // is judged with the share it would have if it were live. A weight out of range is
+    // reported on its own metric and takes no share.
+    let live_compare_weight: f64 = spec
         .metrics
         .iter()
+        .filter(|m| !m.dry_run)
         .filter_map(|m| m.compare.as_ref().map(|c| c.weight()))
         .filter(|weight| weight_in_range(*weight))
         .sum();
@@ -177,7 +183,12 @@ pub fn prepare(
                 None,
             ),
             Some(spec) => {
-                match prepare_compare(spec, total_compare_weight, &declared, &variables) {
+                let others = if metric.dry_run {
+                    live_compare_weight
+                } else {
+                    live_compare_weight - spec.weight()
+                };
+                match prepare_compare(spec, others, &declared, &variables) {
                     Ok((text, prepared)) => (Some(text), Some(prepared)),
                     Err(found) => {
                         for (field, message) in found {
@@ -268,7 +279,7 @@ pub fn prepare(
 }
 
 fn weight_in_range(weight: f64) -> bool {
-    weight > 0.0 && weight <= 1000.0
+    (0.01..=1000.0).contains(&weight)
 }
 
 /// Renders a compare metric's counter queries for both versions: `{{workload}}` is the canary
@@ -276,7 +287,7 @@ fn weight_in_range(weight: f64) -> bool {
 /// the metric's query, and the prepared comparison; or every problem as (field, message).
 fn prepare_compare(
     spec: &crate::api::analysis_template::Compare,
-    total_compare_weight: f64,
+    other_live_weight: f64,
     declared: &[&str],
     variables: &Variables,
 ) -> Result<(String, PreparedCompare), Vec<(String, String)>> {
@@ -305,12 +316,9 @@ fn prepare_compare(
     // roll back a canary within tolerance with probability at most alpha.
     let weight = spec.weight();
     if weight_in_range(weight) {
-        config.alpha *= weight / total_compare_weight;
+        config.alpha *= weight / (weight + other_live_weight.max(0.0));
     } else {
-        problems.push((
-            "compare.weight".into(),
-            format!("compare.weight must be greater than 0 and at most 1000; got {weight}"),
-        ));
+        problems.push(("compare.weight".into(), WEIGHT_OUT_OF_RANGE.into()));
     }
     let context = &variables.context;
     let target = context.get("target");
@@ -621,11 +629,11 @@ fn signed(duration: Duration) -> SignedDuration {
 mod tests {
     use super::*;
 
-    fn template(weights: &[Option<f64>]) -> AnalysisTemplateSpec {
+    fn template(weights: &[(Option<f64>, bool)]) -> AnalysisTemplateSpec {
         let metrics: Vec<serde_json::Value> = weights
             .iter()
             .enumerate()
-            .map(|(index, weight)| {
+            .map(|(index, (weight, dry_run))| {
                 let mut compare = serde_json::json!({
                     "requests": "requests_total{workload=\"{{workload}}\"}",
                     "errors": "errors_total{workload=\"{{workload}}\"}",
@@ -636,6 +644,7 @@ mod tests {
                 }
                 serde_json::json!({
                     "name": format!("m{index}"),
+                    "dryRun": dry_run,
                     "compare": compare,
                     "provider": {"prometheus": {}},
                 })
@@ -645,6 +654,11 @@ mod tests {
     }
 
     fn alphas(weights: &[Option<f64>]) -> Result<Vec<f64>, Vec<Problem>> {
+        let live: Vec<(Option<f64>, bool)> = weights.iter().map(|w| (*w, false)).collect();
+        alphas_of(&live)
+    }
+
+    fn alphas_of(weights: &[(Option<f64>, bool)]) -> Result<Vec<f64>, Vec<Problem>> {
         let context = BTreeMap::from([("target".to_string(), "web".to_string())]);
         let prepared = prepare(
             "t",
@@ -676,16 +690,22 @@ mod tests {
             alphas(&[Some(0.5), Some(0.5), Some(1.0)]).unwrap(),
             &[0.005, 0.005, 0.01],
         );
+        // A dryRun metric takes nothing from the live ones and is judged with the share it
+        // would have if it were live.
+        close(
+            alphas_of(&[(Some(3.0), false), (None, false), (Some(4.0), true)]).unwrap(),
+            &[0.015, 0.005, 0.02 * 4.0 / 8.0],
+        );
     }
 
     #[test]
     fn a_weight_out_of_range_names_the_metric_and_field() {
-        for weight in [0.0, -1.0, 1001.0] {
+        for weight in [0.0, -1.0, 0.001, 1001.0] {
             let problems = alphas(&[Some(weight), None]).unwrap_err();
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert_eq!(problems[0].metric.as_deref(), Some("m0"));
             assert_eq!(problems[0].field, "metrics[0].compare.weight");
-            assert!(problems[0].message.contains("at most 1000"), "{problems:?}");
+            assert_eq!(problems[0].message, WEIGHT_OUT_OF_RANGE);
         }
     }
 }

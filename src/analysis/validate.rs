@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::import::{self, ImportedTemplate, Note, Origin, Severity};
 use super::render::CONTEXT_NAMES;
-use super::run::{self, NO_CONDITION, SecretValues};
+use super::run::{self, NO_CONDITION, SecretValues, WEIGHT_OUT_OF_RANGE};
 use crate::api::analysis_template::SecretKeyRef;
 
 /// Stand-in values so that queries render without a cluster; real values come at run time.
@@ -158,6 +158,8 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
             // Said already: for our kind by the CRD's own rule, for a Flagger MetricTemplate (which
             // has no threshold by design) by its import note.
             .filter(|p| !(template.origin != Origin::ArgoRollouts && p.message == NO_CONDITION))
+            // Said already by the CRD's own rule, in the same words.
+            .filter(|p| p.message != WEIGHT_OUT_OF_RANGE)
             .map(|p| Finding {
                 severity: Severity::Error,
                 field: document_field(template, &p.field),

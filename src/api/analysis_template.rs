@@ -158,7 +158,7 @@ pub struct Metric {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.requests) && has(self.errors) && !has(self.latencyBuckets)) || (!has(self.requests) && !has(self.errors) && has(self.latencyBuckets))").message("compare needs requests and errors (an error-rate comparison) or latencyBuckets (a latency comparison), not both"))]
 #[x_kube(validation = Rule::new("!has(self.judge) || !has(self.judge.alpha) || (self.judge.alpha > 0.0 && self.judge.alpha < 0.5)").message("compare.judge.alpha must be in (0, 0.5)"))]
-#[x_kube(validation = Rule::new("!has(self.weight) || (self.weight > 0.0 && self.weight <= 1000.0)").message("compare.weight must be greater than 0 and at most 1000"))]
+#[x_kube(validation = Rule::new("!has(self.weight) || (self.weight >= 0.01 && self.weight <= 1000.0)").message("compare.weight must be between 0.01 and 1000"))]
 #[x_kube(validation = Rule::new("!has(self.judge) || ((!has(self.judge.errorTolerance) || (self.judge.errorTolerance >= 0.0 && self.judge.errorTolerance <= 10.0)) && (!has(self.judge.latencyTolerance) || (self.judge.latencyTolerance >= 0.0 && self.judge.latencyTolerance <= 10.0)))").message("compare.judge tolerances must be in [0, 10]"))]
 pub struct Compare {
     /// Counters of all requests served by `{{workload}}`.
@@ -181,7 +181,8 @@ pub struct Compare {
     /// This metric's share of the template's `alpha`, relative to its other compare metrics
     /// (default 1: equal shares). A critical metric with weight 3 beside one of weight 1
     /// judges with 3/4 of `alpha`, so it rolls back on less evidence; together they still
-    /// roll back a canary within tolerance with probability at most `alpha`.
+    /// roll back a canary within tolerance with probability at most `alpha`. Between 0.01 and
+    /// 1000. A `dryRun` metric takes no share from the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
 }
@@ -380,7 +381,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r", "errors": "e", "weight": 0.0}))]}),
-                "weight must be greater than 0",
+                "weight must be between 0.01 and 1000",
             ),
             (
                 serde_json::json!({"metrics": [compare(serde_json::json!({"requests": "r"}))]}),
