@@ -554,12 +554,13 @@ impl Method for NaivePerInterval {
 /// (no alpha shared between metrics). Nothing reliable can be much faster.
 ///
 /// Without a tolerance the null is "canary = stable" (REFERENCE.md's information limit).
-/// With one, the null is the point of the judge's own null hypothesis nearest the truth:
+/// With one, the null is a point of the judge's own null hypothesis close to the truth:
 /// error ratio 1 + tolerance, and the canary's latency survival function capped at
 /// (1 + tolerance) × stable's at every boundary (`min(S_canary, (1 + tol)·S_stable)`, a
-/// distribution the judge must accept). A test that keeps alpha for every distribution the
-/// judge must accept keeps it at that one, so by Wald's bound it cannot detect much faster
-/// than this SPRT: the yardstick of what the configured tolerances allow.
+/// distribution the judge must accept; not exactly the closest in information, so slightly
+/// optimistic). A test that keeps alpha for every distribution the judge must accept keeps
+/// it at that one, so by Wald's bound no such test has a much smaller expected detection
+/// time (approximately) than this SPRT: the yardstick of what the tolerances allow.
 struct Oracle {
     log_likelihood_ratio: f64,
     tolerance: Option<Tolerance>,
@@ -573,32 +574,39 @@ struct Tolerance {
 
 /// Per-bucket probabilities (+Inf last) whose survival function at every boundary is
 /// `min(S_truth, (1 + tolerance)·S_stable)`: non-increasing, so a distribution, and within the
-/// judge's latency null at every boundary.
-fn nearest_latency_null(truth: &[f64], stable: &[f64], tolerance: f64) -> Vec<f64> {
+/// judge's latency null at every boundary. The truth itself when it is already within.
+fn latency_null_point(truth: &[f64], stable: &[f64], tolerance: f64) -> Vec<f64> {
+    // Survival at each finite boundary, summed from the top so that far tails keep their
+    // (tiny) values instead of rounding to zero.
     let survival = |probabilities: &[f64]| {
-        let mut remaining = 1.0;
-        probabilities
+        let mut above = 0.0;
+        let mut survival: Vec<f64> = probabilities[1..]
             .iter()
+            .rev()
             .map(|p| {
-                remaining -= p;
-                remaining.max(0.0)
+                above += p;
+                above
             })
-            .collect::<Vec<f64>>()
+            .collect();
+        survival.reverse();
+        survival
     };
     let (truth_survival, stable_survival) = (survival(truth), survival(stable));
-    let mut above = 1.0;
-    truth_survival
+    let capped: Vec<f64> = truth_survival
         .iter()
         .zip(&stable_survival)
-        .enumerate()
-        .map(|(index, (t, s))| {
-            let capped = if index + 1 == truth.len() {
-                0.0
-            } else {
-                t.min((1.0 + tolerance) * s)
-            };
-            let probability = (above - capped).max(0.0);
-            above = capped;
+        .map(|(t, s)| t.min((1.0 + tolerance) * s))
+        .collect();
+    if capped == truth_survival {
+        return truth.to_vec();
+    }
+    let mut above = 1.0;
+    capped
+        .iter()
+        .chain([&0.0])
+        .map(|&survival| {
+            let probability = (above - survival).max(0.0);
+            above = survival;
             probability
         })
         .collect()
@@ -620,7 +628,7 @@ impl Method for Oracle {
             let null = match self.tolerance {
                 None => observation.stable_bucket_probabilities.clone(),
                 Some(t) => {
-                    nearest_latency_null(truth, &observation.stable_bucket_probabilities, t.latency)
+                    latency_null_point(truth, &observation.stable_bucket_probabilities, t.latency)
                 }
             };
             let mut below = 0;
