@@ -132,10 +132,13 @@ fn cells(arguments: &Arguments) -> Vec<Cell> {
             cell(Scenario::ErrorsX2, 100.0, Schedule::Stepped),
             cell(Scenario::Latency20, 100.0, Schedule::OnePercent),
             cell(Scenario::Latency20, 1000.0, Schedule::OnePercent),
+            cell(Scenario::Latency20, 1000.0, Schedule::FivePercent),
+            cell(Scenario::ErrorsX2, 1000.0, Schedule::FivePercent),
             cell(Scenario::LateOnsetErrorsX2, 1000.0, Schedule::OnePercent),
             cell(Scenario::LateOnsetErrorsX2, 100.0, Schedule::Stepped),
             cell(Scenario::IntermittentErrorsX3, 1000.0, Schedule::OnePercent),
             cell(Scenario::AaTest, 1000.0, Schedule::FivePercent),
+            cell(Scenario::PodOverdispersion, 1000.0, Schedule::OnePercent),
             cell(Scenario::PodOverdispersion, 1000.0, Schedule::FivePercent),
             cell(Scenario::PodOverdispersion, 100.0, Schedule::Stepped),
         ];
@@ -179,7 +182,8 @@ fn run_seed(base: u64, cell: &Cell, run: usize) -> u64 {
 }
 
 fn run_once(cell: &Cell, methods: &[MethodKind], seed: u64) -> Vec<RunOutcome> {
-    let observations = simulate_run(cell.scenario, cell.rps, cell.schedule, seed);
+    let pods = methods.iter().any(|m| m.uses_pods());
+    let observations = simulate_run(cell.scenario, cell.rps, cell.schedule, seed, pods);
     decide(&observations, methods)
 }
 

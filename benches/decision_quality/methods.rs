@@ -59,6 +59,14 @@ impl MethodKind {
         MethodKind::OracleAtTolerance,
     ];
 
+    /// Judges per-pod counts, which the simulation then has to provide.
+    pub fn uses_pods(self) -> bool {
+        match self {
+            MethodKind::Variant(index) => (VARIANTS[index].1)().pods,
+            _ => false,
+        }
+    }
+
     /// Knows the truth: a yardstick, not a method anyone could run.
     pub fn is_yardstick(self) -> bool {
         matches!(self, MethodKind::Oracle | MethodKind::OracleAtTolerance)
@@ -94,13 +102,13 @@ impl MethodKind {
 
     pub fn build(self) -> Box<dyn Method> {
         match self {
-            MethodKind::Sequential => {
-                Box::new(Sequential::new(SequentialConfig::default(), Some(1.0)))
-            }
+            MethodKind::Sequential => Box::new(Sequential::new(variant(
+                SequentialConfig::default(),
+                Some(1.0),
+            ))),
             MethodKind::Variant(index) => {
-                let (_, variant) = VARIANTS[index];
-                let (config, latency_weight) = variant();
-                Box::new(Sequential::new(config, latency_weight))
+                let (_, build) = VARIANTS[index];
+                Box::new(Sequential::new(build()))
             }
             MethodKind::Flagger { threshold } => Box::new(Flagger {
                 threshold,
@@ -174,81 +182,67 @@ fn canary_success_rate(observation: &Observation) -> f64 {
     1.0 - errors.canary_errors as f64 / errors.canary_requests as f64
 }
 
-type VariantBuilder = fn() -> (SequentialConfig, Option<f64>);
+/// One variant of our judge: its configuration, the latency metric's weight in `combine`
+/// (errors weigh 1; `None`: errors only), and whether it is given per-pod counts.
+pub struct Variant {
+    pub config: SequentialConfig,
+    pub latency_weight: Option<f64>,
+    pub pods: bool,
+}
+
+type VariantBuilder = fn() -> Variant;
+
+fn variant(config: SequentialConfig, latency_weight: Option<f64>) -> Variant {
+    Variant {
+        config,
+        latency_weight,
+        pods: false,
+    }
+}
+
+fn with(change: impl FnOnce(&mut SequentialConfig)) -> SequentialConfig {
+    let mut config = SequentialConfig::default();
+    change(&mut config);
+    config
+}
 
 /// Variants of our judge for the ablation study: what each design choice costs or buys.
-/// Each returns the configuration and, if latency is judged alongside errors, its weight in
-/// `combine` (errors weigh 1).
-pub const VARIANTS: [(&str, VariantBuilder); 10] = [
+pub const VARIANTS: [(&str, VariantBuilder); 12] = [
     ("default (errors + latency)", || {
-        (SequentialConfig::default(), Some(1.0))
+        variant(SequentialConfig::default(), Some(1.0))
     }),
-    ("errors only", || (SequentialConfig::default(), None)),
+    ("errors only", || variant(SequentialConfig::default(), None)),
     ("no late-onset copies", || {
-        (
-            SequentialConfig {
-                late_onset_share: 0.0,
-                ..SequentialConfig::default()
-            },
-            Some(1.0),
-        )
+        variant(with(|c| c.late_onset_share = 0.0), Some(1.0))
     }),
     ("late-onset share 0.5", || {
-        (
-            SequentialConfig {
-                late_onset_share: 0.5,
-                ..SequentialConfig::default()
-            },
-            Some(1.0),
-        )
+        variant(with(|c| c.late_onset_share = 0.5), Some(1.0))
     }),
     ("errors 3 : latency 1 in combine", || {
-        (SequentialConfig::default(), Some(1.0 / 3.0))
+        variant(SequentialConfig::default(), Some(1.0 / 3.0))
     }),
     ("errors only, Poisson (max noise cv 0)", || {
-        (
-            SequentialConfig {
-                max_interval_noise_cv: 0.0,
-                ..SequentialConfig::default()
-            },
-            None,
-        )
+        variant(with(|c| c.max_interval_noise_cv = 0.0), None)
     }),
     ("errors only, tolerance 0", || {
-        (
-            SequentialConfig {
-                error_tolerance: 0.0,
-                ..SequentialConfig::default()
-            },
-            None,
-        )
+        variant(with(|c| c.error_tolerance = 0.0), None)
     }),
     ("max noise cv 0", || {
-        (
-            SequentialConfig {
-                max_interval_noise_cv: 0.0,
-                ..SequentialConfig::default()
-            },
-            Some(1.0),
-        )
+        variant(with(|c| c.max_interval_noise_cv = 0.0), Some(1.0))
     }),
     ("max noise cv 0.5", || {
-        (
-            SequentialConfig {
-                max_interval_noise_cv: 0.5,
-                ..SequentialConfig::default()
-            },
-            Some(1.0),
-        )
+        variant(with(|c| c.max_interval_noise_cv = 0.5), Some(1.0))
     }),
     ("prior scale 0.5", || {
-        (
-            SequentialConfig {
-                prior_scale: 0.5,
-                ..SequentialConfig::default()
-            },
-            Some(1.0),
-        )
+        variant(with(|c| c.prior_scale = 0.5), Some(1.0))
+    }),
+    ("noise learned from pods", || Variant {
+        pods: true,
+        ..variant(SequentialConfig::default(), Some(1.0))
+    }),
+    ("noise learned from pods, max noise cv 0.5", || Variant {
+        pods: true,
+        ..variant(with(|c| c.max_interval_noise_cv = 0.5), Some(1.0))
     }),
 ];
 
@@ -259,11 +253,20 @@ struct Sequential {
     errors: ErrorRateJudge,
     /// The latency judge and its weight relative to the error metric's 1.
     latency: Option<(LatencyJudge, f64)>,
+    /// Given per-pod counts (the judge learns the noise level from them).
+    pods: bool,
 }
 
 impl Sequential {
-    fn new(config: SequentialConfig, latency_weight: Option<f64>) -> Self {
+    fn new(
+        Variant {
+            config,
+            latency_weight,
+            pods,
+        }: Variant,
+    ) -> Self {
         Self {
+            pods,
             alpha: config.alpha,
             errors: ErrorRateJudge::new(&config).expect("valid config"),
             latency: latency_weight.map(|weight| {
@@ -282,6 +285,19 @@ impl Method for Sequential {
             self.errors.observe_missing();
             if let Some((latency, _)) = &mut self.latency {
                 latency.observe_missing();
+            }
+        } else if self.pods {
+            let pods = observation
+                .pods
+                .as_ref()
+                .expect("per-pod counts are simulated for methods that use them");
+            self.errors
+                .observe_pods(&pods.errors)
+                .expect("simulated counts are valid");
+            if let Some((latency, _)) = &mut self.latency {
+                latency
+                    .observe_pods(&pods.histograms)
+                    .expect("simulated counts are valid");
             }
         } else {
             self.errors

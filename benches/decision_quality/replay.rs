@@ -221,6 +221,8 @@ async fn read_run(
             stable_bucket_probabilities: simulated.stable_bucket_probabilities.clone(),
             canary_bucket_probabilities: simulated.canary_bucket_probabilities.clone(),
             resets: simulated.resets,
+            // The replay writes one series per version: no per-pod counts.
+            pods: None,
         });
     }
     Ok(observations)
@@ -282,6 +284,7 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
                     cell.rps,
                     cell.schedule,
                     run_seed(seed, cell, run),
+                    false,
                 );
                 let in_process = decide(&observations, methods);
                 Run {

@@ -5,11 +5,13 @@
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rand_distr::{Binomial, Distribution, Gamma, Normal, Poisson};
+use rand_distr::{Binomial, Distribution, Gamma, Hypergeometric, Normal, Poisson};
 use serde::Serialize;
 use statrs::function::erf::erfc;
 
-use canary::analysis::sequential::{ErrorCounts, HistogramCounts};
+use canary::analysis::sequential::{
+    ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
+};
 
 /// One-minute intervals per run: a 30-minute analysis.
 pub const INTERVALS: usize = 30;
@@ -229,6 +231,89 @@ pub struct Observation {
     /// A pod of (canary, stable) restarted in this interval: its counters start from zero
     /// (what the replay track writes as a new series).
     pub resets: [bool; 2],
+    /// The same counts per pod, when asked for (`None` for a missing interval).
+    pub pods: Option<PodObservation>,
+}
+
+/// One interval's counts per pod of both versions (they sum to the versions' counts).
+#[derive(Clone, Debug)]
+pub struct PodObservation {
+    pub errors: PodErrorCounts,
+    pub histograms: PodHistogramCounts,
+}
+
+/// Pods of each version at a canary weight: stable has ten, the canary as many as its share
+/// of the traffic needs at the same load per pod (at least one).
+fn pod_counts(weight: f64) -> [u32; 2] {
+    [
+        ((f64::from(STABLE_PODS) * weight / (1.0 - weight)).round() as u32).max(1),
+        STABLE_PODS,
+    ]
+}
+
+/// Splits one version's counts among `pods` equally loaded pods without extra noise: requests
+/// multinomially, errors as the requests they belong to (hypergeometric), and each bucket's
+/// requests in proportion to the pods' requests.
+fn split_among_pods(rng: &mut StdRng, counts: &VersionCounts, pods: u32) -> Vec<VersionCounts> {
+    let requests = multinomial(
+        rng,
+        counts.requests,
+        &vec![1.0 / f64::from(pods); pods as usize],
+    );
+    let mut errors_left = counts.errors;
+    let mut requests_left = counts.requests;
+    let mut buckets_left = counts.buckets.clone();
+    let mut split = Vec::with_capacity(pods as usize);
+    for (index, &pod_requests) in requests.iter().enumerate() {
+        let last = index + 1 == requests.len();
+        let errors = if last || requests_left == 0 {
+            errors_left
+        } else {
+            Hypergeometric::new(requests_left, errors_left, pod_requests)
+                .expect("valid hypergeometric")
+                .sample(rng)
+        };
+        let share = if requests_left == 0 {
+            0.0
+        } else {
+            pod_requests as f64 / requests_left as f64
+        };
+        let buckets: Vec<u64> = buckets_left
+            .iter_mut()
+            .map(|left| {
+                let drawn = if last {
+                    *left
+                } else {
+                    binomial(rng, *left, share)
+                };
+                *left -= drawn;
+                drawn
+            })
+            .collect();
+        errors_left -= errors;
+        requests_left -= pod_requests;
+        split.push(VersionCounts {
+            requests: pod_requests,
+            errors,
+            buckets,
+        });
+    }
+    split
+}
+
+fn pod_observation(canary: &[VersionCounts], stable: &[VersionCounts]) -> PodObservation {
+    let errors = |pods: &[VersionCounts]| pods.iter().map(|p| [p.requests, p.errors]).collect();
+    let histograms = |pods: &[VersionCounts]| pods.iter().map(|p| cumulative(&p.buckets)).collect();
+    PodObservation {
+        errors: PodErrorCounts {
+            canary: errors(canary),
+            stable: errors(stable),
+        },
+        histograms: PodHistogramCounts {
+            canary: histograms(canary),
+            stable: histograms(stable),
+        },
+    }
 }
 
 /// Per-bucket probabilities (not cumulative, +Inf last) of a lognormal latency with median
@@ -345,14 +430,20 @@ impl VersionCounts {
     }
 }
 
-/// One simulated run: both versions' traffic over `INTERVALS` one-minute intervals.
+/// One simulated run: both versions' traffic over `INTERVALS` one-minute intervals. With
+/// `pods`, the counts per pod too: in the pod-overdispersion scenario each pod is simulated
+/// with its own noise (and the versions' counts are their sums); elsewhere pods are alike and
+/// the versions' counts are split among them from a separate random stream, so the versions'
+/// counts are the same with or without `pods`.
 pub fn simulate_run(
     scenario: Scenario,
     rps: f64,
     schedule: Schedule,
     seed: u64,
+    pods: bool,
 ) -> Vec<Observation> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut pod_rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     let stable_probabilities = bucket_probabilities(MEDIAN_LATENCY, 0.0);
     let diurnal_phase = rng.random::<f64>() * std::f64::consts::TAU;
     let mut incident_left = 0;
@@ -421,15 +512,74 @@ pub fn simulate_run(
                     0.0,
                 )
             };
-        let mut canary = VersionCounts {
-            requests: canary_requests,
-            errors: binomial(&mut rng, canary_requests, canary_error_rate),
-            buckets: multinomial(&mut rng, canary_requests, &canary_probabilities),
-        };
-        let mut stable = VersionCounts {
-            requests: stable_requests,
-            errors: binomial(&mut rng, stable_requests, stable_error_rate),
-            buckets: multinomial(&mut rng, stable_requests, &stable_interval_probabilities),
+        // Per-pod noise simulated pod by pod, when the pods are asked for.
+        let noisy_pods = (pods && scenario == Scenario::PodOverdispersion).then(|| {
+            let [canary_pods, stable_pods] = pod_counts(weight);
+            let mut simulate_pods =
+                |requests: u64, pods: u32, error_rate: f64, median: f64, tail_fraction: f64| {
+                    let gamma_shape = 1.0 / (POD_ERROR_CV * POD_ERROR_CV);
+                    let gamma = Gamma::new(gamma_shape, 1.0 / gamma_shape).expect("valid gamma");
+                    let jitter = Normal::new(0.0, POD_LATENCY_LOG_SD).expect("valid normal");
+                    multinomial(
+                        &mut rng,
+                        requests,
+                        &vec![1.0 / f64::from(pods); pods as usize],
+                    )
+                    .into_iter()
+                    .map(|pod_requests| {
+                        let rate = (error_rate * gamma.sample(&mut rng)).min(1.0);
+                        let probabilities = bucket_probabilities(
+                            median * jitter.sample(&mut rng).exp(),
+                            tail_fraction,
+                        );
+                        VersionCounts {
+                            requests: pod_requests,
+                            errors: binomial(&mut rng, pod_requests, rate),
+                            buckets: multinomial(&mut rng, pod_requests, &probabilities),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                };
+            [
+                simulate_pods(
+                    canary_requests,
+                    canary_pods,
+                    BASE_ERROR_RATE * truth.error_ratio * shared_error_factor,
+                    MEDIAN_LATENCY * truth.latency_scale * shared_latency_factor,
+                    truth.tail_fraction,
+                ),
+                simulate_pods(
+                    stable_requests,
+                    stable_pods,
+                    BASE_ERROR_RATE * shared_error_factor,
+                    MEDIAN_LATENCY * shared_latency_factor,
+                    0.0,
+                ),
+            ]
+        });
+        let (mut canary, mut stable) = match &noisy_pods {
+            Some([canary_pods, stable_pods]) => {
+                let sum = |pods: &[VersionCounts]| {
+                    let mut total = VersionCounts::default();
+                    for pod in pods {
+                        total.add(pod);
+                    }
+                    total
+                };
+                (sum(canary_pods), sum(stable_pods))
+            }
+            None => (
+                VersionCounts {
+                    requests: canary_requests,
+                    errors: binomial(&mut rng, canary_requests, canary_error_rate),
+                    buckets: multinomial(&mut rng, canary_requests, &canary_probabilities),
+                },
+                VersionCounts {
+                    requests: stable_requests,
+                    errors: binomial(&mut rng, stable_requests, stable_error_rate),
+                    buckets: multinomial(&mut rng, stable_requests, &stable_interval_probabilities),
+                },
+            ),
         };
         let mut resets = [false; 2];
         if scenario == Scenario::CounterResets {
@@ -454,11 +604,25 @@ pub fn simulate_run(
         pending_canary.add(&canary);
         pending_stable.add(&stable);
         let missing = scenario == Scenario::MissingScrapes && rng.random::<f64>() < 0.1;
+        let mut pod_observation_now = None;
         let (errors, histogram) = if missing {
             (ErrorCounts::default(), HistogramCounts::default())
         } else {
             let canary = std::mem::take(&mut pending_canary);
             let stable = std::mem::take(&mut pending_stable);
+            if pods {
+                pod_observation_now = Some(match &noisy_pods {
+                    // Never missing, so nothing pending from an earlier interval.
+                    Some([canary_pods, stable_pods]) => pod_observation(canary_pods, stable_pods),
+                    None => {
+                        let [canary_pods, stable_pods] = pod_counts(weight);
+                        pod_observation(
+                            &split_among_pods(&mut pod_rng, &canary, canary_pods),
+                            &split_among_pods(&mut pod_rng, &stable, stable_pods),
+                        )
+                    }
+                });
+            }
             (
                 ErrorCounts {
                     canary_requests: canary.requests,
@@ -484,6 +648,7 @@ pub fn simulate_run(
                 truth.tail_fraction,
             ),
             resets,
+            pods: pod_observation_now,
         });
     }
     observations

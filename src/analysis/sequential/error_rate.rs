@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rate_ratio::{RateRatioEvidence, RatioGrid};
+use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
     decide, evidence_clause, format_ratio, missing_note,
@@ -19,6 +19,33 @@ pub struct ErrorCounts {
     pub canary_errors: u64,
     pub stable_requests: u64,
     pub stable_errors: u64,
+}
+
+/// One interval's request and error counts per pod (per series that identifies a process) of
+/// both versions: `[requests, errors]` for each pod. With these the judge learns how noisy
+/// the pods are instead of allowing the configured maximum noise on every interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodErrorCounts {
+    pub canary: Vec<[u64; 2]>,
+    pub stable: Vec<[u64; 2]>,
+}
+
+impl PodErrorCounts {
+    /// The versions' totals.
+    pub fn totals(&self) -> ErrorCounts {
+        let sum = |pods: &[[u64; 2]]| {
+            pods.iter()
+                .fold([0, 0], |[n, x], [pn, px]| [n + pn, x + px])
+        };
+        let ([canary_requests, canary_errors], [stable_requests, stable_errors]) =
+            (sum(&self.canary), sum(&self.stable));
+        ErrorCounts {
+            canary_requests,
+            canary_errors,
+            stable_requests,
+            stable_errors,
+        }
+    }
 }
 
 /// Sequential judge of the canary's error rate relative to stable's.
@@ -53,6 +80,39 @@ impl ErrorRateJudge {
 
     /// Adds one interval. Invalid counts are rejected without changing the judge.
     pub fn observe(&mut self, counts: &ErrorCounts) -> Result<(), InvalidCounts> {
+        self.observe_split(counts, None)
+    }
+
+    /// Adds one interval given per pod: the null may then explain only as much
+    /// interval-to-interval noise as the pods of each version show (see the module docs of
+    /// the rate-ratio evidence). Invalid counts are rejected without changing the judge.
+    pub fn observe_pods(&mut self, pods: &PodErrorCounts) -> Result<(), InvalidCounts> {
+        for (side, version) in [("canary", &pods.canary), ("stable", &pods.stable)] {
+            for &[requests, errors] in version {
+                if errors > requests {
+                    return Err(InvalidCounts::MoreErrorsThanRequests {
+                        side,
+                        errors,
+                        requests,
+                    });
+                }
+            }
+        }
+        let totals = pods.totals();
+        let pairs = |version: &[[u64; 2]]| version.iter().map(|&[n, x]| (n, x)).collect();
+        let split = PodSplit {
+            canary_requests: totals.canary_requests,
+            canary: pairs(&pods.canary),
+            stable: pairs(&pods.stable),
+        };
+        self.observe_split(&totals, Some(&split))
+    }
+
+    fn observe_split(
+        &mut self,
+        counts: &ErrorCounts,
+        pods: Option<&PodSplit>,
+    ) -> Result<(), InvalidCounts> {
         let ErrorCounts {
             canary_requests,
             canary_errors,
@@ -77,8 +137,13 @@ impl ErrorRateJudge {
         } else {
             canary_requests as f64 / total_requests as f64
         };
-        self.evidence
-            .observe(&self.grid, canary_errors, stable_errors, canary_share);
+        self.evidence.observe_with_pods(
+            &self.grid,
+            canary_errors,
+            stable_errors,
+            canary_share,
+            pods,
+        );
         self.canary_requests += canary_requests;
         self.stable_requests += stable_requests;
         Ok(())
@@ -427,5 +492,43 @@ mod tests {
         assert_eq!(after.explanation, before.explanation);
         let relative = (after.evidence.regression / before.evidence.regression - 1.0).abs();
         assert!(relative < 1e-12, "{relative}");
+    }
+
+    #[test]
+    fn per_pod_counts_with_one_pod_each_judge_like_the_totals_and_bad_pods_are_rejected() {
+        let config = SequentialConfig::default();
+        let mut from_totals = ErrorRateJudge::new(&config).unwrap();
+        let mut from_pods = ErrorRateJudge::new(&config).unwrap();
+        for (canary, stable) in [([600, 9], [59_400, 300]), ([580, 7], [60_100, 310])] {
+            let pods = PodErrorCounts {
+                canary: vec![canary],
+                stable: vec![stable],
+            };
+            from_totals.observe(&pods.totals()).unwrap();
+            from_pods.observe_pods(&pods).unwrap();
+        }
+        assert_eq!(from_totals.evidence(), from_pods.evidence());
+
+        // Several pods: the totals are the sums, and the split changes the evidence.
+        let split = PodErrorCounts {
+            canary: vec![[300, 4], [280, 3]],
+            stable: vec![[30_000, 150], [30_100, 160]],
+        };
+        assert_eq!(split.totals(), counts(580, 7, 60_100, 310));
+        let mut with_split = from_pods.clone();
+        with_split.observe_pods(&split).unwrap();
+        from_pods.observe(&split.totals()).unwrap();
+        assert_ne!(with_split.evidence(), from_pods.evidence());
+
+        let before = with_split.clone();
+        let impossible = PodErrorCounts {
+            canary: vec![[10, 11]],
+            stable: vec![[100, 1]],
+        };
+        assert!(matches!(
+            with_split.observe_pods(&impossible),
+            Err(InvalidCounts::MoreErrorsThanRequests { side: "canary", .. })
+        ));
+        assert_eq!(with_split, before);
     }
 }

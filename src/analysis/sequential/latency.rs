@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rate_ratio::{RateRatioEvidence, RatioGrid, log_sum_exp};
+use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid, log_sum_exp};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
     decide, evidence_clause, format_ratio, missing_note,
@@ -24,6 +24,15 @@ use super::{
 pub struct HistogramCounts {
     pub canary: Vec<u64>,
     pub stable: Vec<u64>,
+}
+
+/// One interval's histogram counts per pod (per series that identifies a process) of both
+/// versions, each pod's cumulative bucket counts as in [`HistogramCounts`]. With these the
+/// judge learns how noisy the pods are instead of allowing the configured maximum noise.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodHistogramCounts {
+    pub canary: Vec<Vec<u64>>,
+    pub stable: Vec<Vec<u64>>,
 }
 
 /// Bucket boundaries that are not finite, positive and strictly increasing, or a bad config.
@@ -84,9 +93,40 @@ impl LatencyJudge {
 
     /// Adds one interval. Invalid counts are rejected without changing the judge.
     pub fn observe(&mut self, counts: &HistogramCounts) -> Result<(), InvalidCounts> {
+        self.check_cumulative("canary", &counts.canary)?;
+        self.check_cumulative("stable", &counts.stable)?;
+        self.observe_checked(counts, None);
+        Ok(())
+    }
+
+    /// Adds one interval given per pod: the null may then explain only as much
+    /// interval-to-interval noise as the pods of each version show. Invalid counts are
+    /// rejected without changing the judge.
+    pub fn observe_pods(&mut self, pods: &PodHistogramCounts) -> Result<(), InvalidCounts> {
+        for (side, version) in [("canary", &pods.canary), ("stable", &pods.stable)] {
+            for pod in version {
+                self.check_cumulative(side, pod)?;
+            }
+        }
+        let sum = |version: &[Vec<u64>]| {
+            let mut total = vec![0; self.boundaries.len() + 1];
+            for pod in version {
+                for (sum, count) in total.iter_mut().zip(pod) {
+                    *sum += count;
+                }
+            }
+            total
+        };
+        let totals = HistogramCounts {
+            canary: sum(&pods.canary),
+            stable: sum(&pods.stable),
+        };
+        self.observe_checked(&totals, Some(pods));
+        Ok(())
+    }
+
+    fn observe_checked(&mut self, counts: &HistogramCounts, pods: Option<&PodHistogramCounts>) {
         let HistogramCounts { canary, stable } = counts;
-        self.check_cumulative("canary", canary)?;
-        self.check_cumulative("stable", stable)?;
         let canary_total = *canary.last().expect("length checked");
         let stable_total = *stable.last().expect("length checked");
         let total = canary_total + stable_total;
@@ -98,12 +138,34 @@ impl LatencyJudge {
         for (index, evidence) in self.per_boundary.iter_mut().enumerate() {
             let canary_slower = canary_total - canary[index];
             let stable_slower = stable_total - stable[index];
-            evidence.observe(&self.grid, canary_slower, stable_slower, canary_share);
+            // Per pod: its requests and how many were slower than this boundary.
+            let split = pods.map(|pods| {
+                let slower = |version: &[Vec<u64>]| {
+                    version
+                        .iter()
+                        .map(|pod| {
+                            let total = *pod.last().expect("length checked");
+                            (total, total - pod[index])
+                        })
+                        .collect()
+                };
+                PodSplit {
+                    canary_requests: canary_total,
+                    canary: slower(&pods.canary),
+                    stable: slower(&pods.stable),
+                }
+            });
+            evidence.observe_with_pods(
+                &self.grid,
+                canary_slower,
+                stable_slower,
+                canary_share,
+                split.as_ref(),
+            );
             self.stable_slower[index] += stable_slower;
         }
         self.stable_requests += stable_total;
         self.canary_requests += canary_total;
-        Ok(())
     }
 
     /// Records an interval for which Prometheus returned no data.
@@ -423,5 +485,38 @@ mod tests {
         );
         let judge = judge_after([0; 6], [0; 6], 40);
         assert_eq!(judge.assess().verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn per_pod_histograms_sum_to_the_totals_and_a_bad_pod_is_rejected() {
+        let config = SequentialConfig::default();
+        let boundaries = [0.1, 0.5];
+        let mut from_totals = LatencyJudge::new(&config, &boundaries).unwrap();
+        let mut from_pods = LatencyJudge::new(&config, &boundaries).unwrap();
+        let one_pod_each = PodHistogramCounts {
+            canary: vec![vec![40, 55, 60]],
+            stable: vec![vec![5_000, 5_800, 6_000]],
+        };
+        from_totals
+            .observe(&HistogramCounts {
+                canary: vec![40, 55, 60],
+                stable: vec![5_000, 5_800, 6_000],
+            })
+            .unwrap();
+        from_pods.observe_pods(&one_pod_each).unwrap();
+        assert_eq!(from_totals.evidence(), from_pods.evidence());
+        assert_eq!(from_totals.canary_requests, from_pods.canary_requests);
+        assert_eq!(from_totals.stable_slower, from_pods.stable_slower);
+
+        let before = from_pods.clone();
+        let not_cumulative = PodHistogramCounts {
+            canary: vec![vec![40, 55, 60]],
+            stable: vec![vec![3_000, 2_900, 3_000], vec![2_000, 2_900, 3_000]],
+        };
+        assert!(matches!(
+            from_pods.observe_pods(&not_cumulative),
+            Err(InvalidCounts::NotCumulative { side: "stable", .. })
+        ));
+        assert_eq!(from_pods, before);
     }
 }

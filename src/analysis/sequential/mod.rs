@@ -63,8 +63,8 @@ mod optional_stopping_tests;
 
 pub use combine::{CombinedAssessment, WeightedMetric, combine};
 pub use config::{InvalidConfig, SequentialConfig};
-pub use error_rate::{ErrorCounts, ErrorRateJudge};
-pub use latency::{HistogramCounts, InvalidLatencySetup, LatencyJudge};
+pub use error_rate::{ErrorCounts, ErrorRateJudge, PodErrorCounts};
+pub use latency::{HistogramCounts, InvalidLatencySetup, LatencyJudge, PodHistogramCounts};
 pub use rate_ratio::RatioInterval;
 
 use serde::{Deserialize, Serialize};

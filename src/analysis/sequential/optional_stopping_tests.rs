@@ -10,7 +10,8 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Gamma, Poisson};
 
 use super::{
-    ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, SequentialConfig, Verdict,
+    ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, PodErrorCounts, SequentialConfig,
+    Verdict,
 };
 
 const ALPHA: f64 = 0.05;
@@ -63,14 +64,15 @@ fn error_verdict_rate(scenario: &ErrorScenario, target: Verdict, runs: usize, se
     error_verdicts(scenario, &config(), target, runs, seed).0
 }
 
-/// Fraction of runs with the `target` verdict, and the mean interval (1-based) of the verdict
-/// counting runs without one as `INTERVALS + 1`.
-fn error_verdicts(
-    scenario: &ErrorScenario,
+/// Runs `runs` error judges, each fed one interval at a time by `observe` and looked at after
+/// every interval. Returns the fraction of runs with the `target` verdict and the mean
+/// interval (1-based) of that verdict, counting runs without one as `INTERVALS + 1`.
+fn error_runs(
     judge_config: &SequentialConfig,
     target: Verdict,
     runs: usize,
     seed: u64,
+    mut observe: impl FnMut(&mut ErrorRateJudge, &mut StdRng, usize),
 ) -> (f64, f64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut hits = 0;
@@ -79,28 +81,7 @@ fn error_verdicts(
         let mut judge = ErrorRateJudge::new(judge_config).unwrap();
         let mut time = INTERVALS + 1;
         for interval in 0..INTERVALS {
-            let error_ratio = if interval < scenario.onset {
-                scenario.early_ratio
-            } else {
-                scenario.error_ratio
-            };
-            let requests = poisson(&mut rng, scenario.requests_per_interval);
-            let canary_requests = Binomial::new(requests, scenario.canary_share)
-                .unwrap()
-                .sample(&mut rng);
-            let stable_requests = requests - canary_requests;
-            let canary_rate =
-                scenario.base_error_rate * error_ratio * pod_noise(&mut rng, 1, scenario.pod_cv);
-            let stable_rate = scenario.base_error_rate * pod_noise(&mut rng, 10, scenario.pod_cv);
-            let counts = ErrorCounts {
-                canary_requests,
-                canary_errors: poisson(&mut rng, canary_requests as f64 * canary_rate)
-                    .min(canary_requests),
-                stable_requests,
-                stable_errors: poisson(&mut rng, stable_requests as f64 * stable_rate)
-                    .min(stable_requests),
-            };
-            judge.observe(&counts).unwrap();
+            observe(&mut judge, &mut rng, interval);
             if judge.verdict() == target {
                 hits += 1;
                 time = interval + 1;
@@ -110,6 +91,39 @@ fn error_verdicts(
         total_time += time;
     }
     (hits as f64 / runs as f64, total_time as f64 / runs as f64)
+}
+
+/// Fraction of runs with the `target` verdict, and the mean interval (1-based) of the verdict
+/// counting runs without one as `INTERVALS + 1`.
+fn error_verdicts(
+    scenario: &ErrorScenario,
+    judge_config: &SequentialConfig,
+    target: Verdict,
+    runs: usize,
+    seed: u64,
+) -> (f64, f64) {
+    error_runs(judge_config, target, runs, seed, |judge, rng, interval| {
+        let error_ratio = if interval < scenario.onset {
+            scenario.early_ratio
+        } else {
+            scenario.error_ratio
+        };
+        let requests = poisson(rng, scenario.requests_per_interval);
+        let canary_requests = Binomial::new(requests, scenario.canary_share)
+            .unwrap()
+            .sample(rng);
+        let stable_requests = requests - canary_requests;
+        let canary_rate =
+            scenario.base_error_rate * error_ratio * pod_noise(rng, 1, scenario.pod_cv);
+        let stable_rate = scenario.base_error_rate * pod_noise(rng, 10, scenario.pod_cv);
+        let counts = ErrorCounts {
+            canary_requests,
+            canary_errors: poisson(rng, canary_requests as f64 * canary_rate).min(canary_requests),
+            stable_requests,
+            stable_errors: poisson(rng, stable_requests as f64 * stable_rate).min(stable_requests),
+        };
+        judge.observe(&counts).unwrap();
+    })
 }
 
 #[test]
@@ -310,5 +324,68 @@ fn latency_judge_false_rollbacks_stay_below_alpha_under_optional_stopping() {
     assert!(
         detections >= 0.9,
         "detected only {detections} of +50% latency regressions"
+    );
+}
+
+/// Error counts simulated pod by pod: one canary pod and ten stable pods with the same load
+/// each, every pod's error rate wobbling by its own Gamma factor of coefficient of variation
+/// `pod_cv` per interval. Returns the fraction of runs judged `Regressed` and the mean interval
+/// of that verdict (`INTERVALS + 1` without one), judged from the per-pod counts or from the
+/// versions' totals only.
+fn pod_error_verdicts(
+    error_ratio: f64,
+    pod_cv: f64,
+    with_pods: bool,
+    runs: usize,
+    seed: u64,
+) -> (f64, f64) {
+    const STABLE_PODS: usize = 10;
+    error_runs(
+        &config(),
+        Verdict::Regressed,
+        runs,
+        seed,
+        |judge, rng, _| {
+            // 20,000 requests per pod and interval at 2% errors: 400 errors per pod, so the
+            // per-interval noise, not Poisson counting, limits what one interval can show.
+            let mut pod = |ratio: f64| {
+                let requests = poisson(rng, 20_000.0);
+                let rate = 0.02 * ratio * pod_noise(rng, 1, pod_cv);
+                [requests, poisson(rng, requests as f64 * rate).min(requests)]
+            };
+            let pods = PodErrorCounts {
+                canary: vec![pod(error_ratio)],
+                stable: (0..STABLE_PODS).map(|_| pod(1.0)).collect(),
+            };
+            if with_pods {
+                judge.observe_pods(&pods).unwrap();
+            } else {
+                judge.observe(&pods.totals()).unwrap();
+            }
+        },
+    )
+}
+
+#[test]
+fn noise_learned_from_pods_keeps_alpha_with_noisy_pods_and_is_faster_on_clean_ones() {
+    let runs = 300;
+    // At the tolerance boundary, with clean pods and with noisy ones (cv 0.15 per pod, within
+    // the ladder for the single canary pod): wrong rollbacks at most alpha.
+    let boundary = 1.0 + config().error_tolerance;
+    for (seed, pod_cv) in [(21, 0.0), (22, 0.15)] {
+        let (false_rollbacks, _) = pod_error_verdicts(boundary, pod_cv, true, runs, seed);
+        assert!(
+            false_rollbacks <= tolerated_rate(runs),
+            "pod cv {pod_cv}: false rollback rate {false_rollbacks} with per-pod counts"
+        );
+    }
+    // Clean pods and a 1.25x canary: from the totals alone the null may claim 20% noise per
+    // interval; the pods show there is none, so the same runs are judged sooner.
+    let (detected_with, time_with) = pod_error_verdicts(1.25, 0.0, true, 100, 23);
+    let (detected_without, time_without) = pod_error_verdicts(1.25, 0.0, false, 100, 23);
+    assert!(detected_with >= 0.95, "detected {detected_with} with pods");
+    assert!(
+        time_with + 1.0 < time_without,
+        "with pods {time_with} intervals on average, without {time_without} ({detected_without})"
     );
 }

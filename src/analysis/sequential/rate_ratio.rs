@@ -44,6 +44,65 @@ const GRID_POINTS_PER_SIDE: usize = 60;
 /// product of its factors.
 const DIRECT_PRODUCT_LIMIT: u64 = 16;
 
+/// How one interval's events of each version split among its pods (the series that identify
+/// a process): per pod, its requests and its events.
+///
+/// Under the noise model every pod's rate wobbles by its own Gamma factor, with shape
+/// proportional to its expected events (the canary's total has shape `κ`; a pod with `n`
+/// requests has shape `κ·n/N_c`, `N_c` the canary's requests; for stable's pods this takes
+/// the ratio at one, within the tolerance of the truth under the null). Given a version's
+/// total, its pods' events then follow a Dirichlet-multinomial law, independent of the
+/// canary/stable split; for `κ → ∞` the multinomial with the pods' request shares. Adding
+/// that likelihood to every noise level makes the null pay for claiming noise the pods do not
+/// show: on clean data it is judged near Poisson, at full power, while noisy pods still buy
+/// the robustness. The assumption: the canary's pods are no noisier, per expected event, than
+/// what the pods show.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PodSplit {
+    pub(crate) canary_requests: u64,
+    /// `(requests, events)` per pod of each version.
+    pub(crate) canary: Vec<(u64, u64)>,
+    pub(crate) stable: Vec<(u64, u64)>,
+}
+
+impl PodSplit {
+    /// Log-likelihood of both versions' pod splits under noise `shape` (`None`: Poisson),
+    /// without the multinomial coefficient (the same for every noise level).
+    fn log_likelihood(&self, shape: Option<f64>) -> f64 {
+        if self.canary_requests == 0 {
+            return 0.0;
+        }
+        [&self.canary, &self.stable]
+            .into_iter()
+            .map(|pods| {
+                let pods: Vec<(u64, u64)> = pods
+                    .iter()
+                    .copied()
+                    .filter(|(requests, _)| *requests > 0)
+                    .collect();
+                if pods.len() < 2 {
+                    return 0.0;
+                }
+                let requests: u64 = pods.iter().map(|(n, _)| n).sum();
+                let events: u64 = pods.iter().map(|(_, x)| x).sum();
+                match shape {
+                    None => pods
+                        .iter()
+                        .map(|&(n, x)| x as f64 * (n as f64 / requests as f64).ln())
+                        .sum(),
+                    Some(kappa) => {
+                        let per_request = kappa / self.canary_requests as f64;
+                        pods.iter()
+                            .map(|&(n, x)| ln_rising_factorial(per_request * n as f64, x))
+                            .sum::<f64>()
+                            - ln_rising_factorial(per_request * requests as f64, events)
+                    }
+                }
+            })
+            .sum()
+    }
+}
+
 /// Fixed grid of log rate ratios with the mixture weights over it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RatioGrid {
@@ -182,6 +241,7 @@ impl RateRatioEvidence {
     /// Adds one interval: the canary's and stable's events and the canary's share of the
     /// requests. An interval without events or without traffic on one side carries no
     /// information about the ratio and changes nothing.
+    #[cfg(test)]
     pub(crate) fn observe(
         &mut self,
         grid: &RatioGrid,
@@ -189,10 +249,32 @@ impl RateRatioEvidence {
         stable_events: u64,
         canary_share: f64,
     ) {
+        self.observe_with_pods(grid, canary_events, stable_events, canary_share, None);
+    }
+
+    /// [`Self::observe`], and how each version's events split among its pods: then a noise
+    /// level must also explain that split (see [`PodSplit`]), so the null can claim only as
+    /// much per-interval noise as the pods show.
+    pub(crate) fn observe_with_pods(
+        &mut self,
+        grid: &RatioGrid,
+        canary_events: u64,
+        stable_events: u64,
+        canary_share: f64,
+        pods: Option<&PodSplit>,
+    ) {
         let total_events = canary_events + stable_events;
         if total_events == 0 || !(canary_share > 0.0 && canary_share < 1.0) {
             return;
         }
+        let pod_terms: Vec<f64> = match pods {
+            Some(pods) => self
+                .noise_shapes
+                .iter()
+                .map(|shape| pods.log_likelihood(*shape))
+                .collect(),
+            None => vec![0.0; self.noise_shapes.len()],
+        };
         for late in &mut self.late_starts {
             if late.at_start.is_none() && late.after == self.informative_intervals {
                 late.at_start = Some((
@@ -203,10 +285,11 @@ impl RateRatioEvidence {
         }
         let plug_in_level = self.best_fitting_noise_level();
         let base_log_odds = (canary_share / (1.0 - canary_share)).ln();
-        for (level, (shape, per_point)) in self
+        for (level, ((shape, per_point), pod_term)) in self
             .noise_shapes
             .iter()
             .zip(&mut self.log_likelihood)
+            .zip(&pod_terms)
             .enumerate()
         {
             // Γ(x+a)/Γ(a) with a = κ does not depend on the ratio: once per level.
@@ -223,7 +306,7 @@ impl RateRatioEvidence {
                         canary_term + ln_rising_factorial(b, stable_events)
                             - ln_rising_factorial(a + b, total_events)
                     }
-                };
+                } + pod_term;
                 per_point[index] += log_likelihood;
                 if level == plug_in_level {
                     self.plug_in_log_likelihood[index] += log_likelihood;
