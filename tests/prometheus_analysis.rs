@@ -71,29 +71,42 @@ fn dataset() -> OpenMetrics {
             }
             let pod = format!("{version}-7d4b9c-x2x7q");
             let base = [("namespace", NAMESPACE), ("pod", pod.as_str())];
-            for (code, value) in [("200", *total - *errors), ("500", *errors)] {
-                let mut labels = base.to_vec();
-                labels.push(("code", code));
-                om.counter("http_requests_total", &labels, t, value);
-            }
-            let histogram: Vec<(f64, f64)> = BUCKETS
-                .iter()
-                .zip(buckets.iter())
-                .map(|((le, _), c)| (*le, *c))
-                .collect();
-            om.histogram(
-                "http_request_duration_seconds",
-                &base,
-                t,
-                &histogram,
-                *sum,
-                *total,
-            );
+            emit_http(&mut om, &base, t, (*total, *errors), buckets, *sum);
         }
         om.sample("x", Kind::Gauge, "x", &[("job", "web")], t, 1.0);
         t += SignedDuration::from_secs(15);
     }
     om
+}
+
+/// One sample of generic HTTP metrics: `http_requests_total` by code (200, 500) and the
+/// `http_request_duration_seconds` histogram in [`BUCKETS`].
+fn emit_http(
+    om: &mut OpenMetrics,
+    base: &[(&str, &str)],
+    t: Timestamp,
+    (total, errors): (f64, f64),
+    buckets: &[f64; 5],
+    sum: f64,
+) {
+    for (code, value) in [("200", total - errors), ("500", errors)] {
+        let mut labels = base.to_vec();
+        labels.push(("code", code));
+        om.counter("http_requests_total", &labels, t, value);
+    }
+    let histogram: Vec<(f64, f64)> = BUCKETS
+        .iter()
+        .zip(buckets.iter())
+        .map(|((le, _), c)| (*le, *c))
+        .collect();
+    om.histogram(
+        "http_request_duration_seconds",
+        base,
+        t,
+        &histogram,
+        sum,
+        total,
+    );
 }
 
 fn template_file(file: &str) -> AnalysisTemplate {
@@ -561,6 +574,131 @@ async fn hostile_argument_values_cannot_change_the_query() {
             probe.query.starts_with("sum(x{job=\"") && probe.query.ends_with("\"})"),
             "{}",
             probe.query
+        );
+    }
+}
+
+/// Per-pod counters of a canary with one pod and a stable with three, read through a real
+/// Prometheus by compare metrics that name their `podLabel`: each interval's counts come per
+/// pod as well, summing to the versions' totals, and the judge uses them.
+#[tokio::test]
+async fn compare_metrics_with_a_pod_label_read_counts_per_pod() {
+    let mut om = OpenMetrics::new();
+    // (workload, pod, requests per 15 s step, error share)
+    let pods = [
+        ("web-canary", "web-canary-0", 50.0, 0.01),
+        ("web-stable", "web-stable-0", 150.0, 0.01),
+        ("web-stable", "web-stable-1", 150.0, 0.012),
+        ("web-stable", "web-stable-2", 100.0, 0.008),
+    ];
+    let mut totals = [(0.0f64, 0.0f64, [0.0f64; 5]); 4];
+    let start = t0() - minutes(10);
+    let mut t = start;
+    while t <= t0() + minutes(5) {
+        for ((workload, pod, requests, error_share), (total, errors, buckets)) in
+            pods.iter().zip(totals.iter_mut())
+        {
+            if t > start {
+                *total += requests;
+                *errors += (requests * error_share).round();
+                for (count, (_, share)) in buckets.iter_mut().zip(BUCKETS) {
+                    *count += (requests * share).round();
+                }
+            }
+            let base = [
+                ("namespace", NAMESPACE),
+                ("workload", *workload),
+                ("pod", *pod),
+            ];
+            emit_http(&mut om, &base, t, (*total, *errors), buckets, *total * 0.04);
+        }
+        t += SignedDuration::from_secs(15);
+    }
+    let prometheus = Prometheus::builder().backfill(&om).start();
+    let template = template_text(
+        r#"
+apiVersion: canary.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: per-pod}
+spec:
+  metrics:
+  - name: error-rate
+    interval: 1m
+    compare:
+      requests: http_requests_total{namespace="shop", workload="{{workload}}"}
+      errors: http_requests_total{namespace="shop", workload="{{workload}}", code=~"5.."}
+      podLabel: pod
+    provider: {prometheus: {}}
+  - name: latency
+    interval: 1m
+    compare:
+      latencyBuckets: http_request_duration_seconds_bucket{namespace="shop", workload="{{workload}}"}
+      podLabel: pod
+    provider: {prometheus: {}}
+"#,
+    );
+    let analysis = prepared(
+        &template,
+        &[],
+        &[("canary", "web-canary"), ("stable", "web-stable")],
+        &prometheus.url(),
+    );
+    let source = PrometheusSource::new().unwrap();
+    for metric in &analysis.metrics {
+        let compare = metric.compare.as_ref().unwrap();
+        let measured = canary::analysis::compare::measure(
+            &source,
+            compare,
+            &metric.request,
+            t0(),
+            t0() + minutes(1),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", metric.name));
+        let counts = measured.counts;
+        let pods = counts
+            .pods
+            .unwrap_or_else(|| panic!("{}: no per-pod counts", metric.name));
+        assert_eq!(pods.canary.len(), 1, "{}: {pods:?}", metric.name);
+        assert_eq!(pods.stable.len(), 3, "{}: {pods:?}", metric.name);
+        for (total, pods) in [
+            (&counts.canary, &pods.canary),
+            (&counts.stable, &pods.stable),
+        ] {
+            let summed: Vec<u64> = (0..total.len())
+                .map(|i| pods.iter().map(|pod| pod[i]).sum())
+                .collect();
+            assert_eq!(
+                &summed, total,
+                "{}: pods do not sum to the total",
+                metric.name
+            );
+        }
+        // Four 15 s steps in the minute: stable's pods served 600, 600 and 400 requests.
+        let requests: Vec<u64> = pods.stable.iter().map(|pod| pod[0]).collect();
+        if metric.name == "error-rate" {
+            assert_eq!(requests, vec![600, 600, 400]);
+        } else {
+            let totals: Vec<u64> = pods.stable.iter().map(|pod| *pod.last().unwrap()).collect();
+            assert_eq!(totals, vec![600, 600, 400]);
+        }
+    }
+    // Judged over five minutes: a healthy canary, judged on its pods, is not rolled back.
+    let report = analyse(
+        &analysis,
+        Schedule::Retrospective {
+            from: t0(),
+            to: t0() + minutes(5),
+        },
+    )
+    .await;
+    for name in ["error-rate", "latency"] {
+        let metric = metric(&report, name);
+        assert_eq!(
+            metric.phase,
+            AnalysisPhase::Successful,
+            "{name}: {}",
+            metric.message
         );
     }
 }

@@ -19,14 +19,24 @@ use serde::{Deserialize, Serialize};
 use super::assessment::{self, AnalysisPhase, Limits, Tally};
 use super::measurement::MeasurementPhase;
 use super::sequential::{
-    Assessment, ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, SequentialConfig,
-    Verdict,
+    Assessment, ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, PodErrorCounts,
+    PodHistogramCounts, SequentialConfig, Verdict,
 };
 use crate::metrics::{MetricsError, MetricsSource, QueryOutput, QueryRequest};
 
 /// Most intervals a comparison keeps (24 h of one-minute intervals); a metric that reaches it
 /// ends as if its count were reached.
 pub const MAX_INTERVALS: usize = 1440;
+
+/// Per-pod counts are kept for this many intervals of a comparison (the first ones), in at
+/// most [`MAX_POD_GROUPS`] groups per version, so that `Canary.status` stays small; later
+/// intervals are judged on the versions' totals alone.
+pub const MAX_POD_INTERVALS: usize = 60;
+
+/// Pods of a version beyond this many are summed into this many groups (pod `i` of the
+/// sorted names into group `i mod MAX_POD_GROUPS`). Under the judge's noise model a sum of pods
+/// is a pod with the summed shape, so grouping loses information but not validity.
+pub const MAX_POD_GROUPS: usize = 8;
 
 /// What is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -76,6 +86,9 @@ pub struct CompareSetup {
 pub struct PreparedCompare {
     pub setup: CompareSetup,
     pub queries: Vec<CounterQuery>,
+    /// The label naming the pod of each series (`compare.podLabel`), if per-pod counts are
+    /// wanted.
+    pub pod_label: Option<String>,
 }
 
 /// One interval's counts of both versions, as kept in status: for an error-rate comparison
@@ -87,6 +100,18 @@ pub struct IntervalCounts {
     pub canary: Vec<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stable: Vec<u64>,
+    /// The same counts per pod (or group of pods), when the metric names its `podLabel` and
+    /// every series carries it: the judge then learns the noise level from how pods differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
+}
+
+/// One interval's counts per pod (or group of pods) of each version, each shaped like the
+/// version's counts (`[requests, errors]`, or cumulative buckets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PodCounts {
+    pub canary: Vec<Vec<u64>>,
+    pub stable: Vec<Vec<u64>>,
 }
 
 impl IntervalCounts {
@@ -234,11 +259,50 @@ pub struct SideCounters {
     pub snapshots: Vec<(Counter, QueryOutput, QueryOutput)>,
 }
 
-/// Turns the raw counters of both versions into one interval's counts. Pure.
+/// Which pod group each series of a version belongs to: by its `pod_label` value, the sorted
+/// names spread over at most [`MAX_POD_GROUPS`] groups. `None` unless every series of the
+/// version's counters carries the label.
+fn pod_groups(
+    counters: &BTreeMap<u8, (Vec<(BTreeMap<String, String>, f64)>, bool)>,
+    pod_label: &str,
+) -> Option<BTreeMap<String, usize>> {
+    let mut names = std::collections::BTreeSet::new();
+    for (increases, _) in counters.values() {
+        for (labels, _) in increases {
+            names.insert(labels.get(pod_label)?.clone());
+        }
+    }
+    Some(
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(index, name)| (name, index % MAX_POD_GROUPS))
+            .collect(),
+    )
+}
+
+/// The series of one counter whose pod is in `group`.
+fn of_group<'a>(
+    increases: &'a [(BTreeMap<String, String>, f64)],
+    groups: &'a BTreeMap<String, usize>,
+    pod_label: &'a str,
+    group: usize,
+) -> impl Iterator<Item = &'a (BTreeMap<String, String>, f64)> + 'a {
+    increases.iter().filter(move |(labels, _)| {
+        labels
+            .get(pod_label)
+            .and_then(|name| groups.get(name))
+            .is_some_and(|g| *g == group)
+    })
+}
+
+/// Turns the raw counters of both versions into one interval's counts, and with `pod_label`
+/// also per pod (group) when every series carries that label. Pure.
 pub fn interval_counts(
     kind: CompareKind,
     canary: SideCounters,
     stable: SideCounters,
+    pod_label: Option<&str>,
 ) -> Result<MeasuredInterval, MeasureError> {
     let mut sides = Vec::new();
     for side in [canary, stable] {
@@ -264,6 +328,18 @@ pub fn interval_counts(
             boundaries: Vec::new(),
         });
     }
+    // Per version, its pod groups, if the counts are wanted per pod and every series has one.
+    let groups: Option<Vec<BTreeMap<String, usize>>> = pod_label.and_then(|label| {
+        sides
+            .iter()
+            .map(|(_, counters)| pod_groups(counters, label))
+            .collect()
+    });
+    let group_count = |side: usize| {
+        groups
+            .as_ref()
+            .map_or(0, |g| g[side].values().copied().max().map_or(0, |m| m + 1))
+    };
     match kind {
         CompareKind::ErrorRate => {
             let mut counts = Vec::new();
@@ -288,8 +364,44 @@ pub fn interval_counts(
             }
             let stable = counts.pop().unwrap_or_default();
             let canary = counts.pop().unwrap_or_default();
+            let pods = groups.as_ref().and_then(|groups| {
+                let label = pod_label.expect("groups need the label");
+                let mut per_side = Vec::new();
+                for (index, (_, counters)) in sides.iter().enumerate() {
+                    let mut pods = Vec::new();
+                    for group in 0..group_count(index) {
+                        let total = |counter: Counter| -> f64 {
+                            counters
+                                .get(&(counter as u8))
+                                .map_or(0.0, |(increases, _)| {
+                                    of_group(increases, &groups[index], label, group)
+                                        .map(|(_, x)| x)
+                                        .sum()
+                                })
+                        };
+                        let (requests, errors) = (
+                            whole(total(Counter::Requests)),
+                            whole(total(Counter::Errors)),
+                        );
+                        // A pod whose errors outnumber its requests (series that do not match
+                        // up per pod): judge this interval on the totals only.
+                        if errors > requests {
+                            return None;
+                        }
+                        pods.push(vec![requests, errors]);
+                    }
+                    per_side.push(pods);
+                }
+                let stable = per_side.pop()?;
+                let canary = per_side.pop()?;
+                Some(PodCounts { canary, stable })
+            });
             Ok(MeasuredInterval {
-                counts: IntervalCounts { canary, stable },
+                counts: IntervalCounts {
+                    canary,
+                    stable,
+                    pods,
+                },
                 boundaries: Vec::new(),
             })
         }
@@ -317,6 +429,43 @@ pub fn interval_counts(
                     message: "no `le=\"+Inf\"` bucket: select every bucket of the histogram".into(),
                 });
             }
+            // Cumulative counts in the layout's order, kept monotone: increases of cumulative
+            // buckets stay cumulative unless series of one `le` reset between the two reads.
+            let in_layout = |buckets: &BTreeMap<OrderedLe, f64>| -> Vec<u64> {
+                layout
+                    .iter()
+                    .map(|le| whole(buckets.get(le).copied().unwrap_or(0.0)))
+                    .scan(0u64, |running, count| {
+                        *running = (*running).max(count);
+                        Some(*running)
+                    })
+                    .collect()
+            };
+            let pods = match &groups {
+                None => None,
+                Some(groups) => {
+                    let label = pod_label.expect("groups need the label");
+                    let mut per_side_pods = Vec::new();
+                    for (index, (side, counters)) in sides.iter().enumerate() {
+                        let increases = counters
+                            .get(&(Counter::LatencyBuckets as u8))
+                            .map(|(increases, _)| increases.as_slice())
+                            .unwrap_or_default();
+                        let mut pods = Vec::new();
+                        for group in 0..group_count(index) {
+                            let members: Vec<(BTreeMap<String, String>, f64)> =
+                                of_group(increases, &groups[index], label, group)
+                                    .cloned()
+                                    .collect();
+                            pods.push(in_layout(&bucket_increases(&members, side)?));
+                        }
+                        per_side_pods.push(pods);
+                    }
+                    let stable = per_side_pods.pop().unwrap_or_default();
+                    let canary = per_side_pods.pop().unwrap_or_default();
+                    Some(PodCounts { canary, stable })
+                }
+            };
             let mut cumulative = Vec::new();
             for (side, buckets) in &per_side {
                 if !buckets.is_empty() && buckets.len() != layout.len() {
@@ -330,25 +479,16 @@ pub fn interval_counts(
                         ),
                     });
                 }
-                let counts: Vec<u64> = layout
-                    .iter()
-                    .map(|le| whole(buckets.get(le).copied().unwrap_or(0.0)))
-                    .collect();
-                // Increases of cumulative buckets stay cumulative unless series of one `le`
-                // reset between the two reads; keep them monotone so the test sees real counts.
-                let counts = counts
-                    .iter()
-                    .scan(0u64, |running, &count| {
-                        *running = (*running).max(count);
-                        Some(*running)
-                    })
-                    .collect();
-                cumulative.push(counts);
+                cumulative.push(in_layout(buckets));
             }
             let stable = cumulative.pop().unwrap_or_default();
             let canary = cumulative.pop().unwrap_or_default();
             Ok(MeasuredInterval {
-                counts: IntervalCounts { canary, stable },
+                counts: IntervalCounts {
+                    canary,
+                    stable,
+                    pods,
+                },
                 boundaries: layout[..layout.len() - 1].iter().map(|le| le.0).collect(),
             })
         }
@@ -398,7 +538,12 @@ pub async fn measure<S: MetricsSource>(
                 .push((query.counter, start_output, end_output));
         }
     }
-    interval_counts(prepared.setup.kind, canary, stable)
+    interval_counts(
+        prepared.setup.kind,
+        canary,
+        stable,
+        prepared.pod_label.as_deref(),
+    )
 }
 
 /// Replays every recorded interval into a fresh judge and assesses it.
@@ -412,14 +557,24 @@ pub fn assess(setup: &CompareSetup, record: &CompareRecord) -> Result<Assessment
                     continue;
                 }
                 let value = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
-                judge
-                    .observe(&ErrorCounts {
+                let observed = match &interval.pods {
+                    Some(pods) => {
+                        let pairs = |pods: &[Vec<u64>]| {
+                            pods.iter().map(|p| [value(p, 0), value(p, 1)]).collect()
+                        };
+                        judge.observe_pods(&PodErrorCounts {
+                            canary: pairs(&pods.canary),
+                            stable: pairs(&pods.stable),
+                        })
+                    }
+                    None => judge.observe(&ErrorCounts {
                         canary_requests: value(&interval.canary, 0),
                         canary_errors: value(&interval.canary, 1),
                         stable_requests: value(&interval.stable, 0),
                         stable_errors: value(&interval.stable, 1),
-                    })
-                    .map_err(|e| e.to_string())?;
+                    }),
+                };
+                observed.map_err(|e| e.to_string())?;
             }
             Ok(judge.assess())
         }
@@ -441,12 +596,17 @@ pub fn assess(setup: &CompareSetup, record: &CompareRecord) -> Result<Assessment
                     judge.observe_missing();
                     continue;
                 }
-                judge
-                    .observe(&HistogramCounts {
+                let observed = match &interval.pods {
+                    Some(pods) => judge.observe_pods(&PodHistogramCounts {
+                        canary: pods.canary.clone(),
+                        stable: pods.stable.clone(),
+                    }),
+                    None => judge.observe(&HistogramCounts {
                         canary: interval.canary.clone(),
                         stable: interval.stable.clone(),
-                    })
-                    .map_err(|e| e.to_string())?;
+                    }),
+                };
+                observed.map_err(|e| e.to_string())?;
             }
             Ok(judge.assess())
         }
@@ -492,8 +652,12 @@ pub fn record_interval(
             ));
         }
     }
+    let mut counts = measured.counts.clone();
+    if record.intervals.len() >= MAX_POD_INTERVALS {
+        counts.pods = None;
+    }
     let mut candidate = record.clone();
-    candidate.intervals.push(measured.counts.clone());
+    candidate.intervals.push(counts);
     let assessment = match assess(setup, &candidate) {
         Ok(assessment) => assessment,
         Err(reason) => return error(format!("impossible counts ({reason})")),
@@ -683,6 +847,7 @@ mod tests {
                     (Counter::Errors, vector(&[]), vector(&[])),
                 ],
             ),
+            None,
         )
         .unwrap();
         assert_eq!(measured.counts.canary, vec![43, 2]);
@@ -700,7 +865,7 @@ mod tests {
                 ],
             )
         };
-        let measured = interval_counts(CompareKind::ErrorRate, empty(), empty()).unwrap();
+        let measured = interval_counts(CompareKind::ErrorRate, empty(), empty(), None).unwrap();
         assert!(measured.counts.is_missing());
     }
 
@@ -719,6 +884,7 @@ mod tests {
                 "stable",
                 vec![(Counter::Requests, vector(&[]), vector(&[(&[], 1.0)]))],
             ),
+            None,
         )
         .unwrap_err();
         assert!(bad.to_string().contains("compare.errors (canary)"), "{bad}");
@@ -750,6 +916,7 @@ mod tests {
                     buckets([15.0, 30.0, 45.0]),
                 )],
             ),
+            None,
         )
         .unwrap();
         assert_eq!(measured.boundaries, vec![0.1, 0.5]);
@@ -767,6 +934,7 @@ mod tests {
     fn interval(canary: [u64; 2], stable: [u64; 2]) -> Result<MeasuredInterval, String> {
         Ok(MeasuredInterval {
             counts: IntervalCounts {
+                pods: None,
                 canary: canary.to_vec(),
                 stable: stable.to_vec(),
             },
@@ -897,5 +1065,126 @@ mod tests {
         tally.record(MeasurementPhase::Inconclusive);
         let phase = metric_phase(None, &limits, &tally, 1, false, false);
         assert_eq!(phase.phase, AnalysisPhase::Inconclusive);
+    }
+
+    #[test]
+    fn counts_per_pod_when_every_series_names_its_pod() {
+        let pod = |name: &str, code: &str| vec![("pod", name.to_string()), ("code", code.into())];
+        let series = |rows: &[(Vec<(&str, String)>, f64)]| {
+            QueryOutput::Vector(
+                rows.iter()
+                    .map(|(labels, value)| Series {
+                        labels: labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
+                        value: *value,
+                    })
+                    .collect(),
+            )
+        };
+        let stable_requests = |scale: f64| {
+            series(&[
+                (pod("s-a", "200"), 100.0 * scale),
+                (pod("s-b", "200"), 200.0 * scale),
+                (pod("s-b", "503"), 10.0 * scale),
+            ])
+        };
+        let stable_errors = |scale: f64| series(&[(pod("s-b", "503"), 10.0 * scale)]);
+        let canary = || {
+            side(
+                "canary",
+                vec![
+                    (
+                        Counter::Requests,
+                        series(&[(pod("c-a", "200"), 5.0)]),
+                        series(&[(pod("c-a", "200"), 25.0)]),
+                    ),
+                    (Counter::Errors, series(&[]), series(&[])),
+                ],
+            )
+        };
+        let stable = || {
+            side(
+                "stable",
+                vec![
+                    (
+                        Counter::Requests,
+                        stable_requests(1.0),
+                        stable_requests(3.0),
+                    ),
+                    (Counter::Errors, stable_errors(1.0), stable_errors(3.0)),
+                ],
+            )
+        };
+        let measured =
+            interval_counts(CompareKind::ErrorRate, canary(), stable(), Some("pod")).unwrap();
+        assert_eq!(measured.counts.stable, vec![620, 20]);
+        assert_eq!(
+            measured.counts.pods,
+            Some(PodCounts {
+                canary: vec![vec![20, 0]],
+                stable: vec![vec![200, 0], vec![420, 20]],
+            })
+        );
+        // Without a pod label asked for, or with a series that lacks it: totals only.
+        let totals_only = interval_counts(CompareKind::ErrorRate, canary(), stable(), None);
+        assert_eq!(totals_only.unwrap().counts.pods, None);
+        let unlabelled =
+            interval_counts(CompareKind::ErrorRate, canary(), stable(), Some("instance"));
+        assert_eq!(unlabelled.unwrap().counts.pods, None);
+
+        // More pods than groups: summed into MAX_POD_GROUPS groups, totals unchanged.
+        let many: Vec<(Vec<(&str, String)>, f64)> = (0..20)
+            .map(|i| (pod(&format!("s-{i:02}"), "200"), 10.0))
+            .collect();
+        let many_stable = side(
+            "stable",
+            vec![
+                (Counter::Requests, series(&[]), series(&many)),
+                (Counter::Errors, series(&[]), series(&[])),
+            ],
+        );
+        let grouped =
+            interval_counts(CompareKind::ErrorRate, canary(), many_stable, Some("pod")).unwrap();
+        let pods = grouped.counts.pods.unwrap();
+        assert_eq!(pods.stable.len(), MAX_POD_GROUPS);
+        assert_eq!(pods.stable.iter().map(|p| p[0]).sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn pods_are_recorded_for_the_first_intervals_only_and_replay_the_same() {
+        let setup = setup(CompareKind::ErrorRate);
+        let mut record = CompareRecord::default();
+        let with_pods = || {
+            Ok(MeasuredInterval {
+                counts: IntervalCounts {
+                    canary: vec![600, 3],
+                    stable: vec![6_000, 30],
+                    pods: Some(PodCounts {
+                        canary: vec![vec![600, 3]],
+                        stable: vec![vec![3_000, 14], vec![3_000, 16]],
+                    }),
+                },
+                boundaries: vec![],
+            })
+        };
+        for _ in 0..=MAX_POD_INTERVALS {
+            record_interval(&setup, &mut record, with_pods());
+        }
+        assert!(record.intervals[MAX_POD_INTERVALS - 1].pods.is_some());
+        assert_eq!(record.intervals[MAX_POD_INTERVALS].pods, None);
+        let json = serde_json::to_string(&record).unwrap();
+        let back: CompareRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(assess(&setup, &back), assess(&setup, &record));
+        // The pods are judged: the same totals without them give other evidence.
+        let mut totals_only = record.clone();
+        for interval in &mut totals_only.intervals {
+            interval.pods = None;
+        }
+        assert_ne!(
+            assess(&setup, &totals_only).unwrap().evidence,
+            assess(&setup, &record).unwrap().evidence
+        );
     }
 }

@@ -308,6 +308,20 @@ fn prepare_compare(
             )]);
         }
     };
+    if let Some(label) = &spec.pod_label {
+        let valid = label.len() <= 63
+            && label
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+            && !label.is_empty();
+        if !valid {
+            problems.push((
+                "compare.podLabel".into(),
+                format!("{label:?} is not a Prometheus label name (letters, digits and _, not starting with a digit)"),
+            ));
+        }
+    }
     let mut config = spec.judge.clone().unwrap_or_default();
     if let Err(e) = config.validate() {
         problems.push((format!("compare.judge.{}", e.field), e.to_string()));
@@ -383,6 +397,7 @@ fn prepare_compare(
         PreparedCompare {
             setup: CompareSetup { kind, config },
             queries,
+            pod_label: spec.pod_label.clone(),
         },
     ))
 }

@@ -185,6 +185,18 @@ pub struct Compare {
     /// 1000. A `dryRun` metric takes no share from the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+    /// The label that names the pod of each series (e.g. `pod`). When every series of a
+    /// version carries it, the counts are also taken per pod and the judge learns the noise
+    /// level from how the pods differ, instead of allowing `maxIntervalNoiseCv` on every
+    /// interval: faster where intervals hold many events, as robust where pods are noisy. It
+    /// assumes the canary's pods are no noisier than the pods seen. Keep the label when
+    /// aggregating (`sum by (pod) (...)`, `sum by (pod, le) (...)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    )]
+    pub pod_label: Option<String>,
 }
 
 impl Compare {

@@ -759,6 +759,7 @@ fn compare_measurement(run: &str, at: i64, canary_errors: u64) -> NewMeasurement
             counts: IntervalCounts {
                 canary: vec![100_000, canary_errors],
                 stable: vec![900_000, 4_500],
+                pods: None,
             },
             boundaries: Vec::new(),
         })),
