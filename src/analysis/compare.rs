@@ -31,7 +31,7 @@ pub const MAX_INTERVALS: usize = 1440;
 /// Per-pod counts are kept for this many intervals of a comparison (the first ones), in at
 /// most [`MAX_POD_GROUPS`] groups per version, so that `Canary.status` stays small; later
 /// intervals are judged on the versions' totals alone.
-pub const MAX_POD_INTERVALS: usize = 60;
+pub const MAX_POD_INTERVALS: usize = 30;
 
 /// Pods of a version beyond this many are summed into this many groups (pod `i` of the
 /// sorted names into group `i mod MAX_POD_GROUPS`). Under the judge's noise model a sum of pods
