@@ -406,25 +406,42 @@ async fn deleting_a_canary_mid_rollout_leaves_the_service_on_stable_and_the_targ
 /// (minStepDuration 5 s). The judge's tolerance is 50% and it assumes Poisson counts (what the
 /// simulator draws), so a one-minute test can reach NoRegression.
 async fn compare_world(prefix: &str, canary_error_rate: f64) -> World {
+    compare_world_with(prefix, canary_error_rate, json!({})).await
+}
+
+/// [`compare_world`] with more fields in the metric's `compare` (e.g. its `podLabel`).
+async fn compare_world_with(
+    prefix: &str,
+    canary_error_rate: f64,
+    compare_extra: serde_json::Value,
+) -> World {
     let world = world(prefix).await;
-    create::<canary::api::AnalysisTemplate>(&world.ns.api(), json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
-        "metadata": {"name": "compare"},
-        "spec": {"metrics": [{
-            "name": "error-rate",
-            "interval": "2s",
-            // The canary's series appear with its first traffic and a loaded machine scrapes
-            // late: no data at warm-up is tolerated (it is never a pass).
-            "initialDelay": "4s",
-            "inconclusiveLimit": 10,
-            "compare": {
-                "requests": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}",
-                "errors": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code=~\"5..\"}",
-                "judge": {"errorTolerance": 0.5, "maxIntervalNoiseCv": 0.0},
-            },
-            "provider": {"prometheus": {}},
-        }]},
-    })).await;
+    let mut compare = json!({
+        "requests": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}",
+        "errors": "istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code=~\"5..\"}",
+        "judge": {"errorTolerance": 0.5, "maxIntervalNoiseCv": 0.0},
+    });
+    for (key, value) in compare_extra.as_object().expect("an object") {
+        compare[key] = value.clone();
+    }
+    create::<canary::api::AnalysisTemplate>(
+        &world.ns.api(),
+        json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "compare"},
+            "spec": {"metrics": [{
+                "name": "error-rate",
+                "interval": "2s",
+                // The canary's series appear with its first traffic and a loaded machine scrapes
+                // late: no data at warm-up is tolerated (it is never a pass).
+                "initialDelay": "4s",
+                "inconclusiveLimit": 10,
+                "compare": compare,
+                "provider": {"prometheus": {}},
+            }]},
+        }),
+    )
+    .await;
     patch_canary(
         &world.ns,
         json!({"spec": {
@@ -500,6 +517,53 @@ async fn a_compare_metric_rolls_back_a_canary_with_five_times_the_errors() {
         "rolled back at 20%: {timeline:?}"
     );
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+}
+
+/// The same ×5 canary judged per pod (`podLabel: pod`, three pods per workload, noise allowed
+/// up to the default 0.2 but learned from the pods): rolled back, with the per-pod counts in
+/// status (accepted by the API server's schema) summing to the versions' counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_metric_with_a_pod_label_judges_per_pod_counts() {
+    let world = compare_world_with(
+        "compare-pods",
+        0.25,
+        json!({"podLabel": "pod", "judge": {"errorTolerance": 0.5}}),
+    )
+    .await;
+    set_image(&world.ns, "web:bad").await;
+    let (canary, timeline) = follow_until(&world.ns, Phase::RolledBack, ROLLOUT_TIMEOUT).await;
+    let status = canary.status.unwrap();
+    assert_eq!(
+        status.rollback_reason,
+        Some(RollbackReason::AnalysisFailed),
+        "{timeline:?}"
+    );
+    let compare = status.analysis_runs[0].metrics[0]
+        .compare
+        .as_ref()
+        .expect("the judge's state is in status");
+    let with_pods: Vec<_> = compare
+        .record
+        .intervals
+        .iter()
+        .filter_map(|interval| interval.pods.as_ref().map(|pods| (interval, pods)))
+        .collect();
+    assert!(!with_pods.is_empty(), "{:?}", compare.record);
+    for (interval, pods) in with_pods {
+        assert_eq!(pods.stable.len(), 3, "{pods:?}");
+        for (total, pods) in [
+            (&interval.canary, &pods.canary),
+            (&interval.stable, &pods.stable),
+        ] {
+            let requests: u64 = pods.iter().map(|pod| pod[0]).sum();
+            let errors: u64 = pods.iter().map(|pod| pod[1]).sum();
+            assert_eq!(vec![requests, errors], *total, "{interval:?}");
+        }
+    }
+    assert_eq!(
+        compare.assessment.as_ref().unwrap().verdict,
+        canary::analysis::sequential::Verdict::Regressed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,8 @@ impl Simulator {
                 "200",
             ])
             .args(["--reporters", "destination", "--seed", "7"])
+            // Each workload's series per pod, as Prometheus' Kubernetes discovery labels them.
+            .args(["--pods-per-workload", "3"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -32,6 +32,8 @@ pub struct Settings {
     pub source: Source,
     pub reporters: Vec<String>,
     pub seed: u64,
+    /// Pods each workload's traffic is spread over (each series carries a `pod` label).
+    pub pods_per_workload: u32,
 }
 
 struct Simulation {
@@ -66,7 +68,8 @@ pub async fn run(
         settings.source.clone(),
         settings.reporters.clone(),
         settings.seed,
-    );
+    )
+    .with_pods_per_workload(settings.pods_per_workload);
     let shared: Shared = Arc::new(Mutex::new(Simulation {
         registry,
         mesh,

@@ -63,6 +63,10 @@ struct Args {
     /// Random seed, for repeatable runs.
     #[arg(long)]
     seed: Option<u64>,
+    /// Pods each workload's traffic is spread over, equally; every series carries a `pod`
+    /// label (`<workload>-<n>`), as Prometheus' Kubernetes discovery adds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pods_per_workload: u32,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -128,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         },
         reporters: args.reporters,
         seed: args.seed.unwrap_or_else(default_seed),
+        pods_per_workload: args.pods_per_workload,
     };
     let client = client(args.kubeconfig.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -44,6 +44,8 @@ pub struct RequestLabels {
     pub response_code: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+    /// The serving pod, as Prometheus' Kubernetes discovery labels it.
+    pub pod: String,
 }
 
 /// The client side of the simulated requests (Istio's `source_*` labels).
@@ -69,6 +71,7 @@ pub struct Mesh {
     reporters: Vec<String>,
     rng: StdRng,
     totals: BTreeMap<String, Totals>,
+    pods_per_workload: u32,
 }
 
 fn istio_histogram() -> Histogram {
@@ -99,7 +102,14 @@ impl Mesh {
             reporters,
             rng: StdRng::seed_from_u64(seed),
             totals: BTreeMap::new(),
+            pods_per_workload: 1,
         }
+    }
+
+    /// Spreads each workload's requests over `pods` pods, equally (at least one).
+    pub fn with_pods_per_workload(mut self, pods: u32) -> Self {
+        self.pods_per_workload = pods.max(1);
+        self
     }
 
     /// Simulates `period` of traffic at `rps` requests per second over `destinations`.
@@ -125,32 +135,46 @@ impl Mesh {
                 .map(|p| p.sample(&mut self.rng) as u64)
                 .unwrap_or(0);
             let behaviour = behaviour_of(&destination.workload);
-            let errors = Binomial::new(count, behaviour.error_rate)
-                .map(|b| b.sample(&mut self.rng))
-                .unwrap_or(0);
             let (mu, sigma) = behaviour.log_normal();
             let latency = LogNormal::new(mu, sigma).expect("validated behaviour");
-            for (code, n) in [(behaviour.error_code, errors), (200, count - errors)] {
-                if n == 0 {
-                    continue;
-                }
-                let samples: Vec<f64> = (0..n).map(|_| latency.sample(&mut self.rng)).collect();
-                for reporter in &self.reporters {
-                    let labels = self.labels(reporter, destination, code);
-                    self.requests.get_or_create(&labels).inc_by(n);
-                    let histogram = self.durations.get_or_create(&labels);
-                    for s in &samples {
-                        histogram.observe(*s);
+            // Each pod's share of the requests, multinomially (no draw for a single pod).
+            let mut left = count;
+            for pod in 0..self.pods_per_workload {
+                let pods_left = self.pods_per_workload - pod;
+                let served = if pods_left == 1 {
+                    left
+                } else {
+                    Binomial::new(left, 1.0 / f64::from(pods_left))
+                        .map(|b| b.sample(&mut self.rng))
+                        .unwrap_or(0)
+                };
+                left -= served;
+                let pod_name = format!("{}-{pod}", destination.workload);
+                let errors = Binomial::new(served, behaviour.error_rate)
+                    .map(|b| b.sample(&mut self.rng))
+                    .unwrap_or(0);
+                for (code, n) in [(behaviour.error_code, errors), (200, served - errors)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let samples: Vec<f64> = (0..n).map(|_| latency.sample(&mut self.rng)).collect();
+                    for reporter in &self.reporters {
+                        let labels = self.labels(reporter, destination, code, &pod_name);
+                        self.requests.get_or_create(&labels).inc_by(n);
+                        let histogram = self.durations.get_or_create(&labels);
+                        for s in &samples {
+                            histogram.observe(*s);
+                        }
                     }
                 }
+                let totals = self.totals.entry(destination.workload.clone()).or_default();
+                totals.requests += served;
+                totals.errors += errors;
             }
-            let totals = self.totals.entry(destination.workload.clone()).or_default();
-            totals.requests += count;
-            totals.errors += errors;
         }
     }
 
-    fn labels(&self, reporter: &str, d: &Destination, code: u16) -> RequestLabels {
+    fn labels(&self, reporter: &str, d: &Destination, code: u16, pod: &str) -> RequestLabels {
         RequestLabels {
             reporter: reporter.to_string(),
             source_workload: self.source.workload.clone(),
@@ -175,6 +199,7 @@ impl Mesh {
                 "unknown"
             }
             .to_string(),
+            pod: pod.to_string(),
         }
     }
 
@@ -243,6 +268,36 @@ mod tests {
             (stable_rate - 0.01).abs() < 0.002,
             "stable error rate {stable_rate}"
         );
+    }
+
+    #[test]
+    fn requests_are_spread_over_the_pods_each_labelled() {
+        let mut registry = Registry::default();
+        let mut mesh = mesh(&mut registry).with_pods_per_workload(3);
+        mesh.simulate(
+            3000.0,
+            Duration::from_secs(1),
+            &[destination("web-stable", 1)],
+            |_| Behaviour::default(),
+        );
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let mut served = Vec::new();
+        for pod in ["web-stable-0", "web-stable-1", "web-stable-2"] {
+            let requests: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains(&format!("pod=\"{pod}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum();
+            served.push(requests);
+        }
+        let total = mesh.totals()["web-stable"].requests as f64;
+        assert_eq!(served.iter().sum::<f64>(), total, "{served:?}");
+        for requests in &served {
+            assert!((requests / total - 1.0 / 3.0).abs() < 0.05, "{served:?}");
+        }
+        assert!(!text.contains("web-stable-3"));
     }
 
     #[test]
