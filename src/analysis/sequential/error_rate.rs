@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    decide, evidence_clause, format_ratio, missing_note,
+    decide, evidence_clause, format_ratio, missing_note, pods_note,
 };
 
 /// One interval's request and error counts of both versions (counter deltas, resets handled
@@ -60,6 +60,9 @@ pub struct ErrorRateJudge {
     missing_intervals: u32,
     canary_requests: u64,
     stable_requests: u64,
+    /// Intervals observed per pod (the noise level learned from them).
+    #[serde(default)]
+    pod_intervals: u32,
 }
 
 impl ErrorRateJudge {
@@ -75,6 +78,7 @@ impl ErrorRateJudge {
             missing_intervals: 0,
             canary_requests: 0,
             stable_requests: 0,
+            pod_intervals: 0,
         })
     }
 
@@ -105,7 +109,12 @@ impl ErrorRateJudge {
             canary: pairs(&pods.canary),
             stable: pairs(&pods.stable),
         };
-        self.observe_split(&totals, Some(&split))
+        self.observe_split(&totals, Some(&split))?;
+        let several = |pods: &[[u64; 2]]| pods.iter().filter(|[n, _]| *n > 0).count() > 1;
+        if several(&pods.canary) || several(&pods.stable) {
+            self.pod_intervals += 1;
+        }
+        Ok(())
     }
 
     fn observe_split(
@@ -200,7 +209,11 @@ impl ErrorRateJudge {
             self.evidence.stable_events,
             self.stable_requests
         );
-        let missing = missing_note(self.missing_intervals);
+        let missing = format!(
+            "{}{}",
+            missing_note(self.missing_intervals),
+            pods_note(self.pod_intervals)
+        );
         let explanation = match ratio_estimate {
             None => format!(
                 "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
@@ -519,6 +532,15 @@ mod tests {
         with_split.observe_pods(&split).unwrap();
         from_pods.observe(&split.totals()).unwrap();
         assert_ne!(with_split.evidence(), from_pods.evidence());
+        assert!(
+            with_split
+                .assess()
+                .explanation
+                .contains("noise level learned from the pods of 1 interval(s)"),
+            "{}",
+            with_split.assess().explanation
+        );
+        assert!(!from_totals.assess().explanation.contains("pods"));
 
         let before = with_split.clone();
         let impossible = PodErrorCounts {

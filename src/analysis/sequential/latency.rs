@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid, log_sum_exp};
 use super::{
     Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    decide, evidence_clause, format_ratio, missing_note,
+    decide, evidence_clause, format_ratio, missing_note, pods_note,
 };
 
 /// One interval's histogram counts of both versions: for each `le` of the layout, in
@@ -61,6 +61,9 @@ pub struct LatencyJudge {
     stable_requests: u64,
     canary_requests: u64,
     missing_intervals: u32,
+    /// Intervals observed per pod (the noise level learned from them).
+    #[serde(default)]
+    pod_intervals: u32,
 }
 
 impl LatencyJudge {
@@ -88,6 +91,7 @@ impl LatencyJudge {
             stable_requests: 0,
             canary_requests: 0,
             missing_intervals: 0,
+            pod_intervals: 0,
         })
     }
 
@@ -122,6 +126,15 @@ impl LatencyJudge {
             stable: sum(&pods.stable),
         };
         self.observe_checked(&totals, Some(pods));
+        let several = |pods: &[Vec<u64>]| {
+            pods.iter()
+                .filter(|pod| pod.last().is_some_and(|total| *total > 0))
+                .count()
+                > 1
+        };
+        if several(&pods.canary) || several(&pods.stable) {
+            self.pod_intervals += 1;
+        }
         Ok(())
     }
 
@@ -279,7 +292,11 @@ impl LatencyJudge {
             regression: capped_e_value(ln_regression),
             no_regression: capped_e_value(ln_no_regression),
         };
-        let missing = missing_note(self.missing_intervals);
+        let missing = format!(
+            "{}{}",
+            missing_note(self.missing_intervals),
+            pods_note(self.pod_intervals)
+        );
         let counts = format!(
             "canary {} requests, stable {}{missing}",
             self.canary_requests, self.stable_requests
@@ -507,6 +524,8 @@ mod tests {
         assert_eq!(from_totals.evidence(), from_pods.evidence());
         assert_eq!(from_totals.canary_requests, from_pods.canary_requests);
         assert_eq!(from_totals.stable_slower, from_pods.stable_slower);
+        // One pod per version shows nothing about noise, and the explanation does not claim it.
+        assert!(!from_pods.assess().explanation.contains("pods"));
 
         let before = from_pods.clone();
         let not_cumulative = PodHistogramCounts {

@@ -201,6 +201,15 @@ fn missing_note(missing_intervals: u32) -> String {
     }
 }
 
+/// Says when the noise level was learned from per-pod counts, so a reader knows why the
+/// judge allowed less interval-to-interval noise than its configured maximum.
+fn pods_note(pod_intervals: u32) -> String {
+    match pod_intervals {
+        0 => String::new(),
+        n => format!("; noise level learned from the pods of {n} interval(s)"),
+    }
+}
+
 /// A confidence level in percent with at most two decimals and no trailing zeros ("98",
 /// "99.83"), never rounded up to "100".
 fn format_percent(percent: f64) -> String {
