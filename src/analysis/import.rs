@@ -185,23 +185,15 @@ where
             "a template needs at least one metric",
         ));
     }
-    Ok(ImportedTemplate {
-        origin: Origin::Canary,
-        kind: K::kind(&()).into_owned(),
-        name: value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        namespace: value
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+    finish(
+        &value,
+        Origin::Canary,
+        &K::kind(&()),
         cluster_scoped,
-        spec: AnalysisTemplateSpec { args, metrics },
+        AnalysisTemplateSpec { args, metrics },
         metric_positions,
         notes,
-    })
+    )
 }
 
 /// Reads `spec.<key>[]` item by item; each failure becomes a note on that item. Returns the
