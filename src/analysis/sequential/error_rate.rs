@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid};
 use super::{
-    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    decide, evidence_clause, format_ratio, missing_note, pods_note,
+    Assessment, Evidence, InvalidConfig, InvalidCounts, Reported, SequentialConfig, Verdict,
+    capped_e_value, data_notes, decide, format_ratio, report,
 };
 
 /// One interval's request and error counts of both versions (counter deltas, resets handled
@@ -187,21 +187,20 @@ impl ErrorRateJudge {
         let ln_regression = self.evidence.ln_e_regression(&self.grid);
         let ln_no_regression = self.evidence.ln_e_no_regression(&self.grid);
         let verdict = decide(ln_regression, ln_no_regression, self.alpha);
-        // A regression that began late is reported on the intervals since it began (the
-        // copy of the e-process that found it), at that copy's share of alpha.
-        let window = if verdict == Verdict::Regressed {
-            self.evidence.strongest_window(&self.grid)
-        } else {
-            self.evidence.whole_window()
-        };
-        let ratio_estimate = window.estimate(&self.grid);
-        let ratio_interval = window.confidence_sequence(&self.grid, window.alpha_share(self.alpha));
-        let since = window.since_note();
-        let tolerated_ratio = self.grid.null_ratio();
-        let evidence = Evidence {
-            regression: capped_e_value(ln_regression),
-            no_regression: capped_e_value(ln_no_regression),
-        };
+        let Reported {
+            estimate: ratio_estimate,
+            interval: ratio_interval,
+            tolerated_ratio,
+            evidence,
+            since,
+            clause,
+        } = report(
+            &self.evidence,
+            &self.grid,
+            self.alpha,
+            (ln_regression, ln_no_regression),
+            verdict,
+        );
         let counts = format!(
             "canary {} errors in {} requests, stable {} in {}",
             self.evidence.canary_events,
@@ -209,26 +208,14 @@ impl ErrorRateJudge {
             self.evidence.stable_events,
             self.stable_requests
         );
-        let missing = format!(
-            "{}{}",
-            missing_note(self.missing_intervals),
-            pods_note(self.pod_intervals)
-        );
+        let missing = data_notes(self.missing_intervals, self.pod_intervals);
         let explanation = match ratio_estimate {
             None => format!(
                 "no information yet ({counts}{missing}): an error rate ratio needs traffic on both sides and at least one error"
             ),
             Some(estimate) => format!(
-                "canary error rate {}× stable's{since} {} ({counts}{missing})",
+                "canary error rate {}× stable's{since} {clause} ({counts}{missing})",
                 format_ratio(estimate),
-                evidence_clause(
-                    self.alpha,
-                    window.alpha_share(self.alpha),
-                    ratio_interval,
-                    tolerated_ratio,
-                    evidence,
-                    verdict
-                ),
             ),
         };
         Assessment {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rate_ratio::{PodSplit, RateRatioEvidence, RatioGrid, log_sum_exp};
 use super::{
-    Assessment, Evidence, InvalidConfig, InvalidCounts, SequentialConfig, Verdict, capped_e_value,
-    decide, evidence_clause, format_ratio, missing_note, pods_note,
+    Assessment, Evidence, InvalidConfig, InvalidCounts, Reported, SequentialConfig, Verdict,
+    capped_e_value, data_notes, decide, format_ratio, report,
 };
 
 /// One interval's histogram counts of both versions: for each `le` of the layout, in
@@ -277,26 +277,22 @@ impl LatencyJudge {
             Some((index, _)) if verdict != Verdict::Regressed && strongest_ln_e < 0.0 => index,
             _ => strongest,
         };
-        let evidence = &self.per_boundary[reported];
         let le = self.boundaries[reported];
-        let window = if verdict == Verdict::Regressed {
-            evidence.strongest_window(&self.grid)
-        } else {
-            evidence.whole_window()
-        };
-        let ratio_estimate = window.estimate(&self.grid);
-        let ratio_interval = window.confidence_sequence(&self.grid, window.alpha_share(self.alpha));
-        let since = window.since_note();
-        let tolerated_ratio = self.grid.null_ratio();
-        let evidence = Evidence {
-            regression: capped_e_value(ln_regression),
-            no_regression: capped_e_value(ln_no_regression),
-        };
-        let missing = format!(
-            "{}{}",
-            missing_note(self.missing_intervals),
-            pods_note(self.pod_intervals)
+        let Reported {
+            estimate: ratio_estimate,
+            interval: ratio_interval,
+            tolerated_ratio,
+            evidence,
+            since,
+            clause,
+        } = report(
+            &self.per_boundary[reported],
+            &self.grid,
+            self.alpha,
+            (ln_regression, ln_no_regression),
+            verdict,
         );
+        let missing = data_notes(self.missing_intervals, self.pod_intervals);
         let counts = format!(
             "canary {} requests, stable {}{missing}",
             self.canary_requests, self.stable_requests
@@ -306,16 +302,8 @@ impl LatencyJudge {
                 "no information yet ({counts}): latency needs traffic on both sides and requests slower than some bucket boundary"
             ),
             Some(estimate) => format!(
-                "requests slower than le={le}: canary {}× stable's share{since} {} ({counts}; evidence of regression averaged over {} bucket boundaries)",
+                "requests slower than le={le}: canary {}× stable's share{since} {clause} ({counts}; evidence of regression averaged over {} bucket boundaries)",
                 format_ratio(estimate),
-                evidence_clause(
-                    self.alpha,
-                    window.alpha_share(self.alpha),
-                    ratio_interval,
-                    tolerated_ratio,
-                    evidence,
-                    verdict
-                ),
                 self.boundaries.len(),
             ),
         };

@@ -194,19 +194,68 @@ fn evidence_clause(
     )
 }
 
-fn missing_note(missing_intervals: u32) -> String {
-    match missing_intervals {
-        0 => String::new(),
-        n => format!("; {n} interval(s) without data"),
+/// What the counts did not show: intervals without data, and whether the noise level was
+/// learned from per-pod counts (why the judge allowed less interval-to-interval noise than
+/// its configured maximum).
+fn data_notes(missing_intervals: u32, pod_intervals: u32) -> String {
+    let mut notes = String::new();
+    if missing_intervals > 0 {
+        notes.push_str(&format!("; {missing_intervals} interval(s) without data"));
     }
+    if pod_intervals > 0 {
+        notes.push_str(&format!(
+            "; noise level learned from the pods of {pod_intervals} interval(s)"
+        ));
+    }
+    notes
 }
 
-/// Says when the noise level was learned from per-pod counts, so a reader knows why the
-/// judge allowed less interval-to-interval noise than its configured maximum.
-fn pods_note(pod_intervals: u32) -> String {
-    match pod_intervals {
-        0 => String::new(),
-        n => format!("; noise level learned from the pods of {n} interval(s)"),
+/// What a judge reports of one rate-ratio e-process: the estimate and its interval on the
+/// window behind the verdict (for a regression that began late, the intervals since it began,
+/// at that copy's share of alpha), and the evidence sentence.
+struct Reported {
+    estimate: Option<f64>,
+    interval: RatioInterval,
+    tolerated_ratio: f64,
+    evidence: Evidence,
+    /// " since informative interval n …" for a late window, empty otherwise.
+    since: String,
+    /// [`evidence_clause`] for this window.
+    clause: String,
+}
+
+fn report(
+    rate_ratio: &rate_ratio::RateRatioEvidence,
+    grid: &rate_ratio::RatioGrid,
+    alpha: f64,
+    (ln_regression, ln_no_regression): (f64, f64),
+    verdict: Verdict,
+) -> Reported {
+    let window = if verdict == Verdict::Regressed {
+        rate_ratio.strongest_window(grid)
+    } else {
+        rate_ratio.whole_window()
+    };
+    let interval = window.confidence_sequence(grid, window.alpha_share(alpha));
+    let tolerated_ratio = grid.null_ratio();
+    let evidence = Evidence {
+        regression: capped_e_value(ln_regression),
+        no_regression: capped_e_value(ln_no_regression),
+    };
+    Reported {
+        estimate: window.estimate(grid),
+        interval,
+        tolerated_ratio,
+        evidence,
+        since: window.since_note(),
+        clause: evidence_clause(
+            alpha,
+            window.alpha_share(alpha),
+            interval,
+            tolerated_ratio,
+            evidence,
+            verdict,
+        ),
     }
 }
 
