@@ -277,11 +277,15 @@ fn is_duration(value: &str) -> bool {
 fn is_label_list(value: &str) -> bool {
     value.split(',').all(|part| {
         let name = part.trim();
-        let mut chars = name.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !PROMQL_KEYWORDS.contains(&name.to_ascii_lowercase().as_str())
+        is_label_name(name) && !PROMQL_KEYWORDS.contains(&name.to_ascii_lowercase().as_str())
     })
+}
+
+/// A Prometheus label name: letters, digits and `_`, not starting with a digit.
+pub(crate) fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

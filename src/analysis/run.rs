@@ -19,10 +19,10 @@ use super::sequential::Assessment;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::metrics::{MetricsSource, QueryRequest};
 
-/// Why a metric without any condition cannot run: no measurement could pass or fail.
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
 
+/// Why a metric without any condition cannot run: no measurement could pass or fail.
 pub const NO_CONDITION: &str = "the metric has no successCondition, failureCondition or thresholdRange, so no measurement could pass or fail";
 
 /// A problem found while preparing or validating a template, located by metric and field.
@@ -308,19 +308,13 @@ fn prepare_compare(
             )]);
         }
     };
-    if let Some(label) = &spec.pod_label {
-        let valid = label.len() <= 63
-            && label
-                .chars()
-                .enumerate()
-                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
-            && !label.is_empty();
-        if !valid {
-            problems.push((
-                "compare.podLabel".into(),
-                format!("{label:?} is not a Prometheus label name (letters, digits and _, not starting with a digit)"),
-            ));
-        }
+    if let Some(label) = &spec.pod_label
+        && (label.len() > 63 || !render::is_label_name(label))
+    {
+        problems.push((
+            "compare.podLabel".into(),
+            format!("{label:?} is not a Prometheus label name (letters, digits and _, not starting with a digit)"),
+        ));
     }
     let mut config = spec.judge.clone().unwrap_or_default();
     if let Err(e) = config.validate() {
