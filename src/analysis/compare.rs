@@ -180,6 +180,25 @@ pub enum MeasureError {
 /// Counter values at one instant, by series.
 type Snapshot = BTreeMap<BTreeMap<String, String>, f64>;
 
+/// One series' labels and its increase over the interval.
+type Increase = (BTreeMap<String, String>, f64);
+
+/// Some of a version's series (all of them, or one pod group's), by counter.
+type Series<'a> = BTreeMap<u8, Vec<&'a Increase>>;
+
+/// The series of `counter` in `series`.
+fn of_counter<'a, 'b>(series: &'b Series<'a>, counter: Counter) -> &'b [&'a Increase] {
+    series
+        .get(&(counter as u8))
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The summed increase of `counter` over `series`, as a whole count.
+fn total(series: &Series, counter: Counter) -> u64 {
+    whole(of_counter(series, counter).iter().map(|(_, x)| x).sum())
+}
+
 fn snapshot(output: QueryOutput) -> Snapshot {
     match output {
         QueryOutput::Scalar(value) => BTreeMap::from([(BTreeMap::new(), value)]),
@@ -194,7 +213,7 @@ fn snapshot(output: QueryOutput) -> Snapshot {
 /// The increase of every series between two snapshots, reset-aware: a value that went down
 /// restarted from zero (its whole new value counts), a new series counts its whole value, a
 /// series gone counts nothing.
-fn increases(before: &Snapshot, after: &Snapshot) -> Vec<(BTreeMap<String, String>, f64)> {
+fn increases(before: &Snapshot, after: &Snapshot) -> Vec<Increase> {
     after
         .iter()
         .map(|(labels, &now)| {
@@ -213,7 +232,7 @@ fn whole(value: f64) -> u64 {
 
 /// Increases per finite `le` and `+Inf`, summed over the other labels.
 fn bucket_increases(
-    increases: &[(BTreeMap<String, String>, f64)],
+    increases: &[&Increase],
     side: &'static str,
 ) -> Result<BTreeMap<OrderedLe, f64>, MeasureError> {
     let mut per_le: BTreeMap<OrderedLe, f64> = BTreeMap::new();
@@ -259,41 +278,31 @@ pub struct SideCounters {
     pub snapshots: Vec<(Counter, QueryOutput, QueryOutput)>,
 }
 
-/// Which pod group each series of a version belongs to: by its `pod_label` value, the sorted
-/// names spread over at most [`MAX_POD_GROUPS`] groups. `None` unless every series of the
-/// version's counters carries the label.
-fn pod_groups(
-    counters: &BTreeMap<u8, (Vec<(BTreeMap<String, String>, f64)>, bool)>,
+/// A version's series split by pod: by their `pod_label` value, the sorted names spread over
+/// at most [`MAX_POD_GROUPS`] groups. `None` unless every series carries the label.
+fn by_pod_group<'a>(
+    counters: &'a BTreeMap<u8, Vec<Increase>>,
     pod_label: &str,
-) -> Option<BTreeMap<String, usize>> {
+) -> Option<Vec<Series<'a>>> {
     let mut names = std::collections::BTreeSet::new();
-    for (increases, _) in counters.values() {
+    for increases in counters.values() {
         for (labels, _) in increases {
-            names.insert(labels.get(pod_label)?.clone());
+            names.insert(labels.get(pod_label)?.as_str());
         }
     }
-    Some(
-        names
-            .into_iter()
-            .enumerate()
-            .map(|(index, name)| (name, index % MAX_POD_GROUPS))
-            .collect(),
-    )
-}
-
-/// The series of one counter whose pod is in `group`.
-fn of_group<'a>(
-    increases: &'a [(BTreeMap<String, String>, f64)],
-    groups: &'a BTreeMap<String, usize>,
-    pod_label: &'a str,
-    group: usize,
-) -> impl Iterator<Item = &'a (BTreeMap<String, String>, f64)> + 'a {
-    increases.iter().filter(move |(labels, _)| {
-        labels
-            .get(pod_label)
-            .and_then(|name| groups.get(name))
-            .is_some_and(|g| *g == group)
-    })
+    let group_of: BTreeMap<&str, usize> = names
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| (name, index % MAX_POD_GROUPS))
+        .collect();
+    let mut groups = vec![Series::new(); group_of.len().min(MAX_POD_GROUPS)];
+    for (counter, increases) in counters {
+        for increase in increases {
+            let group = group_of[increase.0[pod_label].as_str()];
+            groups[group].entry(*counter).or_default().push(increase);
+        }
+    }
+    Some(groups)
 }
 
 /// Turns the raw counters of both versions into one interval's counts, and with `pod_label`
@@ -304,53 +313,60 @@ pub fn interval_counts(
     stable: SideCounters,
     pod_label: Option<&str>,
 ) -> Result<MeasuredInterval, MeasureError> {
-    let mut sides = Vec::new();
-    for side in [canary, stable] {
-        let mut per_counter = BTreeMap::new();
-        for (counter, start, end) in side.snapshots {
-            let end = snapshot(end);
-            let present = !end.is_empty();
-            per_counter.insert(counter as u8, (increases(&snapshot(start), &end), present));
-        }
-        sides.push((side.side, per_counter));
-    }
-    // The interval is missing when neither version's main counter has any series at its end.
+    // Per version: each counter's series increases.
+    let versions: Vec<(&'static str, BTreeMap<u8, Vec<Increase>>)> = [canary, stable]
+        .into_iter()
+        .map(|side| {
+            let counters = side
+                .snapshots
+                .into_iter()
+                .map(|(counter, start, end)| {
+                    (counter as u8, increases(&snapshot(start), &snapshot(end)))
+                })
+                .collect();
+            (side.side, counters)
+        })
+        .collect();
+    // The interval is missing when neither version's main counter has any series at its end
+    // (every series at the end has an increase).
     let main = match kind {
         CompareKind::ErrorRate => Counter::Requests,
         CompareKind::Latency => Counter::LatencyBuckets,
     } as u8;
-    if sides
+    if versions
         .iter()
-        .all(|(_, c)| c.get(&main).is_none_or(|(_, present)| !present))
+        .all(|(_, counters)| counters.get(&main).is_none_or(Vec::is_empty))
     {
         return Ok(MeasuredInterval {
             counts: IntervalCounts::default(),
             boundaries: Vec::new(),
         });
     }
+    let all: Vec<Series> = versions
+        .iter()
+        .map(|(_, counters)| {
+            counters
+                .iter()
+                .map(|(counter, increases)| (*counter, increases.iter().collect()))
+                .collect()
+        })
+        .collect();
     // Per version, its pod groups, if the counts are wanted per pod and every series has one.
-    let groups: Option<Vec<BTreeMap<String, usize>>> = pod_label.and_then(|label| {
-        sides
+    let groups: Option<Vec<Vec<Series>>> = pod_label.and_then(|label| {
+        versions
             .iter()
-            .map(|(_, counters)| pod_groups(counters, label))
+            .map(|(_, counters)| by_pod_group(counters, label))
             .collect()
     });
-    let group_count = |side: usize| {
-        groups
-            .as_ref()
-            .map_or(0, |g| g[side].values().copied().max().map_or(0, |m| m + 1))
-    };
+    let sides = [versions[0].0, versions[1].0];
     match kind {
         CompareKind::ErrorRate => {
             let mut counts = Vec::new();
-            for (side, counters) in &sides {
-                let total = |counter: Counter| {
-                    counters
-                        .get(&(counter as u8))
-                        .map_or(0.0, |(increases, _)| increases.iter().map(|(_, x)| x).sum())
-                };
-                let requests = whole(total(Counter::Requests));
-                let errors = whole(total(Counter::Errors));
+            for (side, series) in sides.into_iter().zip(&all) {
+                let (requests, errors) = (
+                    total(series, Counter::Requests),
+                    total(series, Counter::Errors),
+                );
                 if errors > requests {
                     return Err(MeasureError::Data {
                         field: Counter::Errors.field(),
@@ -362,40 +378,27 @@ pub fn interval_counts(
                 }
                 counts.push(vec![requests, errors]);
             }
-            let stable = counts.pop().unwrap_or_default();
-            let canary = counts.pop().unwrap_or_default();
-            let pods = groups.as_ref().and_then(|groups| {
-                let label = pod_label.expect("groups need the label");
-                let mut per_side = Vec::new();
-                for (index, (_, counters)) in sides.iter().enumerate() {
-                    let mut pods = Vec::new();
-                    for group in 0..group_count(index) {
-                        let total = |counter: Counter| -> f64 {
-                            counters
-                                .get(&(counter as u8))
-                                .map_or(0.0, |(increases, _)| {
-                                    of_group(increases, &groups[index], label, group)
-                                        .map(|(_, x)| x)
-                                        .sum()
-                                })
-                        };
+            // A pod whose errors outnumber its requests (series that do not match up per
+            // pod): the interval is judged on the totals only.
+            let per_pod = |groups: &[Series]| -> Option<Vec<Vec<u64>>> {
+                groups
+                    .iter()
+                    .map(|group| {
                         let (requests, errors) = (
-                            whole(total(Counter::Requests)),
-                            whole(total(Counter::Errors)),
+                            total(group, Counter::Requests),
+                            total(group, Counter::Errors),
                         );
-                        // A pod whose errors outnumber its requests (series that do not match
-                        // up per pod): judge this interval on the totals only.
-                        if errors > requests {
-                            return None;
-                        }
-                        pods.push(vec![requests, errors]);
-                    }
-                    per_side.push(pods);
-                }
-                let stable = per_side.pop()?;
-                let canary = per_side.pop()?;
-                Some(PodCounts { canary, stable })
+                        (errors <= requests).then(|| vec![requests, errors])
+                    })
+                    .collect()
+            };
+            let pods = groups.and_then(|groups| {
+                Some(PodCounts {
+                    canary: per_pod(&groups[0])?,
+                    stable: per_pod(&groups[1])?,
+                })
             });
+            let [canary, stable]: [Vec<u64>; 2] = counts.try_into().expect("two versions");
             Ok(MeasuredInterval {
                 counts: IntervalCounts {
                     canary,
@@ -406,13 +409,12 @@ pub fn interval_counts(
             })
         }
         CompareKind::Latency => {
+            let buckets_of = |series: &Series, side| {
+                bucket_increases(of_counter(series, Counter::LatencyBuckets), side)
+            };
             let mut per_side = Vec::new();
-            for (side, counters) in &sides {
-                let increases = counters
-                    .get(&(Counter::LatencyBuckets as u8))
-                    .map(|(increases, _)| increases.as_slice())
-                    .unwrap_or_default();
-                per_side.push((*side, bucket_increases(increases, side)?));
+            for (side, series) in sides.into_iter().zip(&all) {
+                per_side.push((side, buckets_of(series, side)?));
             }
             // The layout: every `le` either version reports. A version without any series (no
             // requests yet) counts zero everywhere; otherwise both must use the same buckets.
@@ -441,28 +443,19 @@ pub fn interval_counts(
                     })
                     .collect()
             };
-            let pods = match &groups {
+            let pods = match groups {
                 None => None,
                 Some(groups) => {
-                    let label = pod_label.expect("groups need the label");
-                    let mut per_side_pods = Vec::new();
-                    for (index, (side, counters)) in sides.iter().enumerate() {
-                        let increases = counters
-                            .get(&(Counter::LatencyBuckets as u8))
-                            .map(|(increases, _)| increases.as_slice())
-                            .unwrap_or_default();
+                    let mut per_version = Vec::new();
+                    for (side, groups) in sides.into_iter().zip(&groups) {
                         let mut pods = Vec::new();
-                        for group in 0..group_count(index) {
-                            let members: Vec<(BTreeMap<String, String>, f64)> =
-                                of_group(increases, &groups[index], label, group)
-                                    .cloned()
-                                    .collect();
-                            pods.push(in_layout(&bucket_increases(&members, side)?));
+                        for group in groups {
+                            pods.push(in_layout(&buckets_of(group, side)?));
                         }
-                        per_side_pods.push(pods);
+                        per_version.push(pods);
                     }
-                    let stable = per_side_pods.pop().unwrap_or_default();
-                    let canary = per_side_pods.pop().unwrap_or_default();
+                    let [canary, stable]: [Vec<Vec<u64>>; 2] =
+                        per_version.try_into().expect("two versions");
                     Some(PodCounts { canary, stable })
                 }
             };
@@ -481,8 +474,7 @@ pub fn interval_counts(
                 }
                 cumulative.push(in_layout(buckets));
             }
-            let stable = cumulative.pop().unwrap_or_default();
-            let canary = cumulative.pop().unwrap_or_default();
+            let [canary, stable]: [Vec<u64>; 2] = cumulative.try_into().expect("two versions");
             Ok(MeasuredInterval {
                 counts: IntervalCounts {
                     canary,
@@ -548,10 +540,19 @@ pub async fn measure<S: MetricsSource>(
 
 /// Replays every recorded interval into a fresh judge and assesses it.
 pub fn assess(setup: &CompareSetup, record: &CompareRecord) -> Result<Assessment, String> {
+    assess_intervals(setup, &record.boundaries, record.intervals.iter())
+}
+
+/// [`assess`] of a record's layout and intervals, which need not be stored together.
+fn assess_intervals<'a>(
+    setup: &CompareSetup,
+    boundaries: &[f64],
+    intervals: impl Iterator<Item = &'a IntervalCounts>,
+) -> Result<Assessment, String> {
     match setup.kind {
         CompareKind::ErrorRate => {
             let mut judge = ErrorRateJudge::new(&setup.config).map_err(|e| e.to_string())?;
-            for interval in &record.intervals {
+            for interval in intervals {
                 if interval.is_missing() {
                     judge.observe_missing();
                     continue;
@@ -579,19 +580,19 @@ pub fn assess(setup: &CompareSetup, record: &CompareRecord) -> Result<Assessment
             Ok(judge.assess())
         }
         CompareKind::Latency => {
-            if record.boundaries.is_empty() {
+            if boundaries.is_empty() {
                 // No interval with data yet: the judge has nothing to say, but an empty
                 // layout is not one it accepts; any layout gives the same empty assessment.
                 let mut judge =
                     LatencyJudge::new(&setup.config, &[1.0]).map_err(|e| e.to_string())?;
-                for _ in &record.intervals {
+                for _ in intervals {
                     judge.observe_missing();
                 }
                 return Ok(judge.assess());
             }
             let mut judge =
-                LatencyJudge::new(&setup.config, &record.boundaries).map_err(|e| e.to_string())?;
-            for interval in &record.intervals {
+                LatencyJudge::new(&setup.config, boundaries).map_err(|e| e.to_string())?;
+            for interval in intervals {
                 if interval.is_missing() {
                     judge.observe_missing();
                     continue;
@@ -622,16 +623,36 @@ pub struct CompareJudgement {
     pub assessment: Option<Assessment>,
 }
 
-/// Adds an interval (or a failed measurement) to `record` and judges. Pure.
+/// What recording an interval changes in a [`CompareRecord`]: the bucket layout, fixed by a
+/// latency comparison's first interval with data, and the interval itself once judged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordUpdate {
+    pub boundaries: Option<Vec<f64>>,
+    pub interval: Option<IntervalCounts>,
+}
+
+impl RecordUpdate {
+    pub fn apply(self, record: &mut CompareRecord) {
+        if let Some(boundaries) = self.boundaries {
+            record.boundaries = boundaries;
+        }
+        if let Some(interval) = self.interval {
+            record.intervals.push(interval);
+        }
+    }
+}
+
+/// Judges an interval (or a failed measurement) after those in `record`, without changing
+/// it: the judgement, and what recording it changes. Pure.
 ///
 /// Measurement phases: `Failed` when the judge says `Regressed`, `Successful` otherwise
 /// (`Continue` or `NoRegression`: nothing against the canary), `Inconclusive` for an interval
 /// without data, `Error` when the counters could not be read or were impossible.
-pub fn record_interval(
+pub fn judge_interval(
     setup: &CompareSetup,
-    record: &mut CompareRecord,
-    outcome: Result<MeasuredInterval, String>,
-) -> CompareJudgement {
+    record: &CompareRecord,
+    outcome: &Result<MeasuredInterval, String>,
+) -> (CompareJudgement, RecordUpdate) {
     let error = |reason: String| CompareJudgement {
         phase: MeasurementPhase::Error,
         value: None,
@@ -640,29 +661,34 @@ pub fn record_interval(
     };
     let measured = match outcome {
         Ok(measured) => measured,
-        Err(reason) => return error(reason),
+        Err(reason) => return (error(reason.clone()), RecordUpdate::default()),
     };
+    let mut update = RecordUpdate::default();
     if !measured.counts.is_missing() && setup.kind == CompareKind::Latency {
         if record.boundaries.is_empty() {
-            record.boundaries = measured.boundaries.clone();
+            update.boundaries = Some(measured.boundaries.clone());
         } else if record.boundaries != measured.boundaries {
-            return error(format!(
+            let reason = format!(
                 "the histogram's buckets changed from {:?} to {:?} during the analysis; a comparison needs one bucket layout",
                 record.boundaries, measured.boundaries
-            ));
+            );
+            return (error(reason), update);
         }
     }
     let mut counts = measured.counts.clone();
     if record.intervals.len() >= MAX_POD_INTERVALS {
         counts.pods = None;
     }
-    let mut candidate = record.clone();
-    candidate.intervals.push(counts);
-    let assessment = match assess(setup, &candidate) {
+    let boundaries = update.boundaries.as_deref().unwrap_or(&record.boundaries);
+    let assessment = match assess_intervals(
+        setup,
+        boundaries,
+        record.intervals.iter().chain(std::iter::once(&counts)),
+    ) {
         Ok(assessment) => assessment,
-        Err(reason) => return error(format!("impossible counts ({reason})")),
+        Err(reason) => return (error(format!("impossible counts ({reason})")), update),
     };
-    *record = candidate;
+    update.interval = Some(counts);
     let phase = if measured.counts.is_missing() {
         MeasurementPhase::Inconclusive
     } else if assessment.verdict == Verdict::Regressed {
@@ -670,7 +696,7 @@ pub fn record_interval(
     } else {
         MeasurementPhase::Successful
     };
-    CompareJudgement {
+    let judgement = CompareJudgement {
         phase,
         value: Some(format!(
             "{} {}",
@@ -679,7 +705,19 @@ pub fn record_interval(
         )),
         reason: assessment.explanation.clone(),
         assessment: Some(assessment),
-    }
+    };
+    (judgement, update)
+}
+
+/// Adds an interval (or a failed measurement) to `record` and judges ([`judge_interval`]).
+pub fn record_interval(
+    setup: &CompareSetup,
+    record: &mut CompareRecord,
+    outcome: &Result<MeasuredInterval, String>,
+) -> CompareJudgement {
+    let (judgement, update) = judge_interval(setup, record, outcome);
+    update.apply(record);
+    judgement
 }
 
 /// `Regressed 2.10× (1.40–3.30)`: the verdict with the effect estimate and its interval.
@@ -949,7 +987,7 @@ mod tests {
         // ×5 errors at 10% of the traffic: regressed within a few intervals.
         let mut phases = Vec::new();
         for _ in 0..10 {
-            let judged = record_interval(&setup, &mut record, interval([600, 15], [5400, 27]));
+            let judged = record_interval(&setup, &mut record, &interval([600, 15], [5400, 27]));
             phases.push(judged.phase);
             if judged.phase == MeasurementPhase::Failed {
                 let assessment = judged.assessment.unwrap();
@@ -968,13 +1006,13 @@ mod tests {
         let missing = record_interval(
             &setup,
             &mut CompareRecord::default(),
-            Ok(MeasuredInterval {
+            &Ok(MeasuredInterval {
                 counts: IntervalCounts::default(),
                 boundaries: vec![],
             }),
         );
         assert_eq!(missing.phase, MeasurementPhase::Inconclusive);
-        let failed = record_interval(&setup, &mut record, Err("unreachable".into()));
+        let failed = record_interval(&setup, &mut record, &Err("unreachable".into()));
         assert_eq!(failed.phase, MeasurementPhase::Error);
     }
 
@@ -986,7 +1024,7 @@ mod tests {
             let mut tally = Tally::default();
             let mut latest = None;
             for (c, s) in intervals {
-                let j = record_interval(&setup, &mut record, interval(*c, *s));
+                let j = record_interval(&setup, &mut record, &interval(*c, *s));
                 tally.record(j.phase);
                 latest = j.assessment;
             }
@@ -1170,7 +1208,7 @@ mod tests {
             })
         };
         for _ in 0..=MAX_POD_INTERVALS {
-            record_interval(&setup, &mut record, with_pods());
+            record_interval(&setup, &mut record, &with_pods());
         }
         assert!(record.intervals[MAX_POD_INTERVALS - 1].pods.is_some());
         assert_eq!(record.intervals[MAX_POD_INTERVALS].pods, None);

@@ -518,7 +518,7 @@ pub async fn run<S: MetricsSource>(
                 let outcome = compare::measure(source, compare, &metric.request, start, end)
                     .await
                     .map_err(|e| e.to_string());
-                let judged = compare::record_interval(&compare.setup, record, outcome);
+                let judged = compare::record_interval(&compare.setup, record, &outcome);
                 if judged.phase != MeasurementPhase::Error {
                     // A failed read is retried over the same window.
                     *window_end = Some(end);

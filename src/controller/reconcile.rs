@@ -209,7 +209,7 @@ async fn observe(
                 &run_name,
                 &metric,
                 &prepared_compare.setup,
-                outcome.clone(),
+                &outcome,
             );
             ctx.metrics
                 .measurement(&namespace, &canary.name_any(), &metric, judged.phase);

@@ -125,7 +125,7 @@ pub fn record(
         let compared = match (&definition.compare, &new.compare) {
             (Some(setup), Some(outcome)) => {
                 let state = metric.compare.get_or_insert_with(CompareStatus::default);
-                let judged = compare::record_interval(setup, &mut state.record, outcome.clone());
+                let judged = compare::record_interval(setup, &mut state.record, outcome);
                 if judged.phase != crate::analysis::MeasurementPhase::Error {
                     state.window_end = Some(measurement.time.clone());
                 }
@@ -135,7 +135,7 @@ pub fn record(
                 measurement.phase = judged.phase;
                 measurement.value = judged.value;
                 measurement.reason = judged.reason;
-                Some((setup, state.record.intervals.len()))
+                Some(state.record.intervals.len())
             }
             _ => None,
         };
@@ -146,7 +146,7 @@ pub fn record(
         let measured_at: Option<Timestamp> = measurement.time.parse().ok();
         metric.next_measurement_at = measured_at.map(|t| at(t + signed(definition.interval)));
         let assessment = match compared {
-            Some((_, intervals)) => compare::metric_phase(
+            Some(intervals) => compare::metric_phase(
                 metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
                 &definition.limits,
                 &metric.tally,
@@ -203,17 +203,17 @@ pub fn preview_compare(
     run: &str,
     metric: &str,
     setup: &CompareSetup,
-    outcome: Result<MeasuredInterval, String>,
+    outcome: &Result<MeasuredInterval, String>,
 ) -> CompareJudgement {
-    let mut record = status
+    let none = compare::CompareRecord::default();
+    let record = status
         .analysis_runs
         .iter()
         .find(|r| r.name == run)
         .and_then(|r| r.metrics.iter().find(|m| m.name == metric))
         .and_then(|m| m.compare.as_ref())
-        .map(|c| c.record.clone())
-        .unwrap_or_default();
-    compare::record_interval(setup, &mut record, outcome)
+        .map_or(&none, |c| &c.record);
+    compare::judge_interval(setup, record, outcome).0
 }
 
 /// Evidence-driven progression: when every deciding compare metric of run `name` says
