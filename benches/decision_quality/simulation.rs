@@ -475,8 +475,7 @@ pub fn simulate_run(
         };
         let (canary_noise, stable_noise, canary_latency_noise, stable_latency_noise) =
             if scenario == Scenario::PodOverdispersion {
-                let canary_pods =
-                    ((f64::from(STABLE_PODS) * weight / (1.0 - weight)).round() as u32).max(1);
+                let [canary_pods, _] = pod_counts(weight);
                 let latency_jitter = |rng: &mut StdRng, pods: u32| {
                     let sd = POD_LATENCY_LOG_SD / f64::from(pods).sqrt();
                     Normal::new(0.0, sd)

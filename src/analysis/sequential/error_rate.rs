@@ -103,15 +103,10 @@ impl ErrorRateJudge {
             }
         }
         let totals = pods.totals();
-        let pairs = |version: &[[u64; 2]]| version.iter().map(|&[n, x]| (n, x)).collect();
-        let split = PodSplit {
-            canary_requests: totals.canary_requests,
-            canary: pairs(&pods.canary),
-            stable: pairs(&pods.stable),
-        };
+        let pairs = |version: &[[u64; 2]]| version.iter().map(|&[n, x]| (n, x)).collect::<Vec<_>>();
+        let split = PodSplit::new(pairs(&pods.canary), pairs(&pods.stable));
         self.observe_split(&totals, Some(&split))?;
-        let several = |pods: &[[u64; 2]]| pods.iter().filter(|[n, _]| *n > 0).count() > 1;
-        if several(&pods.canary) || several(&pods.stable) {
+        if split.several_pods() {
             self.pod_intervals += 1;
         }
         Ok(())
@@ -146,13 +141,8 @@ impl ErrorRateJudge {
         } else {
             canary_requests as f64 / total_requests as f64
         };
-        self.evidence.observe_with_pods(
-            &self.grid,
-            canary_errors,
-            stable_errors,
-            canary_share,
-            pods,
-        );
+        self.evidence
+            .observe(&self.grid, canary_errors, stable_errors, canary_share, pods);
         self.canary_requests += canary_requests;
         self.stable_requests += stable_requests;
         Ok(())

@@ -125,20 +125,19 @@ impl LatencyJudge {
             canary: sum(&pods.canary),
             stable: sum(&pods.stable),
         };
-        self.observe_checked(&totals, Some(pods));
-        let several = |pods: &[Vec<u64>]| {
-            pods.iter()
-                .filter(|pod| pod.last().is_some_and(|total| *total > 0))
-                .count()
-                > 1
-        };
-        if several(&pods.canary) || several(&pods.stable) {
+        if self.observe_checked(&totals, Some(pods)) {
             self.pod_intervals += 1;
         }
         Ok(())
     }
 
-    fn observe_checked(&mut self, counts: &HistogramCounts, pods: Option<&PodHistogramCounts>) {
+    /// Returns whether some version had several pods with traffic (the noise level was
+    /// learned from them).
+    fn observe_checked(
+        &mut self,
+        counts: &HistogramCounts,
+        pods: Option<&PodHistogramCounts>,
+    ) -> bool {
         let HistogramCounts { canary, stable } = counts;
         let canary_total = *canary.last().expect("length checked");
         let stable_total = *stable.last().expect("length checked");
@@ -148,12 +147,13 @@ impl LatencyJudge {
         } else {
             canary_total as f64 / total as f64
         };
+        let mut several_pods = false;
         for (index, evidence) in self.per_boundary.iter_mut().enumerate() {
             let canary_slower = canary_total - canary[index];
             let stable_slower = stable_total - stable[index];
             // Per pod: its requests and how many were slower than this boundary.
             let split = pods.map(|pods| {
-                let slower = |version: &[Vec<u64>]| {
+                let slower = |version: &[Vec<u64>]| -> Vec<(u64, u64)> {
                     version
                         .iter()
                         .map(|pod| {
@@ -162,13 +162,10 @@ impl LatencyJudge {
                         })
                         .collect()
                 };
-                PodSplit {
-                    canary_requests: canary_total,
-                    canary: slower(&pods.canary),
-                    stable: slower(&pods.stable),
-                }
+                PodSplit::new(slower(&pods.canary), slower(&pods.stable))
             });
-            evidence.observe_with_pods(
+            several_pods |= split.as_ref().is_some_and(PodSplit::several_pods);
+            evidence.observe(
                 &self.grid,
                 canary_slower,
                 stable_slower,
@@ -179,6 +176,7 @@ impl LatencyJudge {
         }
         self.stable_requests += stable_total;
         self.canary_requests += canary_total;
+        several_pods
     }
 
     /// Records an interval for which Prometheus returned no data.
@@ -212,12 +210,18 @@ impl LatencyJudge {
         Ok(())
     }
 
-    fn ln_e_regression(&self) -> f64 {
-        let per_boundary = self
-            .per_boundary
+    /// Each boundary's ln e-value of regression, computed once (each is a sum over the
+    /// e-process copies and grid points, and the average and the strongest both need them).
+    fn ln_e_regression_per_boundary(&self) -> Vec<f64> {
+        self.per_boundary
             .iter()
-            .map(|evidence| evidence.ln_e_regression(&self.grid));
-        log_sum_exp(per_boundary) - (self.per_boundary.len() as f64).ln()
+            .map(|evidence| evidence.ln_e_regression(&self.grid))
+            .collect()
+    }
+
+    /// The equal-weight average of the boundaries' e-values, in logs.
+    fn ln_e_regression(per_boundary: &[f64]) -> f64 {
+        log_sum_exp(per_boundary.iter().copied()) - (per_boundary.len() as f64).ln()
     }
 
     /// Boundaries dense enough in stable's data to prove the absence of a regression.
@@ -241,10 +245,10 @@ impl LatencyJudge {
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    fn strongest_regression(&self) -> (usize, f64) {
-        self.per_boundary
+    fn strongest_regression(per_boundary: &[f64]) -> (usize, f64) {
+        per_boundary
             .iter()
-            .map(|evidence| evidence.ln_e_regression(&self.grid))
+            .copied()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("at least one boundary")
@@ -254,7 +258,7 @@ impl LatencyJudge {
     pub fn evidence(&self) -> Evidence {
         let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
         Evidence {
-            regression: capped_e_value(self.ln_e_regression()),
+            regression: capped_e_value(Self::ln_e_regression(&self.ln_e_regression_per_boundary())),
             no_regression: capped_e_value(ln_no_regression),
         }
     }
@@ -262,17 +266,22 @@ impl LatencyJudge {
     /// The verdict alone, without building the explanation.
     pub fn verdict(&self) -> Verdict {
         let ln_no_regression = self.weakest_no_regression().map_or(0.0, |(_, ln_e)| ln_e);
-        decide(self.ln_e_regression(), ln_no_regression, self.alpha)
+        decide(
+            Self::ln_e_regression(&self.ln_e_regression_per_boundary()),
+            ln_no_regression,
+            self.alpha,
+        )
     }
 
     pub fn assess(&self) -> Assessment {
-        let ln_regression = self.ln_e_regression();
+        let per_boundary = self.ln_e_regression_per_boundary();
+        let ln_regression = Self::ln_e_regression(&per_boundary);
         let weakest = self.weakest_no_regression();
         let ln_no_regression = weakest.map_or(0.0, |(_, ln_e)| ln_e);
         let verdict = decide(ln_regression, ln_no_regression, self.alpha);
         // Report the boundary that drives the decision: the strongest evidence of regression,
         // unless the canary looks fine, then the boundary that holds up early promotion.
-        let (strongest, strongest_ln_e) = self.strongest_regression();
+        let (strongest, strongest_ln_e) = Self::strongest_regression(&per_boundary);
         let reported = match weakest {
             Some((index, _)) if verdict != Verdict::Regressed && strongest_ln_e < 0.0 => index,
             _ => strongest,

@@ -57,46 +57,78 @@ const DIRECT_PRODUCT_LIMIT: u64 = 16;
 /// show: on clean data it is judged near Poisson, at full power, while noisy pods still buy
 /// the robustness. The assumption: the canary's pods are no noisier, per expected event, than
 /// what the pods show.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PodSplit {
-    pub(crate) canary_requests: u64,
-    /// `(requests, events)` per pod of each version.
-    pub(crate) canary: Vec<(u64, u64)>,
-    pub(crate) stable: Vec<(u64, u64)>,
+    canary_requests: u64,
+    /// Per version, its pods with traffic and their totals.
+    versions: [PodsOfVersion; 2],
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct PodsOfVersion {
+    /// `(requests, events)` of each pod with requests.
+    pods: Vec<(u64, u64)>,
+    requests: u64,
+    events: u64,
+}
+
+impl PodsOfVersion {
+    fn new(pods: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let pods: Vec<(u64, u64)> = pods
+            .into_iter()
+            .filter(|(requests, _)| *requests > 0)
+            .collect();
+        Self {
+            requests: pods.iter().map(|(n, _)| n).sum(),
+            events: pods.iter().map(|(_, x)| x).sum(),
+            pods,
+        }
+    }
 }
 
 impl PodSplit {
+    /// `(requests, events)` per pod of the canary and of stable; pods without requests say
+    /// nothing and are left out.
+    pub(crate) fn new(
+        canary: impl IntoIterator<Item = (u64, u64)>,
+        stable: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Self {
+        let canary = PodsOfVersion::new(canary);
+        Self {
+            canary_requests: canary.requests,
+            versions: [canary, PodsOfVersion::new(stable)],
+        }
+    }
+
+    /// Whether some version has several pods with traffic: only then does the split say
+    /// anything about the noise level.
+    pub(crate) fn several_pods(&self) -> bool {
+        self.versions.iter().any(|version| version.pods.len() > 1)
+    }
+
     /// Log-likelihood of both versions' pod splits under noise `shape` (`None`: Poisson),
     /// without the multinomial coefficient (the same for every noise level).
     fn log_likelihood(&self, shape: Option<f64>) -> f64 {
         if self.canary_requests == 0 {
             return 0.0;
         }
-        [&self.canary, &self.stable]
-            .into_iter()
-            .map(|pods| {
-                let pods: Vec<(u64, u64)> = pods
+        self.versions
+            .iter()
+            .filter(|version| version.pods.len() > 1)
+            .map(|version| match shape {
+                None => version
+                    .pods
                     .iter()
-                    .copied()
-                    .filter(|(requests, _)| *requests > 0)
-                    .collect();
-                if pods.len() < 2 {
-                    return 0.0;
-                }
-                let requests: u64 = pods.iter().map(|(n, _)| n).sum();
-                let events: u64 = pods.iter().map(|(_, x)| x).sum();
-                match shape {
-                    None => pods
+                    .map(|&(n, x)| x as f64 * (n as f64 / version.requests as f64).ln())
+                    .sum(),
+                Some(kappa) => {
+                    let per_request = kappa / self.canary_requests as f64;
+                    version
+                        .pods
                         .iter()
-                        .map(|&(n, x)| x as f64 * (n as f64 / requests as f64).ln())
-                        .sum(),
-                    Some(kappa) => {
-                        let per_request = kappa / self.canary_requests as f64;
-                        pods.iter()
-                            .map(|&(n, x)| ln_rising_factorial(per_request * n as f64, x))
-                            .sum::<f64>()
-                            - ln_rising_factorial(per_request * requests as f64, events)
-                    }
+                        .map(|&(n, x)| ln_rising_factorial(per_request * n as f64, x))
+                        .sum::<f64>()
+                        - ln_rising_factorial(per_request * version.requests as f64, version.events)
                 }
             })
             .sum()
@@ -239,23 +271,11 @@ impl RateRatioEvidence {
     }
 
     /// Adds one interval: the canary's and stable's events and the canary's share of the
-    /// requests. An interval without events or without traffic on one side carries no
-    /// information about the ratio and changes nothing.
-    #[cfg(test)]
-    pub(crate) fn observe(
-        &mut self,
-        grid: &RatioGrid,
-        canary_events: u64,
-        stable_events: u64,
-        canary_share: f64,
-    ) {
-        self.observe_with_pods(grid, canary_events, stable_events, canary_share, None);
-    }
-
-    /// [`Self::observe`], and how each version's events split among its pods: then a noise
+    /// requests, and if given, how each version's events split among its pods: then a noise
     /// level must also explain that split (see [`PodSplit`]), so the null can claim only as
-    /// much per-interval noise as the pods show.
-    pub(crate) fn observe_with_pods(
+    /// much per-interval noise as the pods show. An interval without events or without
+    /// traffic on one side carries no information about the ratio and changes nothing.
+    pub(crate) fn observe(
         &mut self,
         grid: &RatioGrid,
         canary_events: u64,
@@ -267,14 +287,12 @@ impl RateRatioEvidence {
         if total_events == 0 || !(canary_share > 0.0 && canary_share < 1.0) {
             return;
         }
-        let pod_terms: Vec<f64> = match pods {
-            Some(pods) => self
-                .noise_shapes
+        let pod_terms: Option<Vec<f64>> = pods.map(|pods| {
+            self.noise_shapes
                 .iter()
                 .map(|shape| pods.log_likelihood(*shape))
-                .collect(),
-            None => vec![0.0; self.noise_shapes.len()],
-        };
+                .collect()
+        });
         for late in &mut self.late_starts {
             if late.at_start.is_none() && late.after == self.informative_intervals {
                 late.at_start = Some((
@@ -285,17 +303,21 @@ impl RateRatioEvidence {
         }
         let plug_in_level = self.best_fitting_noise_level();
         let base_log_odds = (canary_share / (1.0 - canary_share)).ln();
-        for (level, ((shape, per_point), pod_term)) in self
+        // The canary's odds at each grid ratio: the same for every noise level.
+        let mut odds_at = [0.0; 2 * GRID_POINTS_PER_SIDE + 1];
+        for (odds, log_ratio) in odds_at.iter_mut().zip(&grid.log_ratios) {
+            *odds = (log_ratio + base_log_odds).exp();
+        }
+        for (level, (shape, per_point)) in self
             .noise_shapes
             .iter()
             .zip(&mut self.log_likelihood)
-            .zip(&pod_terms)
             .enumerate()
         {
+            let pod_term = pod_terms.as_ref().map_or(0.0, |terms| terms[level]);
             // Γ(x+a)/Γ(a) with a = κ does not depend on the ratio: once per level.
             let canary_term = shape.map_or(0.0, |a| ln_rising_factorial(a, canary_events));
-            for (index, log_ratio) in grid.log_ratios.iter().enumerate() {
-                let odds = (log_ratio + base_log_odds).exp();
+            for (index, &odds) in odds_at.iter().enumerate() {
                 let log_likelihood = match shape {
                     // Binomial: x·ln p + (k − x)·ln(1 − p) = x·ln odds − k·ln(1 + odds).
                     None => canary_events as f64 * odds.ln() - total_events as f64 * odds.ln_1p(),
@@ -316,14 +338,6 @@ impl RateRatioEvidence {
         self.informative_intervals += 1;
         self.canary_events += canary_events;
         self.stable_events += stable_events;
-    }
-
-    /// Largest log-likelihood over all noise levels and the grid points in `points`.
-    fn best_null(&self, points: std::ops::Range<usize>) -> f64 {
-        self.log_likelihood
-            .iter()
-            .flat_map(|per_point| per_point[points.clone()].iter().copied())
-            .fold(f64::NEG_INFINITY, f64::max)
     }
 
     /// ln of the e-value against `H0: r ≤ r0` (evidence of a regression): the fixed-weight
@@ -369,14 +383,8 @@ impl RateRatioEvidence {
     /// The copy whose weighted evidence of regression is largest, as a window of intervals:
     /// the one the explanation reports when a regression is found.
     pub(crate) fn strongest_window(&self, grid: &RatioGrid) -> Window {
-        let whole = Window {
-            log_likelihood: self.log_likelihood.clone(),
-            plug_in_log_likelihood: self.plug_in_log_likelihood.clone(),
-            log_weight: self.log_weight_from_start,
-            first_interval: 0,
-            intervals: self.informative_intervals,
-        };
-        let mut best = (whole.log_weight + whole.ln_e_regression(grid), whole);
+        let whole = self.whole_window();
+        let mut best = (whole.log_weight + whole.ln_e_regression(grid), None);
         for late in &self.late_starts {
             let Some((at_start, plug_in_at_start)) = &late.at_start else {
                 continue;
@@ -384,29 +392,38 @@ impl RateRatioEvidence {
             if self.informative_intervals <= late.after {
                 continue;
             }
-            let window = Window {
-                log_likelihood: self
-                    .log_likelihood
-                    .iter()
-                    .zip(at_start)
-                    .map(|(now, then)| now.iter().zip(then).map(|(a, b)| a - b).collect())
-                    .collect(),
-                plug_in_log_likelihood: self
-                    .plug_in_log_likelihood
-                    .iter()
-                    .zip(plug_in_at_start)
-                    .map(|(a, b)| a - b)
-                    .collect(),
-                log_weight: late.log_weight,
-                first_interval: late.after,
-                intervals: self.informative_intervals - late.after,
-            };
-            let weighted = window.log_weight + window.ln_e_regression(grid);
+            // Scored in place; only the winner is built as a window.
+            let weighted = late.log_weight
+                + ln_e_regression_of(
+                    grid,
+                    &self.log_likelihood,
+                    &self.plug_in_log_likelihood,
+                    Some((at_start, plug_in_at_start)),
+                );
             if weighted > best.0 {
-                best = (weighted, window);
+                best = (weighted, Some((late, at_start, plug_in_at_start)));
             }
         }
-        best.1
+        let Some((late, at_start, plug_in_at_start)) = best.1 else {
+            return whole;
+        };
+        Window {
+            log_likelihood: self
+                .log_likelihood
+                .iter()
+                .zip(at_start)
+                .map(|(now, then)| now.iter().zip(then).map(|(a, b)| a - b).collect())
+                .collect(),
+            plug_in_log_likelihood: self
+                .plug_in_log_likelihood
+                .iter()
+                .zip(plug_in_at_start)
+                .map(|(a, b)| a - b)
+                .collect(),
+            log_weight: late.log_weight,
+            first_interval: late.after,
+            intervals: self.informative_intervals - late.after,
+        }
     }
 
     /// All intervals as one window (the copy from the first interval), for the estimate and
@@ -429,7 +446,7 @@ impl RateRatioEvidence {
         let boundary = grid.boundary_index();
         let below = &self.plug_in_log_likelihood[..boundary];
         log_sum_exp(below.iter().zip(&grid.log_prior_below).map(|(l, p)| l + p))
-            - self.best_null(boundary..grid.log_ratios.len())
+            - best_null(&self.log_likelihood, boundary..grid.log_ratios.len())
     }
 
     /// Maximum-likelihood ratio over all intervals, once there is any information.
@@ -444,6 +461,15 @@ impl RateRatioEvidence {
     pub(crate) fn confidence_sequence(&self, grid: &RatioGrid, alpha: f64) -> RatioInterval {
         self.whole_window().confidence_sequence(grid, alpha)
     }
+}
+
+/// Largest log-likelihood over all noise levels (`[level][point]`) and the grid points in
+/// `points`.
+fn best_null(log_likelihood: &[Vec<f64>], points: std::ops::Range<usize>) -> f64 {
+    log_likelihood
+        .iter()
+        .flat_map(|per_point| per_point[points.clone()].iter().copied())
+        .fold(f64::NEG_INFINITY, f64::max)
 }
 
 /// ln of the e-value against `H0: r ≤ r0` of the intervals since `at_start` (all of them for
@@ -512,18 +538,10 @@ impl Window {
         )
     }
 
-    /// Largest log-likelihood over all noise levels and the grid points in `points`.
-    fn best_null(&self, points: std::ops::Range<usize>) -> f64 {
-        self.log_likelihood
-            .iter()
-            .flat_map(|per_point| per_point[points.clone()].iter().copied())
-            .fold(f64::NEG_INFINITY, f64::max)
-    }
-
     /// Largest log-likelihood over the noise levels at each grid point.
     fn profile_log_likelihood(&self) -> Vec<f64> {
         (0..self.plug_in_log_likelihood.len())
-            .map(|index| self.best_null(index..index + 1))
+            .map(|index| best_null(&self.log_likelihood, index..index + 1))
             .collect()
     }
 
@@ -665,7 +683,7 @@ mod tests {
         let grid = RatioGrid::new(null_ratio, 1.0);
         let mut evidence = RateRatioEvidence::new(&grid, noise_shapes.to_vec(), 0.0);
         for &(canary, stable, share) in intervals {
-            evidence.observe(&grid, canary, stable, share);
+            evidence.observe(&grid, canary, stable, share, None);
         }
         (grid, evidence)
     }
@@ -826,8 +844,8 @@ mod tests {
             let mut whole = RateRatioEvidence::new(&grid, ladder(), 0.0);
             let mut averaged = RateRatioEvidence::new(&grid, ladder(), share);
             for &(canary, stable, canary_share) in &data {
-                whole.observe(&grid, canary, stable, canary_share);
-                averaged.observe(&grid, canary, stable, canary_share);
+                whole.observe(&grid, canary, stable, canary_share, None);
+                averaged.observe(&grid, canary, stable, canary_share, None);
             }
             let expected = ((1.0 - share) * whole.ln_e_regression(&grid).exp() + share).ln();
             let actual = averaged.ln_e_regression(&grid);
@@ -840,8 +858,8 @@ mod tests {
         let mut averaged = RateRatioEvidence::new(&grid, ladder(), share);
         let intervals = [(5, 95, 0.05); 8].into_iter().chain([(15, 95, 0.05); 4]);
         for (canary, stable, canary_share) in intervals {
-            whole.observe(&grid, canary, stable, canary_share);
-            averaged.observe(&grid, canary, stable, canary_share);
+            whole.observe(&grid, canary, stable, canary_share, None);
+            averaged.observe(&grid, canary, stable, canary_share, None);
         }
         assert!(averaged.ln_e_regression(&grid) > whole.ln_e_regression(&grid) + 1.0);
         let window = averaged.strongest_window(&grid);
