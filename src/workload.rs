@@ -17,6 +17,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use crate::api::canary::{REVISION_ANNOTATION, SUBSET_LABEL};
 use crate::rollout::{TargetState, WorkloadState};
 
+/// The revision a managed pod template runs, from its annotation.
+pub fn annotated_revision(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(REVISION_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// Which of the two managed versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subset {
@@ -169,10 +180,8 @@ pub fn workload_state(deployment: &Deployment) -> WorkloadState {
     let status = deployment.status.clone().unwrap_or_default();
     let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
     let revision = spec
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(REVISION_ANNOTATION))
-        .cloned();
+        .and_then(|s| annotated_revision(&s.template))
+        .map(str::to_owned);
     let observed =
         status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);

@@ -2,8 +2,6 @@
 //! how traffic is split, the steps, the analysis — and, in status, everything needed to
 //! continue a rollout after a restart and to explain every decision.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -549,11 +547,6 @@ pub struct MeasurementStatus {
 pub const SUBSET_LABEL: &str = "canary.dev/subset";
 /// Annotation on managed pod templates: the revision they run.
 pub const REVISION_ANNOTATION: &str = "canary.dev/revision";
-
-/// Label values of [`SUBSET_LABEL`].
-pub fn subset_labels(subset: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(SUBSET_LABEL.to_string(), subset.to_string())])
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,5 @@
 //! The controller's own metrics (`/metrics`), with DESIGN.md's `canary_` names.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,8 +41,6 @@ pub struct Metrics {
     measurements: Family<MeasurementLabels, Counter>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<CanaryLabels, Counter>,
-    // Encoding and registration share the registry; a reconcile never holds this for long.
-    encode_lock: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -88,7 +85,6 @@ impl Default for Metrics {
             measurements,
             reconcile_duration,
             reconcile_errors,
-            encode_lock: Mutex::new(()),
         }
     }
 }
@@ -151,8 +147,9 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
+    /// Metrics are registered once, in `Default`; encoding only reads the registry (each
+    /// family locks itself), so scrapes need no lock of their own.
     pub fn encode(&self) -> String {
-        let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

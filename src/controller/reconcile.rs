@@ -21,8 +21,8 @@ use crate::api::analysis_template::{
     AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
 };
 use crate::api::canary::{
-    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, REVISION_ANNOTATION,
-    Request, RolloutStep, TemplateRef,
+    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, Request, RolloutStep,
+    TemplateRef,
 };
 use crate::metrics::MetricsSource;
 use crate::rollout::{
@@ -535,12 +535,7 @@ async fn template_of(
         .await?
     {
         let template = rs.spec.and_then(|s| s.template).unwrap_or_default();
-        let rs_revision = template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(REVISION_ANNOTATION));
-        if rs_revision.map(String::as_str) == Some(revision) {
+        if workload::annotated_revision(&template) == Some(revision) {
             return Ok(template);
         }
     }

@@ -48,11 +48,11 @@ fn at(time: Timestamp) -> String {
     time.to_string()
 }
 
-fn parse(time: &Option<String>) -> Option<Timestamp> {
+pub(super) fn parse(time: &Option<String>) -> Option<Timestamp> {
     time.as_deref()?.parse().ok()
 }
 
-fn signed(duration: StdDuration) -> SignedDuration {
+pub(super) fn signed(duration: StdDuration) -> SignedDuration {
     SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
@@ -187,13 +187,24 @@ pub fn compare_window_start(
     interval: StdDuration,
     now: Timestamp,
 ) -> Timestamp {
+    metric_status(status, run, metric)
+        .and_then(|m| parse(&m.compare.as_ref()?.window_end))
+        .unwrap_or(now - signed(interval))
+}
+
+/// Metric `metric` of run `run`, if both exist.
+fn metric_status<'a>(
+    status: &'a CanaryStatus,
+    run: &str,
+    metric: &str,
+) -> Option<&'a MetricStatus> {
     status
         .analysis_runs
         .iter()
-        .find(|r| r.name == run)
-        .and_then(|r| r.metrics.iter().find(|m| m.name == metric))
-        .and_then(|m| parse(&m.compare.as_ref()?.window_end))
-        .unwrap_or(now - signed(interval))
+        .find(|r| r.name == run)?
+        .metrics
+        .iter()
+        .find(|m| m.name == metric)
 }
 
 /// What [`record`] will make of a compare measurement, without changing status (for the
@@ -206,11 +217,7 @@ pub fn preview_compare(
     outcome: &Result<MeasuredInterval, String>,
 ) -> CompareJudgement {
     let none = compare::CompareRecord::default();
-    let record = status
-        .analysis_runs
-        .iter()
-        .find(|r| r.name == run)
-        .and_then(|r| r.metrics.iter().find(|m| m.name == metric))
+    let record = metric_status(status, run, metric)
         .and_then(|m| m.compare.as_ref())
         .map_or(&none, |c| &c.record);
     compare::judge_interval(setup, record, outcome).0

@@ -212,8 +212,7 @@ impl Planner<'_> {
     }
 
     fn since(&self, at: &Option<String>) -> Option<SignedDuration> {
-        let at: Timestamp = at.as_deref()?.parse().ok()?;
-        Some(self.now.duration_since(at))
+        Some(self.now.duration_since(analysis_runs::parse(at)?))
     }
 
     // -- the request annotation ---------------------------------------------------------------
@@ -277,18 +276,23 @@ impl Planner<'_> {
         self.set_condition("Ready", false, "InvalidSpec", &problem);
     }
 
-    fn initialize(&mut self, target: &TargetState) {
+    /// Asks for stable to run `revision` at the desired replicas; whether it already does,
+    /// with every pod ready.
+    fn ensure_stable(&mut self, revision: &str) -> bool {
         let desired = self.desired();
         self.actions.push(Action::EnsureStable {
-            revision: target.revision.clone(),
+            revision: revision.to_owned(),
             replicas: desired,
         });
-        let ready = self
-            .observed
+        self.observed
             .stable
             .as_ref()
-            .is_some_and(|s| s.is_ready(&target.revision, desired));
-        if !ready {
+            .is_some_and(|s| s.is_ready(revision, desired))
+    }
+
+    fn initialize(&mut self, target: &TargetState) {
+        let desired = self.desired();
+        if !self.ensure_stable(&target.revision) {
             self.status.message = Some(format!(
                 "waiting for {} to run {} with {desired} ready pods",
                 self.spec.stable_name(),
@@ -367,10 +371,6 @@ impl Planner<'_> {
             ));
             return;
         }
-        if let Err(problem) = &self.observed.analysis {
-            self.invalid_analysis(problem.clone());
-            return;
-        }
         self.start_rollout(target, None);
     }
 
@@ -382,7 +382,12 @@ impl Planner<'_> {
         self.set_condition("Ready", false, "InvalidSpec", &problem);
     }
 
+    /// Starts rolling out `target`, unless the analysis it would need is invalid.
     fn start_rollout(&mut self, target: &TargetState, superseded: Option<String>) {
+        if let Err(problem) = &self.observed.analysis {
+            self.invalid_analysis(problem.clone());
+            return;
+        }
         let revision = target.revision.clone();
         self.status.failed_revision = None;
         self.status.rollback_reason = None;
@@ -443,10 +448,6 @@ impl Planner<'_> {
             }
             // Traffic leaves the canary before its pods are replaced.
             self.set_weight(0);
-            if let Err(problem) = &self.observed.analysis {
-                self.invalid_analysis(problem.clone());
-                return;
-            }
             return self.start_rollout(target, Some(canary_revision));
         }
         if let Some(action) = request {
@@ -610,7 +611,7 @@ impl Planner<'_> {
             return false;
         };
         let elapsed = self.since(&self.status.step_started_at).unwrap_or_default();
-        let total = SignedDuration::try_from(duration.as_std()).unwrap_or(SignedDuration::MAX);
+        let total = analysis_runs::signed(duration.as_std());
         if elapsed >= total {
             return true;
         }
@@ -640,12 +641,7 @@ impl Planner<'_> {
         let Some(definitions) = definitions.get(BACKGROUND) else {
             return false;
         };
-        let Some(step_started) = self
-            .status
-            .step_started_at
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok())
-        else {
+        let Some(step_started) = analysis_runs::parse(&self.status.step_started_at) else {
             return false;
         };
         let Some(why) =
@@ -656,8 +652,7 @@ impl Planner<'_> {
         let minimum = background
             .min_step_duration
             .unwrap_or(crate::api::canary::DEFAULT_MIN_STEP_DURATION);
-        let minimum_signed =
-            SignedDuration::try_from(minimum.as_std()).unwrap_or(SignedDuration::MAX);
+        let minimum_signed = analysis_runs::signed(minimum.as_std());
         if elapsed < minimum_signed {
             self.requeue_in((minimum_signed - elapsed).unsigned_abs());
             return false;
@@ -729,13 +724,13 @@ impl Planner<'_> {
         let summary = analysis_runs::summary(&self.status, name);
         match phase {
             AnalysisPhase::Running | AnalysisPhase::Pending => {
-                if name != "background" {
+                if name != BACKGROUND {
                     self.status.message = Some(format!(
                         "canary at {}%: analysis {name} running ({summary})",
                         self.status.canary_weight
                     ));
                 }
-                name == "background"
+                name == BACKGROUND
             }
             AnalysisPhase::Failed | AnalysisPhase::Error => {
                 let message = format!("analysis {name} {phase:?}: {summary}");
@@ -784,8 +779,7 @@ impl Planner<'_> {
         if self.canary_ready_for(weight) || self.canary_ready_for(self.pending_weight()) {
             return false;
         }
-        let deadline = SignedDuration::try_from(self.spec.progress_deadline().as_std())
-            .unwrap_or(SignedDuration::MAX);
+        let deadline = analysis_runs::signed(self.spec.progress_deadline().as_std());
         self.since(&self.status.canary_updated_at)
             .is_some_and(|waited| waited > deadline)
     }
@@ -817,16 +811,7 @@ impl Planner<'_> {
         }
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
-        self.actions.push(Action::EnsureStable {
-            revision: revision.clone(),
-            replicas: desired,
-        });
-        let stable_ready = self
-            .observed
-            .stable
-            .as_ref()
-            .is_some_and(|s| s.is_ready(&revision, desired));
-        if !stable_ready {
+        if !self.ensure_stable(&revision) {
             // The canary keeps serving its share until stable runs the new revision.
             self.hold_paused();
             self.status.message = Some(format!(
@@ -875,17 +860,7 @@ impl Planner<'_> {
         self.set_weight(0);
         self.actions.push(Action::ScaleCanary { replicas: 0 });
         let stable = self.status.stable_revision.clone().unwrap_or_default();
-        let desired = self.desired();
-        self.actions.push(Action::EnsureStable {
-            revision: stable.clone(),
-            replicas: desired,
-        });
-        let stable_ready = self
-            .observed
-            .stable
-            .as_ref()
-            .is_some_and(|s| s.is_ready(&stable, desired));
-        if !stable_ready {
+        if !self.ensure_stable(&stable) {
             self.requeue_in(WAIT_RECHECK);
             return;
         }
