@@ -65,7 +65,10 @@ pub struct RunResult {
     /// `started`, `alreadyLive`, `promoted`, `rolledBack`, `failed`, `paused`, `inconclusive`,
     /// `superseded` or `timedOut`.
     pub result: &'static str,
+    /// `exit` as the process exit code.
     pub exit_code: u8,
+    #[serde(skip)]
+    pub exit: Exit,
     pub message: String,
     /// One line per change seen while waiting.
     pub timeline: Vec<String>,
@@ -206,8 +209,7 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
     let mut worst = Exit::Ok;
     for result in results {
         let result = result?;
-        let exit = exit_from_code(result.exit_code);
-        worst = worse(worst, exit);
+        worst = worse(worst, result.exit);
         match output {
             OutputFormat::Json => println!(
                 "{}",
@@ -219,17 +221,6 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
         }
     }
     Ok(worst)
-}
-
-fn exit_from_code(code: u8) -> Exit {
-    match code {
-        0 => Exit::Ok,
-        1 => Exit::Failed,
-        3 => Exit::TimedOut,
-        4 => Exit::Inconclusive,
-        5 => Exit::Superseded,
-        _ => Exit::Invalid,
-    }
 }
 
 /// The exit code of several rollouts: any failure first, then timeouts, then the rest.
@@ -297,7 +288,8 @@ async fn roll_out(
         revision: revision.clone(),
         images: images.clone(),
         result: "started",
-        exit_code: 0,
+        exit_code: Exit::Ok as u8,
+        exit: Exit::Ok,
         message: String::new(),
         timeline: Vec::new(),
     };
@@ -325,6 +317,7 @@ async fn roll_out(
     .await?;
     result.result = outcome.result;
     result.exit_code = outcome.exit as u8;
+    result.exit = outcome.exit;
     result.message = outcome.message;
     Ok(result)
 }
