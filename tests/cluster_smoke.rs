@@ -192,8 +192,7 @@ async fn rolling_image_update_completes() {
 }
 
 fn virtual_service_api(ns: &TestNamespace) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
-    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
+    ns.dynamic("networking.istio.io", "VirtualService")
 }
 
 fn virtual_service(name: &str, route: serde_json::Value) -> DynamicObject {

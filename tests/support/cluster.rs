@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
@@ -227,6 +227,16 @@ impl TestNamespace {
         <K as Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The namespace's objects of a custom resource kind (`group`/v1), untyped.
+    pub fn dynamic(&self, group: &str, kind: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(group, "v1", kind);
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.name,
+            &ApiResource::from_gvk(&gvk),
+        )
     }
 
     fn assert_exclusive(&self, what: &str) {

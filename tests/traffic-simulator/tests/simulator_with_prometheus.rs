@@ -4,108 +4,46 @@
 
 #[path = "../../support/cluster.rs"]
 mod cluster;
+#[path = "../../support/prometheus.rs"]
+mod prometheus;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use cluster::{TIMEOUT, TestNamespace, cluster, eventually};
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
+use prometheus::Prometheus;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A real Prometheus (Debian's package) on a free loopback port with a throw-away data folder;
-/// killed when dropped, also when the test panics.
-struct Prometheus {
-    child: Child,
-    address: SocketAddr,
-    _data: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-impl Prometheus {
-    async fn scraping(target: SocketAddr) -> Prometheus {
-        let data = tempfile::tempdir().expect("a temporary folder");
-        let config = data.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: traffic-simulator\n  static_configs:\n  - targets: ['{target}']\n"
-            ),
-        )
-        .expect("writing prometheus.yml");
-        let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                data.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting prometheus (install it with: scripts/cluster deps)");
-        let prometheus = Prometheus {
-            child,
-            address,
-            _data: data,
-        };
-        let http = reqwest::Client::new();
-        eventually("Prometheus to be ready", TIMEOUT, || async {
-            let response = http
-                .get(format!("http://{address}/-/ready"))
-                .send()
-                .await
-                .ok()?;
-            response.status().is_success().then_some(())
+/// One instant query against `prometheus`; `None` while it has no result (yet).
+async fn query(prometheus: &Prometheus, promql: &str) -> Option<Vec<(Value, f64)>> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/query", prometheus.url()))
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let results = body.pointer("/data/result")?.as_array()?;
+    let samples: Vec<(Value, f64)> = results
+        .iter()
+        .filter_map(|r| {
+            let value = r.pointer("/value/1")?.as_str()?.parse().ok()?;
+            Some((r["metric"].clone(), value))
         })
-        .await;
-        prometheus
-    }
-
-    /// One instant query; `None` while it has no result (yet).
-    async fn query(&self, promql: &str) -> Option<Vec<(Value, f64)>> {
-        let body: Value = reqwest::Client::new()
-            .get(format!("http://{}/api/v1/query", self.address))
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let results = body.pointer("/data/result")?.as_array()?;
-        let samples: Vec<(Value, f64)> = results
-            .iter()
-            .filter_map(|r| {
-                let value = r.pointer("/value/1")?.as_str()?.parse().ok()?;
-                Some((r["metric"].clone(), value))
-            })
-            .collect();
-        (!samples.is_empty()).then_some(samples)
-    }
-
-    async fn scalar(&self, promql: &str) -> Option<f64> {
-        let samples = self.query(promql).await?;
-        samples.first().map(|(_, v)| *v).filter(|v| v.is_finite())
-    }
+        .collect();
+    (!samples.is_empty()).then_some(samples)
 }
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+async fn scalar(prometheus: &Prometheus, promql: &str) -> Option<f64> {
+    let samples = query(prometheus, promql).await?;
+    samples.first().map(|(_, v)| *v).filter(|v| v.is_finite())
 }
 
 struct Simulator {
@@ -165,11 +103,6 @@ impl Simulator {
     }
 }
 
-fn dynamic_api(ns: &TestNamespace, group: &str, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(group, "v1", kind);
-    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
-}
-
 async fn set_virtual_service_weights(api: &Api<DynamicObject>, stable: u32, canary: u32) {
     let vs = json!({
         "apiVersion": "networking.istio.io/v1",
@@ -205,9 +138,9 @@ fn error_ratio(ns: &str, workload: &str) -> String {
 #[tokio::test]
 async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
     let ns = cluster().namespace("simulator").await;
-    let virtual_services = dynamic_api(&ns, "networking.istio.io", "VirtualService");
+    let virtual_services = ns.dynamic("networking.istio.io", "VirtualService");
     set_virtual_service_weights(&virtual_services, 90, 10).await;
-    let routes = dynamic_api(&ns, "gateway.networking.k8s.io", "HTTPRoute");
+    let routes = ns.dynamic("gateway.networking.k8s.io", "HTTPRoute");
     let route = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -240,25 +173,31 @@ async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
         ],
     )
     .await;
-    let prometheus = Prometheus::scraping(simulator.address).await;
+    let target = simulator.address;
+    let prometheus = tokio::task::spawn_blocking(move || {
+        Prometheus::builder()
+            .scrape("traffic-simulator", target)
+            .start()
+    })
+    .await
+    .expect("starting Prometheus");
     let name = ns.name.as_str();
 
     // Weights as routed: 10% of web to its canary, 25% of api to its canary.
     let share = eventually("web canary share near 10%", TIMEOUT, || async {
-        let s = prometheus.scalar(&canary_share(name, "web", "10s")).await?;
+        let s = scalar(&prometheus, &canary_share(name, "web", "10s")).await?;
         (0.06..0.14).contains(&s).then_some(s)
     })
     .await;
     eprintln!("web canary share at 90/10: {share:.3}");
     eventually("api canary share near 25%", TIMEOUT, || async {
-        let s = prometheus.scalar(&canary_share(name, "api", "10s")).await?;
+        let s = scalar(&prometheus, &canary_share(name, "api", "10s")).await?;
         (0.19..0.31).contains(&s).then_some(s)
     })
     .await;
 
     // Istio's labels, as analysis templates select on them.
-    let series = prometheus
-        .query(&format!("istio_requests_total{{destination_workload=\"web-canary\",destination_workload_namespace=\"{name}\"}}"))
+    let series = query(&prometheus, &format!("istio_requests_total{{destination_workload=\"web-canary\",destination_workload_namespace=\"{name}\"}}"))
         .await
         .expect("web-canary series");
     let reporters: std::collections::BTreeSet<&str> = series
@@ -289,7 +228,7 @@ async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
     )
     .await;
     eventually("web canary share near 50%", TIMEOUT, || async {
-        let s = prometheus.scalar(&canary_share(name, "web", "4s")).await?;
+        let s = scalar(&prometheus, &canary_share(name, "web", "4s")).await?;
         (0.40..0.60).contains(&s).then_some(s)
     })
     .await;
@@ -305,12 +244,11 @@ async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
         "scheduled, not applied: {pending}"
     );
     let canary_errors = eventually("web canary error ratio near 50%", TIMEOUT, || async {
-        let r = prometheus.scalar(&error_ratio(name, "web-canary")).await?;
+        let r = scalar(&prometheus, &error_ratio(name, "web-canary")).await?;
         (0.35..0.65).contains(&r).then_some(r)
     })
     .await;
-    let stable_errors = prometheus
-        .scalar(&error_ratio(name, "web-stable"))
+    let stable_errors = scalar(&prometheus, &error_ratio(name, "web-stable"))
         .await
         .expect("stable error ratio");
     assert!(
@@ -318,8 +256,7 @@ async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
         "stable stays healthy: {stable_errors}"
     );
     eprintln!("error ratio canary {canary_errors:.3}, stable {stable_errors:.3}");
-    let series = prometheus
-        .query(&format!("istio_requests_total{{destination_workload=\"web-canary\",destination_workload_namespace=\"{name}\",response_code=\"503\"}}"))
+    let series = query(&prometheus, &format!("istio_requests_total{{destination_workload=\"web-canary\",destination_workload_namespace=\"{name}\",response_code=\"503\"}}"))
         .await
         .expect("503 series of the canary");
     assert!(!series.is_empty());
@@ -334,14 +271,12 @@ async fn prometheus_sees_live_weights_behaviour_changes_and_latency() {
 
     // Latency: median 20 ms, p99 100 ms by default; Istio's buckets around them are 10/25 and 100/250.
     let p50 = eventually("a median latency from the histogram", TIMEOUT, || async {
-        prometheus
-            .scalar(&format!("histogram_quantile(0.5, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload=\"web-stable\",destination_workload_namespace=\"{name}\"}}[10s])))"))
+        scalar(&prometheus, &format!("histogram_quantile(0.5, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload=\"web-stable\",destination_workload_namespace=\"{name}\"}}[10s])))"))
             .await
     })
     .await;
     assert!((10.0..=25.0).contains(&p50), "median {p50} ms");
-    let p99 = prometheus
-        .scalar(&format!("histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload=\"web-stable\",destination_workload_namespace=\"{name}\"}}[10s])))"))
+    let p99 = scalar(&prometheus, &format!("histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{reporter=\"destination\",destination_workload=\"web-stable\",destination_workload_namespace=\"{name}\"}}[10s])))"))
         .await
         .expect("p99");
     assert!((50.0..=250.0).contains(&p99), "p99 {p99} ms");
