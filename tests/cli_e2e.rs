@@ -12,8 +12,8 @@ mod rollout;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cluster::{TestNamespace, cluster, eventually};
-use rollout::{ROLLOUT_TIMEOUT, canary_weight_in_virtual_service, set_image, world};
+use cluster::{TestNamespace, cluster};
+use rollout::{ROLLOUT_TIMEOUT, at_weight, canary_weight_in_virtual_service, set_image, world};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -69,15 +69,6 @@ async fn finish(child: Child) -> Ran {
 fn json(ran: &Ran) -> Value {
     serde_json::from_str(&ran.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\n{}", ran.stdout, ran.stderr))
-}
-
-async fn at_weight(ns: &TestNamespace, weight: u64) {
-    eventually(
-        &format!("the canary at {weight}%"),
-        ROLLOUT_TIMEOUT,
-        || async { (canary_weight_in_virtual_service(ns).await == weight).then_some(()) },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,9 @@ use cluster::{cluster, eventually, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rollout::{
-    ROLLOUT_TIMEOUT, World, canary_weight_in_virtual_service, create, dynamic, follow_until,
-    image_of, patch_canary, set_image, set_up, start_controller, start_controller_on, world,
+    ROLLOUT_TIMEOUT, World, at_weight, canary_weight_in_virtual_service, create, dynamic,
+    follow_until, image_of, patch_canary, set_image, set_up, start_controller, start_controller_on,
+    terminate, world,
 };
 use serde_json::json;
 
@@ -82,10 +83,7 @@ async fn a_bad_canary_is_rolled_back_and_traffic_returns_to_stable() {
 async fn abort_mid_rollout_restores_all_traffic_to_stable_within_seconds() {
     let world = world("abort").await;
     set_image(&world.ns, "web:2").await;
-    eventually("the canary at 20%", ROLLOUT_TIMEOUT, || async {
-        (canary_weight_in_virtual_service(&world.ns).await == 20).then_some(())
-    })
-    .await;
+    at_weight(&world.ns, 20).await;
     let api: Api<Canary> = world.ns.api();
     let asked = Instant::now();
     api.patch(
@@ -194,10 +192,7 @@ async fn a_restarted_controller_continues_the_rollout_from_its_step() {
 async fn with_prometheus_gone_nothing_is_promoted_and_the_policy_rolls_back() {
     let mut world = world("noprom").await;
     set_image(&world.ns, "web:2").await;
-    eventually("the canary at 20%", ROLLOUT_TIMEOUT, || async {
-        (canary_weight_in_virtual_service(&world.ns).await == 20).then_some(())
-    })
-    .await;
+    at_weight(&world.ns, 20).await;
     drop(world.prometheus.take());
     let (canary, timeline) = follow_until(&world.ns, Phase::RolledBack, ROLLOUT_TIMEOUT).await;
     eprintln!("prometheus gone:\n{}", timeline.join("\n"));
@@ -344,27 +339,14 @@ async fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
         "{metrics}"
     );
 
-    let pid = controller.id().expect("the controller runs").to_string();
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), controller.wait())
-        .await
-        .expect("the controller stops within 15 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    terminate(&mut controller, Duration::from_secs(15), "the controller").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_canary_mid_rollout_leaves_the_service_on_stable_and_the_target_restored() {
     let world = world("delete").await;
     set_image(&world.ns, "web:2").await;
-    eventually("the canary at 20%", ROLLOUT_TIMEOUT, || async {
-        (canary_weight_in_virtual_service(&world.ns).await == 20).then_some(())
-    })
-    .await;
+    at_weight(&world.ns, 20).await;
     let canaries: Api<Canary> = world.ns.api();
     canaries.delete("web", &Default::default()).await.unwrap();
     cluster::wait_gone(&canaries, "web", Duration::from_secs(30)).await;
@@ -459,15 +441,7 @@ async fn compare_world_with(
         }}),
     )
     .await;
-    let client = reqwest::Client::new();
-    let status = client
-        .put(format!("http://{}/rate", world.simulator.address))
-        .json(&json!({"requestsPerSecond": 2000}))
-        .send()
-        .await
-        .expect("PUT /rate")
-        .status();
-    assert!(status.is_success(), "changing the rate: {status}");
+    world.simulator.set_rate(2000.0).await;
     world.simulator.set_error_rate("web-stable", 0.05).await;
     world
         .simulator
@@ -674,19 +648,7 @@ async fn a_standby_replica_takes_over_when_the_leader_stops() {
     follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
 
     // The leader stops (SIGTERM): it releases the Lease and the standby takes over.
-    let pid = replicas[leader].id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(20), replicas[leader].wait())
-        .await
-        .expect("the leader stops within 20 s")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    terminate(&mut replicas[leader], Duration::from_secs(20), "the leader").await;
     let lease = wait_for(
         &leases,
         "canary-controller",

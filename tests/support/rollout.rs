@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use canary::api::canary::{Canary, Phase};
 
-use crate::cluster::{TestNamespace, cluster};
+use crate::cluster::{TestNamespace, cluster, eventually};
 use crate::prometheus;
 
 pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -85,6 +84,18 @@ impl Simulator {
         }
     }
 
+    /// Sets the total request rate.
+    pub async fn set_rate(&self, requests_per_second: f64) {
+        let status = reqwest::Client::new()
+            .put(format!("http://{}/rate", self.address))
+            .json(&json!({"requestsPerSecond": requests_per_second}))
+            .send()
+            .await
+            .expect("PUT /rate")
+            .status();
+        assert!(status.is_success(), "changing the rate: {status}");
+    }
+
     pub async fn set_error_rate(&self, workload: &str, rate: f64) {
         let status = reqwest::Client::new()
             .put(format!("http://{}/workloads/{workload}", self.address))
@@ -98,6 +109,34 @@ impl Simulator {
             "changing {workload}'s behaviour: {status}"
         );
     }
+}
+
+/// Waits (bounded) until the VirtualService gives the canary `weight` percent.
+pub async fn at_weight(ns: &TestNamespace, weight: u64) {
+    eventually(
+        &format!("the canary at {weight}%"),
+        ROLLOUT_TIMEOUT,
+        || async { (canary_weight_in_virtual_service(ns).await == weight).then_some(()) },
+    )
+    .await;
+}
+
+/// Stops `child` with SIGTERM and asserts it exits successfully within `timeout`.
+pub async fn terminate(child: &mut Child, timeout: Duration, what: &str) {
+    let pid = child.id().expect("the process runs").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let status = tokio::time::timeout(timeout, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} stops within {timeout:?} of SIGTERM"))
+        .unwrap();
+    assert!(
+        status.success(),
+        "{what}: exit status after SIGTERM: {status}"
+    );
 }
 
 /// The controller as it runs in a cluster: its own process, watching one namespace.
@@ -123,9 +162,9 @@ pub async fn start_controller_on(ns: &TestNamespace, prometheus: &str, port: u16
         .expect("starting canary controller")
 }
 
+/// The namespace's Istio objects of `kind`.
 pub fn dynamic(ns: &TestNamespace, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", kind);
-    Api::namespaced_with(ns.client.clone(), &ns.name, &ApiResource::from_gvk(&gvk))
+    ns.dynamic("networking.istio.io", kind)
 }
 
 pub async fn create<K>(api: &Api<K>, value: Value)
