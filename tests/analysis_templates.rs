@@ -8,23 +8,22 @@
 //! regressed ones 5% (0.95); latency histograms put the p99 at 233.33 ms (healthy) or
 //! 2000 ms (slow), means are 40 ms and 400 ms.
 
+#[path = "support/analysis.rs"]
+mod analysis;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use canary::analysis::run::{AnalysisReport, MetricReport, NoSecrets, Schedule, prepare, run};
+use analysis::{metric, t0};
+use canary::analysis::run::{AnalysisReport, NoSecrets, Schedule, prepare, run};
 use canary::analysis::{AnalysisPhase, MeasurementPhase};
 use canary::metrics::PrometheusSource;
 use jiff::{SignedDuration, Timestamp};
 use prometheus::{Kind, OpenMetrics, Prometheus};
 
 /// The first measurement of every analysis; data starts 10 minutes earlier.
-fn t0() -> Timestamp {
-    "2024-05-06T10:00:00Z".parse().unwrap()
-}
-
 const STEP_SECONDS: i64 = 15;
 const REQUESTS_PER_STEP: f64 = 600.0;
 const NAMESPACE: &str = "shop";
@@ -198,14 +197,6 @@ async fn analyse(
         to: t0() + SignedDuration::from_mins(4),
     };
     run(&source, &prepared, schedule, |_, _| {}).await
-}
-
-fn metric<'r>(report: &'r AnalysisReport, name: &str) -> &'r MetricReport {
-    report
-        .metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("no metric {name} in {report:#?}"))
 }
 
 /// What one metric must have ended as: its phase, the value of its measurements and a

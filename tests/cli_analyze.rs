@@ -74,13 +74,18 @@ fn minute(n: i64) -> String {
 }
 
 fn analyze_generic(extra: &[&str]) -> Output {
-    let url = dataset().prometheus.url();
+    analyze_at(&dataset().prometheus.url(), extra)
+}
+
+/// `canary analyze` of the generic HTTP template in namespace shop against the Prometheus at
+/// `url`, plus `extra` flags.
+fn analyze_at(url: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "analyze",
         "-f",
         "analysis-templates/generic-http.yaml",
         "--prometheus",
-        &url,
+        url,
         "--arg",
         "namespace=shop",
     ];
@@ -183,18 +188,7 @@ fn json_output_carries_the_report() {
 #[test]
 fn an_unreachable_prometheus_is_reported_not_passed() {
     let closed = format!("http://127.0.0.1:{}", prometheus::free_port());
-    let output = canary(&[
-        "analyze",
-        "-f",
-        "analysis-templates/generic-http.yaml",
-        "--prometheus",
-        &closed,
-        "--arg",
-        "namespace=shop",
-        "--arg",
-        "workload=checkout-canary",
-        "--once",
-    ]);
+    let output = analyze_at(&closed, &["--arg", "workload=checkout-canary", "--once"]);
     let shown = text(&output);
     assert_eq!(output.status.code(), Some(4), "{shown}");
     assert!(shown.contains("is unreachable"), "{shown}");

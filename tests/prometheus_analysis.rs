@@ -2,16 +2,19 @@
 //! down or never answer): a retrospective run with a known verdict, no data, 0/0, errors and
 //! timeouts, a live scrape measured once, and hostile argument values.
 
+#[path = "support/analysis.rs"]
+mod analysis;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use analysis::{metric, t0};
 use canary::analysis::run::{
     AnalysisReport, MetricReport, NoSecrets, PreparedAnalysis, Schedule, prepare, run,
 };
@@ -20,10 +23,6 @@ use canary::api::AnalysisTemplate;
 use canary::metrics::{MetricsSource, PrometheusSource, QueryOutput, QueryRequest};
 use jiff::{SignedDuration, Timestamp};
 use prometheus::{Kind, MetricsServer, OpenMetrics, Prometheus};
-
-fn t0() -> Timestamp {
-    "2024-05-06T10:00:00Z".parse().unwrap()
-}
 
 fn minutes(m: i64) -> SignedDuration {
     SignedDuration::from_mins(m)
@@ -109,6 +108,13 @@ fn emit_http(
     );
 }
 
+/// One Prometheus holding [`dataset`], shared by the tests that only read it (it is stopped
+/// when the test process exits).
+fn backfilled() -> &'static Prometheus {
+    static PROMETHEUS: OnceLock<Prometheus> = OnceLock::new();
+    PROMETHEUS.get_or_init(|| Prometheus::builder().backfill(&dataset()).start())
+}
+
 fn template_file(file: &str) -> AnalysisTemplate {
     let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "analysis-templates", file]
         .iter()
@@ -148,14 +154,6 @@ async fn analyse(analysis: &PreparedAnalysis, schedule: Schedule) -> AnalysisRep
     run(&source, analysis, schedule, |_, _| {}).await
 }
 
-fn metric<'r>(report: &'r AnalysisReport, name: &str) -> &'r MetricReport {
-    report
-        .metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("no metric {name} in {report:#?}"))
-}
-
 fn phases(metric: &MetricReport) -> Vec<MeasurementPhase> {
     metric.measurements.iter().map(|m| m.phase).collect()
 }
@@ -186,7 +184,7 @@ spec:
 
 #[tokio::test]
 async fn retrospective_run_finds_a_regression_that_starts_at_a_known_minute() {
-    let prometheus = Prometheus::builder().backfill(&dataset()).start();
+    let prometheus = backfilled();
     let template = template_file("generic-http.yaml");
     let analysis = prepared(
         &template,
@@ -263,7 +261,7 @@ async fn retrospective_run_finds_a_regression_that_starts_at_a_known_minute() {
 
 #[tokio::test]
 async fn missing_series_and_zero_traffic_are_inconclusive_never_passed() {
-    let prometheus = Prometheus::builder().backfill(&dataset()).start();
+    let prometheus = backfilled();
     let template = template_file("generic-http.yaml");
     let window = Schedule::Retrospective {
         from: t0(),
@@ -509,7 +507,7 @@ async fn a_live_scrape_is_measured_once_the_data_is_there() {
 
 #[tokio::test]
 async fn hostile_argument_values_cannot_change_the_query() {
-    let prometheus = Prometheus::builder().backfill(&dataset()).start();
+    let prometheus = backfilled();
     let template = single_metric("[{name: job}]", r#"sum(x{job="{{args.job}}"})"#, "");
     let at_t0 = Schedule::Retrospective {
         from: t0(),
