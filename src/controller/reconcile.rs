@@ -180,9 +180,21 @@ async fn observe(
         .get(REQUEST_ANNOTATION)
         .map(|value| Request::parse(value));
 
-    let (analysis, prepared) = match resolve_analysis(canary, ctx).await {
-        Ok((definitions, prepared)) => (Ok(definitions), prepared),
-        Err(problem) => (Err(problem), BTreeMap::new()),
+    // Templates are fetched and prepared only when the plan can use them, or a measurement
+    // is due (a settled Canary with its target on stable's revision needs neither).
+    let target_revision = target
+        .as_ref()
+        .and_then(|t| t.as_ref().ok())
+        .map(|t| t.revision.as_str());
+    let needed = rollout::needs_analysis(status, target_revision)
+        || !due_measurements(status, now).is_empty();
+    let (analysis, prepared) = if needed {
+        match resolve_analysis(canary, ctx).await {
+            Ok((definitions, prepared)) => (Ok(definitions), prepared),
+            Err(problem) => (Err(problem), BTreeMap::new()),
+        }
+    } else {
+        (Ok(BTreeMap::new()), BTreeMap::new())
     };
     let mut measurements = Vec::new();
     for (run_name, metric) in due_measurements(status, now) {
@@ -295,6 +307,16 @@ async fn resolve_analysis(
         }
     }
     let namespace = canary.namespace().unwrap_or_default();
+    let context = BTreeMap::from([
+        ("namespace".to_string(), namespace.clone()),
+        ("target".to_string(), canary.spec.target_ref.name.clone()),
+        ("canary".to_string(), canary.spec.canary_name()),
+        ("stable".to_string(), canary.spec.stable_name()),
+        ("workload".to_string(), canary.spec.canary_name()),
+    ]);
+    // A template used by several runs is read (with its secrets) once.
+    let mut fetched: BTreeMap<&TemplateRef, (AnalysisTemplateSpec, ClusterSecrets)> =
+        BTreeMap::new();
     let mut definitions = BTreeMap::new();
     let mut prepared = BTreeMap::new();
     for (run_name, templates, args) in runs {
@@ -305,29 +327,26 @@ async fn resolve_analysis(
             } else {
                 format!("the analysis step {run_name}, templates[{t}]")
             };
-            let spec = fetch_template(ctx, &namespace, template_ref)
-                .await
-                .map_err(|e| format!("{e} ({where_})"))?;
-            let secrets = fetch_secrets(ctx, &namespace, &spec).await;
+            if !fetched.contains_key(template_ref) {
+                let spec = fetch_template(ctx, &namespace, template_ref)
+                    .await
+                    .map_err(|e| format!("{e} ({where_})"))?;
+                let secrets = fetch_secrets(ctx, &namespace, &spec).await;
+                fetched.insert(template_ref, (spec, secrets));
+            }
+            let (spec, secrets) = &fetched[template_ref];
             let args: BTreeMap<String, String> = args
                 .iter()
                 .filter(|a| spec.args.iter().any(|d| d.name == a.name))
                 .map(|a| (a.name.clone(), a.value.clone()))
                 .collect();
-            let context = BTreeMap::from([
-                ("namespace".to_string(), namespace.clone()),
-                ("target".to_string(), canary.spec.target_ref.name.clone()),
-                ("canary".to_string(), canary.spec.canary_name()),
-                ("stable".to_string(), canary.spec.stable_name()),
-                ("workload".to_string(), canary.spec.canary_name()),
-            ]);
             let analysis = run::prepare(
                 &template_ref.template_name,
-                &spec,
+                spec,
                 &args,
                 &context,
                 ctx.default_prometheus.as_deref(),
-                &secrets,
+                secrets,
             )
             .map_err(|problems| {
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -411,9 +430,15 @@ async fn fetch_secrets(
         }))
         .collect();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    // Each Secret is read once, however many of its keys are referenced.
+    let mut read: BTreeMap<&str, Option<Secret>> = BTreeMap::new();
     let mut values = BTreeMap::new();
     for reference in references {
-        if let Ok(Some(secret)) = secrets.get_opt(&reference.name).await
+        if !read.contains_key(reference.name.as_str()) {
+            let secret = secrets.get_opt(&reference.name).await.ok().flatten();
+            read.insert(&reference.name, secret);
+        }
+        if let Some(secret) = &read[reference.name.as_str()]
             && let Some(value) = secret.data.as_ref().and_then(|d| d.get(&reference.key))
             && let Ok(text) = String::from_utf8(value.0.clone())
         {

@@ -129,6 +129,17 @@ pub fn canary_replicas(desired: i32, weight: u8) -> i32 {
     i32::try_from(share).unwrap_or(i32::MAX).max(1)
 }
 
+/// Whether [`plan`] can read `Observed::analysis`: while a rollout is under way, and in a
+/// settled phase only if the target runs another revision than stable (a rollout could
+/// start). Otherwise the controller need not fetch and prepare the analysis templates.
+pub fn needs_analysis(status: &CanaryStatus, target_revision: Option<&str>) -> bool {
+    match status.phase {
+        Phase::Idle | Phase::Promoted | Phase::RolledBack => target_revision
+            .is_none_or(|revision| status.stable_revision.as_deref() != Some(revision)),
+        _ => true,
+    }
+}
+
 /// Decides what to do. See the module documentation for the rules.
 pub fn plan(spec: &CanarySpec, status: &CanaryStatus, observed: &Observed, now: Timestamp) -> Plan {
     let mut planner = Planner {

@@ -987,3 +987,38 @@ fn a_compare_analysis_step_completes_on_no_regression() {
 fn reasons_of(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.reason).collect()
 }
+
+#[test]
+fn the_analysis_is_needed_unless_a_settled_canary_runs_the_stable_revision() {
+    let settled = |phase: Phase| CanaryStatus { phase, ..idle() };
+    // (status, target revision, needed)
+    let cases = [
+        (settled(Phase::Idle), Some("r1"), false),
+        (settled(Phase::Promoted), Some("r1"), false),
+        (settled(Phase::RolledBack), Some("r1"), false),
+        (settled(Phase::Idle), Some("r2"), true),
+        (settled(Phase::Promoted), Some("r2"), true),
+        (settled(Phase::RolledBack), Some("r2"), true),
+        (settled(Phase::Idle), None, true),
+        (settled(Phase::Failed), Some("r1"), true),
+        (settled(Phase::Initializing), Some("r1"), true),
+        (progressing(1, 10, 0), Some("r2"), true),
+        (settled(Phase::Paused), Some("r1"), true),
+    ];
+    for (status, target, needed) in cases {
+        assert_eq!(
+            needs_analysis(&status, target),
+            needed,
+            "{:?} with target {target:?}",
+            status.phase
+        );
+    }
+    // Where it says no, the plan indeed never reads the analysis: an invalid one changes
+    // nothing for a settled Canary on the stable revision.
+    let mut seen = observed("r1");
+    seen.analysis = Err("template missing".into());
+    let with_invalid = plan(&spec(serde_json::json!({})), &idle(), &seen, t(0));
+    let with_valid = plan(&spec(serde_json::json!({})), &idle(), &observed("r1"), t(0));
+    assert_eq!(with_invalid.status, with_valid.status);
+    assert_eq!(with_invalid.actions, with_valid.actions);
+}
