@@ -124,12 +124,11 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
                 )
                 .await?;
         }
-        let available = target
-            .status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0);
-        if available < desired {
+        // Ready means the Deployment controller has seen the current spec and its pods of that
+        // spec are available: a status read before the scale-up (or before the scale-down to 0
+        // was processed) can still show the old pods as available.
+        let state = workload::workload_state(&target);
+        if !(state.settled && state.ready_replicas >= state.replicas.max(1)) {
             return Err(Error::Waiting(format!(
                 "waiting for Deployment {} to have {desired} available pods before letting go",
                 canary.spec.target_ref.name
