@@ -52,6 +52,40 @@ fn reports_every_problem_of_a_broken_template_at_once() {
 }
 
 #[test]
+fn reports_each_bad_judge_setting_once() {
+    let output = canary(&["validate", "tests/fixtures/canary/bad-judge.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    // What the CRD's rules say, `prepare` does not repeat; what only `prepare` checks, it says.
+    let expected = [
+        (
+            "spec.metrics[0].compare: compare.judge.alpha must be in (0, 0.5)",
+            "alpha",
+        ),
+        (
+            "spec.metrics[0].compare: compare.weight must be between 0.01 and 1000",
+            "weight",
+        ),
+        (
+            "spec.metrics[1].compare: compare.judge tolerances must be in [0, 10]",
+            "olerance",
+        ),
+        (
+            "metric noise: spec.metrics[2].compare.judge.maxIntervalNoiseCv: sequential judge setting `maxIntervalNoiseCv` is 9, but must be in [0, 3]",
+            "maxIntervalNoiseCv",
+        ),
+    ];
+    for (line, _) in expected {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(text.lines().count(), expected.len(), "{text}");
+    for (_, setting) in expected {
+        let lines = text.lines().filter(|line| line.contains(setting)).count();
+        assert_eq!(lines, 1, "{setting} in:\n{text}");
+    }
+}
+
+#[test]
 fn rejects_what_cannot_be_converted_and_says_why() {
     let output = canary(&[
         "validate",

@@ -144,6 +144,15 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
             )
         })
         .collect();
+    // The CRD's rules on a compare's judge settings cover the settings `prepare` checks first
+    // (alpha, then the tolerances), and `prepare` stops at the first invalid one: when a rule
+    // said the judge is misconfigured, `prepare` can only say the same again.
+    let judge_rule_failed = |field: &str| {
+        template.notes.iter().any(|note| {
+            note.message.starts_with("compare.judge")
+                && field.starts_with(&format!("{}.judge", note.field))
+        })
+    };
     match run::prepare(
         &template.name,
         &template.spec,
@@ -166,6 +175,7 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
                 metric: p.metric,
                 message: p.message,
             })
+            .filter(|finding| !judge_rule_failed(&finding.field))
             .collect(),
     }
 }
