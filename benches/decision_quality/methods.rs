@@ -246,6 +246,15 @@ pub const VARIANTS: [(&str, VariantBuilder); 12] = [
     }),
 ];
 
+/// The variant of our judge named `name` in [`VARIANTS`].
+pub fn variant_named(name: &str) -> MethodKind {
+    let index = VARIANTS
+        .iter()
+        .position(|(label, _)| *label == name)
+        .unwrap_or_else(|| panic!("no variant named {name}"));
+    MethodKind::Variant(index)
+}
+
 /// Our judge: error rate and (optionally) latency, combined under one alpha (equal weights
 /// by default, as the compare metrics of one template share alpha).
 struct Sequential {
@@ -287,10 +296,12 @@ impl Method for Sequential {
                 latency.observe_missing();
             }
         } else if self.pods {
+            // As the compare metrics read them (many pods summed into a few groups).
             let pods = observation
                 .pods
                 .as_ref()
-                .expect("per-pod counts are simulated for methods that use them");
+                .expect("per-pod counts are simulated for methods that use them")
+                .grouped();
             self.errors
                 .observe_pods(&pods.errors)
                 .expect("simulated counts are valid");

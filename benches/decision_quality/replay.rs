@@ -2,14 +2,15 @@
 //! counts as the in-process track, so the decisions agree run for run.
 //!
 //! For a few cells, each run's simulated counters are written as OpenMetrics (one series
-//! per version and counter; a counter reset is a new series starting from zero, as a
-//! replaced pod's is; a missing scrape is a sample not written), backfilled with
+//! per pod and counter, labelled with the pod; a restart is a new series starting from zero;
+//! a missing scrape is a sample not written), backfilled with
 //! `promtool tsdb create-blocks-from openmetrics` into a real Prometheus, and read back with
 //! the compare metrics' own code: a template prepared by `canary::analysis::run::prepare`,
 //! measured by `canary::analysis::compare::measure` with instant queries at `time=` each
-//! interval's start and end (reset-aware differences, no `increase()`). The counts become the
-//! observations every method (ours and the baselines) judges, and each run's decision and
-//! decision interval are compared with the in-process track's for the same seed.
+//! interval's start and end (reset-aware differences, no `increase()`), per version and per
+//! pod (`podLabel`). The counts become the observations every method (ours, ours given the
+//! per-pod counts, and the baselines) judges, and each run's decision and decision interval
+//! are compared with the in-process track's for the same seed.
 
 #[path = "../../tests/support/prometheus.rs"]
 mod prometheus;
@@ -17,17 +18,21 @@ mod prometheus;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use canary::analysis::compare::{self, MeasuredInterval};
+use canary::analysis::compare::{self, MAX_POD_GROUPS, MeasuredInterval, PodCounts};
 use canary::analysis::run::{NoSecrets, PreparedMetric, prepare};
-use canary::analysis::sequential::{ErrorCounts, HistogramCounts};
+use canary::analysis::sequential::{
+    ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
+};
 use canary::api::AnalysisTemplate;
 use canary::metrics::PrometheusSource;
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
-use crate::methods::{Decision, MethodKind};
-use crate::simulation::{BOUNDARIES, INTERVALS, Observation, Scenario, Schedule, simulate_run};
+use crate::methods::{Decision, MethodKind, variant_named};
+use crate::simulation::{
+    BOUNDARIES, INTERVALS, Observation, PodObservation, Scenario, Schedule, simulate_run,
+};
 use crate::{Cell, RunOutcome, decide, run_seed};
 
 /// The cells replayed: healthy with the data problems the PromQL path must handle (counter
@@ -41,7 +46,8 @@ const CELLS: [(Scenario, f64, Schedule); 6] = [
     (Scenario::Latency20, 100.0, Schedule::OnePercent),
 ];
 
-/// The compare template the replay reads through: errors and latency of `{{workload}}`.
+/// The compare template the replay reads through: errors and latency of `{{workload}}`, also
+/// per pod.
 const TEMPLATE: &str = r#"
 apiVersion: canary.dev/v1alpha1
 kind: AnalysisTemplate
@@ -52,12 +58,17 @@ spec:
     compare:
       requests: bench_requests_total{workload="{{workload}}"}
       errors: bench_errors_total{workload="{{workload}}"}
+      podLabel: pod
     provider: {prometheus: {}}
   - name: latency
     compare:
       latencyBuckets: bench_latency_seconds_bucket{workload="{{workload}}"}
+      podLabel: pod
     provider: {prometheus: {}}
 "#;
+
+/// Our judge given the per-pod counts (`compare.podLabel`), replayed besides the grid's methods.
+const POD_VARIANT: &str = "noise learned from pods";
 
 fn start() -> Timestamp {
     "2024-06-01T00:00:00Z".parse().expect("a valid time")
@@ -76,70 +87,98 @@ struct Run {
     in_process: Vec<RunOutcome>,
 }
 
-/// Writes one run's counters: cumulative per version, a new series (`generation`) after each
-/// reset, nothing at the end of a missing interval.
+/// One pod's counters: cumulative requests, errors and buckets, and its series generation
+/// (a new one after each restart).
+#[derive(Default)]
+struct PodCounters {
+    generation: usize,
+    requests: u64,
+    errors: u64,
+    buckets: Vec<u64>,
+}
+
+/// Writes one run's counters, one series per pod as a scraped service has them: cumulative,
+/// a new series (`generation`) after a restart of the version's first pod, nothing at the end
+/// of a missing interval; a pod appears when the canary's weight first needs it.
 fn write_run(om: &mut prometheus::OpenMetrics, run: &Run) {
+    let write = |om: &mut prometheus::OpenMetrics,
+                 workload: &str,
+                 pod: usize,
+                 at: Timestamp,
+                 counters: &PodCounters| {
+        let (pod, generation) = (format!("p{pod:02}"), counters.generation.to_string());
+        let labels = [
+            ("workload", workload),
+            ("pod", pod.as_str()),
+            ("generation", generation.as_str()),
+        ];
+        om.counter(
+            "bench_requests_total",
+            &labels,
+            at,
+            counters.requests as f64,
+        );
+        om.counter("bench_errors_total", &labels, at, counters.errors as f64);
+        let buckets: Vec<(f64, f64)> = BOUNDARIES
+            .iter()
+            .zip(&counters.buckets)
+            .map(|(le, count)| (*le, *count as f64))
+            .collect();
+        om.histogram(
+            "bench_latency_seconds",
+            &labels,
+            at,
+            &buckets,
+            0.0,
+            counters.buckets.last().copied().unwrap_or(0) as f64,
+        );
+    };
     for (side, version) in ["canary", "stable"].into_iter().enumerate() {
         let workload = format!("{}-{version}", run.name);
-        let mut generation = 0;
-        let mut totals = (0u64, 0u64, vec![0u64; BOUNDARIES.len() + 1]);
+        let mut pods: Vec<PodCounters> = Vec::new();
         let mut reset_pending = false;
-        let write = |om: &mut prometheus::OpenMetrics,
-                     generation: usize,
-                     at: Timestamp,
-                     totals: &(u64, u64, Vec<u64>)| {
-            let generation = generation.to_string();
-            let labels = [
-                ("workload", workload.as_str()),
-                ("pod", generation.as_str()),
-            ];
-            om.counter("bench_requests_total", &labels, at, totals.0 as f64);
-            om.counter("bench_errors_total", &labels, at, totals.1 as f64);
-            let buckets: Vec<(f64, f64)> = BOUNDARIES
-                .iter()
-                .zip(&totals.2)
-                .map(|(le, count)| (*le, *count as f64))
-                .collect();
-            om.histogram(
-                "bench_latency_seconds",
-                &labels,
-                at,
-                &buckets,
-                0.0,
-                totals.2.last().copied().unwrap_or(0) as f64,
-            );
-        };
-        write(om, generation, start(), &totals);
         for observation in &run.observations {
             reset_pending |= observation.resets[side];
             if observation.missing {
                 continue;
             }
-            let (requests, errors, buckets) = if side == 0 {
-                (
-                    observation.errors.canary_requests,
-                    observation.errors.canary_errors,
-                    &observation.histogram.canary,
-                )
+            let counts = observation
+                .pods
+                .as_ref()
+                .expect("the replay simulates per-pod counts");
+            let (errors, histograms) = if side == 0 {
+                (&counts.errors.canary, &counts.histograms.canary)
             } else {
-                (
-                    observation.errors.stable_requests,
-                    observation.errors.stable_errors,
-                    &observation.histogram.stable,
-                )
+                (&counts.errors.stable, &counts.histograms.stable)
             };
+            // A new pod's series first appears with its first interval's counts (a new series
+            // counts its whole value).
+            pods.resize_with(pods.len().max(errors.len()), || PodCounters {
+                buckets: vec![0; BOUNDARIES.len() + 1],
+                ..PodCounters::default()
+            });
             if std::mem::take(&mut reset_pending) {
-                // The restarted pod's counters begin again at zero under a new series; the old
-                // one keeps its last value until it goes stale.
-                generation += 1;
-                totals = (0, 0, vec![0; BOUNDARIES.len() + 1]);
+                // The restarted process's counters begin again at zero under a new series;
+                // the old one keeps its last value until it goes stale.
+                let first = &mut pods[0];
+                *first = PodCounters {
+                    generation: first.generation + 1,
+                    buckets: vec![0; BOUNDARIES.len() + 1],
+                    ..PodCounters::default()
+                };
             }
-            totals.0 += requests;
-            totals.1 += errors;
-            for (total, count) in totals.2.iter_mut().zip(buckets) {
-                *total += count;
+            for (index, (counters, ([requests, errors], buckets))) in pods
+                .iter_mut()
+                .zip(errors.iter().zip(histograms))
+                .enumerate()
+            {
+                counters.requests += requests;
+                counters.errors += errors;
+                for (total, count) in counters.buckets.iter_mut().zip(buckets) {
+                    *total += count;
+                }
+                write(om, &workload, index, end_of(observation.interval), counters);
             }
-            write(om, generation, end_of(observation.interval), &totals);
         }
     }
 }
@@ -221,11 +260,43 @@ async fn read_run(
             stable_bucket_probabilities: simulated.stable_bucket_probabilities.clone(),
             canary_bucket_probabilities: simulated.canary_bucket_probabilities.clone(),
             resets: simulated.resets,
-            // The replay writes one series per version: no per-pod counts.
-            pods: None,
+            pods: if missing {
+                None
+            } else {
+                pod_observation(e.pods, l.pods)
+            },
         });
     }
     Ok(observations)
+}
+
+/// The per-pod counts read back, shaped as the simulation's; `None` for an interval without
+/// data (or a series without the pod label).
+fn pod_observation(
+    errors: Option<PodCounts>,
+    latency: Option<PodCounts>,
+) -> Option<PodObservation> {
+    let (errors, latency) = (errors?, latency?);
+    let pairs = |pods: Vec<Vec<u64>>| -> Vec<[u64; 2]> {
+        pods.into_iter()
+            .map(|pod| {
+                [
+                    pod.first().copied().unwrap_or(0),
+                    pod.get(1).copied().unwrap_or(0),
+                ]
+            })
+            .collect()
+    };
+    Some(PodObservation {
+        errors: PodErrorCounts {
+            canary: pairs(errors.canary),
+            stable: pairs(errors.stable),
+        },
+        histograms: PodHistogramCounts {
+            canary: latency.canary,
+            stable: latency.stable,
+        },
+    })
 }
 
 async fn read(
@@ -250,6 +321,7 @@ struct Tally {
     in_process_intervals: Vec<usize>,
     replay_intervals: Vec<usize>,
     counts_equal: usize,
+    pod_counts_equal: usize,
 }
 
 fn median(values: &[usize]) -> String {
@@ -263,7 +335,9 @@ fn median(values: &[usize]) -> String {
 
 pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
     let started = Instant::now();
-    let methods = MethodKind::ALL.to_vec();
+    // Every method of the grid, and ours given the per-pod counts.
+    let mut methods = MethodKind::ALL.to_vec();
+    methods.push(variant_named(POD_VARIANT));
     let cells: Vec<Cell> = CELLS
         .iter()
         .map(|&(scenario, rps, schedule)| Cell {
@@ -284,7 +358,7 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
                     cell.rps,
                     cell.schedule,
                     run_seed(seed, cell, run),
-                    false,
+                    true,
                 );
                 let in_process = decide(&observations, methods);
                 Run {
@@ -339,11 +413,17 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
             .iter()
             .zip(observations)
             .all(|(a, b)| a.errors == b.errors && (a.missing || a.histogram == b.histogram));
+        let same_pod_counts = run
+            .observations
+            .iter()
+            .zip(observations)
+            .all(|(a, b)| a.pods.as_ref().map(PodObservation::grouped) == b.pods);
         let outcomes = decide(observations, &methods);
         for (m, (ours, theirs)) in run.in_process.iter().zip(&outcomes).enumerate() {
             let tally = &mut tallies[run.cell][m];
             tally.runs += 1;
             tally.counts_equal += usize::from(same_counts);
+            tally.pod_counts_equal += usize::from(same_pod_counts);
             let agree = ours.decision == theirs.decision && ours.interval == theirs.interval;
             tally.agree += usize::from(agree);
             if !agree {
@@ -393,9 +473,12 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
         );
         let mut json_methods = Vec::new();
         for (method, tally) in methods.iter().zip(per_method) {
+            let name = match method {
+                MethodKind::Variant(_) => format!("ours, {}", method.label()),
+                _ => method.short_label(),
+            };
             out.push_str(&format!(
-                "| {label} | {} | {}/{} ({}) | {}/{} ({}) | {}/{} |\n",
-                method.short_label(),
+                "| {label} | {name} | {}/{} ({}) | {}/{} ({}) | {}/{} |\n",
                 tally.in_process_rollbacks,
                 tally.runs,
                 median(&tally.in_process_intervals),
@@ -414,6 +497,7 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
                 "inProcessMedianRollbackMinute": median(&tally.in_process_intervals),
                 "replayMedianRollbackMinute": median(&tally.replay_intervals),
                 "runsWithIdenticalCounts": tally.counts_equal,
+                "runsWithIdenticalPodCounts": tally.pod_counts_equal,
             }));
         }
         json_cells.push(json!({
@@ -429,9 +513,13 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
         .iter()
         .map(|per_method| per_method[0].counts_equal)
         .sum();
+    let identical_pods: usize = tallies
+        .iter()
+        .map(|per_method| per_method[0].pod_counts_equal)
+        .sum();
     out.push_str(&format!(
-        "\nAgreement over every method and run: {agree}/{total}. Runs whose every interval's counts read through Prometheus equal the in-process counts: {identical}/{}.\n",
-        runs.len()
+        "\nAgreement over every method and run: {agree}/{total}. Runs whose every interval's counts read through Prometheus equal the in-process counts: {identical}/{runs}; per pod (more than {MAX_POD_GROUPS} pods summed into that many groups, as compare metrics do): {identical_pods}/{runs}.\n",
+        runs = runs.len()
     ));
     for line in disagreements.iter().take(20) {
         out.push_str(&format!("- disagreement: {line}\n"));
@@ -443,6 +531,7 @@ pub fn run(seed: u64, runs_per_cell: usize, json_path: &str) {
         "agree": agree,
         "decisions": total,
         "runsWithIdenticalCounts": identical,
+        "runsWithIdenticalPodCounts": identical_pods,
         "runs": runs.len(),
         "disagreements": disagreements,
         "cells": json_cells,

@@ -9,6 +9,7 @@ use rand_distr::{Binomial, Distribution, Gamma, Hypergeometric, Normal, Poisson}
 use serde::Serialize;
 use statrs::function::erf::erfc;
 
+use canary::analysis::compare::MAX_POD_GROUPS;
 use canary::analysis::sequential::{
     ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
 };
@@ -236,10 +237,44 @@ pub struct Observation {
 }
 
 /// One interval's counts per pod of both versions (they sum to the versions' counts).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PodObservation {
     pub errors: PodErrorCounts,
     pub histograms: PodHistogramCounts,
+}
+
+impl PodObservation {
+    /// The pods as compare metrics read them: a version with more than [`MAX_POD_GROUPS`]
+    /// pods has them summed into that many groups, pod `i` (in name order, which is index
+    /// order here) into group `i mod MAX_POD_GROUPS`.
+    pub fn grouped(&self) -> PodObservation {
+        fn group<T: Clone>(pods: &[T], add: impl Fn(&mut T, &T)) -> Vec<T> {
+            let mut groups: Vec<T> = pods.iter().take(MAX_POD_GROUPS).cloned().collect();
+            for (index, pod) in pods.iter().enumerate().skip(MAX_POD_GROUPS) {
+                add(&mut groups[index % MAX_POD_GROUPS], pod);
+            }
+            groups
+        }
+        let add_errors = |group: &mut [u64; 2], pod: &[u64; 2]| {
+            group[0] += pod[0];
+            group[1] += pod[1];
+        };
+        let add_buckets = |group: &mut Vec<u64>, pod: &Vec<u64>| {
+            for (sum, count) in group.iter_mut().zip(pod) {
+                *sum += count;
+            }
+        };
+        PodObservation {
+            errors: PodErrorCounts {
+                canary: group(&self.errors.canary, add_errors),
+                stable: group(&self.errors.stable, add_errors),
+            },
+            histograms: PodHistogramCounts {
+                canary: group(&self.histograms.canary, add_buckets),
+                stable: group(&self.histograms.stable, add_buckets),
+            },
+        }
+    }
 }
 
 /// Pods of each version at a canary weight: stable has ten, the canary as many as its share
@@ -269,9 +304,7 @@ fn split_among_pods(rng: &mut StdRng, counts: &VersionCounts, pods: u32) -> Vec<
         let errors = if last || requests_left == 0 {
             errors_left
         } else {
-            Hypergeometric::new(requests_left, errors_left, pod_requests)
-                .expect("valid hypergeometric")
-                .sample(rng)
+            hypergeometric(rng, requests_left, errors_left, pod_requests)
         };
         let share = if requests_left == 0 {
             0.0
@@ -299,6 +332,24 @@ fn split_among_pods(rng: &mut StdRng, counts: &VersionCounts, pods: u32) -> Vec<
         });
     }
     split
+}
+
+/// How many of `successes` marked items of a population of `population` fall among `draws`
+/// drawn without replacement. rand_distr's sampler where it can set itself up; it cannot
+/// for some large populations with a small mode (its first probability underflows), and
+/// then the marked items are placed one by one, exactly.
+fn hypergeometric(rng: &mut StdRng, population: u64, successes: u64, draws: u64) -> u64 {
+    if let Ok(distribution) = Hypergeometric::new(population, successes, draws) {
+        return distribution.sample(rng);
+    }
+    let mut drawn = 0;
+    for placed in 0..successes {
+        // This marked item is among the draws with the draws' share of the places left.
+        if rng.random::<f64>() * ((population - placed) as f64) < (draws - drawn) as f64 {
+            drawn += 1;
+        }
+    }
+    drawn
 }
 
 fn pod_observation(canary: &[VersionCounts], stable: &[VersionCounts]) -> PodObservation {
