@@ -10,7 +10,7 @@ mod prometheus;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use canary::analysis::run::{
 };
 use canary::analysis::{AnalysisPhase, MeasurementPhase};
 use canary::api::AnalysisTemplate;
-use canary::metrics::{MetricsSource, PrometheusSource, QueryOutput, QueryRequest};
+use canary::metrics::{MetricsError, MetricsSource, PrometheusSource, QueryOutput, QueryRequest};
 use jiff::{SignedDuration, Timestamp};
 use prometheus::{Kind, MetricsServer, OpenMetrics, Prometheus};
 
@@ -579,6 +579,32 @@ async fn hostile_argument_values_cannot_change_the_query() {
 /// Per-pod counters of a canary with one pod and a stable with three, read through a real
 /// Prometheus by compare metrics that name their `podLabel`: each interval's counts come per
 /// pod as well, summing to the versions' totals, and the judge uses them.
+/// The real source, counting the queries that reach it.
+struct CountingSource<'a> {
+    inner: &'a PrometheusSource,
+    queries: AtomicUsize,
+}
+
+impl<'a> CountingSource<'a> {
+    fn new(inner: &'a PrometheusSource) -> Self {
+        Self {
+            inner,
+            queries: Default::default(),
+        }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+impl MetricsSource for CountingSource<'_> {
+    async fn instant_query(&self, request: &QueryRequest) -> Result<QueryOutput, MetricsError> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        self.inner.instant_query(request).await
+    }
+}
+
 #[tokio::test]
 async fn compare_metrics_with_a_pod_label_read_counts_per_pod() {
     let mut om = OpenMetrics::new();
@@ -644,15 +670,49 @@ spec:
     let source = PrometheusSource::new().unwrap();
     for metric in &analysis.metrics {
         let compare = metric.compare.as_ref().unwrap();
-        let measured = canary::analysis::compare::measure(
+        let (measured, at_end) = canary::analysis::compare::measure(
             &source,
             compare,
             &metric.request,
             t0(),
             t0() + minutes(1),
+            None,
         )
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", metric.name));
+        // The next minute from the readings this one ended on: half the queries, the same
+        // counts as reading both ends again. Readings of another instant are not used.
+        let next = |from: Timestamp, previous| {
+            let counting = CountingSource::new(&source);
+            async move {
+                let (next, _) = canary::analysis::compare::measure(
+                    &counting,
+                    compare,
+                    &metric.request,
+                    from,
+                    from + minutes(1),
+                    previous,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", metric.name));
+                (next.counts, counting.queries())
+            }
+        };
+        let (fresh, fresh_queries) = next(t0() + minutes(1), None).await;
+        let (reused, reused_queries) = next(t0() + minutes(1), Some(&at_end)).await;
+        let (_, elsewhere_queries) = next(t0() + minutes(2), Some(&at_end)).await;
+        assert_eq!(reused, fresh, "{}", metric.name);
+        let reads_per_instant = compare.queries.len() * 2;
+        assert_eq!(
+            (fresh_queries, reused_queries, elsewhere_queries),
+            (
+                2 * reads_per_instant,
+                reads_per_instant,
+                2 * reads_per_instant
+            ),
+            "{}: queries without, with and with unusable previous readings",
+            metric.name
+        );
         let counts = measured.counts;
         let pods = counts
             .pods

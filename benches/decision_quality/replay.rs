@@ -7,7 +7,8 @@
 //! `promtool tsdb create-blocks-from openmetrics` into a real Prometheus, and read back with
 //! the compare metrics' own code: a template prepared by `canary::analysis::run::prepare`,
 //! measured by `canary::analysis::compare::measure` with instant queries at `time=` each
-//! interval's start and end (reset-aware differences, no `increase()`), per version and per
+//! interval's end, its start being the previous interval's end readings (reset-aware
+//! differences, no `increase()`), per version and per
 //! pod (`podLabel`). The counts become the observations every method (ours, ours given the
 //! per-pod counts, and the baselines) judges, and each run's decision and decision interval
 //! are compared with the in-process track's for the same seed.
@@ -18,7 +19,9 @@ mod prometheus;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use canary::analysis::compare::{self, MAX_POD_GROUPS, MeasuredInterval, PodCounts};
+use canary::analysis::compare::{
+    self, CounterReadings, MAX_POD_GROUPS, MeasuredInterval, PodCounts,
+};
 use canary::analysis::run::{NoSecrets, PreparedMetric, prepare};
 use canary::analysis::sequential::{
     ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
@@ -212,6 +215,7 @@ async fn read_run(
     };
     let (errors, latency) = (metric("errors")?, metric("latency")?);
     let mut observations = Vec::with_capacity(INTERVALS);
+    let (mut error_readings, mut latency_readings) = (None, None);
     for (index, simulated) in run.observations.iter().enumerate() {
         let from = if index == 0 {
             start()
@@ -219,8 +223,10 @@ async fn read_run(
             end_of(index - 1)
         };
         let to = end_of(index);
-        let MeasuredInterval { counts: e, .. } = read(source, errors, from, to).await?;
-        let MeasuredInterval { counts: l, .. } = read(source, latency, from, to).await?;
+        let MeasuredInterval { counts: e, .. } =
+            read(source, errors, from, to, &mut error_readings).await?;
+        let MeasuredInterval { counts: l, .. } =
+            read(source, latency, from, to, &mut latency_readings).await?;
         let value = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
         let error_counts = ErrorCounts {
             canary_requests: value(&e.canary, 0),
@@ -299,16 +305,28 @@ fn pod_observation(
     })
 }
 
+/// Measures `metric` over `[from, to]` starting from the previous interval's readings, as
+/// compare metrics do in production, and keeps the readings at `to` for the next interval.
 async fn read(
     source: &PrometheusSource,
     metric: &PreparedMetric,
     from: Timestamp,
     to: Timestamp,
+    readings: &mut Option<CounterReadings>,
 ) -> Result<MeasuredInterval, String> {
     let prepared = metric.compare.as_ref().expect("a compare metric");
-    compare::measure(source, prepared, &metric.request, from, to)
-        .await
-        .map_err(|e| e.to_string())
+    let (measured, at_end) = compare::measure(
+        source,
+        prepared,
+        &metric.request,
+        from,
+        to,
+        readings.as_ref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    *readings = Some(at_end);
+    Ok(measured)
 }
 
 /// Per method and cell: runs, runs that agree, and the decision summary of both tracks.

@@ -2,7 +2,8 @@
 //! sequential test of [`super::sequential`].
 //!
 //! Each interval `[start, end]` the counter queries are evaluated for both versions at both
-//! instants (`time=start`, `time=end`); the increase is computed here, series by series:
+//! instants (`time=start`, `time=end`; the start's readings are the previous interval's end
+//! readings when the caller kept them); the increase is computed here, series by series:
 //! a series whose value went down was reset (a restarted process) and counts its whole new
 //! value, a series that did not exist at `start` (a new pod) counts its whole value, a series
 //! that disappeared counts nothing. `increase()` is never used: its extrapolation to the window
@@ -487,21 +488,66 @@ pub fn interval_counts(
     }
 }
 
-/// Reads the counters of both versions at `start` and `end` and returns the interval's counts.
+/// What the counter queries of both versions returned at one instant: the end of one
+/// interval, and so the start of the next. Reusing them makes consecutive intervals'
+/// counts add up exactly to the counters' increase, even when Prometheus ingests a late
+/// sample in between, and halves the queries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CounterReadings {
+    at: Timestamp,
+    /// Per counter query and version, in [`PreparedCompare::queries`] order (canary, then
+    /// stable): the query text and its output.
+    reads: Vec<(String, QueryOutput)>,
+}
+
+impl CounterReadings {
+    /// The instant these readings are of.
+    pub fn at(&self) -> Timestamp {
+        self.at
+    }
+
+    /// The output read for `query` at `at`, if these readings are of that instant and hold
+    /// that query in that place.
+    fn reuse(&self, at: Timestamp, index: usize, query: &str) -> Option<QueryOutput> {
+        let (text, output) = self.reads.get(index)?;
+        (self.at == at && text == query).then(|| output.clone())
+    }
+}
+
+/// Reads the counters of both versions at `start` and `end` and returns the interval's counts
+/// with the readings at `end`. Readings of `start` from the previous interval (`previous`) are
+/// used instead of reading again, for the queries that have not changed since.
 pub async fn measure<S: MetricsSource>(
     source: &S,
     prepared: &PreparedCompare,
     base: &QueryRequest,
     start: Timestamp,
     end: Timestamp,
-) -> Result<MeasuredInterval, MeasureError> {
-    // Every counter of both versions at both instants, read concurrently: one round trip to
-    // Prometheus instead of one per read. The first failure in this order is reported.
-    let reads = prepared.queries.iter().flat_map(|query| {
-        [("canary", &query.canary), ("stable", &query.stable)]
-            .into_iter()
-            .flat_map(move |(side, text)| {
-                [start, end].into_iter().map(move |at| async move {
+    previous: Option<&CounterReadings>,
+) -> Result<(MeasuredInterval, CounterReadings), MeasureError> {
+    let texts: Vec<(&CounterQuery, &'static str, &String)> = prepared
+        .queries
+        .iter()
+        .flat_map(|query| {
+            [
+                (query, "canary", &query.canary),
+                (query, "stable", &query.stable),
+            ]
+        })
+        .collect();
+    // Every read not known already, concurrently: one round trip to Prometheus instead of
+    // one per read. The first failure in this order is reported.
+    let reads = texts
+        .iter()
+        .enumerate()
+        .flat_map(|(index, &(query, side, text))| {
+            let known_start = previous.and_then(|readings| readings.reuse(start, index, text));
+            [(start, known_start), (end, None)]
+                .into_iter()
+                .map(move |(at, known)| async move {
+                    if let Some(output) = known {
+                        return Ok(output);
+                    }
                     let request = QueryRequest {
                         query: text.clone(),
                         time: Some(at),
@@ -517,8 +563,7 @@ pub async fn measure<S: MetricsSource>(
                             source,
                         })
                 })
-            })
-    });
+        });
     let outputs: Vec<QueryOutput> = futures::future::join_all(reads)
         .await
         .into_iter()
@@ -532,20 +577,29 @@ pub async fn measure<S: MetricsSource>(
         side: "stable",
         snapshots: Vec::new(),
     };
-    for query in &prepared.queries {
-        for side in [&mut canary, &mut stable] {
-            let (Some(at_start), Some(at_end)) = (outputs.next(), outputs.next()) else {
-                unreachable!("two reads per counter and version");
-            };
-            side.snapshots.push((query.counter, at_start, at_end));
-        }
+    let mut at_end = CounterReadings {
+        at: end,
+        reads: Vec::with_capacity(texts.len()),
+    };
+    for (query, side, text) in texts {
+        let (Some(at_start), Some(end_output)) = (outputs.next(), outputs.next()) else {
+            unreachable!("two reads per counter and version");
+        };
+        at_end.reads.push((text.clone(), end_output.clone()));
+        let side = if side == "canary" {
+            &mut canary
+        } else {
+            &mut stable
+        };
+        side.snapshots.push((query.counter, at_start, end_output));
     }
-    interval_counts(
+    let measured = interval_counts(
         prepared.setup.kind,
         canary,
         stable,
         prepared.pod_label.as_deref(),
-    )
+    )?;
+    Ok((measured, at_end))
 }
 
 /// Replays every recorded interval into a fresh judge and assesses it.

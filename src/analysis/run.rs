@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::assessment::{self, AnalysisPhase, Limits, Tally};
 use super::compare::{
-    self, CompareKind, CompareRecord, CompareSetup, Counter, CounterQuery, IntervalCounts,
-    PreparedCompare,
+    self, CompareKind, CompareRecord, CompareSetup, Counter, CounterQuery, CounterReadings,
+    IntervalCounts, PreparedCompare,
 };
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
@@ -457,7 +457,9 @@ pub async fn run<S: MetricsSource>(
         Schedule::Once | Schedule::Live { .. } => Timestamp::now(),
     };
     // Per compare metric: its intervals so far and where the next window starts.
-    let mut comparisons: Vec<(CompareRecord, Option<Timestamp>, Option<Assessment>)> =
+    // Per compare metric: its record, the readings where its next interval starts, and its
+    // latest assessment.
+    let mut comparisons: Vec<(CompareRecord, Option<CounterReadings>, Option<Assessment>)> =
         vec![Default::default(); analysis.metrics.len()];
     let mut states: Vec<(Timestamp, MetricReport)> = analysis
         .metrics
@@ -513,15 +515,27 @@ pub async fn run<S: MetricsSource>(
                     Schedule::Retrospective { .. } => due,
                     _ => Timestamp::now(),
                 };
-                let (record, window_end, latest) = comparison;
-                let start = window_end.unwrap_or(end - signed(metric.interval));
-                let outcome = compare::measure(source, compare, &metric.request, start, end)
-                    .await
-                    .map_err(|e| e.to_string());
+                let (record, window_start, latest) = comparison;
+                let start = window_start
+                    .as_ref()
+                    .map_or(end - signed(metric.interval), CounterReadings::at);
+                let (outcome, at_end) = match compare::measure(
+                    source,
+                    compare,
+                    &metric.request,
+                    start,
+                    end,
+                    window_start.as_ref(),
+                )
+                .await
+                {
+                    Ok((measured, at_end)) => (Ok(measured), Some(at_end)),
+                    Err(e) => (Err(e.to_string()), None),
+                };
                 let judged = compare::record_interval(&compare.setup, record, &outcome);
-                if judged.phase != MeasurementPhase::Error {
+                if judged.phase != MeasurementPhase::Error && at_end.is_some() {
                     // A failed read is retried over the same window.
-                    *window_end = Some(end);
+                    *window_start = at_end;
                 }
                 if judged.assessment.is_some() {
                     latest.clone_from(&judged.assessment);

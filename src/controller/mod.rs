@@ -4,9 +4,10 @@
 pub mod metrics;
 pub mod reconcile;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +26,7 @@ use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
+use crate::analysis::compare::CounterReadings;
 use crate::api::canary::Canary;
 use crate::metrics::PrometheusSource;
 pub use metrics::Metrics;
@@ -54,6 +56,45 @@ pub struct Context {
     pub default_prometheus: Option<String>,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    pub readings: ReadingsCache,
+}
+
+/// A compare metric of one analysis run of one Canary.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadingsKey {
+    pub namespace: String,
+    pub canary: String,
+    pub run: String,
+    pub metric: String,
+}
+
+/// The counter readings each compare metric's last interval ended on, so the next interval
+/// starts from them (see [`CounterReadings`]). In memory only: after a restart or a change
+/// of leader, the first interval reads its start again. At most one entry per compare metric
+/// of each run of each Canary; a deleted Canary's are forgotten.
+#[derive(Default)]
+pub struct ReadingsCache(Mutex<BTreeMap<ReadingsKey, CounterReadings>>);
+
+impl ReadingsCache {
+    pub fn get(&self, key: &ReadingsKey) -> Option<CounterReadings> {
+        self.entries().get(key).cloned()
+    }
+
+    pub fn put(&self, key: ReadingsKey, readings: CounterReadings) {
+        self.entries().insert(key, readings);
+    }
+
+    pub fn forget(&self, namespace: &str, canary: &str) {
+        self.entries()
+            .retain(|key, _| !(key.namespace == namespace && key.canary == canary));
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReadingsKey, CounterReadings>> {
+        // A panic while holding the lock leaves a map that is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// How the controller process runs.
@@ -147,6 +188,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             },
         ),
         metrics: Metrics::default(),
+        readings: ReadingsCache::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;

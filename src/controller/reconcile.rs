@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, Error};
+use super::{Context, Error, ReadingsKey};
 use crate::analysis::run::{self, PreparedMetric, SecretValues};
 use crate::api::analysis_template::{
     AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
@@ -151,6 +151,7 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
         }
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
+    ctx.readings.forget(&namespace, &canary.name_any());
     Ok(Requeue::await_change())
 }
 
@@ -206,14 +207,27 @@ async fn observe(
             let end = Timestamp::now();
             let start =
                 compare_window_start(status, &run_name, &metric, prepared_metric.interval, now);
+            let key = ReadingsKey {
+                namespace: namespace.clone(),
+                canary: canary.name_any(),
+                run: run_name.clone(),
+                metric: metric.clone(),
+            };
+            let previous = ctx.readings.get(&key);
             let outcome = crate::analysis::compare::measure(
                 &ctx.prometheus,
                 prepared_compare,
                 &prepared_metric.request,
                 start,
                 end,
+                previous.as_ref(),
             )
             .await
+            .map(|(measured, at_end)| {
+                // Used only if the next interval starts at `end`, i.e. this one is recorded.
+                ctx.readings.put(key, at_end);
+                measured
+            })
             .map_err(|e| e.to_string());
             let judged = preview_compare(
                 status,
