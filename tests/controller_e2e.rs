@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rollout::{
     ROLLOUT_TIMEOUT, World, at_weight, canary_weight_in_virtual_service, create, dynamic,
-    follow_until, image_of, patch_canary, set_image, set_up, start_controller, start_controller_on,
+    follow_until, image_of, patch_canary, set_image, set_up, spawn_controller, start_controller,
     terminate, world,
 };
 use serde_json::json;
@@ -308,11 +308,16 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
     let ns = cluster().namespace("process").await;
     set_up(&ns, "web:1").await;
-    let port = prometheus::free_port();
-    let mut controller = start_controller_on(&ns, "http://127.0.0.1:1", port).await;
-    eventually("/healthz answers", Duration::from_secs(30), || async {
-        http_get(port, "/healthz").await.filter(|(s, _)| *s == 200)
-    })
+    // Answers /healthz at once, before the caches synced.
+    let (mut controller, port) = spawn_controller(
+        &[
+            "--namespace",
+            &ns.name,
+            "--prometheus",
+            "http://127.0.0.1:1",
+        ],
+        &[("CANARY_LOG", "canary=info")],
+    )
     .await;
     eventually(
         "/readyz once the caches synced",
@@ -603,26 +608,19 @@ async fn a_standby_replica_takes_over_when_the_leader_stops() {
     })
     .await
     .unwrap();
-    let start = |port: u16| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_canary"))
-            .args([
-                "controller",
-                "--namespace",
-                &ns.name,
-                "--prometheus",
-                &prometheus.url(),
-            ])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--leader-elect"])
-            .env("KUBECONFIG", cluster().kubeconfig())
-            .env("POD_NAMESPACE", &ns.name)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting canary controller")
-    };
+    let prometheus_url = prometheus.url();
+    let args = [
+        "--namespace",
+        &ns.name,
+        "--prometheus",
+        &prometheus_url,
+        "--leader-elect",
+    ];
+    let env = [("POD_NAMESPACE", ns.name.as_str())];
+    // Both replicas run (and answer /healthz) before the test looks for a leader.
     let mut replicas = [
-        start(prometheus::free_port()),
-        start(prometheus::free_port()),
+        spawn_controller(&args, &env).await.0,
+        spawn_controller(&args, &env).await.0,
     ];
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
     let holder = |lease: &k8s_openapi::api::coordination::v1::Lease| {

@@ -141,25 +141,56 @@ pub async fn terminate(child: &mut Child, timeout: Duration, what: &str) {
 
 /// The controller as it runs in a cluster: its own process, watching one namespace.
 pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
-    start_controller_on(ns, prometheus, prometheus::free_port()).await
+    let args = ["--namespace", &ns.name, "--prometheus", prometheus];
+    spawn_controller(&args, &[("CANARY_LOG", "canary=info")])
+        .await
+        .0
 }
 
-pub async fn start_controller_on(ns: &TestNamespace, prometheus: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_canary"))
-        .args([
-            "controller",
-            "--namespace",
-            &ns.name,
-            "--prometheus",
-            prometheus,
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", cluster().kubeconfig())
-        .env("CANARY_LOG", "canary=info")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting canary controller")
+/// Starts `canary controller ARGS` listening on a free port, and returns it with that port
+/// once it answers `/healthz`. Another test's process can take a free port before the
+/// controller binds it: a controller that exits at start is started again on another port.
+pub async fn spawn_controller(args: &[&str], env: &[(&str, &str)]) -> (Child, u16) {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let port = prometheus::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_canary"))
+            .arg("controller")
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", cluster().kubeconfig())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting canary controller");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = tokio::task::spawn_blocking(move || {
+                prometheus::http_get(address, "/healthz").is_ok_and(|(status, _)| status == 200)
+            })
+            .await
+            .expect("the health check runs");
+            // Checked after the answer, so the answer cannot be another process's on a port
+            // this controller failed to bind.
+            if let Some(status) = child.try_wait().expect("the controller's exit status") {
+                eprintln!(
+                    "canary controller on port {port} exited at start ({status}), attempt {attempt} of {ATTEMPTS}"
+                );
+                break;
+            }
+            if healthy {
+                return (child, port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "canary controller answers /healthz on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("canary controller did not start on any of {ATTEMPTS} free ports");
 }
 
 /// The namespace's Istio objects of `kind`.
