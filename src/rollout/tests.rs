@@ -1022,3 +1022,28 @@ fn the_analysis_is_needed_unless_a_settled_canary_runs_the_stable_revision() {
     assert_eq!(with_invalid.status, with_valid.status);
     assert_eq!(with_invalid.actions, with_valid.actions);
 }
+
+#[test]
+fn the_next_compare_interval_starts_to_the_nanosecond_where_the_last_ended() {
+    // The controller reuses the counter readings of an interval's end only for the very same
+    // instant, so the start read back from status must not lose precision.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions(BACKGROUND);
+    let status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let end = t(10) + jiff::SignedDuration::from_nanos(123_456_789);
+    let mut measured = compare_measurement(BACKGROUND, 10, 500);
+    measured.measurement.time = end.to_string();
+    seen.measurements = vec![measured];
+    let status = plan(&s, &status, &seen, end).status;
+    let interval = StdDuration::from_secs(10);
+    let later = end + jiff::SignedDuration::from_secs(10);
+    assert_eq!(
+        compare_window_start(&status, BACKGROUND, "error-rate", interval, later),
+        end
+    );
+}
