@@ -681,14 +681,19 @@ spec:
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", metric.name));
         // The next minute from the readings this one ended on: half the queries, the same
-        // counts as reading both ends again. Readings of another instant are not used.
-        let next = |from: Timestamp, previous| {
+        // counts as reading both ends again. Readings of another instant, or from another
+        // Prometheus or tenant (other address or headers), are not used.
+        let mut other_tenant = metric.request.clone();
+        other_tenant
+            .headers
+            .push(("X-Scope-OrgID".into(), "another-tenant".into()));
+        let next = |from: Timestamp, request, previous| {
             let counting = CountingSource::new(&source);
             async move {
                 let (next, _) = canary::analysis::compare::measure(
                     &counting,
                     compare,
-                    &metric.request,
+                    request,
                     from,
                     from + minutes(1),
                     previous,
@@ -698,16 +703,19 @@ spec:
                 (next.counts, counting.queries())
             }
         };
-        let (fresh, fresh_queries) = next(t0() + minutes(1), None).await;
-        let (reused, reused_queries) = next(t0() + minutes(1), Some(&at_end)).await;
-        let (_, elsewhere_queries) = next(t0() + minutes(2), Some(&at_end)).await;
+        let request = &metric.request;
+        let (fresh, fresh_queries) = next(t0() + minutes(1), request, None).await;
+        let (reused, reused_queries) = next(t0() + minutes(1), request, Some(&at_end)).await;
+        let (_, other_instant) = next(t0() + minutes(2), request, Some(&at_end)).await;
+        let (_, other_source) = next(t0() + minutes(1), &other_tenant, Some(&at_end)).await;
         assert_eq!(reused, fresh, "{}", metric.name);
         let reads_per_instant = compare.queries.len() * 2;
         assert_eq!(
-            (fresh_queries, reused_queries, elsewhere_queries),
+            (fresh_queries, reused_queries, other_instant, other_source),
             (
                 2 * reads_per_instant,
                 reads_per_instant,
+                2 * reads_per_instant,
                 2 * reads_per_instant
             ),
             "{}: queries without, with and with unusable previous readings",

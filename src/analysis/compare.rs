@@ -495,6 +495,9 @@ pub fn interval_counts(
 #[derive(Clone, Debug, PartialEq)]
 pub struct CounterReadings {
     at: Timestamp,
+    /// Which Prometheus answered: a hash of its address and request headers (a tenant header
+    /// selects other data; the headers may hold secrets, so only their hash is kept).
+    source: u64,
     /// Per counter query and version, in [`PreparedCompare::queries`] order (canary, then
     /// stable): the query text and its output.
     reads: Vec<(String, QueryOutput)>,
@@ -506,11 +509,19 @@ impl CounterReadings {
         self.at
     }
 
-    /// The output read for `query` at `at`, if these readings are of that instant and hold
-    /// that query in that place.
-    fn reuse(&self, at: Timestamp, index: usize, query: &str) -> Option<QueryOutput> {
+    /// The output read for `query` at `at` from `source`, if these readings are of that
+    /// instant and source and hold that query in that place.
+    fn reuse(&self, at: Timestamp, source: u64, index: usize, query: &str) -> Option<QueryOutput> {
         let (text, output) = self.reads.get(index)?;
-        (self.at == at && text == query).then(|| output.clone())
+        (self.at == at && self.source == source && text == query).then(|| output.clone())
+    }
+
+    /// Identifies the Prometheus (and tenant) a request goes to.
+    fn source_of(request: &QueryRequest) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&request.address, &request.headers, request.insecure).hash(&mut hasher);
+        hasher.finish()
     }
 }
 
@@ -535,13 +546,15 @@ pub async fn measure<S: MetricsSource>(
             ]
         })
         .collect();
+    let source_id = CounterReadings::source_of(base);
     // Every read not known already, concurrently: one round trip to Prometheus instead of
     // one per read. The first failure in this order is reported.
     let reads = texts
         .iter()
         .enumerate()
         .flat_map(|(index, &(query, side, text))| {
-            let known_start = previous.and_then(|readings| readings.reuse(start, index, text));
+            let known_start =
+                previous.and_then(|readings| readings.reuse(start, source_id, index, text));
             [(start, known_start), (end, None)]
                 .into_iter()
                 .map(move |(at, known)| async move {
@@ -579,6 +592,7 @@ pub async fn measure<S: MetricsSource>(
     };
     let mut at_end = CounterReadings {
         at: end,
+        source: source_id,
         reads: Vec::with_capacity(texts.len()),
     };
     for (query, side, text) in texts {
