@@ -321,8 +321,9 @@ async fn missing_series_and_zero_traffic_are_inconclusive_never_passed() {
 
 #[tokio::test]
 async fn a_prometheus_that_is_down_is_an_error_with_a_clear_message() {
-    // A port that was free a moment ago: nothing listens there.
-    let address = format!("http://127.0.0.1:{}", prometheus::free_port());
+    // Port 1 is privileged and unused: nothing listens there (a port that was free a moment
+    // ago could be taken by another test's process in between).
+    let address = "http://127.0.0.1:1".to_string();
     let template = single_metric("[]", "sum(up)", "");
     let analysis = prepared(&template, &[], &[], &address);
     let started = Instant::now();
