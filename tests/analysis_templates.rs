@@ -769,30 +769,8 @@ async fn istio_compare_template() {
         .start();
     let template = load_template("istio-compare.yaml");
     let source = PrometheusSource::new().unwrap();
-    let analyse = |canary: &str| {
-        let context = BTreeMap::from([
-            ("namespace".to_string(), NAMESPACE.to_string()),
-            ("canary".to_string(), canary.to_string()),
-            ("stable".to_string(), "healthy".to_string()),
-        ]);
-        let prepared = prepare(
-            "istio-compare",
-            &template.spec,
-            &BTreeMap::new(),
-            &context,
-            Some(&prometheus.url()),
-            &NoSecrets,
-        )
-        .unwrap_or_else(|problems| panic!("istio-compare.yaml does not prepare: {problems:#?}"));
-        let source = source.clone();
-        async move {
-            let schedule = Schedule::Retrospective {
-                from: t0(),
-                to: t0() + SignedDuration::from_mins(4),
-            };
-            run(&source, &prepared, schedule, |_, _| {}).await
-        }
-    };
+    let url = prometheus.url();
+    let analyse = |canary: &'static str| run_istio_compare(&url, &source, &template, canary, 4);
     // (canary, error-rate phase, latency phase, overall, a fragment of the error-rate message)
     let cases = [
         (
@@ -874,6 +852,87 @@ async fn istio_compare_template() {
             assert_eq!(counts.canary.last(), Some(&2400), "{context}");
         }
     }
+}
+
+/// Runs an Istio compare `template` for `canary` against stable `healthy`, retrospectively
+/// over `[t0, t0 + minutes]`.
+async fn run_istio_compare(
+    prometheus: &str,
+    source: &PrometheusSource,
+    template: &canary::api::AnalysisTemplate,
+    canary: &str,
+    minutes: i64,
+) -> AnalysisReport {
+    let context = BTreeMap::from([
+        ("namespace".to_string(), NAMESPACE.to_string()),
+        ("canary".to_string(), canary.to_string()),
+        ("stable".to_string(), "healthy".to_string()),
+    ]);
+    let prepared = prepare(
+        "istio-compare",
+        &template.spec,
+        &BTreeMap::new(),
+        &context,
+        Some(prometheus),
+        &NoSecrets,
+    )
+    .unwrap_or_else(|problems| panic!("istio-compare.yaml does not prepare: {problems:#?}"));
+    let schedule = Schedule::Retrospective {
+        from: t0(),
+        to: t0() + SignedDuration::from_mins(minutes),
+    };
+    run(source, &prepared, schedule, |_, _| {}).await
+}
+
+/// The Istio compare template with its latency judged only at chosen bucket boundaries
+/// (`judge.latencyBoundaries`, in the histogram's milliseconds): a slow body is still caught at
+/// 100 and 250 ms, a healthy twin passes, and a boundary the histogram does not have is an
+/// Error that names the setting and the boundaries it has.
+#[tokio::test]
+async fn istio_compare_template_judges_latency_at_chosen_boundaries() {
+    let mut versions = VERSIONS.to_vec();
+    versions.push(("twin", HEALTHY));
+    let prometheus = Prometheus::builder()
+        .backfill(&backfill(istio, &versions))
+        .start();
+    let source = PrometheusSource::new().unwrap();
+    let url = prometheus.url();
+    let latency_report = |boundaries: Vec<f64>, canary: &'static str| {
+        let mut template = load_template("istio-compare.yaml");
+        let latency = template
+            .spec
+            .metrics
+            .iter_mut()
+            .find(|m| m.name == "latency")
+            .and_then(|m| m.compare.as_mut())
+            .expect("a latency compare metric");
+        latency
+            .judge
+            .get_or_insert_with(Default::default)
+            .latency_boundaries = boundaries;
+        let (url, source) = (url.clone(), source.clone());
+        async move {
+            let report = run_istio_compare(&url, &source, &template, canary, 2).await;
+            metric(&report, "latency").clone()
+        }
+    };
+    let slow = latency_report(vec![100.0, 250.0], "slow").await;
+    assert_eq!(slow.phase, AnalysisPhase::Failed, "{slow:#?}");
+    assert!(
+        slow.message.contains("judged bucket boundaries of"),
+        "{slow:#?}"
+    );
+    let twin = latency_report(vec![100.0, 250.0], "twin").await;
+    assert_eq!(twin.phase, AnalysisPhase::Successful, "{twin:#?}");
+    let wrong = latency_report(vec![300.0], "twin").await;
+    let first = wrong.measurements.first().expect("measured");
+    assert_eq!(first.phase, MeasurementPhase::Error, "{wrong:#?}");
+    assert!(
+        first
+            .reason
+            .contains("judge.latencyBoundaries [300.0] are not bucket boundaries"),
+        "{wrong:#?}"
+    );
 }
 
 /// Every file in analysis-templates/ is covered by a test above, so a new template cannot be

@@ -74,6 +74,10 @@ fn reports_each_bad_judge_setting_once() {
             "metric noise: spec.metrics[2].compare.judge.maxIntervalNoiseCv: sequential judge setting `maxIntervalNoiseCv` is 9, but must be in [0, 3]",
             "maxIntervalNoiseCv",
         ),
+        (
+            "metric thresholds: spec.metrics[3].compare.judge.latencyBoundaries: sequential judge setting `latencyBoundaries` is 0.25, but must be positive and greater than the boundary before it",
+            "latencyBoundaries",
+        ),
     ];
     for (line, _) in expected {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");

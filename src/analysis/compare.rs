@@ -661,8 +661,13 @@ fn assess_intervals<'a>(
             if boundaries.is_empty() {
                 // No interval with data yet: the judge has nothing to say, but an empty
                 // layout is not one it accepts; any layout gives the same empty assessment.
+                let layout = if setup.config.latency_boundaries.is_empty() {
+                    vec![1.0]
+                } else {
+                    setup.config.latency_boundaries.clone()
+                };
                 let mut judge =
-                    LatencyJudge::new(&setup.config, &[1.0]).map_err(|e| e.to_string())?;
+                    LatencyJudge::new(&setup.config, &layout).map_err(|e| e.to_string())?;
                 for _ in intervals {
                     judge.observe_missing();
                 }

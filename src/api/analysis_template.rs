@@ -175,7 +175,8 @@ pub struct Compare {
     pub latency_buckets: Option<String>,
     /// Settings of the sequential test: `alpha` (0.01), `errorTolerance` (0.10),
     /// `latencyTolerance` (0.10), `maxIntervalNoiseCv` (0.2), `priorScale` (1.0),
-    /// `latencyTailFraction` (0.01). A template's compare metrics share `alpha`.
+    /// `latencyTailFraction` (0.01), `latencyBoundaries` (all). A template's compare metrics
+    /// share `alpha`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<SequentialConfig>,
     /// This metric's share of the template's `alpha`, relative to its other compare metrics

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// intervalNoiseCv: 0.2    # extra per-interval noise of the canary's rate (overdispersion)
 /// priorScale: 1.0         # spread of the mixture over log effect sizes
 /// latencyTailFraction: 0.01
+/// latencyBoundaries: [0.1, 0.25, 0.5]  # judge latency at these `le` only (default: all)
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -40,6 +41,14 @@ pub struct SequentialConfig {
     /// Latency buckets that stable exceeds less often than this fraction are too sparse to
     /// prove the absence of a regression; they still count as evidence of one.
     pub latency_tail_fraction: f64,
+    /// The histogram's bucket boundaries (`le` values, in the histogram's unit) at which
+    /// latency is judged, e.g. the thresholds of the service's latency objectives; empty (the
+    /// default) judges at every boundary. The evidence is averaged over the judged boundaries,
+    /// which costs ln(number of boundaries) of it, so a regression at the chosen thresholds is
+    /// found sooner with fewer of them; one elsewhere is not looked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub latency_boundaries: Vec<f64>,
     /// Share of the evidence of regression given to copies of the e-process that start late
     /// (after 3, 7 and 15 informative intervals, in equal parts), so that a regression
     /// that begins mid-rollout is not diluted by the healthy intervals before it. Fixed by
@@ -59,6 +68,7 @@ impl Default for SequentialConfig {
             max_interval_noise_cv: 0.2,
             prior_scale: 1.0,
             latency_tail_fraction: 0.01,
+            latency_boundaries: Vec::new(),
             late_onset_share: 0.25,
         }
     }
@@ -84,6 +94,7 @@ impl SequentialConfig {
             max_interval_noise_cv,
             prior_scale,
             latency_tail_fraction,
+            latency_boundaries,
             late_onset_share,
         } = self;
         let check = |field, value: f64, ok: bool, expected| {
@@ -128,6 +139,16 @@ impl SequentialConfig {
             *latency_tail_fraction > 0.0 && *latency_tail_fraction < 1.0,
             "in (0, 1)",
         )?;
+        let mut previous = 0.0;
+        for &boundary in latency_boundaries {
+            check(
+                "latencyBoundaries",
+                boundary,
+                boundary > previous,
+                "positive and greater than the boundary before it",
+            )?;
+            previous = boundary;
+        }
         check(
             "lateOnsetShare",
             *late_onset_share,
@@ -169,8 +190,15 @@ mod tests {
     #[test]
     fn each_out_of_range_field_is_named() {
         type Spoil = fn(&mut SequentialConfig);
-        let cases: [(&str, Spoil); 8] = [
+        let cases: [(&str, Spoil); 11] = [
             ("alpha", |c| c.alpha = 0.0),
+            ("latencyBoundaries", |c| c.latency_boundaries = vec![0.0]),
+            ("latencyBoundaries", |c| {
+                c.latency_boundaries = vec![0.5, 0.25]
+            }),
+            ("latencyBoundaries", |c| {
+                c.latency_boundaries = vec![f64::INFINITY]
+            }),
             ("alpha", |c| c.alpha = f64::NAN),
             ("errorTolerance", |c| c.error_tolerance = -0.1),
             ("latencyTolerance", |c| c.latency_tolerance = f64::INFINITY),

@@ -44,6 +44,10 @@ pub enum InvalidLatencySetup {
         "latency bucket boundaries must be finite, positive and strictly increasing, without +Inf; got {0:?}"
     )]
     Layout(Vec<f64>),
+    #[error(
+        "judge.latencyBoundaries {missing:?} are not bucket boundaries of the histogram, whose le values are {layout:?}: use some of those"
+    )]
+    NotInLayout { missing: Vec<f64>, layout: Vec<f64> },
 }
 
 /// Sequential judge of the canary's latency distribution relative to stable's.
@@ -52,11 +56,13 @@ pub struct LatencyJudge {
     alpha: f64,
     tail_fraction: f64,
     grid: RatioGrid,
-    /// Finite bucket boundaries `le`, increasing.
+    /// The histogram's finite bucket boundaries `le`, increasing.
     boundaries: Vec<f64>,
-    /// One e-process per finite boundary, on the slower-than-`le` rate ratio.
+    /// Indices into `boundaries` of those judged (`latencyBoundaries`; default all).
+    judged: Vec<usize>,
+    /// One e-process per judged boundary, on the slower-than-`le` rate ratio.
     per_boundary: Vec<RateRatioEvidence>,
-    /// Stable requests slower than each boundary, summed over intervals.
+    /// Stable requests slower than each judged boundary, summed over intervals.
     stable_slower: Vec<u64>,
     stable_requests: u64,
     canary_requests: u64,
@@ -76,8 +82,35 @@ impl LatencyJudge {
         if !well_formed {
             return Err(InvalidLatencySetup::Layout(boundaries.to_vec()));
         }
+        // A chosen boundary matches the layout's `le` up to the rounding of a decimal label.
+        let index_of = |le: f64| {
+            boundaries
+                .iter()
+                .position(|b| (b - le).abs() <= 1e-9 * le.abs().max(b.abs()))
+        };
+        let judged: Vec<usize> = if config.latency_boundaries.is_empty() {
+            (0..boundaries.len()).collect()
+        } else {
+            let missing: Vec<f64> = config
+                .latency_boundaries
+                .iter()
+                .copied()
+                .filter(|le| index_of(*le).is_none())
+                .collect();
+            if !missing.is_empty() {
+                return Err(InvalidLatencySetup::NotInLayout {
+                    missing,
+                    layout: boundaries.to_vec(),
+                });
+            }
+            config
+                .latency_boundaries
+                .iter()
+                .filter_map(|le| index_of(*le))
+                .collect()
+        };
         let grid = RatioGrid::new(1.0 + config.latency_tolerance, config.prior_scale);
-        let per_boundary = boundaries
+        let per_boundary = judged
             .iter()
             .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share))
             .collect();
@@ -86,8 +119,9 @@ impl LatencyJudge {
             tail_fraction: config.latency_tail_fraction,
             grid,
             boundaries: boundaries.to_vec(),
+            stable_slower: vec![0; judged.len()],
+            judged,
             per_boundary,
-            stable_slower: vec![0; boundaries.len()],
             stable_requests: 0,
             canary_requests: 0,
             missing_intervals: 0,
@@ -148,7 +182,12 @@ impl LatencyJudge {
             canary_total as f64 / total as f64
         };
         let mut several_pods = false;
-        for (index, evidence) in self.per_boundary.iter_mut().enumerate() {
+        for ((&index, evidence), stable_slower_sum) in self
+            .judged
+            .iter()
+            .zip(&mut self.per_boundary)
+            .zip(&mut self.stable_slower)
+        {
             let canary_slower = canary_total - canary[index];
             let stable_slower = stable_total - stable[index];
             // Per pod: its requests and how many were slower than this boundary.
@@ -172,7 +211,7 @@ impl LatencyJudge {
                 canary_share,
                 split.as_ref(),
             );
-            self.stable_slower[index] += stable_slower;
+            *stable_slower_sum += stable_slower;
         }
         self.stable_requests += stable_total;
         self.canary_requests += canary_total;
@@ -224,10 +263,11 @@ impl LatencyJudge {
         log_sum_exp(per_boundary.iter().copied()) - (per_boundary.len() as f64).ln()
     }
 
-    /// Boundaries dense enough in stable's data to prove the absence of a regression.
+    /// Judged boundaries (positions in `judged`) dense enough in stable's data to prove the
+    /// absence of a regression.
     fn judged_for_no_regression(&self) -> impl Iterator<Item = usize> + '_ {
         let minimum = self.tail_fraction * self.stable_requests as f64;
-        (0..self.boundaries.len()).filter(move |&index| {
+        (0..self.judged.len()).filter(move |&index| {
             self.stable_requests > 0 && self.stable_slower[index] as f64 >= minimum
         })
     }
@@ -286,7 +326,7 @@ impl LatencyJudge {
             Some((index, _)) if verdict != Verdict::Regressed && strongest_ln_e < 0.0 => index,
             _ => strongest,
         };
-        let le = self.boundaries[reported];
+        let le = self.boundaries[self.judged[reported]];
         let Reported {
             estimate: ratio_estimate,
             interval: ratio_interval,
@@ -310,11 +350,22 @@ impl LatencyJudge {
             None => format!(
                 "no information yet ({counts}): latency needs traffic on both sides and requests slower than some bucket boundary"
             ),
-            Some(estimate) => format!(
-                "requests slower than le={le}: canary {}× stable's share{since} {clause} ({counts}; evidence of regression averaged over {} bucket boundaries)",
-                format_ratio(estimate),
-                self.boundaries.len(),
-            ),
+            Some(estimate) => {
+                let judged = match self.judged.len() {
+                    1 => "judged at this bucket boundary only".to_owned(),
+                    n if n == self.boundaries.len() => {
+                        format!("evidence of regression averaged over {n} bucket boundaries")
+                    }
+                    n => format!(
+                        "evidence of regression averaged over the {n} judged bucket boundaries of {}",
+                        self.boundaries.len()
+                    ),
+                };
+                format!(
+                    "requests slower than le={le}: canary {}× stable's share{since} {clause} ({counts}; {judged})",
+                    format_ratio(estimate),
+                )
+            }
         };
         Assessment {
             verdict,
@@ -353,7 +404,21 @@ mod tests {
     }
 
     fn judge_after(canary: [u64; 6], stable: [u64; 6], intervals: usize) -> LatencyJudge {
-        let mut judge = LatencyJudge::new(&SequentialConfig::default(), &LAYOUT).unwrap();
+        judge_at(&[], canary, stable, intervals)
+    }
+
+    /// [`judge_after`] judging only the boundaries `judged` (all when empty).
+    fn judge_at(
+        judged: &[f64],
+        canary: [u64; 6],
+        stable: [u64; 6],
+        intervals: usize,
+    ) -> LatencyJudge {
+        let config = SequentialConfig {
+            latency_boundaries: judged.to_vec(),
+            ..SequentialConfig::default()
+        };
+        let mut judge = LatencyJudge::new(&config, &LAYOUT).unwrap();
         let counts = HistogramCounts {
             canary: cumulative(canary),
             stable: cumulative(stable),
@@ -362,6 +427,55 @@ mod tests {
             judge.observe(&counts).unwrap();
         }
         judge
+    }
+
+    #[test]
+    fn judging_fewer_boundaries_finds_a_regression_at_them_sooner() {
+        // Per interval, above 250 ms: stable 2%, canary 6.7%; above 500 ms: 0.4% and 5%.
+        let stable = [2970, 2376, 475, 95, 18, 6];
+        let canary = [30, 23, 3, 1, 2, 1];
+        let regressed_after = |judged: &[f64]| {
+            (1..=200)
+                .find(|&n| judge_at(judged, canary, stable, n).verdict() == Verdict::Regressed)
+                .expect("found within 200 intervals")
+        };
+        let all = regressed_after(&[]);
+        let chosen = regressed_after(&[0.25, 0.5]);
+        assert!(
+            chosen < all,
+            "{chosen} intervals at 2 boundaries, {all} at all 5"
+        );
+        // A regression elsewhere is not looked for: only the body moved here.
+        let body = [5, 25, 22, 6, 1, 1];
+        let tail_only = judge_at(&[1.0], body, stable, 3);
+        assert_ne!(tail_only.verdict(), Verdict::Regressed);
+        let assessment = judge_at(&[0.1], body, stable, 3).assess();
+        assert_eq!(assessment.verdict, Verdict::Regressed);
+        assert_eq!(assessment.latency_bucket, Some(0.1));
+        assert!(
+            assessment
+                .explanation
+                .contains("judged at this bucket boundary only"),
+            "{}",
+            assessment.explanation
+        );
+    }
+
+    #[test]
+    fn judged_boundaries_must_be_in_the_layout() {
+        let config = SequentialConfig {
+            latency_boundaries: vec![0.1, 0.3],
+            ..SequentialConfig::default()
+        };
+        let error = LatencyJudge::new(&config, &LAYOUT).unwrap_err();
+        assert_eq!(
+            error,
+            InvalidLatencySetup::NotInLayout {
+                missing: vec![0.3],
+                layout: LAYOUT.to_vec()
+            }
+        );
+        assert!(error.to_string().contains("judge.latencyBoundaries [0.3]"));
     }
 
     #[test]
