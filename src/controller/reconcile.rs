@@ -186,8 +186,8 @@ async fn observe(
         .as_ref()
         .and_then(|t| t.as_ref().ok())
         .map(|t| t.revision.as_str());
-    let needed = rollout::needs_analysis(status, target_revision)
-        || !due_measurements(status, now).is_empty();
+    let due = due_measurements(status, now);
+    let needed = rollout::needs_analysis(status, target_revision) || !due.is_empty();
     let (analysis, prepared) = if needed {
         match resolve_analysis(canary, ctx).await {
             Ok((definitions, prepared)) => (Ok(definitions), prepared),
@@ -197,7 +197,7 @@ async fn observe(
         (Ok(BTreeMap::new()), BTreeMap::new())
     };
     let mut measurements = Vec::new();
-    for (run_name, metric) in due_measurements(status, now) {
+    for (run_name, metric) in due {
         let Some(prepared_metric) = prepared.get(&(run_name.clone(), metric.clone())) else {
             continue;
         };
