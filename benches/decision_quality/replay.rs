@@ -23,9 +23,7 @@ use canary::analysis::compare::{
     self, CounterReadings, MAX_POD_GROUPS, MeasuredInterval, PodCounts,
 };
 use canary::analysis::run::{NoSecrets, PreparedMetric, prepare};
-use canary::analysis::sequential::{
-    ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
-};
+use canary::analysis::sequential::{ErrorCounts, HistogramCounts, PodHistogramCounts};
 use canary::api::AnalysisTemplate;
 use canary::metrics::PrometheusSource;
 use futures::StreamExt;
@@ -227,13 +225,7 @@ async fn read_run(
             read(source, errors, from, to, &mut error_readings).await?;
         let MeasuredInterval { counts: l, .. } =
             read(source, latency, from, to, &mut latency_readings).await?;
-        let value = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
-        let error_counts = ErrorCounts {
-            canary_requests: value(&e.canary, 0),
-            canary_errors: value(&e.canary, 1),
-            stable_requests: value(&e.stable, 0),
-            stable_errors: value(&e.stable, 1),
-        };
+        let error_counts = e.error_counts();
         // A scrape that did not happen leaves the counters where they were: both versions
         // moved by nothing, which is how the query side sees a missing interval.
         let missing = error_counts.canary_requests == 0 && error_counts.stable_requests == 0;
@@ -283,21 +275,8 @@ fn pod_observation(
     latency: Option<PodCounts>,
 ) -> Option<PodObservation> {
     let (errors, latency) = (errors?, latency?);
-    let pairs = |pods: Vec<Vec<u64>>| -> Vec<[u64; 2]> {
-        pods.into_iter()
-            .map(|pod| {
-                [
-                    pod.first().copied().unwrap_or(0),
-                    pod.get(1).copied().unwrap_or(0),
-                ]
-            })
-            .collect()
-    };
     Some(PodObservation {
-        errors: PodErrorCounts {
-            canary: pairs(errors.canary),
-            stable: pairs(errors.stable),
-        },
+        errors: errors.error_counts(),
         histograms: PodHistogramCounts {
             canary: latency.canary,
             stable: latency.stable,

@@ -115,9 +115,38 @@ pub struct PodCounts {
     pub stable: Vec<Vec<u64>>,
 }
 
+impl PodCounts {
+    /// An error-rate interval's counts per pod, as the judge takes them.
+    pub fn error_counts(&self) -> PodErrorCounts {
+        let pairs = |pods: &[Vec<u64>]| pods.iter().map(|pod| requests_and_errors(pod)).collect();
+        PodErrorCounts {
+            canary: pairs(&self.canary),
+            stable: pairs(&self.stable),
+        }
+    }
+}
+
+/// `[requests, errors]` as the error-rate judge takes them (missing entries count zero).
+fn requests_and_errors(counts: &[u64]) -> [u64; 2] {
+    let value = |i: usize| counts.get(i).copied().unwrap_or(0);
+    [value(0), value(1)]
+}
+
 impl IntervalCounts {
     pub fn is_missing(&self) -> bool {
         self.canary.is_empty() && self.stable.is_empty()
+    }
+
+    /// An error-rate interval's counts, as the judge takes them.
+    pub fn error_counts(&self) -> ErrorCounts {
+        let [canary_requests, canary_errors] = requests_and_errors(&self.canary);
+        let [stable_requests, stable_errors] = requests_and_errors(&self.stable);
+        ErrorCounts {
+            canary_requests,
+            canary_errors,
+            stable_requests,
+            stable_errors,
+        }
     }
 
     /// For people: `canary 12/600, stable 290/59400` or the request totals of a histogram.
@@ -635,23 +664,9 @@ fn assess_intervals<'a>(
                     judge.observe_missing();
                     continue;
                 }
-                let value = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
                 let observed = match &interval.pods {
-                    Some(pods) => {
-                        let pairs = |pods: &[Vec<u64>]| {
-                            pods.iter().map(|p| [value(p, 0), value(p, 1)]).collect()
-                        };
-                        judge.observe_pods(&PodErrorCounts {
-                            canary: pairs(&pods.canary),
-                            stable: pairs(&pods.stable),
-                        })
-                    }
-                    None => judge.observe(&ErrorCounts {
-                        canary_requests: value(&interval.canary, 0),
-                        canary_errors: value(&interval.canary, 1),
-                        stable_requests: value(&interval.stable, 0),
-                        stable_errors: value(&interval.stable, 1),
-                    }),
+                    Some(pods) => judge.observe_pods(&pods.error_counts()),
+                    None => judge.observe(&interval.error_counts()),
                 };
                 observed.map_err(|e| e.to_string())?;
             }
