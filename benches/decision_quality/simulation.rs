@@ -9,7 +9,7 @@ use rand_distr::{Binomial, Distribution, Gamma, Hypergeometric, Normal, Poisson}
 use serde::Serialize;
 use statrs::function::erf::erfc;
 
-use canary::analysis::compare::MAX_POD_GROUPS;
+use canary::analysis::compare::pod_group;
 use canary::analysis::sequential::{
     ErrorCounts, HistogramCounts, PodErrorCounts, PodHistogramCounts,
 };
@@ -244,14 +244,16 @@ pub struct PodObservation {
 }
 
 impl PodObservation {
-    /// The pods as compare metrics read them: a version with more than [`MAX_POD_GROUPS`]
-    /// pods has them summed into that many groups, pod `i` (in name order, which is index
-    /// order here) into group `i mod MAX_POD_GROUPS`.
+    /// The pods as compare metrics read them, summed into groups by [`pod_group`] (pods in
+    /// name order, which is index order here).
     pub fn grouped(&self) -> PodObservation {
         fn group<T: Clone>(pods: &[T], add: impl Fn(&mut T, &T)) -> Vec<T> {
-            let mut groups: Vec<T> = pods.iter().take(MAX_POD_GROUPS).cloned().collect();
-            for (index, pod) in pods.iter().enumerate().skip(MAX_POD_GROUPS) {
-                add(&mut groups[index % MAX_POD_GROUPS], pod);
+            let mut groups: Vec<T> = Vec::new();
+            for (index, pod) in pods.iter().enumerate() {
+                match groups.get_mut(pod_group(index)) {
+                    Some(group) => add(group, pod),
+                    None => groups.push(pod.clone()),
+                }
             }
             groups
         }

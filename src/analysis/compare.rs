@@ -308,6 +308,12 @@ pub struct SideCounters {
     pub snapshots: Vec<(Counter, QueryOutput, QueryOutput)>,
 }
 
+/// The group of a version's pod `index` (in the sorted order of the pod names): more pods
+/// than [`MAX_POD_GROUPS`] are summed into that many groups.
+pub fn pod_group(index: usize) -> usize {
+    index % MAX_POD_GROUPS
+}
+
 /// A version's series split by pod: by their `pod_label` value, the sorted names spread over
 /// at most [`MAX_POD_GROUPS`] groups. `None` unless every series carries the label.
 fn by_pod_group<'a>(
@@ -323,7 +329,7 @@ fn by_pod_group<'a>(
     let group_of: BTreeMap<&str, usize> = names
         .into_iter()
         .enumerate()
-        .map(|(index, name)| (name, index % MAX_POD_GROUPS))
+        .map(|(index, name)| (name, pod_group(index)))
         .collect();
     let mut groups = vec![Series::new(); group_of.len().min(MAX_POD_GROUPS)];
     for (counter, increases) in counters {
