@@ -571,15 +571,12 @@ pub async fn measure<S: MetricsSource>(
     end: Timestamp,
     previous: Option<&CounterReadings>,
 ) -> Result<(MeasuredInterval, CounterReadings), MeasureError> {
-    let texts: Vec<(&CounterQuery, &'static str, &String)> = prepared
+    const SIDES: [&str; 2] = ["canary", "stable"];
+    // Every counter query of each version (0: canary, 1: stable), in readings order.
+    let texts: Vec<(&CounterQuery, usize, &String)> = prepared
         .queries
         .iter()
-        .flat_map(|query| {
-            [
-                (query, "canary", &query.canary),
-                (query, "stable", &query.stable),
-            ]
-        })
+        .flat_map(|query| [(query, 0, &query.canary), (query, 1, &query.stable)])
         .collect();
     let source_id = CounterReadings::source_of(base);
     // Every read not known already, concurrently: one round trip to Prometheus instead of
@@ -606,7 +603,7 @@ pub async fn measure<S: MetricsSource>(
                         .await
                         .map_err(|source| MeasureError::Query {
                             field: query.counter.field(),
-                            side,
+                            side: SIDES[side],
                             at,
                             source,
                         })
@@ -617,14 +614,10 @@ pub async fn measure<S: MetricsSource>(
         .into_iter()
         .collect::<Result<_, _>>()?;
     let mut outputs = outputs.into_iter();
-    let mut canary = SideCounters {
-        side: "canary",
+    let mut versions = SIDES.map(|side| SideCounters {
+        side,
         snapshots: Vec::new(),
-    };
-    let mut stable = SideCounters {
-        side: "stable",
-        snapshots: Vec::new(),
-    };
+    });
     let mut at_end = CounterReadings {
         at: end,
         source: source_id,
@@ -635,13 +628,11 @@ pub async fn measure<S: MetricsSource>(
             unreachable!("two reads per counter and version");
         };
         at_end.reads.push((text.clone(), end_output.clone()));
-        let side = if side == "canary" {
-            &mut canary
-        } else {
-            &mut stable
-        };
-        side.snapshots.push((query.counter, at_start, end_output));
+        versions[side]
+            .snapshots
+            .push((query.counter, at_start, end_output));
     }
+    let [canary, stable] = versions;
     let measured = interval_counts(
         prepared.setup.kind,
         canary,
