@@ -456,7 +456,6 @@ pub async fn run<S: MetricsSource>(
         Schedule::Retrospective { from, .. } => from,
         Schedule::Once | Schedule::Live { .. } => Timestamp::now(),
     };
-    // Per compare metric: its intervals so far and where the next window starts.
     // Per compare metric: its record, the readings where its next interval starts, and its
     // latest assessment.
     let mut comparisons: Vec<(CompareRecord, Option<CounterReadings>, Option<Assessment>)> =
