@@ -231,7 +231,11 @@ fn main() {
     let methods: Vec<MethodKind> = if arguments.ablation {
         (0..methods::VARIANTS.len())
             .map(MethodKind::Variant)
-            .chain([MethodKind::Oracle, MethodKind::OracleAtTolerance])
+            .chain([
+                MethodKind::Oracle,
+                MethodKind::OracleAtTolerance,
+                MethodKind::TwoLooks,
+            ])
             .collect()
     } else {
         MethodKind::ALL.to_vec()
