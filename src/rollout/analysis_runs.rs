@@ -63,8 +63,14 @@ pub fn ensure(
     definitions: &[MetricDefinition],
     now: Timestamp,
 ) -> AnalysisPhase {
-    if let Some(run) = status.analysis_runs.iter().find(|r| r.name == name) {
-        return run.phase;
+    if let Some(index) = status.analysis_runs.iter().position(|r| r.name == name) {
+        let run = &status.analysis_runs[index];
+        if run.phase.is_terminal() || same_metrics(run, definitions) {
+            return run.phase;
+        }
+        // The templates changed under a running analysis: measurements of metrics that no
+        // longer exist can never be judged, and new ones would never be measured. Start over.
+        status.analysis_runs.remove(index);
     }
     let metrics: Vec<MetricStatus> = definitions
         .iter()
@@ -93,6 +99,92 @@ pub fn ensure(
         metrics,
     });
     phase
+}
+
+/// True when `run` measures exactly the metrics `definitions` define (name and template).
+fn same_metrics(run: &AnalysisRunStatus, definitions: &[MetricDefinition]) -> bool {
+    run.metrics.len() == definitions.len()
+        && run
+            .metrics
+            .iter()
+            .zip(definitions)
+            .all(|(metric, definition)| {
+                metric.name == definition.name && metric.template == definition.template
+            })
+}
+
+/// Ends run `name` now, because the rollout reached promotion: every metric still measuring
+/// is assessed as ended, so one without a usable measurement (Prometheus down, no traffic,
+/// an `initialDelay` longer than the rollout) is Error or Inconclusive, never a silent pass.
+/// Returns the run's phase, or `None` if the run never started.
+pub fn conclude(
+    status: &mut CanaryStatus,
+    name: &str,
+    definitions: &[MetricDefinition],
+) -> Option<AnalysisPhase> {
+    let run = status.analysis_runs.iter_mut().find(|r| r.name == name)?;
+    if run.phase.is_terminal() {
+        return Some(run.phase);
+    }
+    for metric in run.metrics.iter_mut().filter(|m| !m.phase.is_terminal()) {
+        let assessment = match definitions.iter().find(|d| d.name == metric.name) {
+            Some(definition) if definition.compare.is_some() => compare::metric_phase(
+                metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
+                &definition.limits,
+                &metric.tally,
+                metric
+                    .compare
+                    .as_ref()
+                    .map_or(0, |c| c.record.intervals.len()),
+                true,
+                false,
+            ),
+            Some(definition) => assessment::assess(&definition.limits, &metric.tally, true),
+            None => assessment::Assessment {
+                phase: AnalysisPhase::Inconclusive,
+                message: "the metric is no longer in the analysis' templates".into(),
+            },
+        };
+        metric.phase = assessment.phase;
+        metric.message = assessment.message;
+        metric.next_measurement_at = None;
+    }
+    let dry_run = |name: &str| definitions.iter().any(|d| d.name == name && d.dry_run);
+    run.phase = assessment::overall(run.metrics.iter().map(|m| (m.phase, dry_run(&m.name))));
+    Some(run.phase)
+}
+
+/// A deciding metric of run `name` that is still measuring and has not passed a single
+/// measurement yet: concluding now would only say "nothing was measured".
+pub fn awaiting_a_pass(
+    status: &CanaryStatus,
+    name: &str,
+    definitions: &[MetricDefinition],
+) -> Option<String> {
+    let run = status.analysis_runs.iter().find(|r| r.name == name)?;
+    if run.phase.is_terminal() {
+        return None;
+    }
+    run.metrics
+        .iter()
+        .filter(|m| !m.phase.is_terminal() && m.tally.successful == 0)
+        .find(|m| definitions.iter().any(|d| d.name == m.name && !d.dry_run))
+        .map(|m| m.name.clone())
+}
+
+/// Stops every run that is still measuring, because the rollout ended (`outcome`: what
+/// ended it); their phases stay as they were, with `outcome` as the run's message.
+pub fn stop_measuring(status: &mut CanaryStatus, outcome: &str) {
+    for run in status
+        .analysis_runs
+        .iter_mut()
+        .filter(|r| !r.phase.is_terminal())
+    {
+        run.message = format!("not finished: {outcome}");
+        for metric in &mut run.metrics {
+            metric.next_measurement_at = None;
+        }
+    }
 }
 
 /// Records new measurements and re-assesses the runs they belong to. Measurements for runs or

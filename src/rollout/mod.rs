@@ -486,6 +486,9 @@ impl Planner<'_> {
                     self.answer_request(true, "skipping to the next step".into());
                     self.status.phase = Phase::Progressing;
                     self.status.pause_reason = None;
+                    // An analysis verdict the human overrides does not stop the next step:
+                    // the background analysis starts afresh there.
+                    self.drop_unsuccessful_runs();
                     self.advance_step();
                 }
                 RequestAction::Pause if self.status.phase == Phase::Paused => {
@@ -504,9 +507,7 @@ impl Planner<'_> {
                     self.status.phase = Phase::Progressing;
                     self.status.pause_reason = None;
                     // Resuming a failed or inconclusive analysis starts it afresh.
-                    self.status
-                        .analysis_runs
-                        .retain(|r| !r.phase.is_terminal() || r.phase == AnalysisPhase::Successful);
+                    self.drop_unsuccessful_runs();
                     if step_pause {
                         self.advance_step();
                     } else {
@@ -550,6 +551,9 @@ impl Planner<'_> {
                 return;
             }
             let Some(step) = steps.get(index) else {
+                if !self.background_analysis_concluded() {
+                    return;
+                }
                 self.status.phase = Phase::Promoting;
                 self.status.step_started_at = Some(self.now_text());
                 self.set_condition("Progressing", true, "Promoting", "every step passed");
@@ -565,6 +569,12 @@ impl Planner<'_> {
             }
             self.advance_step();
         }
+    }
+
+    fn drop_unsuccessful_runs(&mut self) {
+        self.status
+            .analysis_runs
+            .retain(|r| !r.phase.is_terminal() || r.phase == AnalysisPhase::Successful);
     }
 
     fn advance_step(&mut self) {
@@ -713,6 +723,36 @@ impl Planner<'_> {
         }
     }
 
+    /// At the end of the steps: the background analysis must have passed as a whole, not
+    /// merely not failed yet (a run that never measured anything usable does not promote).
+    fn background_analysis_concluded(&mut self) -> bool {
+        if self.spec.analysis.is_none() {
+            return true;
+        }
+        let definitions = match &self.observed.analysis {
+            Ok(definitions) => definitions.get(BACKGROUND).cloned().unwrap_or_default(),
+            Err(problem) => {
+                let problem = problem.clone();
+                self.invalid_analysis(problem);
+                return false;
+            }
+        };
+        if let Some(metric) = analysis_runs::awaiting_a_pass(&self.status, BACKGROUND, &definitions)
+        {
+            // Bounded: every measurement that is not a pass counts towards one of the
+            // metric's limits, which end the run.
+            self.status.message = Some(format!(
+                "every step passed; promotion waits for the background analysis' first passing measurement of {metric}"
+            ));
+            return false;
+        }
+        match analysis_runs::conclude(&mut self.status, BACKGROUND, &definitions) {
+            // Its starting step was never reached: nothing to conclude.
+            None | Some(AnalysisPhase::Successful) => true,
+            Some(phase) => self.handle_run_outcome(BACKGROUND, phase),
+        }
+    }
+
     /// Creates the run if needed; returns its phase, or None when its definitions are missing.
     fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
         let definitions = match &self.observed.analysis {
@@ -820,6 +860,7 @@ impl Planner<'_> {
                 other => self.refuse(other, "the rollout is being promoted"),
             }
         }
+        analysis_runs::stop_measuring(&mut self.status, "the canary was promoted");
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
         if !self.ensure_stable(&revision) {
@@ -856,6 +897,7 @@ impl Planner<'_> {
             RollbackReason::AnalysisFailed | RollbackReason::TargetReverted => "RollingBack",
         };
         self.event(EventType::Warning, event_reason, message.clone());
+        analysis_runs::stop_measuring(&mut self.status, "the canary was rolled back");
         self.status.phase = Phase::RollingBack;
         self.status.rollback_reason = Some(reason);
         self.status.pause_reason = None;

@@ -1047,3 +1047,156 @@ fn the_next_compare_interval_starts_to_the_nanosecond_where_the_last_ended() {
         end
     );
 }
+
+/// Steps [setWeight 10, setWeight 50] with a background analysis from the start; the canary
+/// is ready for 50%, so the walk reaches the end of the steps in the first reconcile.
+fn at_the_end_of_the_steps() -> (CanarySpec, Observed, CanaryStatus) {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"setWeight": 50}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    seen.analysis = definitions("background", 100);
+    let first = plan(&s, &progressing(1, 10, 0), &seen, t(0));
+    (s, seen, first.status)
+}
+
+#[test]
+fn promotion_needs_a_background_analysis_that_passed_not_one_that_never_measured() {
+    use MeasurementPhase::*;
+    // (measurements taken before the end of the steps is judged, phase afterwards)
+    let cases: [(&[MeasurementPhase], Phase); 6] = [
+        // Prometheus never answered, no data yet, or an initialDelay longer than the steps.
+        (&[], Phase::Progressing),
+        (&[Error, Error], Phase::Progressing),
+        // The error limit ends the run: the policy (rollback) decides, never a promotion.
+        (&[Error, Error, Error], Phase::RolledBack),
+        (&[Successful], Phase::Promoting),
+        (&[Error, Successful], Phase::Promoting),
+        (&[Failed], Phase::RolledBack),
+    ];
+    for (phases, expected) in cases {
+        let (s, mut seen, mut status) = at_the_end_of_the_steps();
+        assert_eq!(status.phase, Phase::Progressing, "{phases:?}");
+        assert_eq!(status.current_step_index, Some(2), "{phases:?}");
+        let mut at = 0;
+        for phase in phases {
+            at += 10;
+            seen.measurements = vec![measurement("background", at, *phase)];
+            status = plan(&s, &status, &seen, t(at)).status;
+        }
+        seen.measurements.clear();
+        let p = plan(&s, &status, &seen, t(at + 1));
+        assert_eq!(
+            p.status.phase, expected,
+            "{phases:?}: {:?}",
+            p.status.message
+        );
+        if expected == Phase::Progressing {
+            let message = p.status.message.as_deref().unwrap();
+            assert!(
+                message.contains("waits for") && message.contains("success-rate"),
+                "{message}"
+            );
+            assert_eq!(
+                p.status.canary_weight, 50,
+                "the canary keeps its share meanwhile"
+            );
+            assert!(p.requeue_after.is_some(), "the next measurement is awaited");
+        }
+        if expected == Phase::Promoting {
+            let run = &p.status.analysis_runs[0];
+            assert_eq!(run.phase, AnalysisPhase::Successful, "{phases:?}");
+            assert!(
+                due_measurements(&p.status, t(at + 1000)).is_empty(),
+                "a concluded analysis measures no more"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_background_analysis_without_usable_data_pauses_at_the_end_instead_of_promoting() {
+    // Every interval Inconclusive (no data) within the limit: at the end the run has no pass,
+    // and concluding it says so. Here the limit is 0, so the first one ends the run.
+    let (s, mut seen, status) = at_the_end_of_the_steps();
+    seen.measurements = vec![measurement(
+        "background",
+        10,
+        MeasurementPhase::Inconclusive,
+    )];
+    let p = plan(&s, &status, &seen, t(10));
+    assert_eq!(p.status.phase, Phase::Paused);
+    assert_eq!(
+        p.status.pause_reason,
+        Some(PauseReason::AnalysisInconclusive)
+    );
+    // `promote` overrides the verdict but not the analysis: it starts afresh and must pass.
+    seen.measurements.clear();
+    seen.request = request(RequestAction::Promote, "p1");
+    let promoted = plan(&s, &p.status, &seen, t(20));
+    assert_eq!(promoted.status.phase, Phase::Progressing);
+    let run = &promoted.status.analysis_runs[0];
+    assert_eq!(
+        (run.phase, run.metrics[0].tally.measured),
+        (AnalysisPhase::Pending, 0)
+    );
+    seen.request = request(RequestAction::Promote, "p1");
+    seen.measurements = vec![measurement("background", 30, MeasurementPhase::Successful)];
+    let done = plan(&s, &promoted.status, &seen, t(30));
+    assert_eq!(done.status.phase, Phase::Promoting);
+}
+
+#[test]
+fn changed_templates_restart_a_running_analysis() {
+    let (s, mut seen, status) = at_the_end_of_the_steps();
+    seen.measurements = vec![measurement("background", 10, MeasurementPhase::Error)];
+    let measured = plan(&s, &status, &seen, t(10)).status;
+    assert_eq!(measured.analysis_runs[0].metrics[0].tally.errors, 1);
+    // The template now defines another metric: the old one can never be measured again.
+    let mut renamed = definitions("background", 100).unwrap();
+    renamed.get_mut("background").unwrap()[0].name = "error-rate".into();
+    seen.analysis = Ok(renamed);
+    seen.measurements.clear();
+    let p = plan(&s, &measured, &seen, t(11));
+    let run = &p.status.analysis_runs[0];
+    assert_eq!(run.metrics.len(), 1);
+    assert_eq!(
+        (run.metrics[0].name.as_str(), run.metrics[0].tally.errors),
+        ("error-rate", 0)
+    );
+    assert_eq!(
+        due_measurements(&p.status, t(11)),
+        vec![("background".to_string(), "error-rate".to_string())]
+    );
+}
+
+#[test]
+fn an_ended_rollout_measures_nothing_more() {
+    let s = spec(serde_json::json!({
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("background", 100);
+    let running = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    assert_eq!(due_measurements(&running, t(0)).len(), 1);
+    for action in [RequestAction::Abort, RequestAction::PromoteFull] {
+        seen.request = request(action, "x");
+        let ended = plan(&s, &running, &seen, t(1)).status;
+        assert!(
+            matches!(
+                ended.phase,
+                Phase::RolledBack | Phase::RollingBack | Phase::Promoting | Phase::Promoted
+            ),
+            "{action:?}"
+        );
+        assert!(
+            due_measurements(&ended, t(1000)).is_empty(),
+            "{action:?}: {:?}",
+            ended.analysis_runs
+        );
+        assert!(ended.analysis_runs[0].message.starts_with("not finished"));
+    }
+}
