@@ -729,13 +729,8 @@ impl Planner<'_> {
         if self.spec.analysis.is_none() {
             return true;
         }
-        let definitions = match &self.observed.analysis {
-            Ok(definitions) => definitions.get(BACKGROUND).cloned().unwrap_or_default(),
-            Err(problem) => {
-                let problem = problem.clone();
-                self.invalid_analysis(problem);
-                return false;
-            }
+        let Some(definitions) = self.definitions_of(BACKGROUND) else {
+            return false;
         };
         if let Some(metric) = analysis_runs::awaiting_a_pass(&self.status, BACKGROUND, &definitions)
         {
@@ -753,16 +748,22 @@ impl Planner<'_> {
         }
     }
 
-    /// Creates the run if needed; returns its phase, or None when its definitions are missing.
-    fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
-        let definitions = match &self.observed.analysis {
-            Ok(definitions) => definitions.get(name).cloned().unwrap_or_default(),
+    /// The metrics of run `name`; None (and the spec reported invalid) when its templates
+    /// could not be resolved.
+    fn definitions_of(&mut self, name: &str) -> Option<Vec<MetricDefinition>> {
+        match &self.observed.analysis {
+            Ok(definitions) => Some(definitions.get(name).cloned().unwrap_or_default()),
             Err(problem) => {
                 let problem = problem.clone();
                 self.invalid_analysis(problem);
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Creates the run if needed; returns its phase, or None when its definitions are missing.
+    fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
+        let definitions = self.definitions_of(name)?;
         let phase = analysis_runs::ensure(&mut self.status, name, &definitions, self.now);
         if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
             self.requeue_in(next);
