@@ -224,7 +224,7 @@ pub enum OnAnalysisFailure {
 }
 
 /// A rollout step after the shorthand is expanded.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum RolloutStep {
     SetWeight(u8),
     Pause(Option<Duration>),
@@ -459,6 +459,11 @@ pub struct CanaryStatus {
     /// deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_updated_at: Option<String>,
+    /// A fingerprint of the steps this rollout walks: when the spec's steps change mid-rollout,
+    /// the walk starts again from the first step rather than continue at an index that means
+    /// something else now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<RequestStatus>,
     /// The analysis runs of this rollout: `background` and `step-N`.

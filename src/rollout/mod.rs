@@ -408,6 +408,7 @@ impl Planner<'_> {
         self.status.canary_images = Some(target.images.clone());
         self.status.rollout_started_at = Some(self.now_text());
         self.status.step_started_at = Some(self.now_text());
+        self.status.steps_fingerprint = Some(steps_fingerprint(&self.spec.rollout_steps()));
         self.set_condition("Ready", true, "Ready", "the spec is valid");
         let message = match &superseded {
             Some(old) => format!(
@@ -517,6 +518,7 @@ impl Planner<'_> {
                 RequestAction::Retry => self.refuse(action, "a rollout is under way"),
             }
         }
+        self.restart_steps_if_changed();
         if self.status.phase == Phase::Paused {
             self.hold_paused();
             return;
@@ -568,6 +570,38 @@ impl Planner<'_> {
                 return;
             }
             self.advance_step();
+        }
+    }
+
+    /// Steps edited mid-rollout: the index kept in status points into the old list (past the
+    /// end of a shorter one would promote at once), so the walk starts again from the first
+    /// step, like Argo Rollouts does on a change of its steps' hash. Analysis step runs belong
+    /// to the old steps and go; the background analysis goes on (restarted only if its own
+    /// metrics changed).
+    fn restart_steps_if_changed(&mut self) {
+        let fingerprint = steps_fingerprint(&self.spec.rollout_steps());
+        let Some(previous) = self.status.steps_fingerprint.replace(fingerprint.clone()) else {
+            // Status written before fingerprints existed: take the steps as they are.
+            return;
+        };
+        if previous == fingerprint {
+            return;
+        }
+        self.event(
+            EventType::Normal,
+            "StepsChanged",
+            format!(
+                "the steps changed at step {}: starting again from the first step",
+                self.status.current_step_index.unwrap_or(0)
+            ),
+        );
+        self.status.current_step_index = Some(0);
+        self.status.step_started_at = Some(self.now_text());
+        self.status.analysis_runs.retain(|r| r.name == BACKGROUND);
+        if self.status.pause_reason == Some(PauseReason::Step) {
+            // That pause step belonged to the old steps; pauses for a human's verdict stay.
+            self.status.phase = Phase::Progressing;
+            self.status.pause_reason = None;
         }
     }
 
@@ -1013,3 +1047,12 @@ fn order_actions(actions: Vec<Action>) -> Vec<Action> {
 
 #[cfg(test)]
 mod tests;
+
+/// A stable fingerprint of the expanded steps (64-bit FNV-1a of their JSON), kept in status.
+fn steps_fingerprint(steps: &[RolloutStep]) -> String {
+    let text = serde_json::to_string(steps).unwrap_or_default();
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}

@@ -1200,3 +1200,44 @@ fn an_ended_rollout_measures_nothing_more() {
         assert!(ended.analysis_runs[0].message.starts_with("not finished"));
     }
 }
+
+#[test]
+fn editing_the_steps_mid_rollout_starts_the_walk_again_instead_of_promoting() {
+    let four = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    // At the last step (an indefinite pause) of four, at 50%.
+    let paused = plan(&four, &progressing(3, 50, 0), &seen, t(10)).status;
+    assert_eq!(paused.phase, Phase::Paused);
+    assert!(paused.steps_fingerprint.is_some());
+    // The same steps again change nothing.
+    assert!(plan(&four, &paused, &seen, t(20)).events.is_empty());
+    // Now two steps: index 3 is past their end, which used to mean "promote".
+    let two = spec(serde_json::json!({"steps": [{"setWeight": 20}, {"pause": {}}]}));
+    seen.canary = Some(ready("r2", 1));
+    let p = plan(&two, &paused, &seen, t(30));
+    assert_eq!(reasons(&p), ["StepsChanged", "WeightChanged", "Paused"]);
+    assert_eq!(p.status.phase, Phase::Paused);
+    assert_eq!(p.status.current_step_index, Some(1));
+    assert_eq!(p.status.canary_weight, 20);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureStable { .. })),
+        "no promotion: {:?}",
+        p.actions
+    );
+}
+
+#[test]
+fn a_rollout_from_before_fingerprints_keeps_its_place() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    let mut old = progressing(1, 10, 0);
+    old.steps_fingerprint = None;
+    let p = plan(&s, &old, &seen, t(10));
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    assert_eq!(p.status.current_step_index, Some(1));
+    assert!(p.status.steps_fingerprint.is_some());
+}
