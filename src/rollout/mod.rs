@@ -519,8 +519,19 @@ impl Planner<'_> {
             }
         }
         self.restart_steps_if_changed();
+        // Measurements are recorded while paused too: a canary waiting for approval keeps
+        // its traffic, so the background analysis keeps judging it.
+        if let Ok(definitions) = &self.observed.analysis {
+            analysis_runs::record(&mut self.status, definitions, &self.observed.measurements);
+        }
         if self.status.phase == Phase::Paused {
-            self.hold_paused();
+            self.background_verdict_while_paused();
+            if self.status.phase == Phase::Paused {
+                self.hold_paused();
+                if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
+                    self.requeue_in(next);
+                }
+            }
             return;
         }
         if self.deadline_exceeded() {
@@ -533,10 +544,31 @@ impl Planner<'_> {
                 ),
             );
         }
-        if let Ok(definitions) = &self.observed.analysis {
-            analysis_runs::record(&mut self.status, definitions, &self.observed.measurements);
-        }
         self.walk_steps();
+    }
+
+    /// A background analysis that fails (or turns inconclusive) during a pause for a step or
+    /// a request acts as it would while progressing; pauses that are themselves a verdict
+    /// stay as they are.
+    fn background_verdict_while_paused(&mut self) {
+        if !matches!(
+            self.status.pause_reason,
+            Some(PauseReason::Step | PauseReason::Manual)
+        ) {
+            return;
+        }
+        let Some(run) = self
+            .status
+            .analysis_runs
+            .iter()
+            .find(|r| r.name == BACKGROUND)
+        else {
+            return;
+        };
+        let phase = run.phase;
+        if phase.is_terminal() && phase != AnalysisPhase::Successful {
+            self.handle_run_outcome(BACKGROUND, phase);
+        }
     }
 
     /// Walks steps from the current one for as long as they complete at once.

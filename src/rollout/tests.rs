@@ -1241,3 +1241,76 @@ fn a_rollout_from_before_fingerprints_keeps_its_place() {
     assert_eq!(p.status.current_step_index, Some(1));
     assert!(p.status.steps_fingerprint.is_some());
 }
+
+#[test]
+fn the_background_analysis_keeps_judging_a_canary_paused_for_approval() {
+    use MeasurementPhase::*;
+    let paused_spec = |on_failure: &str| {
+        spec(serde_json::json!({
+            "steps": [{"setWeight": 50}, {"pause": {}}],
+            "analysis": {"templates": [{"templateName": "success"}]},
+            "onAnalysisFailure": on_failure,
+        }))
+    };
+    // (policy, pause, what the background analysis measures, phase and pause reason after)
+    let cases = [
+        (
+            "rollback",
+            RequestAction::Promote,
+            Successful,
+            Phase::Paused,
+            Some(PauseReason::Step),
+        ),
+        (
+            "rollback",
+            RequestAction::Promote,
+            Failed,
+            Phase::RolledBack,
+            None,
+        ),
+        (
+            "pause",
+            RequestAction::Promote,
+            Failed,
+            Phase::Paused,
+            Some(PauseReason::AnalysisFailed),
+        ),
+        (
+            "rollback",
+            RequestAction::Pause,
+            Failed,
+            Phase::RolledBack,
+            None,
+        ),
+    ];
+    for (policy, how, measured, expected, reason) in cases {
+        let s = paused_spec(policy);
+        let mut seen = observed("r2");
+        seen.canary = Some(ready("r2", 2));
+        seen.analysis = definitions("background", 100);
+        let mut status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+        if how == RequestAction::Pause {
+            // Paused by a request at 50% instead of by the step.
+            seen.request = request(RequestAction::Pause, "p");
+            status = plan(&s, &status, &seen, t(1)).status;
+            seen.request = None;
+        }
+        assert_eq!(status.phase, Phase::Paused, "{policy} {how:?}");
+        let waiting = plan(&s, &status, &seen, t(2));
+        assert_eq!(
+            waiting.requeue_after,
+            Some(StdDuration::ZERO),
+            "the due measurement is taken while paused"
+        );
+        assert_eq!(due_measurements(&waiting.status, t(2)).len(), 1);
+        seen.measurements = vec![measurement("background", 10, measured)];
+        let p = plan(&s, &status, &seen, t(11));
+        assert_eq!(p.status.phase, expected, "{policy} {how:?} {measured:?}");
+        assert_eq!(
+            p.status.pause_reason, reason,
+            "{policy} {how:?} {measured:?}"
+        );
+        let run = &p.status.analysis_runs[0];
+        assert_eq!(run.metrics[0].tally.measured, 1, "the measurement is kept");
+    }
+}
