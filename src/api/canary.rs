@@ -459,6 +459,11 @@ pub struct CanaryStatus {
     /// deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_updated_at: Option<String>,
+    /// Since when the canary has not been ready for its weight (absent while it is): the
+    /// progress deadline counts from here or from the last change, whichever is later, so a
+    /// pod lost mid-pause gets the whole deadline to come back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_unready_since: Option<String>,
     /// A fingerprint of the steps this rollout walks: when the spec's steps change mid-rollout,
     /// the walk starts again from the first step rather than continue at an index that means
     /// something else now.

@@ -524,6 +524,16 @@ impl Planner<'_> {
         if let Ok(definitions) = &self.observed.analysis {
             analysis_runs::record(&mut self.status, definitions, &self.observed.measurements);
         }
+        if self.deadline_exceeded() {
+            let deadline = self.spec.progress_deadline();
+            return self.begin_rollback(
+                RollbackReason::ProgressDeadlineExceeded,
+                format!(
+                    "{} was not ready for its traffic within the progress deadline ({deadline})",
+                    self.spec.canary_name()
+                ),
+            );
+        }
         if self.status.phase == Phase::Paused {
             self.background_verdict_while_paused();
             if self.status.phase == Phase::Paused {
@@ -534,15 +544,13 @@ impl Planner<'_> {
             }
             return;
         }
-        if self.deadline_exceeded() {
-            let deadline = self.spec.progress_deadline();
-            return self.begin_rollback(
-                RollbackReason::ProgressDeadlineExceeded,
-                format!(
-                    "{} did not become ready within the progress deadline ({deadline})",
-                    self.spec.canary_name()
-                ),
-            );
+        let index = self.status.current_step_index.unwrap_or(0) as usize;
+        if !matches!(
+            self.spec.rollout_steps().get(index),
+            Some(RolloutStep::SetWeight(_))
+        ) {
+            // The service may have been scaled since the last setWeight step.
+            self.keep_canary_sized();
         }
         self.walk_steps();
     }
@@ -884,22 +892,52 @@ impl Planner<'_> {
     }
 
     fn hold_paused(&mut self) {
-        // The canary keeps its weight and pods; the deadline does not run while paused.
+        // The canary keeps its weight and its share of the service's pods.
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let replicas = canary_replicas(self.desired(), self.status.canary_weight);
+        if self.observed.canary.as_ref().map(|c| c.replicas) != Some(replicas) {
+            self.status.canary_updated_at = Some(self.now_text());
+        }
         self.actions
             .push(Action::EnsureCanary { revision, replicas });
         self.set_weight(self.status.canary_weight);
     }
 
-    fn deadline_exceeded(&self) -> bool {
+    /// Sizes the canary for its current weight when it is not (the service was scaled).
+    fn keep_canary_sized(&mut self) {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let replicas = canary_replicas(self.desired(), self.status.canary_weight);
+        let sized = self.observed.canary.as_ref().is_some_and(|c| {
+            c.replicas == replicas && c.revision.as_deref() == Some(revision.as_str())
+        });
+        if !sized {
+            self.status.canary_updated_at = Some(self.now_text());
+            self.actions
+                .push(Action::EnsureCanary { revision, replicas });
+        }
+    }
+
+    /// The canary has not been ready for its weight (or the one its step is moving to) for
+    /// longer than the progress deadline, counted from when it was first seen unready or last
+    /// changed, whichever is later. Paused or not: its traffic would fail meanwhile.
+    fn deadline_exceeded(&mut self) -> bool {
         let weight = self.status.canary_weight;
         if self.canary_ready_for(weight) || self.canary_ready_for(self.pending_weight()) {
+            self.status.canary_unready_since = None;
             return false;
         }
+        if self.status.canary_unready_since.is_none() {
+            self.status.canary_unready_since = Some(self.now_text());
+        }
         let deadline = analysis_runs::signed(self.spec.progress_deadline().as_std());
-        self.since(&self.status.canary_updated_at)
-            .is_some_and(|waited| waited > deadline)
+        let waited = [
+            self.since(&self.status.canary_unready_since),
+            self.since(&self.status.canary_updated_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        waited.is_some_and(|waited| waited > deadline)
     }
 
     /// The weight the current step is working towards, if it is a setWeight step.

@@ -376,9 +376,13 @@ fn a_canary_that_never_becomes_ready_hits_the_progress_deadline() {
     let s = spec(serde_json::json!({"progressDeadlineSeconds": 60}));
     let mut seen = observed("r2");
     seen.canary = Some(not_ready("r2", 1));
-    let cases = [(30, Phase::Progressing), (61, Phase::RolledBack)];
-    for (at, phase) in cases {
-        let p = plan(&s, &progressing(0, 0, 0), &seen, t(at));
+    let mut status = progressing(0, 0, 0);
+    for (at, phase) in [
+        (0, Phase::Progressing),
+        (30, Phase::Progressing),
+        (61, Phase::RolledBack),
+    ] {
+        let p = plan(&s, &status, &seen, t(at));
         assert_eq!(p.status.phase, phase, "at {at}s");
         if phase == Phase::RolledBack {
             assert_eq!(
@@ -387,14 +391,94 @@ fn a_canary_that_never_becomes_ready_hits_the_progress_deadline() {
             );
             assert_eq!(reasons(&p), ["ProgressDeadlineExceeded", "RolledBack"]);
         }
+        status = p.status;
     }
-    // A paused rollout is not subject to the deadline.
-    let mut paused = progressing(0, 0, 0);
-    paused.phase = Phase::Paused;
-    paused.pause_reason = Some(PauseReason::Manual);
-    assert_eq!(
-        plan(&s, &paused, &seen, t(1000)).status.phase,
-        Phase::Paused
+}
+
+#[test]
+fn the_progress_deadline_counts_from_when_the_canary_stopped_being_ready() {
+    // At 50% in a 30-minute pause step, the canary last scaled 15 minutes ago; paused by a
+    // request or not, a lost pod gets the whole deadline to come back.
+    let s = spec(serde_json::json!({
+        "progressDeadlineSeconds": 60,
+        "steps": [{"setWeight": 50}, {"pause": {"duration": "30m"}}],
+    }));
+    for paused in [false, true] {
+        let mut status = progressing(1, 50, 0);
+        if paused {
+            status.phase = Phase::Paused;
+            status.pause_reason = Some(PauseReason::Manual);
+        }
+        let expected_phase = status.phase;
+        let mut seen = observed("r2");
+        let at = |seen: &Observed, status: &mut CanaryStatus, second: i64| {
+            let p = plan(&s, status, seen, t(second));
+            *status = p.status.clone();
+            p
+        };
+        seen.canary = Some(ready("r2", 2));
+        at(&seen, &mut status, 900);
+        seen.canary = Some(WorkloadState {
+            ready_replicas: 1,
+            ..ready("r2", 2)
+        });
+        let lost = at(&seen, &mut status, 901);
+        assert_eq!(
+            lost.status.phase, expected_phase,
+            "paused {paused}: not at once"
+        );
+        assert_eq!(
+            lost.status.canary_unready_since.as_deref(),
+            Some(t(901).to_string().as_str())
+        );
+        // Back within the deadline: the clock stops.
+        seen.canary = Some(ready("r2", 2));
+        let back = at(&seen, &mut status, 950);
+        assert_eq!(back.status.canary_unready_since, None);
+        // Lost again, for longer than the deadline this time.
+        seen.canary = Some(not_ready("r2", 2));
+        assert_eq!(at(&seen, &mut status, 1000).status.phase, expected_phase);
+        let p = at(&seen, &mut status, 1061);
+        assert_eq!(p.status.phase, Phase::RolledBack, "paused {paused}");
+        assert_eq!(
+            p.status.rollback_reason,
+            Some(RollbackReason::ProgressDeadlineExceeded)
+        );
+    }
+}
+
+#[test]
+fn a_service_scaled_mid_step_scales_the_canary_with_it() {
+    // 4 → 8 replicas during the pause step at 50%: the canary needs 4 pods, not 2.
+    let s = spec(serde_json::json!({
+        "progressDeadlineSeconds": 60,
+        "steps": [{"setWeight": 50}, {"pause": {"duration": "30m"}}],
+    }));
+    let mut status = progressing(1, 50, 0);
+    status.desired_replicas = Some(8);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    let p = plan(&s, &status, &seen, t(900));
+    assert!(
+        p.actions.contains(&Action::EnsureCanary {
+            revision: "r2".into(),
+            replicas: 4
+        }),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(p.status.canary_updated_at, Some(t(900).to_string()));
+    assert_eq!(p.status.phase, Phase::Progressing);
+    // Sized and ready: nothing more to do.
+    seen.canary = Some(ready("r2", 4));
+    let settled = plan(&s, &p.status, &seen, t(930));
+    assert!(
+        !settled
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureCanary { .. })),
+        "{:?}",
+        settled.actions
     );
 }
 
