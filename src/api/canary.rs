@@ -77,7 +77,9 @@ pub struct CanarySpec {
     /// Promote new revisions without steps or analysis (emergency fixes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_analysis: bool,
-    /// Start no new rollout; a running one holds where it is.
+    /// Start no new rollout; a running one holds where it is (its weight, its step, a newer
+    /// revision waiting) while its background analysis goes on judging it; `abort` and
+    /// `promote-full` still act.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 }

@@ -458,9 +458,11 @@ impl Planner<'_> {
                     format!("the target went back to the stable revision {stable_revision}"),
                 );
             }
-            // Traffic leaves the canary before its pods are replaced.
-            self.set_weight(0);
-            return self.start_rollout(target, Some(canary_revision));
+            if !self.spec.suspend {
+                // Traffic leaves the canary before its pods are replaced.
+                self.set_weight(0);
+                return self.start_rollout(target, Some(canary_revision));
+            }
         }
         if let Some(action) = request {
             match action {
@@ -483,6 +485,10 @@ impl Planner<'_> {
                     );
                     return self.promote(None);
                 }
+                RequestAction::Promote | RequestAction::Resume if self.spec.suspend => self.refuse(
+                    action,
+                    "spec.suspend holds the rollout: set it to false first",
+                ),
                 RequestAction::Promote => {
                     self.answer_request(true, "skipping to the next step".into());
                     self.status.phase = Phase::Progressing;
@@ -534,13 +540,25 @@ impl Planner<'_> {
                 ),
             );
         }
-        if self.status.phase == Phase::Paused {
-            self.background_verdict_while_paused();
-            if self.status.phase == Phase::Paused {
+        if self.status.phase == Phase::Paused || self.spec.suspend {
+            self.background_verdict_while_held();
+            if matches!(self.status.phase, Phase::Paused | Phase::Progressing) {
                 self.hold_paused();
                 if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
                     self.requeue_in(next);
                 }
+            }
+            if self.spec.suspend && self.status.phase == Phase::Progressing {
+                let waiting = if target.revision == canary_revision {
+                    String::new()
+                } else {
+                    format!("; revision {} waits", target.revision)
+                };
+                self.status.message = Some(format!(
+                    "suspended at {}% (step {}): spec.suspend holds the rollout{waiting}",
+                    self.status.canary_weight,
+                    self.status.step_display.as_deref().unwrap_or("-")
+                ));
             }
             return;
         }
@@ -555,14 +573,16 @@ impl Planner<'_> {
         self.walk_steps();
     }
 
-    /// A background analysis that fails (or turns inconclusive) during a pause for a step or
-    /// a request acts as it would while progressing; pauses that are themselves a verdict
-    /// stay as they are.
-    fn background_verdict_while_paused(&mut self) {
-        if !matches!(
-            self.status.pause_reason,
-            Some(PauseReason::Step | PauseReason::Manual)
-        ) {
+    /// A background analysis that fails (or turns inconclusive) while the rollout holds (a
+    /// pause step, a pause request, `spec.suspend`) acts as it would while progressing;
+    /// pauses that are themselves a verdict stay as they are.
+    fn background_verdict_while_held(&mut self) {
+        if self.status.phase == Phase::Paused
+            && !matches!(
+                self.status.pause_reason,
+                Some(PauseReason::Step | PauseReason::Manual)
+            )
+        {
             return;
         }
         let Some(run) = self

@@ -1398,3 +1398,68 @@ fn the_background_analysis_keeps_judging_a_canary_paused_for_approval() {
         assert_eq!(run.metrics[0].tally.measured, 1, "the measurement is kept");
     }
 }
+
+#[test]
+fn suspend_holds_a_running_rollout_where_it_is() {
+    let s = spec(serde_json::json!({
+        "suspend": true,
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("background", 100);
+    // Suspended in the one-minute pause step at 10%, with the background analysis under
+    // way; ten minutes later: still there.
+    let unsuspended = spec(serde_json::json!({
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let running = plan(&unsuspended, &progressing(1, 10, 0), &seen, t(0)).status;
+    assert_eq!(running.analysis_runs.len(), 1);
+    let held = plan(&s, &running, &seen, t(600));
+    assert_eq!(
+        (
+            held.status.phase,
+            held.status.current_step_index,
+            held.status.canary_weight
+        ),
+        (Phase::Progressing, Some(1), 10)
+    );
+    assert!(
+        held.status
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("suspended at 10%")
+    );
+    // A newer revision waits too.
+    seen.target = Some(Ok(target("r3")));
+    let newer = plan(&s, &held.status, &seen, t(601));
+    assert_eq!(newer.status.canary_revision.as_deref(), Some("r2"));
+    assert!(
+        newer
+            .status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("r3 waits")
+    );
+    assert!(reasons(&newer).is_empty(), "{:?}", newer.events);
+    // Promote is refused; abort is obeyed.
+    seen.target = Some(Ok(target("r2")));
+    seen.request = request(RequestAction::Promote, "p");
+    let refused = plan(&s, &held.status, &seen, t(602));
+    assert!(!refused.status.last_request.as_ref().unwrap().accepted);
+    assert_eq!(refused.status.current_step_index, Some(1));
+    seen.request = request(RequestAction::Abort, "a");
+    assert_eq!(
+        plan(&s, &held.status, &seen, t(603)).status.phase,
+        Phase::RolledBack
+    );
+    // The background analysis goes on judging the canary that keeps its traffic.
+    seen.request = None;
+    seen.measurements = vec![measurement("background", 604, MeasurementPhase::Failed)];
+    assert_eq!(
+        plan(&s, &held.status, &seen, t(605)).status.phase,
+        Phase::RolledBack
+    );
+}
