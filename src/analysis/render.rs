@@ -69,14 +69,12 @@ pub enum RenderError {
     UnknownPlaceholder { placeholder: String },
     #[error("a placeholder opened with {{{{ at byte {offset} is never closed with }}}}")]
     Unclosed { offset: usize },
+    /// Names the placeholder and what is wrong with its value, never the value: it may be a
+    /// secret, and this message ends up in status, Events and CLI output.
     #[error(
-        "the value of {name} ({value:?}) cannot be placed where the query uses it: {why}. Quote the placeholder in the query (e.g. label=\"{{{{args.{name}}}}}\") or pass a plain value"
+        "the value of {name} cannot be placed where the query uses it: {why}. Quote the placeholder in the query (e.g. label=\"{{{{{name}}}}}\") or pass a plain value"
     )]
-    UnsafeValue {
-        name: String,
-        value: String,
-        why: &'static str,
-    },
+    UnsafeValue { name: String, why: &'static str },
 }
 
 /// Where a placeholder stands in the PromQL text.
@@ -192,7 +190,6 @@ fn lookup<'v>(
 fn place(out: &mut String, name: &str, value: &str, position: Position) -> Result<(), RenderError> {
     let unsafe_value = |why| RenderError::UnsafeValue {
         name: name.to_string(),
-        value: value.to_string(),
         why,
     };
     match position {
@@ -214,12 +211,67 @@ fn place(out: &mut String, name: &str, value: &str, position: Position) -> Resul
                 out.push_str(value);
                 Ok(())
             } else {
-                Err(unsafe_value(
-                    "outside quotes only a number, a duration or label names are allowed",
-                ))
+                Err(unsafe_value(why_not_a_token(value)))
             }
         }
     }
+}
+
+/// What keeps `value` from standing outside quotes, said without quoting it (it may be a
+/// secret). Checked in order, so the first problem a reader would fix is named.
+fn why_not_a_token(value: &str) -> &'static str {
+    if value.is_empty() {
+        return "it is empty, and outside quotes only a number, a duration or label names are allowed";
+    }
+    let reasons: [(fn(char) -> bool, &'static str); 7] = [
+        (
+            |c| c == '"',
+            "it contains a double quote outside a quoted string",
+        ),
+        (
+            |c| c == '\'',
+            "it contains a single quote outside a quoted string",
+        ),
+        (
+            |c| c == '`',
+            "it contains a backtick outside a quoted string",
+        ),
+        (
+            |c| matches!(c, '{' | '}' | '(' | ')' | '[' | ']'),
+            "it contains a bracket or brace outside a quoted string",
+        ),
+        (
+            |c| c.is_control(),
+            "it contains a line break or control character outside a quoted string",
+        ),
+        (
+            |c| c == '#',
+            "it contains # outside a quoted string, which would comment out the rest of the line",
+        ),
+        (
+            |c| {
+                matches!(
+                    c,
+                    '+' | '-' | '*' | '/' | '%' | '^' | '=' | '!' | '<' | '>' | '~'
+                )
+            },
+            "it contains an operator outside a quoted string",
+        ),
+    ];
+    if let Some((_, why)) = reasons.iter().find(|(is, _)| value.chars().any(is)) {
+        return why;
+    }
+    let words = value.split(',').map(str::trim);
+    if words.clone().any(|w| w.contains(char::is_whitespace)) {
+        return "it holds several words outside a quoted string (label names are separated by commas)";
+    }
+    if words
+        .clone()
+        .any(|w| PROMQL_KEYWORDS.contains(&w.to_ascii_lowercase().as_str()))
+    {
+        return "it is a PromQL keyword (and, or, unless, by, …) outside a quoted string";
+    }
+    "it is not a number, a duration or label names, which is all that may stand outside quotes"
 }
 
 /// Escapes for a PromQL (Go-syntax) quoted string delimited by `quote`.
@@ -413,6 +465,44 @@ mod tests {
                 "{value:?}: {err}"
             );
             assert!(err.to_string().contains("Quote the placeholder"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unsafe_values_are_described_never_quoted() {
+        let cases = [
+            (
+                "sum(x) > {{args.v}}",
+                "s3cret\"} or vector(1)",
+                "double quote",
+            ),
+            ("sum(x) > {{args.v}}", "s3cret'", "single quote"),
+            ("sum(x) > {{args.v}}", "s3cret`", "backtick outside"),
+            ("sum(x) > {{args.v}}", "s3cret)", "bracket or brace"),
+            ("sum(x) > {{args.v}}", "s3cret\nx", "line break"),
+            ("sum(x) > {{args.v}}", "s3cret # x", "comment out"),
+            ("sum(x) > {{args.v}}", "1 - s3cret", "operator"),
+            ("sum(x) > {{args.v}}", "s3cret s3cret", "several words"),
+            ("sum by ({{args.v}}) (x)", "pod, OR", "PromQL keyword"),
+            (
+                "sum(x) > {{args.v}}",
+                "s3cret.x",
+                "not a number, a duration or label names",
+            ),
+            ("sum(x) > {{args.v}}", "", "it is empty"),
+            ("x{job=~`{{args.v}}`}", "s3cret`", "raw` string"),
+        ];
+        for (query, value, why) in cases {
+            let err = render_query(query, &["v"], &vars(&[("v", value)], &[])).expect_err(value);
+            let message = err.to_string();
+            assert!(matches!(err, RenderError::UnsafeValue { .. }), "{message}");
+            assert!(!message.contains("s3cret"), "{value:?}: {message}");
+            assert!(message.contains(why), "{value:?}: {message}");
+            assert!(
+                message.starts_with("the value of args.v cannot be placed"),
+                "{message}"
+            );
+            assert!(message.contains(r#"label="{{args.v}}""#), "{message}");
         }
     }
 
