@@ -251,6 +251,51 @@ spec:
 }
 
 #[test]
+fn secret_arguments_are_shown_as_placeholders_in_text_and_json() {
+    let url = dataset().prometheus.url();
+    let analyze = |tenant: &str, output: &str| {
+        let tenant = format!("tenant={tenant}");
+        let (from, to) = (minute(10), minute(11));
+        canary(&[
+            "analyze",
+            "-f",
+            "tests/fixtures/canary/secret-arg.yaml",
+            "--prometheus",
+            &url,
+            "--arg",
+            &tenant,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--output",
+            output,
+        ])
+    };
+    // The value reaches Prometheus: it selects the namespace's series.
+    let output = analyze(NAMESPACE, "human");
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(r#"sum(http_requests_total{namespace="<secret:tenant>"})"#),
+        "{shown}"
+    );
+
+    let secret = "s3cret-tenant-with-no-data";
+    for format in ["human", "json"] {
+        let output = analyze(secret, format);
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(4), "{shown}");
+        assert!(
+            shown.contains("no data: the query returned no series"),
+            "{shown}"
+        );
+        assert!(shown.contains("<secret:tenant>"), "{shown}");
+        assert!(!shown.contains(secret), "{format}: {shown}");
+    }
+}
+
+#[test]
 fn invalid_input_exits_2_with_a_clear_message() {
     let url = dataset().prometheus.url();
     let cases: [(&[&str], &str); 4] = [

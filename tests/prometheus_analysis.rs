@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use analysis::{metric, t0};
 use canary::analysis::run::{
-    AnalysisReport, MetricReport, NoSecrets, PreparedAnalysis, Schedule, prepare, run,
+    AnalysisReport, MetricReport, NoSecrets, PreparedAnalysis, Schedule, SecretValues, prepare, run,
 };
 use canary::analysis::{AnalysisPhase, MeasurementPhase};
 use canary::api::AnalysisTemplate;
-use canary::metrics::{MetricsError, MetricsSource, PrometheusSource, QueryOutput, QueryRequest};
+use canary::api::analysis_template::SecretKeyRef;
+use canary::metrics::{
+    MetricsError, MetricsSource, PrometheusSource, Query, QueryOutput, QueryRequest,
+};
 use jiff::{SignedDuration, Timestamp};
 use prometheus::{Kind, MetricsServer, OpenMetrics, Prometheus};
 
@@ -530,7 +533,7 @@ async fn hostile_argument_values_cannot_change_the_query() {
     let source = PrometheusSource::new().unwrap();
     let naive = QueryRequest {
         address: prometheus.url(),
-        query: format!(r#"sum(x{{job="{injection}"}})"#),
+        query: Query::plain(format!(r#"sum(x{{job="{injection}"}})"#)),
         time: Some(t0()),
         timeout: Duration::from_secs(5),
         headers: vec![],
@@ -575,6 +578,60 @@ async fn hostile_argument_values_cannot_change_the_query() {
             probe.query
         );
     }
+}
+
+/// Gives every Secret reference one value, as the controller does after reading the Secret.
+struct SecretsHolding(&'static str);
+
+impl SecretValues for SecretsHolding {
+    fn secret_value(&self, _: &SecretKeyRef) -> Result<String, String> {
+        Ok(self.0.to_string())
+    }
+}
+
+#[tokio::test]
+async fn secret_arguments_reach_prometheus_but_reasons_show_placeholders() {
+    let prometheus = backfilled();
+    let template = single_metric(
+        "[{name: job, valueFrom: {secretKeyRef: {name: prom, key: job}}}]",
+        r#"sum(x{job="{{args.job}}"})"#,
+        "",
+    );
+    let at_t0 = Schedule::Retrospective {
+        from: t0(),
+        to: t0(),
+    };
+    let prepare_with = |secret: &'static str| {
+        prepare(
+            "probe",
+            &template.spec,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            Some(&prometheus.url()),
+            &SecretsHolding(secret),
+        )
+        .unwrap_or_else(|problems| panic!("{problems:#?}"))
+    };
+
+    // The secret value is what Prometheus receives (by POST): it selects the series.
+    let report = analyse(&prepare_with("web"), at_t0).await;
+    let probe = metric(&report, "probe");
+    assert_eq!(report.phase, AnalysisPhase::Successful, "{report:#?}");
+    assert_eq!(probe.measurements[0].value.as_deref(), Some("[1]"));
+    assert_eq!(probe.query, r#"sum(x{job="<secret:job>"})"#);
+
+    // A value that selects nothing: the no-data reason names the query as people see it.
+    let secret = "s3cret-job-nobody-has";
+    let report = analyse(&prepare_with(secret), at_t0).await;
+    let probe = metric(&report, "probe");
+    let x = &probe.measurements[0];
+    assert_eq!(x.phase, MeasurementPhase::Inconclusive, "{probe:#?}");
+    assert_eq!(
+        x.reason,
+        r#"no data: the query returned no series (check that the metric exists and the labels match): sum(x{job="<secret:job>"})"#
+    );
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(!json.contains(secret), "{json}");
 }
 
 /// Per-pod counters of a canary with one pod and a stable with three, read through a real

@@ -23,7 +23,7 @@ use super::sequential::{
     Assessment, ErrorCounts, ErrorRateJudge, HistogramCounts, LatencyJudge, PodErrorCounts,
     PodHistogramCounts, SequentialConfig, Verdict,
 };
-use crate::metrics::{MetricsError, MetricsSource, QueryOutput, QueryRequest};
+use crate::metrics::{MetricsError, MetricsSource, Query, QueryOutput, QueryRequest};
 
 /// Most intervals a comparison keeps (24 h of one-minute intervals); a metric that reaches it
 /// ends as if its count were reached.
@@ -70,8 +70,8 @@ impl Counter {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CounterQuery {
     pub counter: Counter,
-    pub canary: String,
-    pub stable: String,
+    pub canary: Query,
+    pub stable: Query,
 }
 
 /// How a comparison is judged (what `Canary.status` does not keep).
@@ -205,6 +205,29 @@ pub enum MeasureError {
         side: &'static str,
         message: String,
     },
+}
+
+impl MeasureError {
+    /// The error with the secret values of `prepared`'s queries taken out of a message about
+    /// the data: a series' labels may repeat a secret the query selected it by.
+    fn with_secrets_redacted(self, prepared: &PreparedCompare) -> Self {
+        match self {
+            Self::Data {
+                field,
+                side,
+                message,
+            } => Self::Data {
+                field,
+                side,
+                message: prepared
+                    .queries
+                    .iter()
+                    .flat_map(|q| [&q.canary, &q.stable])
+                    .fold(message, |message, query| query.redact(&message)),
+            },
+            query_error @ Self::Query { .. } => query_error,
+        }
+    }
 }
 
 /// Counter values at one instant, by series.
@@ -535,7 +558,7 @@ pub struct CounterReadings {
     source: u64,
     /// Per counter query and version, in [`PreparedCompare::queries`] order (canary, then
     /// stable): the query text and its output.
-    reads: Vec<(String, QueryOutput)>,
+    reads: Vec<(Query, QueryOutput)>,
 }
 
 impl CounterReadings {
@@ -546,7 +569,13 @@ impl CounterReadings {
 
     /// The output read for `query` at `at` from `source`, if these readings are of that
     /// instant and source and hold that query in that place.
-    fn reuse(&self, at: Timestamp, source: u64, index: usize, query: &str) -> Option<QueryOutput> {
+    fn reuse(
+        &self,
+        at: Timestamp,
+        source: u64,
+        index: usize,
+        query: &Query,
+    ) -> Option<QueryOutput> {
         let (text, output) = self.reads.get(index)?;
         (self.at == at && self.source == source && text == query).then(|| output.clone())
     }
@@ -573,7 +602,7 @@ pub async fn measure<S: MetricsSource>(
 ) -> Result<(MeasuredInterval, CounterReadings), MeasureError> {
     const SIDES: [&str; 2] = ["canary", "stable"];
     // Every counter query of each version (0: canary, 1: stable), in readings order.
-    let texts: Vec<(&CounterQuery, usize, &String)> = prepared
+    let texts: Vec<(&CounterQuery, usize, &Query)> = prepared
         .queries
         .iter()
         .flat_map(|query| [(query, 0, &query.canary), (query, 1, &query.stable)])
@@ -605,7 +634,7 @@ pub async fn measure<S: MetricsSource>(
                             field: query.counter.field(),
                             side: SIDES[side],
                             at,
-                            source,
+                            source: source.with_secrets_redacted(text),
                         })
                 })
         });
@@ -638,7 +667,8 @@ pub async fn measure<S: MetricsSource>(
         canary,
         stable,
         prepared.pod_label.as_deref(),
-    )?;
+    )
+    .map_err(|error| error.with_secrets_redacted(prepared))?;
     Ok((measured, at_end))
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::condition::{Condition, ConditionError, ResultValue, describe, format_number};
 use crate::api::analysis_template::{Metric, ThresholdRange};
-use crate::metrics::{MetricsError, QueryOutput};
+use crate::metrics::{MetricsError, Query, QueryOutput};
 
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeasurementPhase {
@@ -74,15 +74,16 @@ impl Criteria {
         }
     }
 
-    /// Judges one query outcome; `query` is the rendered query, named in no-data reasons.
-    pub fn judge(&self, outcome: &Result<QueryOutput, MetricsError>, query: &str) -> Judgement {
+    /// Judges one query outcome. No-data reasons name `query` as people see it (secret
+    /// values as `<secret:NAME>`), and error reasons have its secret values taken out.
+    pub fn judge(&self, outcome: &Result<QueryOutput, MetricsError>, query: &Query) -> Judgement {
         let output = match outcome {
             Ok(output) => output,
             Err(error) => {
                 return Judgement {
                     phase: MeasurementPhase::Error,
                     value: None,
-                    reason: error.to_string(),
+                    reason: error.clone().with_secrets_redacted(query).to_string(),
                 };
             }
         };
@@ -98,7 +99,7 @@ impl Criteria {
             value: value.clone(),
             reason,
         };
-        let missing = missing_data(&result, query);
+        let missing = missing_data(&result, query.shown());
 
         if let Some(failure) = &self.failure {
             match failure.evaluate(&result) {
@@ -175,9 +176,10 @@ fn vector_len(result: &ResultValue) -> usize {
     }
 }
 
-/// Why a result carries no usable data, if it does not. The query is named on one line.
-fn missing_data(result: &ResultValue, query: &str) -> Option<String> {
-    let query = one_line(query);
+/// Why a result carries no usable data, if it does not. The query, as people may see it, is
+/// named on one line.
+fn missing_data(result: &ResultValue, shown_query: &str) -> Option<String> {
+    let query = one_line(shown_query);
     let values: &[f64] = match result {
         ResultValue::Scalar(x) => std::slice::from_ref(x),
         ResultValue::Vector(xs) if xs.is_empty() => {
@@ -434,7 +436,7 @@ mod tests {
         for (name, metric, outcome, phase, reason) in cases {
             let judgement = Criteria::from_metric(&metric)
                 .unwrap()
-                .judge(&outcome, "QUERY");
+                .judge(&outcome, &Query::plain("QUERY"));
             assert_eq!(judgement.phase, phase, "{name}: {judgement:?}");
             assert!(
                 judgement.reason.contains(reason),
@@ -453,7 +455,7 @@ mod tests {
     fn no_data_reasons_name_the_query() {
         let judgement = Criteria::from_metric(&metric(Some("result[0] > 1"), None, None))
             .unwrap()
-            .judge(&vector(&[]), "sum(rate(x[1m]))");
+            .judge(&vector(&[]), &Query::plain("sum(rate(x[1m]))"));
         assert!(
             judgement.reason.ends_with("sum(rate(x[1m]))"),
             "{}",

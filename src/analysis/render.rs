@@ -9,8 +9,14 @@
 //!   refused;
 //! - anywhere else, the value must be a single harmless token: a number, a duration, or label
 //!   names (`pod` or `pod, container` for a `by (...)` clause) that are not PromQL keywords.
+//!
+//! Arguments whose values come from Secrets are rendered twice: into the query sent to
+//! Prometheus, and as `<secret:NAME>` into the query people see (see [`Query`]). Errors name
+//! an argument and what is wrong with its value, never the value itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::metrics::Query;
 
 /// Context names a `Canary` fills in (and `canary analyze --arg` can set).
 pub const CONTEXT_NAMES: [&str; 6] = [
@@ -40,12 +46,42 @@ const PROMQL_KEYWORDS: [&str; 13] = [
 ];
 
 /// The values a query is rendered with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Variables {
     /// Template arguments, `{{args.NAME}}`.
     pub args: BTreeMap<String, String>,
     /// Context values, `{{namespace}}` etc.
     pub context: BTreeMap<String, String>,
+    /// The arguments whose values are secret (declared with `valueFrom.secretKeyRef`): shown
+    /// as `<secret:NAME>`.
+    pub secret_args: BTreeSet<String>,
+}
+
+/// Hand-written so that a secret argument's value never reaches a log line.
+impl std::fmt::Debug for Variables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            args,
+            context,
+            secret_args,
+        } = self;
+        let args: BTreeMap<&str, &str> = args
+            .iter()
+            .map(|(name, value)| {
+                let shown = if secret_args.contains(name) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Variables")
+            .field("args", &args)
+            .field("context", context)
+            .field("secret_args", secret_args)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +122,8 @@ enum Position {
     Comment,
 }
 
-/// Renders `query`, placing each value so that it cannot alter the query's structure.
+/// Renders `query`, placing each value so that it cannot alter the query's structure: the
+/// text to send, and the text to show with secret arguments' values as `<secret:NAME>`.
 ///
 /// `declared_args` are the template's argument names: a placeholder for any other argument is
 /// an error even if a value was passed, so a typo cannot silently render an empty string.
@@ -94,8 +131,10 @@ pub fn render_query(
     query: &str,
     declared_args: &[&str],
     variables: &Variables,
-) -> Result<String, RenderError> {
+) -> Result<Query, RenderError> {
     let mut out = String::with_capacity(query.len() + 32);
+    let mut shown = String::with_capacity(query.len() + 32);
+    let mut secrets = Vec::new();
     let mut position = Position::Code;
     let mut rest = query;
     let mut offset = 0;
@@ -105,8 +144,17 @@ pub fn render_query(
                 .find("}}")
                 .ok_or(RenderError::Unclosed { offset })?;
             let placeholder = after_open[..close].trim();
-            let (name, value) = lookup(placeholder, declared_args, variables)?;
-            place(&mut out, &name, value, position)?;
+            let found = lookup(placeholder, declared_args, variables)?;
+            let placed_from = out.len();
+            place(&mut out, &found.name, found.value, position)?;
+            match found.secret_arg {
+                Some(arg) => {
+                    shown.push_str(&format!("<secret:{arg}>"));
+                    secrets.push((arg.to_string(), found.value.to_string()));
+                    secrets.push((arg.to_string(), out[placed_from..].to_string()));
+                }
+                None => shown.push_str(&out[placed_from..]),
+            }
             let consumed = 2 + close + 2;
             rest = &rest[consumed..];
             offset += consumed;
@@ -118,6 +166,7 @@ pub fn render_query(
         if let (Position::Quoted(_), '\\') = (position, c) {
             let escaped_len = rest[1..].chars().next().map_or(0, char::len_utf8);
             out.push_str(&rest[..1 + escaped_len]);
+            shown.push_str(&rest[..1 + escaped_len]);
             rest = &rest[1 + escaped_len..];
             offset += 1 + escaped_len;
             continue;
@@ -132,10 +181,12 @@ pub fn render_query(
             (p, _) => p,
         };
         out.push(c);
+        shown.push(c);
         rest = &rest[len..];
         offset += len;
     }
-    Ok(out)
+    secrets.dedup();
+    Ok(Query::with_secrets(out, shown, secrets))
 }
 
 /// Every placeholder in `query`, as written (trimmed), in order. Used by validation and by the
@@ -152,11 +203,19 @@ pub fn placeholders(query: &str) -> Vec<&str> {
     found
 }
 
+/// A placeholder's value, and how errors name it (`args.job`, `namespace`).
+struct Found<'v> {
+    name: String,
+    value: &'v str,
+    /// The argument's name, when its value is secret.
+    secret_arg: Option<&'v str>,
+}
+
 fn lookup<'v>(
     placeholder: &str,
     declared_args: &[&str],
     variables: &'v Variables,
-) -> Result<(String, &'v str), RenderError> {
+) -> Result<Found<'v>, RenderError> {
     if let Some(name) = placeholder.strip_prefix("args.") {
         let name = name.trim();
         if !declared_args.contains(&name) {
@@ -164,13 +223,21 @@ fn lookup<'v>(
                 name: name.to_string(),
             });
         }
-        let value = variables
-            .args
-            .get(name)
-            .ok_or_else(|| RenderError::MissingArgument {
-                name: name.to_string(),
-            })?;
-        return Ok((format!("args.{name}"), value));
+        let (name, value) =
+            variables
+                .args
+                .get_key_value(name)
+                .ok_or_else(|| RenderError::MissingArgument {
+                    name: name.to_string(),
+                })?;
+        return Ok(Found {
+            name: format!("args.{name}"),
+            value,
+            secret_arg: variables
+                .secret_args
+                .contains(name)
+                .then_some(name.as_str()),
+        });
     }
     if CONTEXT_NAMES.contains(&placeholder) {
         let value =
@@ -180,7 +247,11 @@ fn lookup<'v>(
                 .ok_or_else(|| RenderError::MissingContext {
                     name: placeholder.to_string(),
                 })?;
-        return Ok((placeholder.to_string(), value));
+        return Ok(Found {
+            name: placeholder.to_string(),
+            value,
+            secret_arg: None,
+        });
     }
     Err(RenderError::UnknownPlaceholder {
         placeholder: placeholder.to_string(),
@@ -344,6 +415,15 @@ pub(crate) fn is_label_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The text a query is sent as.
+    fn render_text(
+        query: &str,
+        declared_args: &[&str],
+        variables: &Variables,
+    ) -> Result<String, RenderError> {
+        render_query(query, declared_args, variables).map(|q| q.text_to_send().to_string())
+    }
+
     fn vars(args: &[(&str, &str)], context: &[(&str, &str)]) -> Variables {
         Variables {
             args: args
@@ -354,6 +434,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            secret_args: Default::default(),
         }
     }
 
@@ -413,7 +494,7 @@ mod tests {
                 "sum(rate(http_requests_total{{job={quote}{{{{args.job}}}}{quote}, code=~{quote}5..{quote}}}[1m]))"
             );
             for hostile in HOSTILE {
-                let rendered = render_query(&query, &["job"], &vars(&[("job", hostile)], &[]))
+                let rendered = render_text(&query, &["job"], &vars(&[("job", hostile)], &[]))
                     .unwrap_or_else(|e| panic!("{hostile:?}: {e}"));
                 let (strings, code) = lex_strings(&rendered);
                 assert_eq!(
@@ -443,7 +524,7 @@ mod tests {
             ),
         ];
         for (query, value, expected) in ok {
-            let rendered = render_query(query, &["v"], &vars(&[("v", value)], &[])).unwrap();
+            let rendered = render_text(query, &["v"], &vars(&[("v", value)], &[])).unwrap();
             assert_eq!(rendered, expected);
         }
         let refused = [
@@ -458,7 +539,7 @@ mod tests {
             "x # comment",
         ];
         for value in refused {
-            let err = render_query("sum(x) > {{args.v}}", &["v"], &vars(&[("v", value)], &[]))
+            let err = render_text("sum(x) > {{args.v}}", &["v"], &vars(&[("v", value)], &[]))
                 .expect_err(value);
             assert!(
                 matches!(err, RenderError::UnsafeValue { .. }),
@@ -466,6 +547,37 @@ mod tests {
             );
             assert!(err.to_string().contains("Quote the placeholder"), "{err}");
         }
+    }
+
+    #[test]
+    fn secret_arguments_are_sent_as_values_and_shown_as_placeholders() {
+        let mut variables = vars(&[("token", "hunter\"2"), ("job", "web")], &[]);
+        variables.secret_args.insert("token".into());
+        let query = render_query(
+            r#"sum(x{token="{{args.token}}", job="{{args.job}}"})"#,
+            &["token", "job"],
+            &variables,
+        )
+        .unwrap();
+        assert_eq!(
+            query.text_to_send(),
+            r#"sum(x{token="hunter\"2", job="web"})"#
+        );
+        assert_eq!(
+            query.shown(),
+            r#"sum(x{token="<secret:token>", job="web"})"#
+        );
+        assert_eq!(query.to_string(), query.shown());
+        for written in [format!("{query:?}"), format!("{variables:?}")] {
+            assert!(!written.contains("hunter"), "{written}");
+        }
+        assert!(format!("{variables:?}").contains("web"), "{variables:?}");
+        // What Prometheus might say back about the query, quoting the value as given or as
+        // written into the query.
+        assert_eq!(
+            query.redact(r#"bad regexp `hunter"2` in token="hunter\"2""#),
+            r#"bad regexp `<secret:token>` in token="<secret:token>""#
+        );
     }
 
     #[test]
@@ -493,16 +605,22 @@ mod tests {
             ("x{job=~`{{args.v}}`}", "s3cret`", "raw` string"),
         ];
         for (query, value, why) in cases {
-            let err = render_query(query, &["v"], &vars(&[("v", value)], &[])).expect_err(value);
-            let message = err.to_string();
-            assert!(matches!(err, RenderError::UnsafeValue { .. }), "{message}");
-            assert!(!message.contains("s3cret"), "{value:?}: {message}");
-            assert!(message.contains(why), "{value:?}: {message}");
-            assert!(
-                message.starts_with("the value of args.v cannot be placed"),
-                "{message}"
-            );
-            assert!(message.contains(r#"label="{{args.v}}""#), "{message}");
+            let mut variables = vars(&[("v", value)], &[]);
+            for secret in [false, true] {
+                if secret {
+                    variables.secret_args.insert("v".into());
+                }
+                let err = render_query(query, &["v"], &variables).expect_err(value);
+                let message = err.to_string();
+                assert!(matches!(err, RenderError::UnsafeValue { .. }), "{message}");
+                assert!(!message.contains("s3cret"), "{value:?}: {message}");
+                assert!(message.contains(why), "{value:?}: {message}");
+                assert!(
+                    message.starts_with("the value of args.v cannot be placed"),
+                    "{message}"
+                );
+                assert!(message.contains(r#"label="{{args.v}}""#), "{message}");
+            }
         }
     }
 
@@ -510,11 +628,11 @@ mod tests {
     fn backtick_strings_refuse_backticks() {
         let query = "x{job=~`{{args.v}}`}";
         assert_eq!(
-            render_query(query, &["v"], &vars(&[("v", "a\"b\\c")], &[])).unwrap(),
+            render_text(query, &["v"], &vars(&[("v", "a\"b\\c")], &[])).unwrap(),
             "x{job=~`a\"b\\c`}"
         );
         assert!(matches!(
-            render_query(query, &["v"], &vars(&[("v", "a` or vector(1) #")], &[])),
+            render_text(query, &["v"], &vars(&[("v", "a` or vector(1) #")], &[])),
             Err(RenderError::UnsafeValue { .. })
         ));
     }
@@ -524,13 +642,13 @@ mod tests {
         // The template's own `\"` keeps the string open, so the placeholder is still quoted.
         let query = r#"x{a="say \"hi\" {{args.v}}"}"#;
         let rendered =
-            render_query(query, &["v"], &vars(&[("v", "\"} or vector(1)")], &[])).unwrap();
+            render_text(query, &["v"], &vars(&[("v", "\"} or vector(1)")], &[])).unwrap();
         assert_eq!(rendered, r#"x{a="say \"hi\" \"} or vector(1)"}"#);
     }
 
     #[test]
     fn placeholders_tolerate_spaces_and_fill_context_names() {
-        let rendered = render_query(
+        let rendered = render_text(
             r#"x{ns="{{ namespace }}", w="{{workload}}"}[{{ interval }}]"#,
             &[],
             &vars(
@@ -581,7 +699,7 @@ mod tests {
             ),
         ];
         for (query, declared, variables, expected) in cases {
-            let err = render_query(query, declared, &variables).expect_err(query);
+            let err = render_text(query, declared, &variables).expect_err(query);
             assert!(err.to_string().contains(expected), "{query}: {err}");
         }
     }

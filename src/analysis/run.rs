@@ -2,7 +2,7 @@
 //! measurements on a schedule — once, live at each metric's interval, or retrospectively over
 //! a past window with instant queries at `time=` each interval.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -17,7 +17,7 @@ use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
-use crate::metrics::{MetricsSource, QueryRequest};
+use crate::metrics::{MetricsSource, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
@@ -74,7 +74,8 @@ pub enum Schedule {
     Retrospective { from: Timestamp, to: Timestamp },
 }
 
-/// One metric, ready to measure.
+/// One metric, ready to measure. Its `Debug` shows no secret: [`QueryRequest`] and the
+/// compare queries redact themselves.
 #[derive(Clone, Debug)]
 pub struct PreparedMetric {
     pub name: String,
@@ -85,7 +86,8 @@ pub struct PreparedMetric {
     pub initial_delay: Duration,
     pub limits: Limits,
     /// For `compare` metrics: the counter queries of both versions and the judge's setup
-    /// (`request` then carries only the address, timeout and headers).
+    /// (`request` then carries the address, timeout and headers, and as its query the
+    /// description people see, which is never sent).
     pub compare: Option<PreparedCompare>,
 }
 
@@ -99,6 +101,10 @@ pub struct PreparedAnalysis {
 ///
 /// `args` override the template's defaults; `default_address` is used by metrics that name no
 /// Prometheus address. Every problem is reported, not just the first.
+///
+/// An argument declared with `valueFrom.secretKeyRef` is secret even when the caller passes
+/// its value (`canary analyze --arg`, where Secrets cannot be read): the template says what is
+/// sensitive, so its value is shown as `<secret:NAME>` however it was given.
 pub fn prepare(
     template: &str,
     spec: &AnalysisTemplateSpec,
@@ -110,6 +116,12 @@ pub fn prepare(
     let mut problems = Vec::new();
     let declared: Vec<&str> = spec.args.iter().map(|a| a.name.as_str()).collect();
     let mut values = BTreeMap::new();
+    let secret_args: BTreeSet<String> = spec
+        .args
+        .iter()
+        .filter(|arg| arg.value_from.is_some())
+        .map(|arg| arg.name.clone())
+        .collect();
     for (i, arg) in spec.args.iter().enumerate() {
         let value = match (args.get(&arg.name), &arg.value, &arg.value_from) {
             (Some(given), _, _) => Some(given.clone()),
@@ -173,6 +185,7 @@ pub fn prepare(
         let variables = Variables {
             args: values.clone(),
             context: metric_context,
+            secret_args: secret_args.clone(),
         };
         let prometheus = &metric.provider.prometheus;
         let (query, compare) = match &metric.compare {
@@ -189,7 +202,8 @@ pub fn prepare(
                     live_compare_weight - spec.weight()
                 };
                 match prepare_compare(spec, others, &declared, &variables) {
-                    Ok((text, prepared)) => (Some(text), Some(prepared)),
+                    // The description is built from the shown queries: it holds no secret.
+                    Ok((text, prepared)) => (Some(Query::plain(text)), Some(prepared)),
                     Err(found) => {
                         for (field, message) in found {
                             problem(&field, message);
@@ -284,7 +298,8 @@ fn weight_in_range(weight: f64) -> bool {
 
 /// Renders a compare metric's counter queries for both versions: `{{workload}}` is the canary
 /// (context `canary`, or `<target>-canary`) and then stable. Returns the text people see as
-/// the metric's query, and the prepared comparison; or every problem as (field, message).
+/// the metric's query (secret values shown as `<secret:NAME>`), and the prepared comparison;
+/// or every problem as (field, message).
 fn prepare_compare(
     spec: &crate::api::analysis_template::Compare,
     other_live_weight: f64,
@@ -383,7 +398,13 @@ fn prepare_compare(
     }
     let text = queries
         .iter()
-        .map(|q| format!("{} (canary): {}", q.counter.field(), q.canary.trim()))
+        .map(|q| {
+            format!(
+                "{} (canary): {}",
+                q.counter.field(),
+                q.canary.shown().trim()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n");
     Ok((
@@ -473,7 +494,7 @@ pub async fn run<S: MetricsSource>(
                 dry_run: m.dry_run,
                 phase: AnalysisPhase::Pending,
                 message: String::new(),
-                query: m.request.query.clone(),
+                query: m.request.query.shown().to_string(),
                 tally: Tally::default(),
                 measurements: Vec::new(),
             };
@@ -718,6 +739,220 @@ mod tests {
             alphas_of(&[(Some(3.0), false), (None, false), (Some(4.0), true)]).unwrap(),
             &[0.015, 0.005, 0.02 * 4.0 / 8.0],
         );
+    }
+
+    const SECRET: &str = "hunter2-token";
+
+    /// Gives every Secret reference the same value.
+    struct OneSecret;
+
+    impl SecretValues for OneSecret {
+        fn secret_value(&self, _: &SecretKeyRef) -> Result<String, String> {
+            Ok(SECRET.into())
+        }
+    }
+
+    /// How [`RecordingSource`] answers every query.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        NoSeries,
+        /// Rejects the query quoting it back, as Prometheus' parse errors do.
+        RejectQuotingTheQuery,
+        /// One series whose labels repeat the secret (as selecting by it would), without `le`.
+        SeriesLabelledWithTheSecret,
+    }
+
+    /// A Prometheus that records the queries sent to it and gives every one the same answer.
+    struct RecordingSource {
+        answer: Answer,
+        sent: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl RecordingSource {
+        fn new(answer: Answer) -> Self {
+            Self {
+                answer,
+                sent: Default::default(),
+            }
+        }
+    }
+
+    impl MetricsSource for RecordingSource {
+        async fn instant_query(
+            &self,
+            request: &QueryRequest,
+        ) -> Result<crate::metrics::QueryOutput, crate::metrics::MetricsError> {
+            let sent = request.query.text_to_send().to_string();
+            self.sent.lock().unwrap().push(sent.clone());
+            match self.answer {
+                Answer::NoSeries => Ok(crate::metrics::QueryOutput::Vector(Vec::new())),
+                Answer::RejectQuotingTheQuery => Err(crate::metrics::MetricsError::Rejected {
+                    address: request.address.clone(),
+                    detail: format!("bad_data: 1:7: parse error in {sent}"),
+                }),
+                Answer::SeriesLabelledWithTheSecret => {
+                    Ok(crate::metrics::QueryOutput::Vector(vec![
+                        crate::metrics::Series {
+                            labels: BTreeMap::from([("tenant".to_string(), SECRET.to_string())]),
+                            value: 1.0,
+                        },
+                    ]))
+                }
+            }
+        }
+    }
+
+    /// A threshold metric and two compare metrics (error rate, latency), all selecting by a
+    /// secret argument `token`.
+    fn secret_template() -> AnalysisTemplateSpec {
+        serde_json::from_value(serde_json::json!({
+            "args": [{"name": "token", "valueFrom": {"secretKeyRef": {"name": "prom", "key": "token"}}}],
+            "metrics": [
+                {
+                    "name": "threshold",
+                    "successCondition": "result[0] >= 0.0",
+                    "provider": {"prometheus": {
+                        "query": "sum(rate(x{tenant=\"{{args.token}}\"}[1m]))",
+                        "headers": [{"name": "X-Api-Key", "valueFrom": {"secretKeyRef": {"name": "prom", "key": "header"}}}],
+                    }},
+                },
+                {
+                    "name": "compared",
+                    "compare": {
+                        "requests": "requests_total{tenant=\"{{args.token}}\", workload=\"{{workload}}\"}",
+                        "errors": "errors_total{tenant=\"{{args.token}}\", workload=\"{{workload}}\"}",
+                    },
+                    "provider": {"prometheus": {}},
+                },
+                {
+                    "name": "latency",
+                    "compare": {
+                        "latencyBuckets": "bucket{tenant=\"{{args.token}}\", workload=\"{{workload}}\"}",
+                    },
+                    "provider": {"prometheus": {}},
+                },
+            ],
+        }))
+        .unwrap()
+    }
+
+    async fn run_secret_template(source: &RecordingSource) -> AnalysisReport {
+        let context = BTreeMap::from([("target".to_string(), "web".to_string())]);
+        let prepared = prepare(
+            "t",
+            &secret_template(),
+            &BTreeMap::new(),
+            &context,
+            Some("http://prometheus:9090"),
+            &OneSecret,
+        )
+        .unwrap();
+        for written in [format!("{prepared:?}"), format!("{:?}", prepared.metrics)] {
+            assert!(!written.contains(SECRET), "Debug shows a secret: {written}");
+        }
+        let report = run(source, &prepared, Schedule::Once, |_, _| {}).await;
+        // The secret did go to Prometheus: only what people see is redacted.
+        let sent = source.sent.lock().unwrap();
+        assert!(
+            !sent.is_empty() && sent.iter().all(|q| q.contains(SECRET)),
+            "{sent:?}"
+        );
+        report
+    }
+
+    #[tokio::test]
+    async fn no_data_reasons_and_queries_show_secret_arguments_as_placeholders() {
+        let report = run_secret_template(&RecordingSource::new(Answer::NoSeries)).await;
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains(SECRET), "{json}");
+        let threshold = &report.metrics[0];
+        assert_eq!(
+            threshold.query,
+            "sum(rate(x{tenant=\"<secret:token>\"}[1m]))"
+        );
+        let reason = &threshold.measurements[0].reason;
+        assert_eq!(
+            threshold.measurements[0].phase,
+            MeasurementPhase::Inconclusive
+        );
+        assert!(
+            reason.starts_with("no data: the query returned no series")
+                && reason.ends_with("sum(rate(x{tenant=\"<secret:token>\"}[1m]))"),
+            "{reason}"
+        );
+        let compared = &report.metrics[1];
+        assert!(
+            compared
+                .query
+                .contains("requests_total{tenant=\"<secret:token>\""),
+            "{}",
+            compared.query
+        );
+    }
+
+    #[tokio::test]
+    async fn query_errors_quoting_the_query_show_secret_arguments_as_placeholders() {
+        let report =
+            run_secret_template(&RecordingSource::new(Answer::RejectQuotingTheQuery)).await;
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains(SECRET), "{json}");
+        for metric in &report.metrics {
+            let measurement = &metric.measurements[0];
+            assert_eq!(measurement.phase, MeasurementPhase::Error, "{metric:?}");
+            assert!(
+                measurement.reason.contains("tenant=\"<secret:token>\""),
+                "{}",
+                measurement.reason
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn data_errors_quoting_series_labels_show_secret_arguments_as_placeholders() {
+        let report =
+            run_secret_template(&RecordingSource::new(Answer::SeriesLabelledWithTheSecret)).await;
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains(SECRET), "{json}");
+        let latency = &report.metrics[2].measurements[0];
+        assert_eq!(latency.phase, MeasurementPhase::Error, "{latency:?}");
+        assert!(
+            latency.reason.contains("no numeric `le` label")
+                && latency.reason.contains("<secret:token>"),
+            "{}",
+            latency.reason
+        );
+    }
+
+    #[test]
+    fn a_secret_argument_passed_by_the_caller_is_still_shown_as_a_placeholder() {
+        let prepared = prepare(
+            "t",
+            &secret_template(),
+            &BTreeMap::from([("token".to_string(), SECRET.to_string())]),
+            &BTreeMap::from([("target".to_string(), "web".to_string())]),
+            Some("http://prometheus:9090"),
+            &NoSecrets,
+        )
+        .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>());
+        // The header's Secret cannot be read without a cluster: that is the only problem.
+        let problems = prepared.unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("headers[0].valueFrom"), "{problems:?}");
+        let mut spec = secret_template();
+        spec.metrics[0].provider.prometheus.headers.clear();
+        let prepared = prepare(
+            "t",
+            &spec,
+            &BTreeMap::from([("token".to_string(), SECRET.to_string())]),
+            &BTreeMap::from([("target".to_string(), "web".to_string())]),
+            Some("http://prometheus:9090"),
+            &NoSecrets,
+        )
+        .unwrap();
+        let request = &prepared.metrics[0].request;
+        assert!(request.query.text_to_send().contains(SECRET));
+        assert!(!request.query.shown().contains(SECRET));
+        assert!(request.query.shown().contains("<secret:token>"));
     }
 
     #[test]

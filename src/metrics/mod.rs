@@ -9,12 +9,85 @@ use std::time::Duration;
 
 pub use prometheus::PrometheusSource;
 
+/// A rendered query in its two forms: the text sent to Prometheus, and the text shown to
+/// people (measurement reasons, `Canary` status, Events, logs, CLI output), in which the value
+/// of every argument that comes from a Secret is replaced by `<secret:NAME>`.
+///
+/// `Display` and `Debug` write the shown form, so formatting a query can never leak a secret;
+/// only the Prometheus client reads [`Query::text_to_send`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Query {
+    sent: String,
+    shown: String,
+    /// Each secret value placed in `sent`, by argument name, as given and as written into the
+    /// query (escaped): Prometheus may quote either back in an error (a regex that does not
+    /// compile, a parse error), and [`Query::redact`] takes them out of such text.
+    secrets: Vec<(String, String)>,
+}
+
+impl Query {
+    /// A query without secret values: shown exactly as sent.
+    pub fn plain(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Self {
+            shown: text.clone(),
+            sent: text,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// A query holding secret values: `shown` stands in for `sent` wherever people can read
+    /// it, and `secrets` (argument name, value) are redacted from what Prometheus says.
+    pub fn with_secrets(sent: String, shown: String, secrets: Vec<(String, String)>) -> Self {
+        Self {
+            sent,
+            shown,
+            secrets,
+        }
+    }
+
+    /// The text for Prometheus. It may hold secret values: never log or display it.
+    pub fn text_to_send(&self) -> &str {
+        &self.sent
+    }
+
+    /// The text people see: secret values replaced by `<secret:NAME>`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// `text` with every secret value of this query replaced by `<secret:NAME>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&(String, String)> =
+            self.secrets.iter().filter(|(_, v)| !v.is_empty()).collect();
+        // Longest first, so a value that contains another is replaced whole.
+        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        secrets
+            .into_iter()
+            .fold(text.to_string(), |text, (name, value)| {
+                text.replace(value.as_str(), &format!("<secret:{name}>"))
+            })
+    }
+}
+
+impl std::fmt::Display for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Query").field(&self.shown).finish()
+    }
+}
+
 /// One instant query, fully rendered.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct QueryRequest {
     /// Base URL of the Prometheus HTTP API.
     pub address: String,
-    pub query: String,
+    pub query: Query,
     /// Evaluate at this instant (retrospective analysis); `None` means now.
     pub time: Option<jiff::Timestamp>,
     pub timeout: Duration,
@@ -22,6 +95,33 @@ pub struct QueryRequest {
     pub headers: Vec<(String, String)>,
     /// Skip TLS certificate verification.
     pub insecure: bool,
+}
+
+/// Hand-written so that a request in a log line shows neither header values (credentials,
+/// tenant tokens) nor secret argument values in the query.
+impl std::fmt::Debug for QueryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            address,
+            query,
+            time,
+            timeout,
+            headers,
+            insecure,
+        } = self;
+        let header_names: Vec<String> = headers
+            .iter()
+            .map(|(name, _)| format!("{name}: <redacted>"))
+            .collect();
+        f.debug_struct("QueryRequest")
+            .field("address", address)
+            .field("query", query)
+            .field("time", time)
+            .field("timeout", timeout)
+            .field("headers", &header_names)
+            .field("insecure", insecure)
+            .finish()
+    }
 }
 
 /// A series of an instant vector: its labels and value.
@@ -56,10 +156,77 @@ pub enum MetricsError {
     InvalidAddress { address: String, detail: String },
 }
 
+impl MetricsError {
+    /// The error with `query`'s secret values taken out of the details Prometheus or the
+    /// HTTP client gave, which may quote the query.
+    pub fn with_secrets_redacted(self, query: &Query) -> Self {
+        match self {
+            Self::Unreachable { address, detail } => Self::Unreachable {
+                address,
+                detail: query.redact(&detail),
+            },
+            Self::Rejected { address, detail } => Self::Rejected {
+                address,
+                detail: query.redact(&detail),
+            },
+            Self::InvalidAddress { address, detail } => Self::InvalidAddress {
+                address,
+                detail: query.redact(&detail),
+            },
+            other @ (Self::Timeout { .. } | Self::UnsupportedResult { .. }) => other,
+        }
+    }
+}
+
 /// Runs instant queries. Implementations must honour `request.timeout`.
 pub trait MetricsSource: Send + Sync {
     fn instant_query(
         &self,
         request: &QueryRequest,
     ) -> impl Future<Output = Result<QueryOutput, MetricsError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_request_shows_no_header_value_or_secret() {
+        let request = QueryRequest {
+            address: "https://prom:9090".into(),
+            query: Query::with_secrets(
+                r#"up{tenant="t0ken-value"}"#.into(),
+                r#"up{tenant="<secret:tenant>"}"#.into(),
+                vec![("tenant".into(), "t0ken-value".into())],
+            ),
+            time: None,
+            timeout: Duration::from_secs(30),
+            headers: vec![("X-Api-Key".into(), "k3y-value".into())],
+            insecure: false,
+        };
+        let written = format!("{request:?} {request:#?}");
+        for secret in ["t0ken-value", "k3y-value"] {
+            assert!(!written.contains(secret), "{secret} in {written}");
+        }
+        for shown in ["<secret:tenant>", "X-Api-Key", "https://prom:9090"] {
+            assert!(written.contains(shown), "{shown} missing from {written}");
+        }
+    }
+
+    #[test]
+    fn errors_have_the_query_secrets_taken_out_of_their_details() {
+        let query = Query::with_secrets(
+            r#"x{a=~"s3cr(et"}"#.into(),
+            r#"x{a=~"<secret:a>"}"#.into(),
+            vec![("a".into(), "s3cr(et".into())],
+        );
+        let error = MetricsError::Rejected {
+            address: "http://prom:9090".into(),
+            detail: "bad_data: error parsing regexp: missing closing ): `s3cr(et`".into(),
+        };
+        assert_eq!(
+            error.with_secrets_redacted(&query).to_string(),
+            "Prometheus at http://prom:9090 rejected the query: bad_data: error parsing regexp: missing closing ): `<secret:a>`"
+        );
+    }
 }

@@ -53,7 +53,7 @@ impl MetricsSource for PrometheusSource {
             })?;
         let timeout_ms = request.timeout.as_millis();
         let mut builder = client
-            .query(&request.query)
+            .query(request.query.text_to_send())
             // Ask Prometheus to give up too, so an abandoned query does not keep it busy.
             .timeout(i64::try_from(timeout_ms).unwrap_or(i64::MAX));
         if let Some(time) = request.time {
