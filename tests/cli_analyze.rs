@@ -280,6 +280,12 @@ fn secret_arguments_are_shown_as_placeholders_in_text_and_json() {
         shown.contains(r#"sum(http_requests_total{namespace="<secret:tenant>"})"#),
         "{shown}"
     );
+    // The template's address is replaced, and named without its password.
+    assert!(
+        shown.contains("names Prometheus http://prometheus.invalid:9090;"),
+        "{shown}"
+    );
+    assert!(!shown.contains("pa55word"), "{shown}");
 
     let secret = "s3cret-tenant-with-no-data";
     for format in ["human", "json"] {

@@ -13,7 +13,7 @@ use crate::analysis::render::CONTEXT_NAMES;
 use crate::analysis::run::{self, AnalysisReport, Measurement, MetricReport, NoSecrets, Schedule};
 use crate::analysis::{AnalysisPhase, MeasurementPhase};
 use crate::api::Duration;
-use crate::metrics::PrometheusSource;
+use crate::metrics::{PrometheusSource, without_userinfo};
 
 /// Run an analysis template against Prometheus and print its verdict.
 ///
@@ -106,8 +106,10 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
                 && &named != address
             {
                 eprintln!(
-                    "note: metric {} names Prometheus {named}; using --prometheus {address} instead",
-                    metric.name
+                    "note: metric {} names Prometheus {}; using --prometheus {} instead",
+                    metric.name,
+                    without_userinfo(&named),
+                    without_userinfo(address)
                 );
             }
         }

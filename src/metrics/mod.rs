@@ -98,7 +98,7 @@ pub struct QueryRequest {
 }
 
 /// Hand-written so that a request in a log line shows neither header values (credentials,
-/// tenant tokens) nor secret argument values in the query.
+/// tenant tokens), nor secret argument values in the query, nor a password in the address.
 impl std::fmt::Debug for QueryRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Self {
@@ -114,13 +114,28 @@ impl std::fmt::Debug for QueryRequest {
             .map(|(name, _)| format!("{name}: <redacted>"))
             .collect();
         f.debug_struct("QueryRequest")
-            .field("address", address)
+            .field("address", &without_userinfo(address))
             .field("query", query)
             .field("time", time)
             .field("timeout", timeout)
             .field("headers", &header_names)
             .field("insecure", insecure)
             .finish()
+    }
+}
+
+/// `address` without the `user:password@` part of its authority, for messages people read:
+/// `https://user:pass@prom:9090/x` is shown as `https://prom:9090/x`. Works on text that is not
+/// a valid URL too, since it is also used to describe addresses that could not be parsed.
+pub fn without_userinfo(address: &str) -> String {
+    let (scheme, rest) = match address.find("://") {
+        Some(at) => address.split_at(at + 3),
+        None => ("", address),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+        None => address.to_string(),
     }
 }
 
@@ -191,9 +206,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_of_a_request_shows_no_header_value_or_secret() {
+    fn addresses_are_shown_without_userinfo() {
+        let cases = [
+            ("https://user:pass@prom:9090", "https://prom:9090"),
+            (
+                "https://user:p@ss@prom:9090/x?y=@z",
+                "https://prom:9090/x?y=@z",
+            ),
+            ("http://token@prom", "http://prom"),
+            ("user:pass@prom:9090/api", "prom:9090/api"),
+            ("https://prom:9090/a@b", "https://prom:9090/a@b"),
+            (
+                "http://prometheus.monitoring:9090",
+                "http://prometheus.monitoring:9090",
+            ),
+            ("", ""),
+        ];
+        for (address, shown) in cases {
+            assert_eq!(without_userinfo(address), shown, "{address}");
+        }
+    }
+
+    #[test]
+    fn debug_of_a_request_shows_no_header_value_secret_or_password() {
         let request = QueryRequest {
-            address: "https://prom:9090".into(),
+            address: "https://admin:pa55word@prom:9090".into(),
             query: Query::with_secrets(
                 r#"up{tenant="t0ken-value"}"#.into(),
                 r#"up{tenant="<secret:tenant>"}"#.into(),
@@ -205,7 +242,7 @@ mod tests {
             insecure: false,
         };
         let written = format!("{request:?} {request:#?}");
-        for secret in ["t0ken-value", "k3y-value"] {
+        for secret in ["t0ken-value", "k3y-value", "pa55word", "admin"] {
             assert!(!written.contains(secret), "{secret} in {written}");
         }
         for shown in ["<secret:tenant>", "X-Api-Key", "https://prom:9090"] {
