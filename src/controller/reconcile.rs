@@ -377,6 +377,17 @@ async fn resolve_analysis(
                         metric.name
                     ));
                 }
+                if let Some(problem) = rollout::endless_step_metric(
+                    &run_name,
+                    metric.limits.count,
+                    metric.compare.is_some(),
+                    metric.dry_run,
+                ) {
+                    return Err(format!(
+                        "metric {} of template {} ({where_}) {problem}",
+                        metric.name, template_ref.template_name
+                    ));
+                }
                 run_definitions.push(MetricDefinition {
                     template: template_ref.template_name.clone(),
                     name: metric.name.clone(),

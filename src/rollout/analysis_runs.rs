@@ -19,6 +19,21 @@ use crate::api::canary::{
 /// The run that goes on in the background; the others are analysis steps (`step-N`).
 pub const BACKGROUND: &str = "background";
 
+/// Why a metric cannot be used in run `run`, if it cannot: an analysis step ends when its
+/// deciding metrics do, and a threshold metric without `count` measures until the run ends,
+/// so the step (and the canary's partial weight) would never end. Compare metrics end on
+/// their verdict; the background analysis ends with the rollout.
+pub fn endless_step_metric(
+    run: &str,
+    count: Option<u32>,
+    compare: bool,
+    dry_run: bool,
+) -> Option<&'static str> {
+    (run != BACKGROUND && count.is_none() && !compare && !dry_run).then_some(
+        "has no count, so the analysis step would never end: set count, or move the template to spec.analysis (the background analysis)",
+    )
+}
+
 /// A metric of a run, as resolved from its template (what status does not keep).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricDefinition {

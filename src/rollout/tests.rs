@@ -1463,3 +1463,26 @@ fn suspend_holds_a_running_rollout_where_it_is() {
         Phase::RolledBack
     );
 }
+
+#[test]
+fn an_analysis_step_needs_metrics_that_end() {
+    // (run, count, compare, dry run, refused)
+    let cases = [
+        ("step-1", None, false, false, true),
+        ("step-1", Some(3), false, false, false),
+        ("step-1", None, true, false, false),
+        ("step-1", None, false, true, false),
+        (BACKGROUND, None, false, false, false),
+    ];
+    for (run, count, compare, dry_run, refused) in cases {
+        let problem = endless_step_metric(run, count, compare, dry_run);
+        assert_eq!(
+            problem.is_some(),
+            refused,
+            "{run} {count:?} {compare} {dry_run}"
+        );
+        if let Some(problem) = problem {
+            assert!(problem.contains("set count"), "{problem}");
+        }
+    }
+}
