@@ -110,6 +110,42 @@ async fn abort_mid_rollout_restores_all_traffic_to_stable_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_target_mid_rollout_puts_traffic_on_stable_and_fails_the_canary() {
+    let world = world("target-gone").await;
+    set_image(&world.ns, "web:2").await;
+    at_weight(&world.ns, 20).await;
+    let deployments: Api<Deployment> = world.ns.api();
+    deployments
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    let (canary, timeline) = follow_until(&world.ns, Phase::Failed, Duration::from_secs(30)).await;
+    eprintln!("target deleted:\n{}", timeline.join("\n"));
+    let status = canary.status.unwrap();
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not exist"),
+        "{status:?}"
+    );
+    assert_eq!(status.canary_weight, 0);
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+    eventually(
+        "the canary scaled to zero",
+        Duration::from_secs(20),
+        || async {
+            let canary = deployments.get("web-canary").await.ok()?;
+            (canary.spec?.replicas == Some(0)).then_some(())
+        },
+    )
+    .await;
+    let stable = deployments.get("web-stable").await.unwrap();
+    assert_eq!(image_of(&stable), "web:1", "stable keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline() {
     let world = world("deadline").await;
     patch_canary(&world.ns, json!({"spec": {"progressDeadlineSeconds": 10}})).await;

@@ -491,6 +491,18 @@ async fn apply_action(
             let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
                 return Ok(());
             };
+            if target.is_none() {
+                // The target is gone, so there is no template to apply: scaling the canary
+                // down must not depend on one (the rollout ends Failed, traffic on stable).
+                deployments
+                    .patch(
+                        &canary.spec.canary_name(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                    )
+                    .await?;
+                return Ok(());
+            }
             let revision = workload::workload_state(&current)
                 .revision
                 .unwrap_or_default();
