@@ -97,24 +97,83 @@ fn new_id() -> String {
     format!("{}-{}", now.as_millis(), std::process::id())
 }
 
+/// The request in the Canary's annotation that the controller has not answered yet, if any:
+/// writing another one now would overwrite it unseen.
+pub fn unanswered_request(canary: &Canary) -> Option<Request> {
+    let value = canary
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REQUEST_ANNOTATION)?;
+    let pending = Request::parse(value).ok()?;
+    let answered = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.last_request.as_ref())
+        .is_some_and(|last| last.id == pending.id && last.action == pending.action);
+    (!answered).then_some(pending)
+}
+
+/// How long a new request waits for the controller to answer the one before it.
+const UNANSWERED_WAIT: Duration = Duration::from_secs(5);
+
+/// Writes `request` into the annotation, but only over an answered one, and only if the
+/// Canary did not change since it was read (resourceVersion precondition): two operators'
+/// requests never overwrite each other unseen.
+async fn write_request(
+    connection: &super::cluster::Connection,
+    name: &str,
+    request: &Request,
+) -> Result<(), Failure> {
+    let what = format!("Canary {}/{}", connection.namespace, name);
+    let started = Instant::now();
+    for _ in 0..50 {
+        let canary = connection.canary(name).await?;
+        applies(request.action, &canary).map_err(Failure::invalid)?;
+        if let Some(pending) = unanswered_request(&canary) {
+            if started.elapsed() >= UNANSWERED_WAIT {
+                return Err(Failure::new(
+                    Exit::TimedOut,
+                    format!(
+                        "{what} still has an unanswered {} request ({}) after {}s: is `canary controller` running? Not overwriting it",
+                        pending.action.as_str(),
+                        pending.id,
+                        UNANSWERED_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": canary.metadata.resource_version,
+            "annotations": {REQUEST_ANNOTATION: request.annotation_value()},
+        }});
+        match connection
+            .canaries()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Changed since read (the controller's status, another request): read again.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(api_failure(&what, e)),
+        }
+    }
+    Err(Failure::new(
+        Exit::TimedOut,
+        format!("{what} kept changing while the request was being written: try again"),
+    ))
+}
+
 pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Result<Exit, Failure> {
     let connection = args.kube.connect().await?;
-    let canary = connection.canary(&args.name).await?;
-    applies(action, &canary).map_err(Failure::invalid)?;
     let request = Request {
         action,
         id: new_id(),
     };
     let started = Instant::now();
-    connection
-        .canaries()
-        .patch(
-            &args.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: request.annotation_value()}}})),
-        )
-        .await
-        .map_err(|e| api_failure(&format!("Canary {}/{}", connection.namespace, args.name), e))?;
+    write_request(&connection, &args.name, &request).await?;
 
     let mut stream = std::pin::pin!(connection.watch_canary(&args.name));
     let timeout: Duration = args.timeout.as_std();
@@ -241,6 +300,57 @@ mod tests {
                     "{action:?} in {phase:?}: {result:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn a_request_the_controller_has_not_answered_is_not_overwritten() {
+        use crate::api::canary::RequestStatus;
+        let answered = |id: &str, action: RequestAction| RequestStatus {
+            id: id.into(),
+            action,
+            accepted: true,
+            message: String::new(),
+            at: String::new(),
+        };
+        // (annotation, last answer, unanswered?)
+        let cases = [
+            (None, None, false),
+            (Some("abort:1"), None, true),
+            (
+                Some("abort:1"),
+                Some(answered("1", RequestAction::Abort)),
+                false,
+            ),
+            (
+                Some("abort:1"),
+                Some(answered("0", RequestAction::Pause)),
+                true,
+            ),
+            // Same id, another action: a new request.
+            (
+                Some("abort:1"),
+                Some(answered("1", RequestAction::Pause)),
+                true,
+            ),
+            // Unparseable: the controller reports it; nothing to protect.
+            (Some("nonsense"), None, false),
+        ];
+        for (annotation, last, unanswered) in cases {
+            let mut c = canary(Phase::Progressing);
+            if let Some(value) = annotation {
+                c.metadata.annotations = Some(
+                    [(REQUEST_ANNOTATION.to_string(), value.to_string())]
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            c.status.as_mut().unwrap().last_request = last.clone();
+            assert_eq!(
+                unanswered_request(&c).is_some(),
+                unanswered,
+                "{annotation:?} {last:?}"
+            );
         }
     }
 }

@@ -245,15 +245,21 @@ impl Planner<'_> {
             .status
             .last_request
             .as_ref()
-            .is_some_and(|last| last.id == request.id)
+            .is_some_and(|last| last.id == request.id && last.action == request.action)
         {
             return None;
         }
+        // Refused unless the phase's handling acts on it and says so.
+        let message = format!(
+            "{} does not apply: the Canary is {}",
+            request.action.as_str(),
+            self.status.phase.as_str()
+        );
         self.status.last_request = Some(RequestStatus {
             id: request.id,
             action: request.action,
-            accepted: true,
-            message: String::new(),
+            accepted: false,
+            message,
             at: self.now_text(),
         });
         Some(request.action)

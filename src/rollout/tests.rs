@@ -1486,3 +1486,31 @@ fn an_analysis_step_needs_metrics_that_end() {
         }
     }
 }
+
+#[test]
+fn every_request_gets_an_answer_and_a_new_action_under_an_old_id_counts() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    // Pause then abort written under the same id (two `kubectl annotate` in one second).
+    seen.request = request(RequestAction::Pause, "1700000000");
+    let paused = plan(&s, &progressing(1, 10, 0), &seen, t(1));
+    assert_eq!(paused.status.phase, Phase::Paused);
+    seen.request = request(RequestAction::Abort, "1700000000");
+    let aborted = plan(&s, &paused.status, &seen, t(2));
+    assert_eq!(aborted.status.phase, Phase::RolledBack);
+    let answer = aborted.status.last_request.as_ref().unwrap();
+    assert!(
+        answer.accepted && answer.action == RequestAction::Abort,
+        "{answer:?}"
+    );
+    // A request in a phase that acts on none is answered, not silently "accepted".
+    let mut rolling_back = progressing(1, 10, 0);
+    rolling_back.phase = Phase::RollingBack;
+    seen.stable = Some(not_ready("r1", 4));
+    seen.request = request(RequestAction::Promote, "late");
+    let p = plan(&s, &rolling_back, &seen, t(3));
+    let answer = p.status.last_request.unwrap();
+    assert!(!answer.accepted, "{answer:?}");
+    assert!(answer.message.contains("RollingBack"), "{}", answer.message);
+}
