@@ -23,6 +23,9 @@ use crate::metrics::{MetricsSource, Query, QueryRequest};
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
 
 /// Why a metric without any condition cannot run: no measurement could pass or fail.
+/// Shorter intervals would turn the controller into a busy loop of queries and writes.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub const NO_CONDITION: &str = "the metric has no successCondition, failureCondition or thresholdRange, so no measurement could pass or fail";
 
 /// A problem found while preparing or validating a template, located by metric and field.
@@ -254,8 +257,11 @@ pub fn prepare(
         {
             problem("successCondition", NO_CONDITION.into());
         }
-        if interval.is_zero() {
-            problem("interval", "must be longer than 0s".into());
+        if interval.as_std() < MIN_INTERVAL {
+            problem(
+                "interval",
+                "must be at least 1s: every measurement is a query and a status write".into(),
+            );
         }
         if let (Some(query), Some(criteria), Some(address)) = (query, criteria, address) {
             metrics.push(PreparedMetric {
@@ -739,6 +745,35 @@ mod tests {
             alphas_of(&[(Some(3.0), false), (None, false), (Some(4.0), true)]).unwrap(),
             &[0.015, 0.005, 0.02 * 4.0 / 8.0],
         );
+    }
+
+    #[test]
+    fn intervals_under_a_second_are_refused() {
+        let context = BTreeMap::from([("target".to_string(), "web".to_string())]);
+        for (interval, refused) in [("500ms", true), ("0s", true), ("1s", false), ("1m", false)] {
+            let template: AnalysisTemplateSpec = serde_json::from_value(serde_json::json!({
+                "metrics": [{
+                    "name": "success-rate",
+                    "interval": interval,
+                    "successCondition": "result[0] >= 0.99",
+                    "provider": {"prometheus": {"query": "up"}},
+                }],
+            }))
+            .unwrap();
+            let prepared = prepare(
+                "t",
+                &template,
+                &BTreeMap::new(),
+                &context,
+                Some("http://prometheus:9090"),
+                &NoSecrets,
+            );
+            let problems = prepared.err().unwrap_or_default();
+            let about_interval = problems.iter().any(|p| {
+                p.to_string().contains("interval") && p.to_string().contains("at least 1s")
+            });
+            assert_eq!(about_interval, refused, "{interval}: {problems:?}");
+        }
     }
 
     const SECRET: &str = "hunter2-token";
