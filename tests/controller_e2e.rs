@@ -146,6 +146,49 @@ async fn deleting_the_target_mid_rollout_puts_traffic_on_stable_and_fails_the_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_of_a_managed_name_made_by_someone_else_is_never_taken_over() {
+    let ns = cluster().namespace("foreign").await;
+    set_up(&ns, "web:1").await;
+    let deployments: Api<Deployment> = ns.api();
+    create::<Deployment>(
+        &deployments,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web-canary", "labels": {"app": "other"}},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "other"}},
+                "template": {
+                    "metadata": {"labels": {"app": "other"}},
+                    "spec": {"containers": [{"name": "other", "image": "other:1"}]},
+                },
+            },
+        }),
+    )
+    .await;
+    let mut controller = start_controller(&ns, "http://127.0.0.1:1").await;
+    let api: Api<Canary> = ns.api();
+    let canary = wait_for(&api, "web", "Failed", Duration::from_secs(30), |c| {
+        c.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+    })
+    .await;
+    let message = canary.status.unwrap().message.unwrap_or_default();
+    assert!(
+        message.contains("web-canary already exists") && message.contains("rename or delete"),
+        "{message}"
+    );
+    let foreign = deployments.get("web-canary").await.unwrap();
+    assert_eq!(image_of(&foreign), "other:1", "its template is untouched");
+    assert_eq!(foreign.spec.as_ref().unwrap().replicas, Some(1));
+    assert!(foreign.metadata.owner_references.is_none(), "{foreign:?}");
+    assert!(
+        deployments.get_opt("web-stable").await.unwrap().is_none(),
+        "nothing was started beside it"
+    );
+    terminate(&mut controller, Duration::from_secs(10), "controller").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline() {
     let world = world("deadline").await;
     patch_canary(&world.ns, json!({"spec": {"progressDeadlineSeconds": 10}})).await;

@@ -163,18 +163,25 @@ async fn observe(
 ) -> Result<Observed, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let target = deployments
+    let mut target = deployments
         .get_opt(&canary.spec.target_ref.name)
         .await?
         .map(|d| workload::target_state(&d));
-    let stable = deployments
-        .get_opt(&canary.spec.stable_name())
-        .await?
-        .map(|d| workload::workload_state(&d));
-    let canary_workload = deployments
-        .get_opt(&canary.spec.canary_name())
-        .await?
-        .map(|d| workload::workload_state(&d));
+    let stable = deployments.get_opt(&canary.spec.stable_name()).await?;
+    let canary_deployment = deployments.get_opt(&canary.spec.canary_name()).await?;
+    // Deployments of our names that some other owner made are never taken over (applying
+    // over them would replace their pods, and deleting the Canary would delete them).
+    for deployment in [&stable, &canary_deployment].into_iter().flatten() {
+        if !owned_by(canary, deployment) {
+            target = Some(Err(format!(
+                "Deployment {} already exists and does not belong to Canary {} (no owner reference to it); the Canary would take it over: rename or delete that Deployment, or point spec.targetRef at another one",
+                deployment.name_any(),
+                canary.name_any()
+            )));
+        }
+    }
+    let stable = stable.map(|d| workload::workload_state(&d));
+    let canary_workload = canary_deployment.map(|d| workload::workload_state(&d));
     let request = canary
         .annotations()
         .get(REQUEST_ANNOTATION)
@@ -278,6 +285,17 @@ async fn observe(
         analysis,
         measurements,
     })
+}
+
+/// Whether `deployment` was made by this Canary (its owner reference names the Canary's uid).
+fn owned_by(canary: &Canary, deployment: &Deployment) -> bool {
+    let uid = canary.metadata.uid.as_deref();
+    deployment
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| Some(owner.uid.as_str()) == uid)
 }
 
 /// Secrets read from the cluster for the templates' `valueFrom` references.
@@ -491,6 +509,9 @@ async fn apply_action(
             let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
                 return Ok(());
             };
+            if !owned_by(canary, &current) {
+                return Ok(());
+            }
             if target.is_none() {
                 // The target is gone, so there is no template to apply: scaling the canary
                 // down must not depend on one (the rollout ends Failed, traffic on stable).
