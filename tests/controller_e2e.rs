@@ -373,6 +373,20 @@ async fn invalid_canaries_are_rejected_or_touch_no_traffic() {
         "no canary was deployed"
     );
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+
+    // Creating the template is seen at once (templates are watched), not at the next
+    // five-minute resync: the rollout starts.
+    let template: canary::api::AnalysisTemplate = world.ns.api().get("success-rate").await.unwrap();
+    create::<canary::api::AnalysisTemplate>(
+        &world.ns.api(),
+        json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "no-such-template"},
+            "spec": template.spec,
+        }),
+    )
+    .await;
+    follow_until(&world.ns, Phase::Progressing, Duration::from_secs(20)).await;
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

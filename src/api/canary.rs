@@ -262,6 +262,19 @@ impl CanarySpec {
         steps
     }
 
+    /// Every template the Canary's analysis refers to: the background analysis' and the
+    /// analysis steps'.
+    pub fn template_refs(&self) -> Vec<&TemplateRef> {
+        let background = self.analysis.iter().flat_map(|a| &a.templates);
+        let steps = self
+            .steps
+            .iter()
+            .flatten()
+            .filter_map(|s| s.analysis.as_ref())
+            .flat_map(|a| &a.templates);
+        background.chain(steps).collect()
+    }
+
     pub fn progress_deadline(&self) -> Duration {
         Duration::from_secs(u64::from(
             self.progress_deadline_seconds

@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::Canary;
+use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
 pub use metrics::Metrics;
 
@@ -175,6 +176,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let templates: Api<AnalysisTemplate> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let prometheus = PrometheusSource::new().map_err(|e| Error::Invalid(e.to_string()))?;
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -289,6 +295,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
+        // A template created or fixed after the Canary that names it: act now, not at the
+        // next resync.
+        .watches(templates, watcher::Config::default(), {
+            let store = store.clone();
+            move |template| {
+                let namespace = template.namespace();
+                canaries_using(&store, namespace.as_deref(), &template.name_any(), false)
+            }
+        })
+        .watches(cluster_templates, watcher::Config::default(), {
+            let store = store.clone();
+            move |template| canaries_using(&store, None, &template.name_any(), true)
+        })
         .graceful_shutdown_on(shutdown);
     let readiness = tokio::spawn({
         let ready = ready.clone();
@@ -375,4 +394,25 @@ async fn serve(
             error!(error = %e, "the metrics server stopped");
         }
     }))
+}
+
+/// The Canaries (in `namespace`, if given) whose analysis names template `name` of that scope.
+fn canaries_using(
+    store: &kube::runtime::reflector::Store<Canary>,
+    namespace: Option<&str>,
+    name: &str,
+    cluster_scope: bool,
+) -> Vec<ObjectRef<Canary>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|c| namespace.is_none() || c.namespace().as_deref() == namespace)
+        .filter(|c| {
+            c.spec
+                .template_refs()
+                .iter()
+                .any(|t| t.template_name == name && t.cluster_scope == cluster_scope)
+        })
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
 }

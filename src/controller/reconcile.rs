@@ -196,7 +196,7 @@ async fn observe(
     let due = due_measurements(status, now);
     let needed = rollout::needs_analysis(status, target_revision) || !due.is_empty();
     let (analysis, prepared) = if needed {
-        match resolve_analysis(canary, ctx).await {
+        match resolve_analysis(canary, ctx).await? {
             Ok((definitions, prepared)) => (Ok(definitions), prepared),
             Err(problem) => (Err(problem), BTreeMap::new()),
         }
@@ -318,10 +318,40 @@ impl SecretValues for ClusterSecrets {
 type Definitions = BTreeMap<String, Vec<MetricDefinition>>;
 type PreparedByMetric = BTreeMap<(String, String), PreparedMetric>;
 
-/// The metric definitions of every analysis run the spec can start, and the prepared queries.
+/// A template as read, with the Secrets it refers to; why not when it does not exist.
+type FetchedTemplate = Result<(AnalysisTemplateSpec, ClusterSecrets), String>;
+
+/// The metric definitions of every analysis run the spec can start, and the prepared queries;
+/// `Ok(Err(problem))` when the spec or a template cannot run (reported in status), `Err` when
+/// the API could not be read (retried with backoff, status untouched).
 async fn resolve_analysis(
     canary: &Canary,
     ctx: &Context,
+) -> Result<Result<(Definitions, PreparedByMetric), String>, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    // A template used by several runs is read (with its secrets) once.
+    let mut fetched: BTreeMap<&TemplateRef, FetchedTemplate> = BTreeMap::new();
+    for template_ref in canary.spec.template_refs() {
+        if fetched.contains_key(template_ref) {
+            continue;
+        }
+        let template = match fetch_template(ctx, &namespace, template_ref).await? {
+            Ok(spec) => {
+                let secrets = fetch_secrets(ctx, &namespace, &spec).await;
+                Ok((spec, secrets))
+            }
+            Err(problem) => Err(problem),
+        };
+        fetched.insert(template_ref, template);
+    }
+    Ok(prepare_runs(canary, ctx, &fetched))
+}
+
+/// [`resolve_analysis`] once the templates are read.
+fn prepare_runs(
+    canary: &Canary,
+    ctx: &Context,
+    fetched: &BTreeMap<&TemplateRef, FetchedTemplate>,
 ) -> Result<(Definitions, PreparedByMetric), String> {
     let mut runs: Vec<(String, &[TemplateRef], &[AnalysisArg])> = Vec::new();
     if let Some(background) = &canary.spec.analysis {
@@ -345,9 +375,6 @@ async fn resolve_analysis(
         ("stable".to_string(), canary.spec.stable_name()),
         ("workload".to_string(), canary.spec.canary_name()),
     ]);
-    // A template used by several runs is read (with its secrets) once.
-    let mut fetched: BTreeMap<&TemplateRef, (AnalysisTemplateSpec, ClusterSecrets)> =
-        BTreeMap::new();
     let mut definitions = BTreeMap::new();
     let mut prepared = BTreeMap::new();
     for (run_name, templates, args) in runs {
@@ -358,14 +385,11 @@ async fn resolve_analysis(
             } else {
                 format!("the analysis step {run_name}, templates[{t}]")
             };
-            if !fetched.contains_key(template_ref) {
-                let spec = fetch_template(ctx, &namespace, template_ref)
-                    .await
-                    .map_err(|e| format!("{e} ({where_})"))?;
-                let secrets = fetch_secrets(ctx, &namespace, &spec).await;
-                fetched.insert(template_ref, (spec, secrets));
-            }
-            let (spec, secrets) = &fetched[template_ref];
+            let (spec, secrets) = fetched
+                .get(template_ref)
+                .ok_or_else(|| format!("template {} was not read", template_ref.template_name))?
+                .as_ref()
+                .map_err(|problem| format!("{problem} ({where_})"))?;
             let args: BTreeMap<String, String> = args
                 .iter()
                 .filter(|a| spec.args.iter().any(|d| d.name == a.name))
@@ -423,11 +447,13 @@ async fn resolve_analysis(
     Ok((definitions, prepared))
 }
 
+/// The template's spec, `Ok(Err(..))` if it does not exist, `Err` if it could not be read
+/// (a transient API error is retried, not reported as an invalid spec).
 async fn fetch_template(
     ctx: &Context,
     namespace: &str,
     template_ref: &TemplateRef,
-) -> Result<AnalysisTemplateSpec, String> {
+) -> Result<Result<AnalysisTemplateSpec, String>, Error> {
     let name = &template_ref.template_name;
     let found = if template_ref.cluster_scope {
         Api::<ClusterAnalysisTemplate>::all(ctx.client.clone())
@@ -445,13 +471,12 @@ async fn fetch_template(
     } else {
         format!("AnalysisTemplate {namespace}/")
     };
-    match found {
-        Ok(Some(spec)) => Ok(spec),
-        Ok(None) => Err(format!(
+    Ok(match found? {
+        Some(spec) => Ok(spec),
+        None => Err(format!(
             "{kind}{name} does not exist: create it or fix templateName"
         )),
-        Err(e) => Err(format!("{kind}{name} cannot be read: {e}")),
-    }
+    })
 }
 
 async fn fetch_secrets(
