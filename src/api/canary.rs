@@ -429,6 +429,14 @@ impl Request {
     pub fn annotation_value(&self) -> String {
         format!("{}:{}", self.action.as_str(), self.id)
     }
+
+    /// Whether the controller has answered this request (its last answer is for this id and
+    /// action); a request is acted on once.
+    pub fn answered_in(&self, status: Option<&CanaryStatus>) -> bool {
+        status
+            .and_then(|s| s.last_request.as_ref())
+            .is_some_and(|last| last.id == self.id && last.action == self.action)
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

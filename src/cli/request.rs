@@ -106,12 +106,7 @@ pub fn unanswered_request(canary: &Canary) -> Option<Request> {
         .as_ref()?
         .get(REQUEST_ANNOTATION)?;
     let pending = Request::parse(value).ok()?;
-    let answered = canary
-        .status
-        .as_ref()
-        .and_then(|s| s.last_request.as_ref())
-        .is_some_and(|last| last.id == pending.id && last.action == pending.action);
-    (!answered).then_some(pending)
+    (!pending.answered_in(canary.status.as_ref())).then_some(pending)
 }
 
 /// How long a new request waits for the controller to answer the one before it.

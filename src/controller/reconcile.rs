@@ -21,8 +21,8 @@ use crate::api::analysis_template::{
     AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
 };
 use crate::api::canary::{
-    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, Request, RolloutStep,
-    TemplateRef,
+    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, Request,
+    RequestAction, RolloutStep, TemplateRef,
 };
 use crate::metrics::MetricsSource;
 use crate::rollout::{
@@ -203,79 +203,30 @@ async fn observe(
     } else {
         (Ok(BTreeMap::new()), BTreeMap::new())
     };
-    let mut measurements = Vec::new();
-    for (run_name, metric) in due {
-        let Some(prepared_metric) = prepared.get(&(run_name.clone(), metric.clone())) else {
-            continue;
-        };
-        if let Some(prepared_compare) = &prepared_metric.compare {
-            // Both ends of the interval are read with explicit `time=`, so the counts are
-            // exact and the next interval starts where this one ended (kept in status).
-            let end = Timestamp::now();
-            let start =
-                compare_window_start(status, &run_name, &metric, prepared_metric.interval, now);
-            let key = ReadingsKey {
-                namespace: namespace.clone(),
-                canary: canary.name_any(),
-                run: run_name.clone(),
-                metric: metric.clone(),
-            };
-            let previous = ctx.readings.get(&key);
-            let outcome = crate::analysis::compare::measure(
-                &ctx.prometheus,
-                prepared_compare,
-                &prepared_metric.request,
-                start,
-                end,
-                previous.as_ref(),
-            )
-            .await
-            .map(|(measured, at_end)| {
-                // Used only if the next interval starts at `end`, i.e. this one is recorded.
-                ctx.readings.put(key, at_end);
-                measured
-            })
-            .map_err(|e| e.to_string());
-            let judged = preview_compare(
-                status,
-                &run_name,
-                &metric,
-                &prepared_compare.setup,
-                &outcome,
-            );
-            ctx.metrics
-                .measurement(&namespace, &canary.name_any(), &metric, judged.phase);
-            measurements.push(NewMeasurement {
-                run: run_name,
-                metric,
-                measurement: MeasurementStatus {
-                    time: end.to_string(),
-                    phase: judged.phase,
-                    value: judged.value,
-                    reason: judged.reason,
-                },
-                compare: Some(outcome),
-            });
-            continue;
-        }
-        let outcome = ctx.prometheus.instant_query(&prepared_metric.request).await;
-        let judgement = prepared_metric
-            .criteria
-            .judge(&outcome, &prepared_metric.request.query);
-        ctx.metrics
-            .measurement(&namespace, &canary.name_any(), &metric, judgement.phase);
-        measurements.push(NewMeasurement {
-            run: run_name,
+    // An abort (or full promotion) waiting to be acted on goes first: measuring could take
+    // up to the queries' timeouts, and its outcome would not change what the request does.
+    let urgent = request.as_ref().is_some_and(|r| {
+        r.as_ref().is_ok_and(|r| {
+            matches!(r.action, RequestAction::Abort | RequestAction::PromoteFull)
+                && !r.answered_in(Some(status))
+        })
+    });
+    let due = if urgent { Vec::new() } else { due };
+    // Due metrics are measured concurrently: one slow Prometheus delays a reconcile by one
+    // timeout, not one per metric.
+    let measurements = futures::future::join_all(due.into_iter().filter_map(|(run, metric)| {
+        let prepared_metric = prepared.get(&(run.clone(), metric.clone()))?;
+        Some(measure(
+            canary,
+            status,
+            ctx,
+            now,
+            run,
             metric,
-            measurement: MeasurementStatus {
-                time: Timestamp::now().to_string(),
-                phase: judgement.phase,
-                value: judgement.value,
-                reason: judgement.reason,
-            },
-            compare: None,
-        });
-    }
+            prepared_metric,
+        ))
+    }))
+    .await;
     Ok(Observed {
         generation: canary.metadata.generation,
         target,
@@ -285,6 +236,84 @@ async fn observe(
         analysis,
         measurements,
     })
+}
+
+/// Takes one due measurement of `run`/`metric`.
+async fn measure(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+    run_name: String,
+    metric: String,
+    prepared_metric: &PreparedMetric,
+) -> NewMeasurement {
+    let namespace = canary.namespace().unwrap_or_default();
+    if let Some(prepared_compare) = &prepared_metric.compare {
+        // Both ends of the interval are read with explicit `time=`, so the counts are
+        // exact and the next interval starts where this one ended (kept in status).
+        let end = Timestamp::now();
+        let start = compare_window_start(status, &run_name, &metric, prepared_metric.interval, now);
+        let key = ReadingsKey {
+            namespace: namespace.clone(),
+            canary: canary.name_any(),
+            run: run_name.clone(),
+            metric: metric.clone(),
+        };
+        let previous = ctx.readings.get(&key);
+        let outcome = crate::analysis::compare::measure(
+            &ctx.prometheus,
+            prepared_compare,
+            &prepared_metric.request,
+            start,
+            end,
+            previous.as_ref(),
+        )
+        .await
+        .map(|(measured, at_end)| {
+            // Used only if the next interval starts at `end`, i.e. this one is recorded.
+            ctx.readings.put(key, at_end);
+            measured
+        })
+        .map_err(|e| e.to_string());
+        let judged = preview_compare(
+            status,
+            &run_name,
+            &metric,
+            &prepared_compare.setup,
+            &outcome,
+        );
+        ctx.metrics
+            .measurement(&namespace, &canary.name_any(), &metric, judged.phase);
+        return NewMeasurement {
+            run: run_name,
+            metric,
+            measurement: MeasurementStatus {
+                time: end.to_string(),
+                phase: judged.phase,
+                value: judged.value,
+                reason: judged.reason,
+            },
+            compare: Some(outcome),
+        };
+    }
+    let outcome = ctx.prometheus.instant_query(&prepared_metric.request).await;
+    let judgement = prepared_metric
+        .criteria
+        .judge(&outcome, &prepared_metric.request.query);
+    ctx.metrics
+        .measurement(&namespace, &canary.name_any(), &metric, judgement.phase);
+    NewMeasurement {
+        run: run_name,
+        metric,
+        measurement: MeasurementStatus {
+            time: Timestamp::now().to_string(),
+            phase: judgement.phase,
+            value: judgement.value,
+            reason: judgement.reason,
+        },
+        compare: None,
+    }
 }
 
 /// Whether `deployment` was made by this Canary (its owner reference names the Canary's uid).

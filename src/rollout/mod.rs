@@ -241,12 +241,7 @@ impl Planner<'_> {
                 return None;
             }
         };
-        if self
-            .status
-            .last_request
-            .as_ref()
-            .is_some_and(|last| last.id == request.id && last.action == request.action)
-        {
+        if request.answered_in(Some(&self.status)) {
             return None;
         }
         // Refused unless the phase's handling acts on it and says so.
