@@ -227,7 +227,9 @@ async fn observe(
         ))
     }))
     .await;
+    let route_weight = route_weight(canary, ctx, &namespace).await;
     Ok(Observed {
+        route_weight,
         generation: canary.metadata.generation,
         target,
         stable,
@@ -678,6 +680,16 @@ async fn template_of(
     Err(Error::Invalid(format!(
         "the pod template of revision {revision} is no longer available (not in the target, the managed Deployments or stable's ReplicaSets)"
     )))
+}
+
+/// The canary's weight in the VirtualService, or `None` if it cannot be read (applying a
+/// weight reports why).
+async fn route_weight(canary: &Canary, ctx: &Context, namespace: &str) -> Option<u8> {
+    let routing = &canary.spec.traffic_routing.istio;
+    let vs_api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
+    let virtual_service = vs_api.get_opt(&routing.virtual_service.name).await.ok()??;
+    istio::current_weight(&serde_json::to_value(&virtual_service).ok()?, routing).ok()
 }
 
 async fn set_weight(

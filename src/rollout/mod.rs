@@ -78,6 +78,8 @@ pub struct Observed {
     pub analysis: Result<BTreeMap<String, Vec<MetricDefinition>>, String>,
     /// Measurements taken this reconcile (those [`due_measurements`] asked for).
     pub measurements: Vec<NewMeasurement>,
+    /// The canary's weight in the routing as read (`None` if it could not be read).
+    pub route_weight: Option<u8>,
 }
 
 /// A change to make, in order.
@@ -526,6 +528,7 @@ impl Planner<'_> {
             }
         }
         self.restart_steps_if_changed();
+        self.correct_weight_drift();
         // Measurements are recorded while paused too: a canary waiting for approval keeps
         // its traffic, so the background analysis keeps judging it.
         if let Ok(definitions) = &self.observed.analysis {
@@ -664,6 +667,27 @@ impl Planner<'_> {
             self.status.phase = Phase::Progressing;
             self.status.pause_reason = None;
         }
+    }
+
+    /// Someone (a GitOps sync, a person) changed the canary's weight in the routing: the
+    /// rollout's weight is put back and the change reported, so the analysis never judges a
+    /// canary without the traffic status claims it has.
+    fn correct_weight_drift(&mut self) {
+        let Some(found) = self.observed.route_weight else {
+            return;
+        };
+        let weight = self.status.canary_weight;
+        if found == weight {
+            return;
+        }
+        self.event(
+            EventType::Warning,
+            "WeightDrift",
+            format!(
+                "the routing gave the canary {found}% instead of the rollout's {weight}%: set back to {weight}%"
+            ),
+        );
+        self.set_weight(weight);
     }
 
     fn drop_unsuccessful_runs(&mut self) {

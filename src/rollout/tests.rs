@@ -72,6 +72,7 @@ fn observed(target_revision: &str) -> Observed {
         request: None,
         analysis: Ok(BTreeMap::new()),
         measurements: Vec::new(),
+        route_weight: None,
     }
 }
 
@@ -1513,4 +1514,35 @@ fn every_request_gets_an_answer_and_a_new_action_under_an_old_id_counts() {
     let answer = p.status.last_request.unwrap();
     assert!(!answer.accepted, "{answer:?}");
     assert!(answer.message.contains("RollingBack"), "{}", answer.message);
+}
+
+#[test]
+fn a_weight_changed_behind_the_rollouts_back_is_set_back_and_reported() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    // (phase of the rollout at 10%, weight found in the routing, drift reported)
+    for (paused, found, drift) in [(false, 0, true), (true, 100, true), (false, 10, false)] {
+        let mut status = progressing(1, 10, 0);
+        if paused {
+            status.phase = Phase::Paused;
+            status.pause_reason = Some(PauseReason::Manual);
+        }
+        seen.route_weight = Some(found);
+        let p = plan(&s, &status, &seen, t(10));
+        assert_eq!(
+            reasons(&p).contains(&"WeightDrift"),
+            drift,
+            "{found}: {:?}",
+            p.events
+        );
+        if drift {
+            assert!(
+                p.actions.contains(&Action::SetWeight { weight: 10 }),
+                "paused {paused}, found {found}: {:?}",
+                p.actions
+            );
+        }
+        assert_eq!(p.status.canary_weight, 10);
+    }
 }
