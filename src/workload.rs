@@ -188,11 +188,18 @@ pub fn workload_state(deployment: &Deployment) -> WorkloadState {
     let total = status.replicas.unwrap_or(0);
     // Settled: the latest spec was seen and no pod of an older template is left.
     let settled = observed && updated == replicas && total == replicas;
+    let stalled = observed
+        && status.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
     WorkloadState {
         revision,
         replicas,
         ready_replicas: status.available_replicas.unwrap_or(0).min(updated),
         settled,
+        stalled,
     }
 }
 
@@ -365,6 +372,47 @@ mod tests {
                 (state.settled, state.ready_replicas),
                 (settled, ready),
                 "{generation} {total} {updated} {available}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deployment_past_its_progress_deadline_is_stalled_once_its_spec_was_seen() {
+        use k8s_openapi::api::apps::v1::DeploymentCondition;
+        let t = target("web:1");
+        let template = t.spec.as_ref().unwrap().template.clone();
+        let mut d = managed_deployment(
+            &t,
+            "web-stable",
+            Subset::Stable,
+            "r2",
+            &template,
+            4,
+            owner(),
+        );
+        d.metadata.generation = Some(3);
+        // (observedGeneration, Progressing status, reason, stalled)
+        let cases = [
+            (3, "False", "ProgressDeadlineExceeded", true),
+            // Before the Deployment controller saw the new spec the condition is stale.
+            (2, "False", "ProgressDeadlineExceeded", false),
+            (3, "True", "ReplicaSetUpdated", false),
+        ];
+        for (generation, status, reason, stalled) in cases {
+            d.status = Some(DeploymentStatus {
+                observed_generation: Some(generation),
+                conditions: Some(vec![DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: status.into(),
+                    reason: Some(reason.into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            assert_eq!(
+                workload_state(&d).stalled,
+                stalled,
+                "{generation} {status} {reason}"
             );
         }
     }

@@ -40,6 +40,9 @@ pub struct WorkloadState {
     pub ready_replicas: i32,
     /// The Deployment controller has seen the latest spec and finished updating pods.
     pub settled: bool,
+    /// The Deployment controller gave up waiting for progress on the latest spec (its
+    /// `Progressing` condition says `ProgressDeadlineExceeded`).
+    pub stalled: bool,
 }
 
 impl WorkloadState {
@@ -1014,6 +1017,15 @@ impl Planner<'_> {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
         if !self.ensure_stable(&revision) {
+            if self.observed.stable.as_ref().is_some_and(|s| s.stalled) {
+                return self.begin_rollback(
+                    RollbackReason::ProgressDeadlineExceeded,
+                    format!(
+                        "promoting {revision}: {} made no progress running it within its progress deadline; stable returns to its previous revision",
+                        self.spec.stable_name()
+                    ),
+                );
+            }
             // The canary keeps serving its share until stable runs the new revision.
             self.hold_paused();
             self.status.message = Some(format!(

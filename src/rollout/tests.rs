@@ -53,6 +53,7 @@ fn ready(revision: &str, replicas: i32) -> WorkloadState {
         replicas,
         ready_replicas: replicas,
         settled: true,
+        stalled: false,
     }
 }
 
@@ -1545,4 +1546,34 @@ fn a_weight_changed_behind_the_rollouts_back_is_set_back_and_reported() {
         }
         assert_eq!(p.status.canary_weight, 10);
     }
+}
+
+#[test]
+fn a_promotion_whose_stable_makes_no_progress_is_rolled_back() {
+    let s = spec(serde_json::json!({}));
+    let mut promoting = progressing(3, 50, 0);
+    promoting.phase = Phase::Promoting;
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    // Stable part-way to r2: keep waiting, the canary keeps its share.
+    seen.stable = Some(not_ready("r2", 4));
+    let waiting = plan(&s, &promoting, &seen, t(100));
+    assert_eq!(waiting.status.phase, Phase::Promoting);
+    assert!(waiting.actions.contains(&Action::SetWeight { weight: 50 }));
+    // The Deployment controller gave up on it (quota, pods that fail at full scale).
+    seen.stable = Some(WorkloadState {
+        stalled: true,
+        ..not_ready("r2", 4)
+    });
+    let p = plan(&s, &promoting, &seen, t(700));
+    assert_eq!(p.status.phase, Phase::RollingBack);
+    assert_eq!(
+        p.status.rollback_reason,
+        Some(RollbackReason::ProgressDeadlineExceeded)
+    );
+    assert_eq!(p.actions[0], Action::SetWeight { weight: 0 });
+    assert!(p.actions.contains(&Action::EnsureStable {
+        revision: "r1".into(),
+        replicas: 4
+    }));
 }
