@@ -41,9 +41,16 @@ async fn a_healthy_revision_walks_every_step_and_is_promoted() {
     let deployments: Api<Deployment> = world.ns.api();
     let stable = deployments.get("web-stable").await.unwrap();
     assert_eq!(image_of(&stable), "web:2", "stable runs the new template");
-    let canary_deployment = deployments.get("web-canary").await.unwrap();
-    assert_eq!(canary_deployment.spec.unwrap().replicas, Some(0));
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+    // The canary's pods go after the scale-down delay (3 s here).
+    wait_for(
+        &deployments,
+        "web-canary",
+        "the canary scaled to zero",
+        Duration::from_secs(30),
+        |d| d.spec.as_ref().unwrap().replicas == Some(0),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +76,7 @@ async fn a_bad_canary_is_rolled_back_and_traffic_returns_to_stable() {
         &deployments,
         "web-canary",
         "the canary scaled to zero",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         |d| d.spec.as_ref().unwrap().replicas == Some(0),
     )
     .await;

@@ -19,6 +19,7 @@ use crate::analysis::sequential::Assessment;
 pub const REQUEST_ANNOTATION: &str = "canary.dev/request";
 /// Default progress deadline, as in Flagger and Argo Rollouts.
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
+pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: u32 = 30;
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -71,6 +72,12 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: Option<u32>,
+    /// How long the canary's pods outlive its traffic (promotion, rollback, abort), so that
+    /// proxies still holding the previous routes do not send requests to terminating pods
+    /// (default 30, like Argo Rollouts' scaleDownDelaySeconds; 0: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3600))]
+    pub scale_down_delay_seconds: Option<u32>,
     /// What a failed analysis does: roll back (default), or pause for a human.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_analysis_failure: Option<OnAnalysisFailure>,
@@ -273,6 +280,13 @@ impl CanarySpec {
             .filter_map(|s| s.analysis.as_ref())
             .flat_map(|a| &a.templates);
         background.chain(steps).collect()
+    }
+
+    pub fn scale_down_delay(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.scale_down_delay_seconds
+                .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
+        ))
     }
 
     pub fn progress_deadline(&self) -> Duration {
@@ -487,6 +501,10 @@ pub struct CanaryStatus {
     /// pod lost mid-pause gets the whole deadline to come back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_unready_since: Option<String>,
+    /// When the canary's pods, which no longer have traffic, are to be scaled down (see
+    /// `spec.scaleDownDelaySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_scale_down_at: Option<String>,
     /// A fingerprint of the steps this rollout walks: when the spec's steps change mid-rollout,
     /// the walk starts again from the first step rather than continue at an index that means
     /// something else now.

@@ -344,6 +344,7 @@ impl Planner<'_> {
             replicas: self.desired(),
         });
         self.set_weight(0);
+        self.scale_canary_down_when_due(self.status.canary_scale_down_at.clone());
         let mut retry = false;
         if let Some(action) = request {
             match action {
@@ -410,6 +411,8 @@ impl Planner<'_> {
         self.status.rollback_reason = None;
         self.status.pause_reason = None;
         self.status.analysis_runs.clear();
+        // The canary is replaced now, not scaled down later.
+        self.status.canary_scale_down_at = None;
         self.status.canary_revision = Some(revision.clone());
         self.status.canary_images = Some(target.images.clone());
         self.status.rollout_started_at = Some(self.now_text());
@@ -1036,7 +1039,7 @@ impl Planner<'_> {
             return;
         }
         self.set_weight(0);
-        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.scale_canary_down_later();
         let message = format!(
             "promoted {revision} ({})",
             self.status.canary_images.clone().unwrap_or_default()
@@ -1073,7 +1076,7 @@ impl Planner<'_> {
         // Traffic first, then the canary's pods, then stable's revision (after an abort during
         // promotion stable may be part-way to the canary's revision).
         self.set_weight(0);
-        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.scale_canary_down_later();
         let stable = self.status.stable_revision.clone().unwrap_or_default();
         if !self.ensure_stable(&stable) {
             self.requeue_in(WAIT_RECHECK);
@@ -1096,6 +1099,31 @@ impl Planner<'_> {
         self.status.message = Some(message.clone());
         self.set_condition("Progressing", false, "RolledBack", &message);
         self.set_condition("Promoted", false, &format!("{reason:?}"), &message);
+    }
+
+    /// The canary lost its traffic: its pods go once the scale-down delay has passed (proxies
+    /// may still hold the previous routes for a moment), at once without a delay.
+    fn scale_canary_down_later(&mut self) {
+        let delay = analysis_runs::signed(self.spec.scale_down_delay().as_std());
+        let now = self.now;
+        let at = self
+            .status
+            .canary_scale_down_at
+            .get_or_insert_with(|| (now + delay).to_string())
+            .clone();
+        self.scale_canary_down_when_due(Some(at));
+    }
+
+    fn scale_canary_down_when_due(&mut self, at: Option<String>) {
+        let Some(left) = self.since(&at).map(|elapsed| -elapsed) else {
+            return;
+        };
+        if left.is_positive() {
+            self.requeue_in(left.unsigned_abs());
+            return;
+        }
+        self.status.canary_scale_down_at = None;
+        self.actions.push(Action::ScaleCanary { replicas: 0 });
     }
 
     fn set_weight(&mut self, weight: u8) {

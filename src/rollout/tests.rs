@@ -278,13 +278,19 @@ fn promote_request_passes_the_step_pause_and_promotion_completes() {
     assert_eq!(promoted.status.canary_revision, None);
     assert_eq!(promoted.status.canary_weight, 0);
     assert_eq!(reasons(&promoted), ["Promoted"]);
-    // All traffic back on stable before the canary scales to zero.
+    // All traffic back on stable; the canary's pods outlive their traffic by the scale-down
+    // delay (30 s by default), so proxies with the old routes never meet terminating pods.
     assert_eq!(promoted.actions[0], Action::SetWeight { weight: 0 });
-    assert!(
-        promoted
-            .actions
-            .contains(&Action::ScaleCanary { replicas: 0 })
-    );
+    let scales_down = |p: &Plan| p.actions.contains(&Action::ScaleCanary { replicas: 0 });
+    assert!(!scales_down(&promoted), "{:?}", promoted.actions);
+    assert_eq!(promoted.requeue_after, Some(StdDuration::from_secs(30)));
+    seen.request = None;
+    let early = plan(&s, &promoted.status, &seen, t(159));
+    assert!(!scales_down(&early), "{:?}", early.actions);
+    let due = plan(&s, &early.status, &seen, t(160));
+    assert!(scales_down(&due), "{:?}", due.actions);
+    assert_eq!(due.status.canary_scale_down_at, None);
+    assert!(!scales_down(&plan(&s, &due.status, &seen, t(200))), "once");
 }
 
 #[test]
@@ -326,7 +332,16 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     seen.request = request(RequestAction::Abort, "a1");
     let aborted = plan(&s, &progressing(2, 50, 0), &seen, t(20));
     assert_eq!(aborted.actions[0], Action::SetWeight { weight: 0 });
-    assert_eq!(aborted.actions[1], Action::ScaleCanary { replicas: 0 });
+    // Without a scale-down delay the canary's pods go at once, after the traffic.
+    let at_once = spec(serde_json::json!({"scaleDownDelaySeconds": 0}));
+    let immediate = plan(&at_once, &progressing(2, 50, 0), &seen, t(20));
+    assert_eq!(
+        immediate.actions[..2],
+        [
+            Action::SetWeight { weight: 0 },
+            Action::ScaleCanary { replicas: 0 }
+        ]
+    );
     assert_eq!(aborted.status.phase, Phase::RolledBack);
     assert_eq!(aborted.status.failed_revision.as_deref(), Some("r2"));
     assert_eq!(reasons(&aborted), ["Aborted", "RolledBack"]);

@@ -282,6 +282,7 @@ pub async fn set_up(ns: &TestNamespace, image: &str) {
                     {"pause": {"duration": "2s"}},
                 ],
                 "progressDeadlineSeconds": 60,
+                "scaleDownDelaySeconds": 3,
             },
         }),
     )
