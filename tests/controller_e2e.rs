@@ -15,9 +15,9 @@ use cluster::{cluster, eventually, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rollout::{
-    ROLLOUT_TIMEOUT, World, at_weight, canary_weight_in_virtual_service, create, dynamic,
-    follow_until, image_of, patch_canary, set_image, set_up, spawn_controller, start_controller,
-    terminate, world,
+    ROLLOUT_TIMEOUT, World, at_weight, canary_scaled_to_zero, canary_weight_in_virtual_service,
+    create, dynamic, follow_until, image_of, patch_canary, set_image, set_up, spawn_controller,
+    start_controller, terminate, world,
 };
 use serde_json::json;
 
@@ -43,14 +43,7 @@ async fn a_healthy_revision_walks_every_step_and_is_promoted() {
     assert_eq!(image_of(&stable), "web:2", "stable runs the new template");
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
     // The canary's pods go after the scale-down delay (3 s here).
-    wait_for(
-        &deployments,
-        "web-canary",
-        "the canary scaled to zero",
-        Duration::from_secs(30),
-        |d| d.spec.as_ref().unwrap().replicas == Some(0),
-    )
-    .await;
+    canary_scaled_to_zero(&world.ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,14 +65,7 @@ async fn a_bad_canary_is_rolled_back_and_traffic_returns_to_stable() {
     );
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
     let deployments: Api<Deployment> = world.ns.api();
-    wait_for(
-        &deployments,
-        "web-canary",
-        "the canary scaled to zero",
-        Duration::from_secs(30),
-        |d| d.spec.as_ref().unwrap().replicas == Some(0),
-    )
-    .await;
+    canary_scaled_to_zero(&world.ns).await;
     assert_eq!(
         image_of(&deployments.get("web-stable").await.unwrap()),
         "web:1"
@@ -139,15 +125,7 @@ async fn deleting_the_target_mid_rollout_puts_traffic_on_stable_and_fails_the_ca
     );
     assert_eq!(status.canary_weight, 0);
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
-    eventually(
-        "the canary scaled to zero",
-        Duration::from_secs(20),
-        || async {
-            let canary = deployments.get("web-canary").await.ok()?;
-            (canary.spec?.replicas == Some(0)).then_some(())
-        },
-    )
-    .await;
+    canary_scaled_to_zero(&world.ns).await;
     let stable = deployments.get("web-stable").await.unwrap();
     assert_eq!(image_of(&stable), "web:1", "stable keeps serving");
 }

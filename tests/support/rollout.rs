@@ -313,6 +313,19 @@ pub async fn canary_weight_in_virtual_service(ns: &TestNamespace) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (bounded) until `web-canary` has been scaled to zero: after the scale-down delay.
+pub async fn canary_scaled_to_zero(ns: &TestNamespace) {
+    let deployments: Api<Deployment> = ns.api();
+    super::cluster::wait_for(
+        &deployments,
+        "web-canary",
+        "the canary scaled to zero",
+        Duration::from_secs(30),
+        |d| d.spec.as_ref().and_then(|s| s.replicas) == Some(0),
+    )
+    .await;
+}
+
 /// Polls the Canary until `phase`, recording each change of (phase, weight, step, message).
 pub async fn follow_until(
     ns: &TestNamespace,
