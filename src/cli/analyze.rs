@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::output::{table, time};
+use super::output::{table, terminal_safe, time};
 use super::{Exit, OutputFormat, parse_key_value};
 use crate::analysis::import::{ImportedTemplate, read_documents};
 use crate::analysis::measurement::one_line;
@@ -180,7 +180,7 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
     let progress = human && matches!(schedule, Schedule::Live { .. });
     let report = run::run(&source, &prepared, schedule, |metric, measurement| {
         if progress {
-            eprintln!("{}", progress_line(metric, measurement));
+            eprintln!("{}", terminal_safe(&progress_line(metric, measurement)));
         }
     })
     .await;
@@ -197,7 +197,7 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
                 serde_json::to_string_pretty(&json).expect("report serialises")
             );
         }
-        OutputFormat::Human => print!("{}", human_report(&report)),
+        OutputFormat::Human => print!("{}", terminal_safe(&human_report(&report))),
     }
     exit_for(report.phase)
 }

@@ -138,7 +138,7 @@ pub async fn run(cli: Cli) -> Exit {
         }
     };
     result.unwrap_or_else(|failure| {
-        eprintln!("error: {}", failure.message);
+        eprintln!("error: {}", output::terminal_safe(&failure.message));
         failure.exit
     })
 }

@@ -1,4 +1,28 @@
-//! Human output: aligned tables, short times.
+//! Human output: aligned tables, short times, text made safe for a terminal.
+
+use std::borrow::Cow;
+
+/// `text` without terminal control sequences: status messages, reasons and Prometheus errors
+/// come from the cluster and from servers a template names, and an escape sequence in them
+/// must not reach an operator's terminal (cursor moves, title or clipboard writes). Control
+/// characters other than newline and tab are shown as `\u{..}`.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
 
 /// Renders rows as left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -51,5 +75,19 @@ mod tests {
             text,
             "A      LONG HEADER  LAST\nx      y            the end\nwider  z\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn escape_sequences_are_shown_not_sent() {
+        assert_eq!(terminal_safe("plain\ttext\n"), "plain\ttext\n");
+        let hostile = "no data \u{1b}]52;c;aGk=\u{7}\u{9b}31m done";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.chars().any(|c| c.is_control()), "{safe}");
+        assert_eq!(safe, "no data \\u{1b}]52;c;aGk=\\u{7}\\u{9b}31m done");
     }
 }

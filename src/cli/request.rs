@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::cluster::{Failure, KubeArgs, api_failure};
+use super::output::terminal_safe;
 use super::{Exit, OutputFormat};
 use crate::api::canary::{Canary, Phase, REQUEST_ANNOTATION, Request, RequestAction};
 
@@ -217,7 +218,7 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
             "{}: {} ({}): now {:?}, canary weight {}% [{} ms]",
             args.name,
             action.as_str(),
-            result.message,
+            terminal_safe(&result.message),
             result.phase,
             result.weight,
             result.milliseconds

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::cluster::{Connection, Failure, KubeArgs, api_failure};
+use super::output::terminal_safe;
 use super::status::{line, same_change, view};
 use super::{Exit, OutputFormat};
 use crate::api::canary::{Canary, PauseReason, Phase, RollbackReason};
@@ -216,7 +217,12 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
                 serde_json::to_string_pretty(&result).expect("result serialises")
             ),
             OutputFormat::Human => {
-                println!("{}/{}: {}", result.namespace, result.canary, result.message)
+                println!(
+                    "{}/{}: {}",
+                    result.namespace,
+                    result.canary,
+                    terminal_safe(&result.message)
+                )
             }
         }
     }
@@ -388,7 +394,7 @@ async fn follow(
         let this_line = line(&current, now);
         if !same_change(&this_line, &last_line) {
             if output == OutputFormat::Human {
-                eprintln!("{this_line}");
+                eprintln!("{}", terminal_safe(&this_line));
             }
             timeline.push(this_line.clone());
             last_line = this_line;

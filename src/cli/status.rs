@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use super::cluster::{Connection, Failure, KubeArgs, api_failure};
-use super::output::{table, time};
+use super::output::{table, terminal_safe, time};
 use super::{Exit, OutputFormat};
 use crate::api::canary::{Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep};
 
@@ -490,7 +490,7 @@ fn print_view(view: &StatusView, output: OutputFormat) {
             "{}",
             serde_json::to_string_pretty(view).expect("view serialises")
         ),
-        OutputFormat::Human => print!("{}", render(view)),
+        OutputFormat::Human => print!("{}", terminal_safe(&render(view))),
     }
 }
 
@@ -548,9 +548,9 @@ async fn watch(
                     )
                 }
                 (OutputFormat::Human, true) => {
-                    print!("\x1b[H\x1b[2J{}", render(&current));
+                    print!("\x1b[H\x1b[2J{}", terminal_safe(&render(&current)));
                 }
-                (OutputFormat::Human, false) => println!("{this_line}"),
+                (OutputFormat::Human, false) => println!("{}", terminal_safe(&this_line)),
             }
             let _ = std::io::stdout().flush();
             last_line = this_line;
@@ -608,21 +608,16 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
                 })
                 .collect();
             if !rows.is_empty() {
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "NAMESPACE",
-                            "NAME",
-                            "PHASE",
-                            "WEIGHT",
-                            "STEP",
-                            "REVISION",
-                            "MESSAGE"
-                        ],
-                        &rows
-                    )
-                );
+                let header = [
+                    "NAMESPACE",
+                    "NAME",
+                    "PHASE",
+                    "WEIGHT",
+                    "STEP",
+                    "REVISION",
+                    "MESSAGE",
+                ];
+                print!("{}", terminal_safe(&table(&header, &rows)));
             }
         }
     }
