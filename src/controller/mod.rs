@@ -303,12 +303,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 let namespace = template.namespace();
                 canaries_using(&store, namespace.as_deref(), &template.name_any(), false)
             }
-        })
-        .watches(cluster_templates, watcher::Config::default(), {
+        });
+    // Cluster-scoped templates need a cluster-wide grant: a controller confined to some
+    // namespaces (RoleBindings only) reads them when it needs them, without watching.
+    let controller = match &config.namespace {
+        None => controller.watches(cluster_templates, watcher::Config::default(), {
             let store = store.clone();
             move |template| canaries_using(&store, None, &template.name_any(), true)
-        })
-        .graceful_shutdown_on(shutdown);
+        }),
+        Some(_) => controller,
+    }
+    .graceful_shutdown_on(shutdown);
     let readiness = tokio::spawn({
         let ready = ready.clone();
         async move {
