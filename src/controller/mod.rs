@@ -249,21 +249,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let stop = Arc::new(std::sync::Mutex::new(Stop::Signal));
     let shutdown = {
         let stop = stop.clone();
-        let mut lost = leadership.as_ref().map(|(is_leader, _)| is_leader.clone());
+        let lost = leadership.as_ref().map(|(is_leader, _)| is_leader.clone());
         async move {
-            let lost_leadership = async {
-                match lost.as_mut() {
-                    Some(is_leader) => loop {
-                        if is_leader.changed().await.is_err() || !*is_leader.borrow() {
-                            return;
-                        }
-                    },
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = termination() => {}
-                _ = lost_leadership => {
+                _ = leadership_lost(lost) => {
                     *stop.lock().unwrap_or_else(|e| e.into_inner()) = Stop::LostLeadership;
                     warn!("lost the lease: stopping so that this replica restarts as a standby");
                 }
@@ -339,14 +329,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     });
     info!(listen = %config.listen, namespace = ?config.namespace, "controller started");
-    controller
+    let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "reconcile error");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = run => {}
+        _ = leadership_lost(leadership.as_ref().map(|(is_leader, _)| is_leader.clone())) => {
+            // Another replica may lead already: a reconcile still waiting on a slow query must
+            // not act after it. Dropping the run cancels reconciles at their next await; what
+            // they did not finish, the new leader plans again from status.
+            *stop.lock().unwrap_or_else(|e| e.into_inner()) = Stop::LostLeadership;
+            warn!("lost the lease: reconciles in progress cancelled");
+        }
+    }
     readiness.abort();
     server.abort();
     if let Some((is_leader, task)) = leadership {
@@ -360,6 +359,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Stop::LostLeadership => Err(Error::Invalid(
             "lost the leader lease; restart to rejoin as a standby".into(),
         )),
+    }
+}
+
+/// Resolves when this replica no longer holds the Lease (never without leader election).
+async fn leadership_lost(is_leader: Option<tokio::sync::watch::Receiver<bool>>) {
+    match is_leader {
+        Some(mut is_leader) => loop {
+            if is_leader.changed().await.is_err() || !*is_leader.borrow() {
+                return;
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 
