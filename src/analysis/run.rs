@@ -23,6 +23,28 @@ use crate::metrics::{MetricsSource, Query, QueryRequest};
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
 
 /// Why a metric without any condition cannot run: no measurement could pass or fail.
+/// Headers that carry credentials: only by reference to a Secret, never written inline.
+fn is_credential_header(name: &str) -> bool {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+    ]
+    .iter()
+    .any(|credential| name.eq_ignore_ascii_case(credential))
+}
+
+/// `https://user:pass@host`: a password in the address.
+fn has_userinfo(address: &str) -> bool {
+    address
+        .split_once("://")
+        .map_or(address, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 /// Shorter intervals would turn the controller into a busy loop of queries and writes.
 const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -230,9 +252,19 @@ pub fn prepare(
                 "no Prometheus address: set it in the template or pass --prometheus URL".into(),
             );
         }
+        if address.is_some_and(has_userinfo) {
+            problem(
+                "provider.prometheus.address",
+                "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
+            );
+        }
         let mut headers = Vec::new();
         for (h, header) in prometheus.headers.iter().enumerate() {
             match (&header.value, &header.value_from) {
+                (Some(_), _) if is_credential_header(&header.name) => problem(
+                    &format!("provider.prometheus.headers[{h}].value ({})", header.name),
+                    "a credential is written into the template: take it from a Secret with valueFrom.secretKeyRef".into(),
+                ),
                 (Some(value), _) => headers.push((header.name.clone(), value.clone())),
                 (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
                     Ok(value) => headers.push((header.name.clone(), value)),
@@ -773,6 +805,64 @@ mod tests {
                 p.to_string().contains("interval") && p.to_string().contains("at least 1s")
             });
             assert_eq!(about_interval, refused, "{interval}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_only_by_reference() {
+        let context = BTreeMap::from([("target".to_string(), "web".to_string())]);
+        // (address, header name, inline value, refused field)
+        let cases = [
+            (
+                "http://prom:9090",
+                "Authorization",
+                true,
+                Some("headers[0].value"),
+            ),
+            (
+                "http://prom:9090",
+                "x-api-key",
+                true,
+                Some("headers[0].value"),
+            ),
+            ("http://prom:9090", "X-Scope-OrgID", true, None),
+            ("http://prom:9090", "Authorization", false, None),
+            (
+                "https://user:pass@prom:9090",
+                "X-Scope-OrgID",
+                true,
+                Some("address"),
+            ),
+            ("http://prom:9090/path@x", "X-Scope-OrgID", true, None),
+        ];
+        for (address, name, inline, refused) in cases {
+            let header = if inline {
+                serde_json::json!({"name": name, "value": "Bearer abc"})
+            } else {
+                serde_json::json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "p", "key": "k"}}})
+            };
+            let template: AnalysisTemplateSpec = serde_json::from_value(serde_json::json!({
+                "metrics": [{
+                    "name": "m",
+                    "successCondition": "result[0] >= 0.99",
+                    "provider": {"prometheus": {"address": address, "query": "up", "headers": [header]}},
+                }],
+            }))
+            .unwrap();
+            let problems = prepare("t", &template, &BTreeMap::new(), &context, None, &OneSecret)
+                .err()
+                .unwrap_or_default();
+            let found = problems
+                .iter()
+                .find(|p| p.field.contains("headers[0].value") || p.field.ends_with("address"));
+            match refused {
+                None => assert!(found.is_none(), "{address} {name}: {problems:?}"),
+                Some(field) => {
+                    let found = found.unwrap_or_else(|| panic!("{address} {name}: {problems:?}"));
+                    assert!(found.field.contains(field), "{found:?}");
+                    assert!(!found.message.contains("abc") && !found.message.contains("pass"));
+                }
+            }
         }
     }
 
