@@ -136,6 +136,8 @@ pub fn render_query(
     let mut shown = String::with_capacity(query.len() + 32);
     let mut secrets = Vec::new();
     let mut position = Position::Code;
+    // The string being read is a regex matcher's (`=~` or `!~` before it).
+    let mut in_regex = false;
     let mut rest = query;
     let mut offset = 0;
     while !rest.is_empty() {
@@ -146,7 +148,17 @@ pub fn render_query(
             let placeholder = after_open[..close].trim();
             let found = lookup(placeholder, declared_args, variables)?;
             let placed_from = out.len();
-            place(&mut out, &found.name, found.value, position)?;
+            // A context value (a namespace or Deployment name) inside a regex matcher means
+            // that name, not a pattern: `web.v2` must not also match `web-v2`. Arguments are
+            // the template author's to use as patterns.
+            let literal;
+            let value = if in_regex && !found.name.starts_with("args.") {
+                literal = regex_literal(found.value);
+                literal.as_str()
+            } else {
+                found.value
+            };
+            place(&mut out, &found.name, value, position)?;
             match found.secret_arg {
                 Some(arg) => {
                     shown.push_str(&format!("<secret:{arg}>"));
@@ -170,6 +182,10 @@ pub fn render_query(
             rest = &rest[1 + escaped_len..];
             offset += 1 + escaped_len;
             continue;
+        }
+        if position == Position::Code && matches!(c, '"' | '\'' | '`') {
+            let before = out.trim_end();
+            in_regex = before.ends_with("=~") || before.ends_with("!~");
         }
         position = match (position, c) {
             (Position::Code, '"' | '\'') => Position::Quoted(c),
@@ -343,6 +359,18 @@ fn why_not_a_token(value: &str) -> &'static str {
         return "it is a PromQL keyword (and, or, unless, by, …) outside a quoted string";
     }
     "it is not a number, a duration or label names, which is all that may stand outside quotes"
+}
+
+/// `value` as a regular expression (RE2) that matches exactly it.
+fn regex_literal(value: &str) -> String {
+    let mut literal = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            literal.push('\\');
+        }
+        literal.push(c);
+    }
+    literal
 }
 
 /// Escapes for a PromQL (Go-syntax) quoted string delimited by `quote`.
@@ -701,6 +729,35 @@ mod tests {
         for (query, declared, variables, expected) in cases {
             let err = render_text(query, declared, &variables).expect_err(query);
             assert!(err.to_string().contains(expected), "{query}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_inside_regex_matchers_match_only_themselves() {
+        let v = vars(&[("pattern", "web.*")], &[("workload", "web.v2")]);
+        let cases = [
+            // A Deployment name in a regex matcher is that name (the `.` escaped, then the
+            // backslash escaped for the PromQL string).
+            (
+                r#"up{pod=~"{{workload}}-[a-z0-9]+"}"#,
+                r#"up{pod=~"web\\.v2-[a-z0-9]+"}"#,
+            ),
+            (r#"up{pod!~ '{{workload}}'}"#, r#"up{pod!~ 'web\\.v2'}"#),
+            ("up{pod=~`{{workload}}`}", r"up{pod=~`web\.v2`}"),
+            // An equality matcher takes it as it is.
+            (
+                r#"up{deployment="{{workload}}"}"#,
+                r#"up{deployment="web.v2"}"#,
+            ),
+            // Arguments are patterns if the template author says so.
+            (r#"up{job=~"{{args.pattern}}"}"#, r#"up{job=~"web.*"}"#),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(
+                render_text(query, &["pattern"], &v).unwrap(),
+                expected,
+                "{query}"
+            );
         }
     }
 
