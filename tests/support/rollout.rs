@@ -140,11 +140,80 @@ pub async fn terminate(child: &mut Child, timeout: Duration, what: &str) {
 }
 
 /// The controller as it runs in a cluster: its own process, watching one namespace.
+/// Starts the controller for `ns` with exactly the permissions `deploy/rbac.yaml` gives it
+/// (see [`controller_kubeconfig`]), so a rollout that needs a verb the ClusterRole lacks
+/// fails here and not in a user's cluster.
 pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
     let args = ["--namespace", &ns.name, "--prometheus", prometheus];
-    spawn_controller(&args, &[("CANARY_LOG", "canary=info")])
-        .await
-        .0
+    let kubeconfig = controller_kubeconfig().await.to_string_lossy().into_owned();
+    spawn_controller(
+        &args,
+        &[("CANARY_LOG", "canary=info"), ("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .0
+}
+
+/// The ServiceAccount `deploy/rbac.yaml` binds its ClusterRole to.
+const CONTROLLER_IDENTITY: &str = "system:serviceaccount:canary-system:canary-controller";
+
+/// A kubeconfig that acts as the controller's ServiceAccount (impersonation), after applying
+/// `deploy/rbac.yaml`'s ClusterRole and ClusterRoleBinding (cluster-scoped, so no namespace
+/// is needed; the ServiceAccount itself need not exist to be impersonated). Made once per
+/// test process.
+pub async fn controller_kubeconfig() -> &'static std::path::Path {
+    static PATH: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    PATH.get_or_init(|| async {
+        let client = cluster().client().await;
+        let rbac =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+                .expect("reading deploy/rbac.yaml");
+        let apply = PatchParams::apply("canary-e2e").force();
+        for document in rbac.split("\n---\n") {
+            let value: Value = serde_saphyr::from_str(document).expect("deploy/rbac.yaml parses");
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match value["kind"].as_str() {
+                Some("ClusterRole") => {
+                    let api: Api<k8s_openapi::api::rbac::v1::ClusterRole> =
+                        Api::all(client.clone());
+                    api.patch(&name, &apply, &Patch::Apply(&value))
+                        .await
+                        .expect("applying the controller's ClusterRole");
+                }
+                Some("ClusterRoleBinding") => {
+                    let api: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+                        Api::all(client.clone());
+                    api.patch(&name, &apply, &Patch::Apply(&value))
+                        .await
+                        .expect("applying the controller's ClusterRoleBinding");
+                }
+                _ => {}
+            }
+        }
+        let mut kubeconfig = kube::config::Kubeconfig::read_from(cluster().kubeconfig())
+            .expect("reading the test kubeconfig");
+        for user in &mut kubeconfig.auth_infos {
+            if let Some(auth) = user.auth_info.as_mut() {
+                auth.impersonate = Some(CONTROLLER_IDENTITY.to_string());
+            }
+        }
+        // Every test process writes the same content: write aside, then rename into place.
+        let path = cluster()
+            .kubeconfig()
+            .with_file_name("controller-kubeconfig.json");
+        let aside = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(
+            &aside,
+            serde_json::to_string(&kubeconfig).expect("kubeconfig serialises"),
+        )
+        .expect("writing the controller's kubeconfig");
+        std::fs::rename(&aside, &path).expect("putting the controller's kubeconfig in place");
+        path
+    })
+    .await
 }
 
 /// Starts `canary controller ARGS` listening on a free port, and returns it with that port
