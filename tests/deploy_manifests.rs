@@ -78,6 +78,8 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("watch", "secrets"),
         ("delete", "deployments.apps"),
         ("delete", "canaries.canary.dev"),
+        // Canaries are read from the watch cache; status is written by a patch.
+        ("get", "canaries.canary.dev"),
         ("create", "pods"),
         ("update", "virtualservices.networking.istio.io"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
