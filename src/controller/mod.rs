@@ -58,6 +58,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub readings: ReadingsCache,
+    pub status_writes: StatusWrites,
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -92,6 +93,63 @@ impl ReadingsCache {
 
     fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<ReadingsKey, CounterReadings>> {
         // A panic while holding the lock leaves a map that is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// For each Canary whose status this controller wrote, the resourceVersion of the copy it
+/// planned from. A reconcile handed that same copy again (the watch cache has not caught up
+/// with the write yet, and a Deployment event or a timer came first) must not plan from it: it
+/// would act on a request or record a measurement a second time.
+#[derive(Default)]
+pub struct StatusWrites(Mutex<BTreeMap<(String, String), (String, std::time::Instant)>>);
+
+/// How long to wait for the cache to show a write before planning anyway (a watch that
+/// restarts re-lists; this only bounds a wait that should last milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
+
+impl StatusWrites {
+    /// The status of `canary` at `resource_version` was written over.
+    pub fn written_over(&self, namespace: &str, canary: &str, resource_version: Option<&str>) {
+        let key = (namespace.to_string(), canary.to_string());
+        let mut entries = self.entries();
+        match resource_version {
+            Some(version) => {
+                entries.insert(key, (version.to_string(), std::time::Instant::now()));
+            }
+            None => {
+                entries.remove(&key);
+            }
+        }
+    }
+
+    /// Whether this copy of `canary` is one whose status was since written over.
+    pub fn is_stale(&self, namespace: &str, canary: &str, resource_version: Option<&str>) -> bool {
+        let key = (namespace.to_string(), canary.to_string());
+        let mut entries = self.entries();
+        match (entries.get(&key), resource_version) {
+            (Some((written_over, at)), Some(version)) if written_over == version => {
+                at.elapsed() < CACHE_CATCH_UP
+            }
+            (Some(_), _) => {
+                // The cache moved on: forget the write.
+                entries.remove(&key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
+
+    pub fn forget(&self, namespace: &str, canary: &str) {
+        self.entries()
+            .remove(&(namespace.to_string(), canary.to_string()));
+    }
+
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), (String, std::time::Instant)>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -195,6 +253,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ),
         metrics: Metrics::default(),
         readings: ReadingsCache::default(),
+        status_writes: StatusWrites::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -431,4 +490,40 @@ fn canaries_using(
         })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
+}
+
+#[cfg(test)]
+mod status_writes_tests {
+    use super::StatusWrites;
+
+    #[test]
+    fn a_copy_from_before_our_own_write_is_not_planned_from() {
+        let writes = StatusWrites::default();
+        assert!(
+            !writes.is_stale("shop", "web", Some("10")),
+            "nothing written yet"
+        );
+        // Planned from resourceVersion 10, then wrote status (the object is now at 11).
+        writes.written_over("shop", "web", Some("10"));
+        assert!(
+            writes.is_stale("shop", "web", Some("10")),
+            "the cache still has 10"
+        );
+        assert!(
+            !writes.is_stale("other", "web", Some("10")),
+            "another Canary"
+        );
+        // The cache caught up: planning goes on, and the write is forgotten.
+        assert!(!writes.is_stale("shop", "web", Some("11")));
+        assert!(
+            !writes.is_stale("shop", "web", Some("10")),
+            "forgotten once seen past"
+        );
+        writes.written_over("shop", "web", Some("12"));
+        writes.forget("shop", "web");
+        assert!(
+            !writes.is_stale("shop", "web", Some("12")),
+            "deleted Canary"
+        );
+    }
 }

@@ -53,6 +53,9 @@ pub fn destination_rule_resource() -> ApiResource {
     ))
 }
 
+/// How soon to look again at a Canary whose cached copy predates our own status write.
+const STALE_COPY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reconciles a Canary that is not being deleted.
 pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
@@ -60,6 +63,11 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     let name = canary.name_any();
     let status = canary.status.clone().unwrap_or_default();
     let now = Timestamp::now();
+    let version = canary.metadata.resource_version.as_deref();
+    if ctx.status_writes.is_stale(&namespace, &name, version) {
+        // Our last status write is not in the watch cache yet; its event brings it shortly.
+        return Ok(Requeue::requeue(STALE_COPY_RECHECK));
+    }
 
     let observed = observe(&canary, &status, &ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
@@ -87,6 +95,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     }
     if plan.status != status {
         write_status(&canary, &plan.status, &ctx).await?;
+        ctx.status_writes.written_over(&namespace, &name, version);
     }
     for event in &plan.events {
         publish(&ctx.recorder, &canary, event).await;
@@ -152,6 +161,7 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
+    ctx.status_writes.forget(&namespace, &canary.name_any());
     Ok(Requeue::await_change())
 }
 
