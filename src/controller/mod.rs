@@ -27,7 +27,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
-use crate::api::canary::Canary;
+use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
 pub use metrics::Metrics;
@@ -99,47 +99,41 @@ impl ReadingsCache {
     }
 }
 
-/// For each Canary whose status this controller wrote, the resourceVersion of the copy it
-/// planned from. A reconcile handed that same copy again (the watch cache has not caught up
-/// with the write yet, and a Deployment event or a timer came first) must not plan from it: it
-/// would act on a request or record a measurement a second time.
+/// For each Canary whose status this controller wrote, the status it wrote over. A reconcile
+/// handed a copy that still shows that status (the watch cache has not caught up with the
+/// write: a Deployment event, a timer or an annotation change came first) must not plan from
+/// it: it would act on a request or record a measurement a second time, or undo a decision.
+/// Only the controller writes status, so a copy with any other status is at least as new as
+/// the write.
 #[derive(Default)]
-pub struct StatusWrites(Mutex<BTreeMap<(String, String), (String, std::time::Instant)>>);
+pub struct StatusWrites(Mutex<BTreeMap<(String, String), (CanaryStatus, std::time::Instant)>>);
 
 /// How long to wait for the cache to show a write before planning anyway (a watch that
 /// restarts re-lists; this only bounds a wait that should last milliseconds).
 const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
 
 impl StatusWrites {
-    /// The status of `canary` at `resource_version` was written over.
-    pub fn written_over(&self, namespace: &str, canary: &str, resource_version: Option<&str>) {
-        let key = (namespace.to_string(), canary.to_string());
-        let mut entries = self.entries();
-        match resource_version {
-            Some(version) => {
-                entries.insert(key, (version.to_string(), std::time::Instant::now()));
-            }
-            None => {
-                entries.remove(&key);
-            }
-        }
+    /// `replaced`, the status a reconcile planned from, was written over.
+    pub fn written_over(&self, namespace: &str, canary: &str, replaced: &CanaryStatus) {
+        self.entries().insert(
+            (namespace.to_string(), canary.to_string()),
+            (replaced.clone(), std::time::Instant::now()),
+        );
     }
 
-    /// Whether this copy of `canary` is one whose status was since written over.
-    pub fn is_stale(&self, namespace: &str, canary: &str, resource_version: Option<&str>) -> bool {
+    /// Whether a copy of `canary` with `status` predates our last write of its status.
+    pub fn is_stale(&self, namespace: &str, canary: &str, status: &CanaryStatus) -> bool {
         let key = (namespace.to_string(), canary.to_string());
         let mut entries = self.entries();
-        match (entries.get(&key), resource_version) {
-            (Some((written_over, at)), Some(version)) if written_over == version => {
-                at.elapsed() < CACHE_CATCH_UP
-            }
-            (Some(_), _) => {
-                // The cache moved on: forget the write.
-                entries.remove(&key);
-                false
-            }
-            (None, _) => false,
+        let Some((replaced, at)) = entries.get(&key) else {
+            return false;
+        };
+        if replaced == status && at.elapsed() < CACHE_CATCH_UP {
+            return true;
         }
+        // The cache shows the write (or something later): forget it.
+        entries.remove(&key);
+        false
     }
 
     pub fn forget(&self, namespace: &str, canary: &str) {
@@ -149,7 +143,8 @@ impl StatusWrites {
 
     fn entries(
         &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), (String, std::time::Instant)>> {
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), (CanaryStatus, std::time::Instant)>>
+    {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -498,32 +493,38 @@ mod status_writes_tests {
 
     #[test]
     fn a_copy_from_before_our_own_write_is_not_planned_from() {
+        use crate::api::canary::{CanaryStatus, Phase};
         let writes = StatusWrites::default();
+        let before = CanaryStatus {
+            phase: Phase::Progressing,
+            canary_weight: 10,
+            ..Default::default()
+        };
+        let written = CanaryStatus {
+            phase: Phase::RolledBack,
+            ..before.clone()
+        };
         assert!(
-            !writes.is_stale("shop", "web", Some("10")),
+            !writes.is_stale("shop", "web", &before),
             "nothing written yet"
         );
-        // Planned from resourceVersion 10, then wrote status (the object is now at 11).
-        writes.written_over("shop", "web", Some("10"));
+        writes.written_over("shop", "web", &before);
+        // Any copy still showing the replaced status is stale: the very one planned from, or
+        // a later one whose annotations or spec changed meanwhile.
+        assert!(writes.is_stale("shop", "web", &before));
         assert!(
-            writes.is_stale("shop", "web", Some("10")),
-            "the cache still has 10"
+            writes.is_stale("shop", "web", &before),
+            "until the cache catches up"
         );
-        assert!(
-            !writes.is_stale("other", "web", Some("10")),
-            "another Canary"
-        );
+        assert!(!writes.is_stale("other", "web", &before), "another Canary");
         // The cache caught up: planning goes on, and the write is forgotten.
-        assert!(!writes.is_stale("shop", "web", Some("11")));
+        assert!(!writes.is_stale("shop", "web", &written));
         assert!(
-            !writes.is_stale("shop", "web", Some("10")),
+            !writes.is_stale("shop", "web", &before),
             "forgotten once seen past"
         );
-        writes.written_over("shop", "web", Some("12"));
+        writes.written_over("shop", "web", &written);
         writes.forget("shop", "web");
-        assert!(
-            !writes.is_stale("shop", "web", Some("12")),
-            "deleted Canary"
-        );
+        assert!(!writes.is_stale("shop", "web", &written), "deleted Canary");
     }
 }

@@ -63,8 +63,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     let name = canary.name_any();
     let status = canary.status.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let version = canary.metadata.resource_version.as_deref();
-    if ctx.status_writes.is_stale(&namespace, &name, version) {
+    if ctx.status_writes.is_stale(&namespace, &name, &status) {
         // Our last status write is not in the watch cache yet; its event brings it shortly.
         return Ok(Requeue::requeue(STALE_COPY_RECHECK));
     }
@@ -95,7 +94,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     }
     if plan.status != status {
         write_status(&canary, &plan.status, &ctx).await?;
-        ctx.status_writes.written_over(&namespace, &name, version);
+        ctx.status_writes.written_over(&namespace, &name, &status);
     }
     for event in &plan.events {
         publish(&ctx.recorder, &canary, event).await;
