@@ -202,16 +202,6 @@ async fn observe(
         .as_ref()
         .and_then(|t| t.as_ref().ok())
         .map(|t| t.revision.as_str());
-    let due = due_measurements(status, now);
-    let needed = rollout::needs_analysis(status, target_revision) || !due.is_empty();
-    let (analysis, prepared) = if needed {
-        match resolve_analysis(canary, ctx).await? {
-            Ok((definitions, prepared)) => (Ok(definitions), prepared),
-            Err(problem) => (Err(problem), BTreeMap::new()),
-        }
-    } else {
-        (Ok(BTreeMap::new()), BTreeMap::new())
-    };
     // An abort (or full promotion) waiting to be acted on goes first: measuring could take
     // up to the queries' timeouts, and its outcome would not change what the request does.
     let urgent = request.as_ref().is_some_and(|r| {
@@ -220,6 +210,22 @@ async fn observe(
                 && !r.answered_in(Some(status))
         })
     });
+    let due = due_measurements(status, now);
+    let needed = rollout::needs_analysis(status, target_revision) || !due.is_empty();
+    let (analysis, prepared) = if needed {
+        match resolve_analysis(canary, ctx).await {
+            Ok(Ok((definitions, prepared))) => (Ok(definitions), prepared),
+            Ok(Err(problem)) => (Err(problem), BTreeMap::new()),
+            // An abort must not wait for the API to serve templates again.
+            Err(e) if urgent => (
+                Err(format!("the analysis templates could not be read: {e}")),
+                BTreeMap::new(),
+            ),
+            Err(e) => return Err(e),
+        }
+    } else {
+        (Ok(BTreeMap::new()), BTreeMap::new())
+    };
     let due = if urgent { Vec::new() } else { due };
     // Due metrics are measured concurrently: one slow Prometheus delays a reconcile by one
     // timeout, not one per metric.
@@ -511,7 +517,17 @@ async fn fetch_template(
     } else {
         format!("AnalysisTemplate {namespace}/")
     };
-    Ok(match found? {
+    let found = match found {
+        // Not transient: say what is missing instead of retrying for ever.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Ok(Err(format!(
+                "{kind}{name} cannot be read: the controller is not allowed to get it ({})",
+                e.message
+            )));
+        }
+        other => other?,
+    };
+    Ok(match found {
         Some(spec) => Ok(spec),
         None => Err(format!(
             "{kind}{name} does not exist: create it or fix templateName"
