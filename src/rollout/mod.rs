@@ -126,6 +126,8 @@ pub struct Plan {
 
 /// While waiting on Deployments or the router, look again at least this often.
 pub const WAIT_RECHECK: StdDuration = StdDuration::from_secs(5);
+/// The soonest a plan asks to be looked at again (measurement intervals are at least 1 s).
+pub const MIN_REQUEUE: StdDuration = StdDuration::from_secs(1);
 
 /// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas:
 /// proportional, rounded up, never zero (the canary must be ready before it gets traffic).
@@ -141,6 +143,8 @@ pub fn needs_analysis(status: &CanaryStatus, target_revision: Option<&str>) -> b
     match status.phase {
         Phase::Idle | Phase::Promoted | Phase::RolledBack => target_revision
             .is_none_or(|revision| status.stable_revision.as_deref() != Some(revision)),
+        // Past the analysis: promotion and rollback must not wait on templates.
+        Phase::Promoting | Phase::RollingBack => false,
         _ => true,
     }
 }
@@ -224,6 +228,9 @@ impl Planner<'_> {
     }
 
     fn requeue_in(&mut self, after: StdDuration) {
+        // A floor, so that something due now that this reconcile could not do (a metric whose
+        // template is gone) is retried at a bounded pace, never in a busy loop.
+        let after = after.max(MIN_REQUEUE);
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
@@ -283,6 +290,15 @@ impl Planner<'_> {
         if self.status.phase != Phase::Failed {
             self.event(EventType::Warning, "InvalidSpec", problem.clone());
         }
+        match self.take_request() {
+            // Traffic goes to stable anyway (below): that is what an abort asks.
+            Some(RequestAction::Abort) => {
+                self.answer_request(true, "traffic is on stable: the target is unusable".into())
+            }
+            Some(other) => self.refuse(other, "the target is unusable; fix it first"),
+            None => {}
+        }
+        analysis_runs::stop_measuring(&mut self.status, "the target became unusable");
         // Whatever was under way, the service keeps being served by stable.
         if self.status.stable_revision.is_some() {
             self.set_weight(0);
@@ -413,6 +429,8 @@ impl Planner<'_> {
         self.status.analysis_runs.clear();
         // The canary is replaced now, not scaled down later.
         self.status.canary_scale_down_at = None;
+        self.actions
+            .retain(|a| !matches!(a, Action::ScaleCanary { .. }));
         self.status.canary_revision = Some(revision.clone());
         self.status.canary_images = Some(target.images.clone());
         self.status.rollout_started_at = Some(self.now_text());
@@ -458,6 +476,14 @@ impl Planner<'_> {
     }
 
     fn progress(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        if request == Some(RequestAction::Abort) {
+            // Before anything else, a newer revision included: the human wants out.
+            self.answer_request(true, "rolling back".into());
+            return self.begin_rollback(
+                RollbackReason::Aborted,
+                "aborted by request: all traffic back to stable".into(),
+            );
+        }
         let canary_revision = self.status.canary_revision.clone().unwrap_or_default();
         let stable_revision = self.status.stable_revision.clone().unwrap_or_default();
         if target.revision != canary_revision {
@@ -551,6 +577,17 @@ impl Planner<'_> {
             );
         }
         if self.status.phase == Phase::Paused || self.spec.suspend {
+            match &self.observed.analysis {
+                Err(problem) => {
+                    let problem = problem.clone();
+                    self.invalid_analysis(problem);
+                }
+                // A run whose templates changed starts afresh, held or not.
+                Ok(_) if self.run_exists(BACKGROUND) => {
+                    self.ensure_run(BACKGROUND);
+                }
+                Ok(_) => {}
+            }
             self.background_verdict_while_held();
             if matches!(self.status.phase, Phase::Paused | Phase::Progressing) {
                 self.hold_paused();
@@ -595,18 +632,28 @@ impl Planner<'_> {
         {
             return;
         }
-        let Some(run) = self
-            .status
+        let step_run = format!("step-{}", self.status.current_step_index.unwrap_or(0));
+        for name in [BACKGROUND.to_string(), step_run] {
+            let Some(phase) = self.run_phase(&name) else {
+                continue;
+            };
+            if phase.is_terminal() && phase != AnalysisPhase::Successful {
+                self.handle_run_outcome(&name, phase);
+                return;
+            }
+        }
+    }
+
+    fn run_phase(&self, name: &str) -> Option<AnalysisPhase> {
+        self.status
             .analysis_runs
             .iter()
-            .find(|r| r.name == BACKGROUND)
-        else {
-            return;
-        };
-        let phase = run.phase;
-        if phase.is_terminal() && phase != AnalysisPhase::Successful {
-            self.handle_run_outcome(BACKGROUND, phase);
-        }
+            .find(|r| r.name == name)
+            .map(|r| r.phase)
+    }
+
+    fn run_exists(&self, name: &str) -> bool {
+        self.run_phase(name).is_some()
     }
 
     /// Walks steps from the current one for as long as they complete at once.
@@ -686,6 +733,19 @@ impl Planner<'_> {
         if found == weight {
             return;
         }
+        if found < weight && !self.canary_ready_for(weight) {
+            // Someone took traffic off a canary that is not ready for it (an emergency by
+            // hand): status follows the routing instead of sending traffic back.
+            self.event(
+                EventType::Warning,
+                "WeightDrift",
+                format!(
+                    "the routing gave the canary {found}% instead of the rollout's {weight}%; left at {found}% because the canary is not ready for {weight}%"
+                ),
+            );
+            self.status.canary_weight = found;
+            return;
+        }
         self.event(
             EventType::Warning,
             "WeightDrift",
@@ -718,6 +778,18 @@ impl Planner<'_> {
     }
 
     fn step_set_weight(&mut self, weight: u8) -> bool {
+        if weight < self.status.canary_weight {
+            // Less traffic first (the steps started again): the canary shrinks afterwards,
+            // on a later reconcile, never while it still has the larger share.
+            self.event(
+                EventType::Normal,
+                "WeightChanged",
+                format!("canary weight {}% → {weight}%", self.status.canary_weight),
+            );
+            self.set_weight(weight);
+            self.requeue_in(MIN_REQUEUE);
+            return false;
+        }
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let wanted = canary_replicas(self.desired(), weight);
         let current = self.observed.canary.as_ref().map(|c| c.replicas);
@@ -838,7 +910,8 @@ impl Planner<'_> {
         let Some(background) = &self.spec.analysis else {
             return true;
         };
-        if (index as u32) < background.starting_step.unwrap_or(0) {
+        // Before its starting step, unless a run exists already (the steps started again).
+        if (index as u32) < background.starting_step.unwrap_or(0) && !self.run_exists(BACKGROUND) {
             return true;
         }
         match self.ensure_run(BACKGROUND) {
@@ -988,7 +1061,13 @@ impl Planner<'_> {
         .into_iter()
         .flatten()
         .min();
-        waited.is_some_and(|waited| waited > deadline)
+        if waited.is_some_and(|waited| waited > deadline) {
+            return true;
+        }
+        // Look again when the deadline passes (sooner if something else is due), paused or not.
+        let left = deadline - waited.unwrap_or_default();
+        self.requeue_in(left.unsigned_abs().min(WAIT_RECHECK));
+        false
     }
 
     /// The weight the current step is working towards, if it is a setWeight step.
@@ -1020,7 +1099,12 @@ impl Planner<'_> {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
         if !self.ensure_stable(&revision) {
-            if self.observed.stable.as_ref().is_some_and(|s| s.stalled) {
+            if self
+                .observed
+                .stable
+                .as_ref()
+                .is_some_and(|s| s.stalled && s.revision.as_deref() == Some(revision.as_str()))
+            {
                 return self.begin_rollback(
                     RollbackReason::ProgressDeadlineExceeded,
                     format!(
@@ -1114,6 +1198,8 @@ impl Planner<'_> {
         self.scale_canary_down_when_due(Some(at));
     }
 
+    /// Once due, the canary is scaled to zero whenever it still has pods (the time stays in
+    /// status until a new rollout, so planning again on the same facts changes nothing).
     fn scale_canary_down_when_due(&mut self, at: Option<String>) {
         let Some(left) = self.since(&at).map(|elapsed| -elapsed) else {
             return;
@@ -1122,8 +1208,9 @@ impl Planner<'_> {
             self.requeue_in(left.unsigned_abs());
             return;
         }
-        self.status.canary_scale_down_at = None;
-        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        if self.observed.canary.as_ref().is_none_or(|c| c.replicas > 0) {
+            self.actions.push(Action::ScaleCanary { replicas: 0 });
+        }
     }
 
     fn set_weight(&mut self, weight: u8) {

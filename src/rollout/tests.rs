@@ -289,8 +289,15 @@ fn promote_request_passes_the_step_pause_and_promotion_completes() {
     assert!(!scales_down(&early), "{:?}", early.actions);
     let due = plan(&s, &early.status, &seen, t(160));
     assert!(scales_down(&due), "{:?}", due.actions);
-    assert_eq!(due.status.canary_scale_down_at, None);
-    assert!(!scales_down(&plan(&s, &due.status, &seen, t(200))), "once");
+    // Planning again on the same facts asks the same (an idempotent action); once the
+    // canary has no pods, nothing more.
+    assert_eq!(plan(&s, &due.status, &seen, t(160)).status, due.status);
+    seen.canary = Some(ready("r2", 0));
+    assert!(
+        !scales_down(&plan(&s, &due.status, &seen, t(200))),
+        "{:?}",
+        due.status
+    );
 }
 
 #[test]
@@ -1315,9 +1322,14 @@ fn editing_the_steps_mid_rollout_starts_the_walk_again_instead_of_promoting() {
     assert!(plan(&four, &paused, &seen, t(20)).events.is_empty());
     // Now two steps: index 3 is past their end, which used to mean "promote".
     let two = spec(serde_json::json!({"steps": [{"setWeight": 20}, {"pause": {}}]}));
+    let lowered = plan(&two, &paused, &seen, t(30));
+    assert_eq!(reasons(&lowered), ["StepsChanged", "WeightChanged"]);
+    // Less traffic first, with the canary still at its 50% size (2 pods); it shrinks after.
+    assert_eq!(lowered.actions, [Action::SetWeight { weight: 20 }]);
+    assert_eq!(lowered.status.canary_weight, 20);
     seen.canary = Some(ready("r2", 1));
-    let p = plan(&two, &paused, &seen, t(30));
-    assert_eq!(reasons(&p), ["StepsChanged", "WeightChanged", "Paused"]);
+    let p = plan(&two, &lowered.status, &seen, t(31));
+    assert_eq!(reasons(&p), ["Paused"]);
     assert_eq!(p.status.phase, Phase::Paused);
     assert_eq!(p.status.current_step_index, Some(1));
     assert_eq!(p.status.canary_weight, 20);
@@ -1400,7 +1412,7 @@ fn the_background_analysis_keeps_judging_a_canary_paused_for_approval() {
         let waiting = plan(&s, &status, &seen, t(2));
         assert_eq!(
             waiting.requeue_after,
-            Some(StdDuration::ZERO),
+            Some(MIN_REQUEUE),
             "the due measurement is taken while paused"
         );
         assert_eq!(due_measurements(&waiting.status, t(2)).len(), 1);
@@ -1591,4 +1603,85 @@ fn a_promotion_whose_stable_makes_no_progress_is_rolled_back() {
         revision: "r1".into(),
         replicas: 4
     }));
+}
+
+#[test]
+fn a_held_rollout_is_still_looked_after() {
+    use MeasurementPhase::*;
+    // Paused by a request at 10% (step 1 of analysis_spec is an analysis step).
+    let s = analysis_spec("rollback");
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("step-1", 5);
+    let running = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    seen.request = request(RequestAction::Pause, "p");
+    let paused = plan(&s, &running, &seen, t(1)).status;
+    seen.request = None;
+    assert_eq!(paused.phase, Phase::Paused);
+
+    // The step's analysis keeps measuring while paused, and its failure acts.
+    seen.measurements = vec![measurement("step-1", 10, Failed)];
+    let failed = plan(&s, &paused, &seen, t(11));
+    assert_eq!(
+        failed.status.phase,
+        Phase::RolledBack,
+        "{:?}",
+        failed.status.message
+    );
+    seen.measurements.clear();
+
+    // Its template gone: reported, and looked at again at a bounded pace, not in a loop.
+    seen.analysis = Err("AnalysisTemplate shop/success does not exist".into());
+    let broken = plan(&s, &paused, &seen, t(20));
+    assert_eq!(reasons(&broken), ["InvalidSpec"]);
+    assert!(
+        broken.requeue_after >= Some(MIN_REQUEUE),
+        "{:?}",
+        broken.requeue_after
+    );
+
+    // The canary lost its pods while paused: looked at again before the deadline passes.
+    seen.analysis = definitions("step-1", 5);
+    seen.canary = Some(not_ready("r2", 1));
+    let unready = plan(&s, &paused, &seen, t(30));
+    assert_eq!(unready.status.phase, Phase::Paused);
+    assert!(
+        unready.requeue_after <= Some(WAIT_RECHECK),
+        "{:?}",
+        unready.requeue_after
+    );
+
+    // Traffic taken off a canary that is not ready (by hand): not put back on it.
+    seen.route_weight = Some(0);
+    let drift = plan(&s, &paused, &seen, t(31));
+    assert_eq!(drift.status.canary_weight, 0);
+    assert!(
+        !drift.actions.contains(&Action::SetWeight { weight: 10 }),
+        "{:?}",
+        drift.actions
+    );
+}
+
+#[test]
+fn abort_wins_over_a_newer_revision_and_an_unusable_target_answers_requests() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r3");
+    seen.canary = Some(ready("r2", 1));
+    seen.request = request(RequestAction::Abort, "a");
+    let aborted = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert_eq!(
+        aborted.status.rollback_reason,
+        Some(RollbackReason::Aborted)
+    );
+    assert!(aborted.status.last_request.as_ref().unwrap().accepted);
+
+    seen.target = None;
+    seen.request = request(RequestAction::Promote, "p");
+    let failed = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert_eq!(failed.status.phase, Phase::Failed);
+    let answer = failed.status.last_request.unwrap();
+    assert!(
+        !answer.accepted && answer.message.contains("unusable"),
+        "{answer:?}"
+    );
 }
