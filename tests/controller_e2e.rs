@@ -694,7 +694,16 @@ async fn a_standby_replica_takes_over_when_the_leader_stops() {
         &prometheus_url,
         "--leader-elect",
     ];
-    let env = [("POD_NAMESPACE", ns.name.as_str())];
+    // As deployed: the ServiceAccount's permissions, the Lease Role granted in this namespace.
+    rollout::grant_leader_election(&ns).await;
+    let kubeconfig = rollout::controller_kubeconfig()
+        .await
+        .to_string_lossy()
+        .into_owned();
+    let env = [
+        ("POD_NAMESPACE", ns.name.as_str()),
+        ("KUBECONFIG", kubeconfig.as_str()),
+    ];
     // Both replicas run (and answer /healthz) before the test looks for a leader.
     let mut replicas = [
         spawn_controller(&args, &env).await.0,

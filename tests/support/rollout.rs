@@ -154,6 +154,47 @@ pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
     .0
 }
 
+/// `deploy/rbac.yaml`'s leader-election Role and RoleBinding, applied in `ns` instead of the
+/// controller's own namespace: a test whose controllers keep their Lease in `ns` runs them
+/// with exactly the deployed permissions there too.
+pub async fn grant_leader_election(ns: &TestNamespace) {
+    let client = cluster().client().await;
+    let apply = PatchParams::apply("canary-e2e").force();
+    for mut value in rbac_documents() {
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        value["metadata"]["namespace"] = json!(ns.name);
+        match value["kind"].as_str() {
+            Some("Role") => {
+                let api: Api<k8s_openapi::api::rbac::v1::Role> =
+                    Api::namespaced(client.clone(), &ns.name);
+                api.patch(&name, &apply, &Patch::Apply(&value))
+                    .await
+                    .expect("applying the leader-election Role");
+            }
+            Some("RoleBinding") => {
+                let api: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+                    Api::namespaced(client.clone(), &ns.name);
+                api.patch(&name, &apply, &Patch::Apply(&value))
+                    .await
+                    .expect("applying the leader-election RoleBinding");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The objects of `deploy/rbac.yaml`.
+fn rbac_documents() -> Vec<Value> {
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
+        .expect("reading deploy/rbac.yaml");
+    rbac.split("\n---\n")
+        .map(|document| serde_saphyr::from_str(document).expect("deploy/rbac.yaml parses"))
+        .collect()
+}
+
 /// The ServiceAccount `deploy/rbac.yaml` binds its ClusterRole to.
 const CONTROLLER_IDENTITY: &str = "system:serviceaccount:canary-system:canary-controller";
 
@@ -165,12 +206,8 @@ pub async fn controller_kubeconfig() -> &'static std::path::Path {
     static PATH: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     PATH.get_or_init(|| async {
         let client = cluster().client().await;
-        let rbac =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"))
-                .expect("reading deploy/rbac.yaml");
         let apply = PatchParams::apply("canary-e2e").force();
-        for document in rbac.split("\n---\n") {
-            let value: Value = serde_saphyr::from_str(document).expect("deploy/rbac.yaml parses");
+        for value in rbac_documents() {
             let name = value["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
