@@ -93,8 +93,19 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         apply_action(&canary, target.as_ref(), action, &ctx).await?;
     }
     if plan.status != status {
-        write_status(&canary, &plan.status, &ctx).await?;
-        ctx.status_writes.written_over(&namespace, &name, &status);
+        let stored = write_status(&canary, &plan.status, &ctx).await?;
+        if stored == status {
+            // The API server kept nothing of the change (an installed CRD older than the
+            // controller prunes new fields): waiting for the cache to show it would be waiting
+            // for nothing.
+            warn!(
+                namespace,
+                canary = name,
+                "the status write changed nothing: are the installed CRDs older than the controller?"
+            );
+        } else {
+            ctx.status_writes.written_over(&namespace, &name, &status);
+        }
     }
     for event in &plan.events {
         publish(&ctx.recorder, &canary, event).await;
@@ -207,6 +218,10 @@ async fn observe(
     let urgent = request.as_ref().is_some_and(|r| {
         r.as_ref().is_ok_and(|r| {
             matches!(r.action, RequestAction::Abort | RequestAction::PromoteFull)
+                && matches!(
+                    status.phase,
+                    crate::api::canary::Phase::Progressing | crate::api::canary::Phase::Paused
+                )
                 && !r.answered_in(Some(status))
         })
     });
@@ -758,7 +773,12 @@ async fn json_patch(
     Ok(())
 }
 
-async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Context) -> Result<(), Error> {
+/// Writes `status`; returns the status as the API server stored it.
+async fn write_status(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+) -> Result<CanaryStatus, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
     let body = json!({
@@ -766,13 +786,14 @@ async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Context) -> 
         "kind": "Canary",
         "status": status,
     });
-    api.patch_status(
-        &canary.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(())
+    let stored = api
+        .patch_status(
+            &canary.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(stored.status.unwrap_or_default())
 }
 
 async fn publish(recorder: &Recorder, canary: &Canary, event: &rollout::Event) {

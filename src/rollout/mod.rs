@@ -293,7 +293,12 @@ impl Planner<'_> {
         match self.take_request() {
             // Traffic goes to stable anyway (below): that is what an abort asks.
             Some(RequestAction::Abort) => {
-                self.answer_request(true, "traffic is on stable: the target is unusable".into())
+                self.answer_request(true, "traffic is on stable: the target is unusable".into());
+                // Aborted: not rolled out again by itself once the target is usable.
+                if let Some(aborted) = self.status.canary_revision.take() {
+                    self.status.failed_revision = Some(aborted);
+                    self.status.rollback_reason = Some(RollbackReason::Aborted);
+                }
             }
             Some(other) => self.refuse(other, "the target is unusable; fix it first"),
             None => {}
@@ -409,7 +414,14 @@ impl Planner<'_> {
     }
 
     fn invalid_analysis(&mut self, problem: String) {
-        if self.status.message.as_deref() != Some(problem.as_str()) {
+        // Reported once per problem: the Ready condition remembers it (the message may be
+        // overwritten by what a held rollout says).
+        let reported = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec" && c.message == problem);
+        if !reported {
             self.event(EventType::Warning, "InvalidSpec", problem.clone());
         }
         self.status.message = Some(problem.clone());
@@ -595,7 +607,10 @@ impl Planner<'_> {
                     self.requeue_in(next);
                 }
             }
-            if self.spec.suspend && self.status.phase == Phase::Progressing {
+            if self.spec.suspend
+                && self.status.phase == Phase::Progressing
+                && self.observed.analysis.is_ok()
+            {
                 let waiting = if target.revision == canary_revision {
                     String::new()
                 } else {
@@ -733,7 +748,7 @@ impl Planner<'_> {
         if found == weight {
             return;
         }
-        if found < weight && !self.canary_ready_for(weight) {
+        if found < weight && !self.canary_can_serve(weight) {
             // Someone took traffic off a canary that is not ready for it (an emergency by
             // hand): status follows the routing instead of sending traffic back.
             self.event(
@@ -775,6 +790,16 @@ impl Planner<'_> {
             .canary
             .as_ref()
             .is_some_and(|c| c.is_ready(&revision, wanted))
+    }
+
+    /// The canary runs its revision with at least enough ready pods for `weight` (it may be
+    /// mid-resize, unlike [`Self::canary_ready_for`], which wants exactly that many).
+    fn canary_can_serve(&self, weight: u8) -> bool {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let wanted = canary_replicas(self.desired(), weight);
+        self.observed.canary.as_ref().is_some_and(|c| {
+            c.revision.as_deref() == Some(revision.as_str()) && c.ready_replicas >= wanted
+        })
     }
 
     fn step_set_weight(&mut self, weight: u8) -> bool {

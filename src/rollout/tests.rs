@@ -1685,3 +1685,53 @@ fn abort_wins_over_a_newer_revision_and_an_unusable_target_answers_requests() {
         "{answer:?}"
     );
 }
+
+#[test]
+fn an_abort_while_the_target_is_unusable_keeps_the_revision_from_rolling_out_again() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.target = None;
+    seen.request = request(RequestAction::Abort, "a");
+    let failed = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert!(failed.status.last_request.as_ref().unwrap().accepted);
+    assert_eq!(failed.status.failed_revision.as_deref(), Some("r2"));
+    // The target comes back on r2: it waits for `retry`, as after any abort.
+    seen.target = Some(Ok(target("r2")));
+    seen.request = request(RequestAction::Abort, "a");
+    let back = plan(&s, &failed.status, &seen, t(20));
+    assert_eq!(back.status.phase, Phase::Idle);
+    assert!(reasons(&back).is_empty(), "{:?}", back.events);
+}
+
+#[test]
+fn a_broken_analysis_of_a_suspended_rollout_is_reported_once() {
+    let s = spec(serde_json::json!({
+        "suspend": true,
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = Err("AnalysisTemplate shop/success does not exist".into());
+    let first = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert_eq!(reasons(&first), ["InvalidSpec"]);
+    let again = plan(&s, &first.status, &seen, t(11));
+    assert!(again.events.is_empty(), "{:?}", again.events);
+}
+
+#[test]
+fn a_weight_reset_while_the_canary_grows_is_set_back() {
+    // At 10% with its 1 pod ready, scaling to 2 for the next step (one ready so far): it can
+    // serve 10%, so a GitOps reset to 0 is put back, not adopted.
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(WorkloadState {
+        ready_replicas: 1,
+        settled: false,
+        ..ready("r2", 2)
+    });
+    seen.route_weight = Some(0);
+    let p = plan(&s, &progressing(1, 10, 0), &seen, t(10));
+    assert_eq!(p.status.canary_weight, 10);
+    assert!(p.actions.contains(&Action::SetWeight { weight: 10 }), "{:?}", p.actions);
+}
