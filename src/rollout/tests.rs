@@ -1733,5 +1733,9 @@ fn a_weight_reset_while_the_canary_grows_is_set_back() {
     seen.route_weight = Some(0);
     let p = plan(&s, &progressing(1, 10, 0), &seen, t(10));
     assert_eq!(p.status.canary_weight, 10);
-    assert!(p.actions.contains(&Action::SetWeight { weight: 10 }), "{:?}", p.actions);
+    assert!(
+        p.actions.contains(&Action::SetWeight { weight: 10 }),
+        "{:?}",
+        p.actions
+    );
 }
