@@ -27,7 +27,7 @@ use crate::api::canary::{
 use crate::metrics::MetricsSource;
 use crate::rollout::{
     self, Action, EventType, MetricDefinition, NewMeasurement, Observed, compare_window_start,
-    due_measurements, preview_compare,
+    due_measurements,
 };
 use crate::routing::istio;
 use crate::workload::{self, Subset};
@@ -109,6 +109,12 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     }
     for event in &plan.events {
         publish(&ctx.recorder, &canary, event).await;
+    }
+    for measured in &observed.measurements {
+        if let Some(phase) = rollout::recorded_phase(&plan.status, measured) {
+            ctx.metrics
+                .measurement(&namespace, &name, &measured.metric, phase);
+        }
     }
     ctx.metrics
         .observe(&namespace, &name, &plan.status, started.elapsed());
@@ -308,23 +314,16 @@ async fn measure(
             measured
         })
         .map_err(|e| e.to_string());
-        let judged = preview_compare(
-            status,
-            &run_name,
-            &metric,
-            &prepared_compare.setup,
-            &outcome,
-        );
-        ctx.metrics
-            .measurement(&namespace, &canary.name_any(), &metric, judged.phase);
+        // The plan judges it when it records it (once, from the metric's whole record).
         return NewMeasurement {
             run: run_name,
             metric,
             measurement: MeasurementStatus {
                 time: end.to_string(),
-                phase: judged.phase,
-                value: judged.value,
-                reason: judged.reason,
+                // Placeholders: `record` fills in the judge's phase, value and reason.
+                phase: crate::analysis::MeasurementPhase::Inconclusive,
+                value: None,
+                reason: String::new(),
             },
             compare: Some(outcome),
         };
@@ -333,8 +332,6 @@ async fn measure(
     let judgement = prepared_metric
         .criteria
         .judge(&outcome, &prepared_metric.request.query);
-    ctx.metrics
-        .measurement(&namespace, &canary.name_any(), &metric, judgement.phase);
     NewMeasurement {
         run: run_name,
         metric,

@@ -9,7 +9,7 @@ use std::time::Duration as StdDuration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::analysis::assessment::{self, AnalysisPhase, Limits, Tally};
-use crate::analysis::compare::{self, CompareJudgement, CompareSetup, MeasuredInterval};
+use crate::analysis::compare::{self, CompareSetup, MeasuredInterval};
 use crate::analysis::sequential::Verdict;
 use crate::api::canary::{
     AnalysisRunStatus, CanaryStatus, CompareStatus, MEASUREMENTS_KEPT, MeasurementStatus,
@@ -314,20 +314,18 @@ fn metric_status<'a>(
         .find(|m| m.name == metric)
 }
 
-/// What [`record`] will make of a compare measurement, without changing status (for the
-/// controller's own metrics and logs).
-pub fn preview_compare(
+/// The phase [`record`] gave `measurement` in `status`, if it was recorded (measurements of
+/// runs that ended meanwhile are dropped).
+pub fn recorded_phase(
     status: &CanaryStatus,
-    run: &str,
-    metric: &str,
-    setup: &CompareSetup,
-    outcome: &Result<MeasuredInterval, String>,
-) -> CompareJudgement {
-    let none = compare::CompareRecord::default();
-    let record = metric_status(status, run, metric)
-        .and_then(|m| m.compare.as_ref())
-        .map_or(&none, |c| &c.record);
-    compare::judge_interval(setup, record, outcome).0
+    measurement: &NewMeasurement,
+) -> Option<crate::analysis::MeasurementPhase> {
+    metric_status(status, &measurement.run, &measurement.metric)?
+        .measurements
+        .iter()
+        .rev()
+        .find(|m| m.time == measurement.measurement.time)
+        .map(|m| m.phase)
 }
 
 /// Evidence-driven progression: when every deciding compare metric of run `name` says

@@ -26,7 +26,7 @@ use crate::api::canary::{
 
 pub use analysis_runs::{
     BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
-    endless_step_metric, preview_compare,
+    endless_step_metric, recorded_phase,
 };
 
 /// What the controller saw of one managed Deployment.
