@@ -59,7 +59,7 @@ pub fn template_revision(template: &PodTemplateSpec) -> String {
 
 /// FNV-1a: tiny, dependency-free and stable across versions and platforms; collisions between
 /// two templates of one Deployment are not a practical concern at 40 bits.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -22,7 +22,6 @@ use crate::metrics::{MetricsSource, Query, QueryRequest};
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
 
-/// Why a metric without any condition cannot run: no measurement could pass or fail.
 /// Headers that carry credentials: only by reference to a Secret, never written inline.
 fn is_credential_header(name: &str) -> bool {
     [
@@ -35,19 +34,10 @@ fn is_credential_header(name: &str) -> bool {
     .any(|credential| name.eq_ignore_ascii_case(credential))
 }
 
-/// `https://user:pass@host`: a password in the address.
-fn has_userinfo(address: &str) -> bool {
-    address
-        .split_once("://")
-        .map_or(address, |(_, rest)| rest)
-        .split(['/', '?', '#'])
-        .next()
-        .is_some_and(|authority| authority.contains('@'))
-}
-
 /// Shorter intervals would turn the controller into a busy loop of queries and writes.
 const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Why a metric without any condition cannot run: no measurement could pass or fail.
 pub const NO_CONDITION: &str = "the metric has no successCondition, failureCondition or thresholdRange, so no measurement could pass or fail";
 
 /// A problem found while preparing or validating a template, located by metric and field.
@@ -252,7 +242,8 @@ pub fn prepare(
                 "no Prometheus address: set it in the template or pass --prometheus URL".into(),
             );
         }
-        if address.is_some_and(has_userinfo) {
+        // The address as it would be shown differs from it exactly when it holds userinfo.
+        if address.is_some_and(|a| crate::metrics::without_userinfo(a) != a) {
             problem(
                 "provider.prometheus.address",
                 "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),

@@ -1318,8 +1318,5 @@ mod tests;
 /// A stable fingerprint of the expanded steps (64-bit FNV-1a of their JSON), kept in status.
 fn steps_fingerprint(steps: &[RolloutStep]) -> String {
     let text = serde_json::to_string(steps).unwrap_or_default();
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", crate::workload::fnv1a64(text.as_bytes()))
 }
