@@ -174,22 +174,14 @@ pub enum MetricsError {
 impl MetricsError {
     /// The error with `query`'s secret values taken out of the details Prometheus or the
     /// HTTP client gave, which may quote the query.
-    pub fn with_secrets_redacted(self, query: &Query) -> Self {
-        match self {
-            Self::Unreachable { address, detail } => Self::Unreachable {
-                address,
-                detail: query.redact(&detail),
-            },
-            Self::Rejected { address, detail } => Self::Rejected {
-                address,
-                detail: query.redact(&detail),
-            },
-            Self::InvalidAddress { address, detail } => Self::InvalidAddress {
-                address,
-                detail: query.redact(&detail),
-            },
-            other @ (Self::Timeout { .. } | Self::UnsupportedResult { .. }) => other,
+    pub fn with_secrets_redacted(mut self, query: &Query) -> Self {
+        if let Self::Unreachable { detail, .. }
+        | Self::Rejected { detail, .. }
+        | Self::InvalidAddress { detail, .. } = &mut self
+        {
+            *detail = query.redact(detail);
         }
+        self
     }
 }
 
