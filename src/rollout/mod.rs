@@ -365,7 +365,6 @@ impl Planner<'_> {
             replicas: self.desired(),
         });
         self.set_weight(0);
-        self.scale_canary_down_when_due(self.status.canary_scale_down_at.clone());
         let mut retry = false;
         if let Some(action) = request {
             match action {
@@ -379,6 +378,15 @@ impl Planner<'_> {
                 other => self.refuse(other, "no rollout is under way"),
             }
         }
+        if !self.start_if_due(target, &stable, retry) {
+            // Nothing rolls out: a canary whose traffic left earlier goes once its delay is up.
+            self.scale_canary_down_when_due();
+        }
+    }
+
+    /// From a settled phase: starts rolling out `target` when it is a revision to roll out;
+    /// whether it did.
+    fn start_if_due(&mut self, target: &TargetState, stable: &str, retry: bool) -> bool {
         if target.revision == stable {
             if self.status.failed_revision.take().is_some() {
                 self.status.message = Some(format!("the target is back on stable {stable}"));
@@ -389,7 +397,7 @@ impl Planner<'_> {
                 self.status.phase.as_str(),
                 "no rollout under way",
             );
-            return;
+            return false;
         }
         if self.status.failed_revision.as_deref() == Some(&target.revision) && !retry {
             let why = self
@@ -401,16 +409,16 @@ impl Planner<'_> {
                 "revision {} was rolled back{why}; it is not rolled out again until `canary retry` or a new revision",
                 target.revision
             ));
-            return;
+            return false;
         }
         if self.spec.suspend {
             self.status.message = Some(format!(
                 "suspended: revision {} waits until spec.suspend is false",
                 target.revision
             ));
-            return;
+            return false;
         }
-        self.start_rollout(target, None);
+        self.start_rollout(target, None)
     }
 
     fn invalid_analysis(&mut self, problem: String) {
@@ -428,11 +436,12 @@ impl Planner<'_> {
         self.set_condition("Ready", false, "InvalidSpec", &problem);
     }
 
-    /// Starts rolling out `target`, unless the analysis it would need is invalid.
-    fn start_rollout(&mut self, target: &TargetState, superseded: Option<String>) {
+    /// Starts rolling out `target`, unless the analysis it would need is invalid; whether it
+    /// did.
+    fn start_rollout(&mut self, target: &TargetState, superseded: Option<String>) -> bool {
         if let Err(problem) = &self.observed.analysis {
             self.invalid_analysis(problem.clone());
-            return;
+            return false;
         }
         let revision = target.revision.clone();
         self.status.failed_revision = None;
@@ -441,8 +450,6 @@ impl Planner<'_> {
         self.status.analysis_runs.clear();
         // The canary is replaced now, not scaled down later.
         self.status.canary_scale_down_at = None;
-        self.actions
-            .retain(|a| !matches!(a, Action::ScaleCanary { .. }));
         self.status.canary_revision = Some(revision.clone());
         self.status.canary_images = Some(target.images.clone());
         self.status.rollout_started_at = Some(self.now_text());
@@ -469,7 +476,7 @@ impl Planner<'_> {
                 "skipAnalysis: promoting at once",
             );
             self.promote(None);
-            return;
+            return true;
         }
         self.status.phase = Phase::Progressing;
         self.status.current_step_index = Some(0);
@@ -485,6 +492,7 @@ impl Planner<'_> {
             "the canary is being deployed",
         );
         self.walk_steps();
+        true
     }
 
     fn progress(&mut self, target: &TargetState, request: Option<RequestAction>) {
@@ -508,7 +516,8 @@ impl Planner<'_> {
             if !self.spec.suspend {
                 // Traffic leaves the canary before its pods are replaced.
                 self.set_weight(0);
-                return self.start_rollout(target, Some(canary_revision));
+                self.start_rollout(target, Some(canary_revision));
+                return;
             }
         }
         if let Some(action) = request {
@@ -806,25 +815,11 @@ impl Planner<'_> {
         if weight < self.status.canary_weight {
             // Less traffic first (the steps started again): the canary shrinks afterwards,
             // on a later reconcile, never while it still has the larger share.
-            self.event(
-                EventType::Normal,
-                "WeightChanged",
-                format!("canary weight {}% → {weight}%", self.status.canary_weight),
-            );
-            self.set_weight(weight);
+            self.change_weight(weight);
             self.requeue_in(MIN_REQUEUE);
             return false;
         }
-        let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let wanted = canary_replicas(self.desired(), weight);
-        let current = self.observed.canary.as_ref().map(|c| c.replicas);
-        if current != Some(wanted) {
-            self.status.canary_updated_at = Some(self.now_text());
-        }
-        self.actions.push(Action::EnsureCanary {
-            revision,
-            replicas: wanted,
-        });
+        let wanted = self.ensure_canary_at(weight);
         if !self.canary_ready_for(weight) {
             self.status.message = Some(format!(
                 "waiting for {} ready canary pods before sending it {weight}% of the traffic",
@@ -833,6 +828,13 @@ impl Planner<'_> {
             self.requeue_in(WAIT_RECHECK);
             return false;
         }
+        self.change_weight(weight);
+        self.status.message = Some(format!("canary at {weight}%"));
+        true
+    }
+
+    /// Moves the canary's traffic to `weight`, with an event when that is a change.
+    fn change_weight(&mut self, weight: u8) {
         if self.status.canary_weight != weight {
             self.event(
                 EventType::Normal,
@@ -841,8 +843,18 @@ impl Planner<'_> {
             );
         }
         self.set_weight(weight);
-        self.status.message = Some(format!("canary at {weight}%"));
-        true
+    }
+
+    /// Asks for the canary at its revision with its share of pods for `weight`; the share.
+    fn ensure_canary_at(&mut self, weight: u8) -> i32 {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let replicas = canary_replicas(self.desired(), weight);
+        if self.observed.canary.as_ref().map(|c| c.replicas) != Some(replicas) {
+            self.status.canary_updated_at = Some(self.now_text());
+        }
+        self.actions
+            .push(Action::EnsureCanary { revision, replicas });
+        replicas
     }
 
     fn step_pause(&mut self, duration: Option<crate::api::Duration>) -> bool {
@@ -1042,13 +1054,7 @@ impl Planner<'_> {
 
     fn hold_paused(&mut self) {
         // The canary keeps its weight and its share of the service's pods.
-        let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let replicas = canary_replicas(self.desired(), self.status.canary_weight);
-        if self.observed.canary.as_ref().map(|c| c.replicas) != Some(replicas) {
-            self.status.canary_updated_at = Some(self.now_text());
-        }
-        self.actions
-            .push(Action::EnsureCanary { revision, replicas });
+        self.ensure_canary_at(self.status.canary_weight);
         self.set_weight(self.status.canary_weight);
     }
 
@@ -1060,9 +1066,9 @@ impl Planner<'_> {
             c.replicas == replicas && c.revision.as_deref() == Some(revision.as_str())
         });
         if !sized {
+            // A new template counts as a change even at the same size.
             self.status.canary_updated_at = Some(self.now_text());
-            self.actions
-                .push(Action::EnsureCanary { revision, replicas });
+            self.ensure_canary_at(self.status.canary_weight);
         }
     }
 
@@ -1214,19 +1220,18 @@ impl Planner<'_> {
     /// may still hold the previous routes for a moment), at once without a delay.
     fn scale_canary_down_later(&mut self) {
         let delay = analysis_runs::signed(self.spec.scale_down_delay().as_std());
-        let now = self.now;
-        let at = self
-            .status
-            .canary_scale_down_at
-            .get_or_insert_with(|| (now + delay).to_string())
-            .clone();
-        self.scale_canary_down_when_due(Some(at));
+        let due = (self.now + delay).to_string();
+        self.status.canary_scale_down_at.get_or_insert(due);
+        self.scale_canary_down_when_due();
     }
 
     /// Once due, the canary is scaled to zero whenever it still has pods (the time stays in
     /// status until a new rollout, so planning again on the same facts changes nothing).
-    fn scale_canary_down_when_due(&mut self, at: Option<String>) {
-        let Some(left) = self.since(&at).map(|elapsed| -elapsed) else {
+    fn scale_canary_down_when_due(&mut self) {
+        let Some(left) = self
+            .since(&self.status.canary_scale_down_at)
+            .map(|elapsed| -elapsed)
+        else {
             return;
         };
         if left.is_positive() {
