@@ -143,18 +143,13 @@ pub fn conclude(
     }
     for metric in run.metrics.iter_mut().filter(|m| !m.phase.is_terminal()) {
         let assessment = match definitions.iter().find(|d| d.name == metric.name) {
-            Some(definition) if definition.compare.is_some() => compare::metric_phase(
-                metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
-                &definition.limits,
-                &metric.tally,
-                metric
-                    .compare
-                    .as_ref()
-                    .map_or(0, |c| c.record.intervals.len()),
+            Some(definition) => assess_metric(
+                metric,
+                definition,
+                definition.compare.is_some(),
                 true,
                 false,
             ),
-            Some(definition) => assessment::assess(&definition.limits, &metric.tally, true),
             None => assessment::Assessment {
                 phase: AnalysisPhase::Inconclusive,
                 message: "the metric is no longer in the analysis' templates".into(),
@@ -164,9 +159,44 @@ pub fn conclude(
         metric.message = assessment.message;
         metric.next_measurement_at = None;
     }
-    let dry_run = |name: &str| definitions.iter().any(|d| d.name == name && d.dry_run);
-    run.phase = assessment::overall(run.metrics.iter().map(|m| (m.phase, dry_run(&m.name))));
+    run.phase = assessment::overall(phases(run, definitions));
     Some(run.phase)
+}
+
+/// A metric's phase and message from what it measured so far, `ending` when its run ends
+/// now; `compared` when it is judged as a compare metric.
+fn assess_metric(
+    metric: &MetricStatus,
+    definition: &MetricDefinition,
+    compared: bool,
+    ending: bool,
+    finish_on_no_regression: bool,
+) -> assessment::Assessment {
+    if !compared {
+        return assessment::assess(&definition.limits, &metric.tally, ending);
+    }
+    compare::metric_phase(
+        metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
+        &definition.limits,
+        &metric.tally,
+        metric
+            .compare
+            .as_ref()
+            .map_or(0, |c| c.record.intervals.len()),
+        ending,
+        finish_on_no_regression,
+    )
+}
+
+/// Each metric's phase in `run`, and whether it is `dryRun` (does not decide).
+fn phases<'a>(
+    run: &'a AnalysisRunStatus,
+    definitions: &'a [MetricDefinition],
+) -> impl Iterator<Item = (AnalysisPhase, bool)> + 'a {
+    run.metrics.iter().map(|m| {
+        let dry_run = definitions.iter().any(|d| d.name == m.name && d.dry_run);
+        (m.phase, dry_run)
+    })
 }
 
 /// A deciding metric of run `name` that is still measuring and has not passed a single
@@ -242,9 +272,9 @@ pub fn record(
                 measurement.phase = judged.phase;
                 measurement.value = judged.value;
                 measurement.reason = judged.reason;
-                Some(state.record.intervals.len())
+                true
             }
-            _ => None,
+            _ => false,
         };
         metric.tally.record(measurement.phase);
         metric.measurements.push(measurement.clone());
@@ -252,19 +282,9 @@ pub fn record(
         metric.measurements.drain(..excess);
         let measured_at: Option<Timestamp> = measurement.time.parse().ok();
         metric.next_measurement_at = measured_at.map(|t| at(t + signed(definition.interval)));
-        let assessment = match compared {
-            Some(intervals) => compare::metric_phase(
-                metric.compare.as_ref().and_then(|c| c.assessment.as_ref()),
-                &definition.limits,
-                &metric.tally,
-                intervals,
-                false,
-                // An analysis step is done once the canary is shown fine; the background
-                // analysis keeps watching and the rollout reads the verdict.
-                new.run != BACKGROUND,
-            ),
-            None => assessment::assess(&definition.limits, &metric.tally, false),
-        };
+        // An analysis step is done once the canary is shown fine; the background analysis
+        // keeps watching and the rollout reads the verdict.
+        let assessment = assess_metric(metric, definition, compared, false, new.run != BACKGROUND);
         metric.phase = assessment.phase;
         metric.message = assessment.message;
         if metric.phase.is_terminal() {
@@ -275,9 +295,8 @@ pub fn record(
         let Some(defs) = definitions.get(&run.name) else {
             continue;
         };
-        let dry_run = |name: &str| defs.iter().any(|d| d.name == name && d.dry_run);
-        run.phase = assessment::overall(run.metrics.iter().map(|m| (m.phase, dry_run(&m.name))));
-        if assessment::should_stop(run.metrics.iter().map(|m| (m.phase, dry_run(&m.name)))) {
+        run.phase = assessment::overall(phases(run, defs));
+        if assessment::should_stop(phases(run, defs)) {
             for metric in &mut run.metrics {
                 metric.next_measurement_at = None;
             }
