@@ -12,7 +12,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{Context, Error, ReadingsKey};
@@ -68,29 +68,18 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         return Ok(Requeue::requeue(STALE_COPY_RECHECK));
     }
 
-    let observed = observe(&canary, &status, &ctx, now).await?;
+    let (observed, read) = observe(&canary, &status, &ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
         weight = plan.status.canary_weight, actions = ?plan.actions, "planned"
     );
 
-    // The managed Deployments are built from the target; read it once for every action.
-    let needs_target = plan.actions.iter().any(|a| {
-        matches!(
-            a,
-            Action::EnsureStable { .. } | Action::EnsureCanary { .. } | Action::ScaleCanary { .. }
-        )
-    });
-    let target = if needs_target {
-        Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
-            .get_opt(&canary.spec.target_ref.name)
-            .await?
-    } else {
-        None
-    };
+    // The managed Deployments are built from the target as observe read it, and weights are
+    // patched over the VirtualService it read (the patch's test operations refuse it if it
+    // changed since).
     for action in &plan.actions {
-        apply_action(&canary, target.as_ref(), action, &ctx).await?;
+        apply_action(&canary, &read, action, &ctx).await?;
     }
     if plan.status != status {
         let stored = write_status(&canary, &plan.status, &ctx).await?;
@@ -130,7 +119,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let routing = &canary.spec.traffic_routing.istio;
-    if let Err(e) = set_weight(&ctx, &namespace, routing, 0).await {
+    if let Err(e) = set_weight(&ctx, &namespace, routing, 0, None).await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -181,18 +170,24 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
     Ok(Requeue::await_change())
 }
 
+/// Objects observe read that applying the plan needs again.
+struct Read {
+    /// The target Deployment.
+    target: Option<Deployment>,
+    /// The VirtualService, as JSON.
+    virtual_service: Option<Value>,
+}
+
 async fn observe(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
     now: Timestamp,
-) -> Result<Observed, Error> {
+) -> Result<(Observed, Read), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut target = deployments
-        .get_opt(&canary.spec.target_ref.name)
-        .await?
-        .map(|d| workload::target_state(&d));
+    let target_deployment = deployments.get_opt(&canary.spec.target_ref.name).await?;
+    let mut target = target_deployment.as_ref().map(workload::target_state);
     let stable = deployments.get_opt(&canary.spec.stable_name()).await?;
     let canary_deployment = deployments.get_opt(&canary.spec.canary_name()).await?;
     // Deployments of our names that some other owner made are never taken over (applying
@@ -263,8 +258,12 @@ async fn observe(
         ))
     }))
     .await;
-    let route_weight = route_weight(canary, ctx, &namespace).await;
-    Ok(Observed {
+    let virtual_service = read_virtual_service(canary, ctx, &namespace).await;
+    let routing = &canary.spec.traffic_routing.istio;
+    let route_weight = virtual_service
+        .as_ref()
+        .and_then(|vs| istio::current_weight(vs, routing).ok());
+    let observed = Observed {
         route_weight,
         generation: canary.metadata.generation,
         target,
@@ -273,7 +272,12 @@ async fn observe(
         request,
         analysis,
         measurements,
-    })
+    };
+    let read = Read {
+        target: target_deployment,
+        virtual_service,
+    };
+    Ok((observed, read))
 }
 
 /// Takes one due measurement of `run`/`metric`.
@@ -585,10 +589,11 @@ async fn fetch_secrets(
 
 async fn apply_action(
     canary: &Canary,
-    target: Option<&Deployment>,
+    read: &Read,
     action: &Action,
     ctx: &Context,
 ) -> Result<(), Error> {
+    let target = read.target.as_ref();
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     match action {
@@ -623,7 +628,15 @@ async fn apply_action(
             ensure_managed(canary, target, ctx, Subset::Canary, &revision, *replicas).await
         }
         Action::SetWeight { weight } => {
-            set_weight(ctx, &namespace, &canary.spec.traffic_routing.istio, *weight).await
+            let routing = &canary.spec.traffic_routing.istio;
+            set_weight(
+                ctx,
+                &namespace,
+                routing,
+                *weight,
+                read.virtual_service.as_ref(),
+            )
+            .await
         }
         Action::ScaleTargetToZero => {
             deployments
@@ -719,21 +732,23 @@ async fn template_of(
     )))
 }
 
-/// The canary's weight in the VirtualService, or `None` if it cannot be read (applying a
-/// weight reports why).
-async fn route_weight(canary: &Canary, ctx: &Context, namespace: &str) -> Option<u8> {
-    let routing = &canary.spec.traffic_routing.istio;
+/// The Canary's VirtualService as JSON, or `None` if it cannot be read (applying a weight
+/// reads it again and reports why).
+async fn read_virtual_service(canary: &Canary, ctx: &Context, namespace: &str) -> Option<Value> {
     let vs_api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
-    let virtual_service = vs_api.get_opt(&routing.virtual_service.name).await.ok()??;
-    istio::current_weight(&serde_json::to_value(&virtual_service).ok()?, routing).ok()
+    let name = &canary.spec.traffic_routing.istio.virtual_service.name;
+    let virtual_service = vs_api.get_opt(name).await.ok()??;
+    serde_json::to_value(&virtual_service).ok()
 }
 
+/// Gives the canary `weight` percent; `read` is the VirtualService as last read, if any.
 async fn set_weight(
     ctx: &Context,
     namespace: &str,
     routing: &crate::api::canary::IstioRouting,
     weight: u8,
+    read: Option<&Value>,
 ) -> Result<(), Error> {
     let dr_api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &destination_rule_resource());
@@ -743,8 +758,11 @@ async fn set_weight(
     }
     let vs_api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
-    let virtual_service = vs_api.get(&routing.virtual_service.name).await?;
-    let patch = istio::weight_patch(&serde_json::to_value(&virtual_service)?, routing, weight)
+    let virtual_service = match read {
+        Some(read) => read.clone(),
+        None => serde_json::to_value(vs_api.get(&routing.virtual_service.name).await?)?,
+    };
+    let patch = istio::weight_patch(&virtual_service, routing, weight)
         .map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(patch) = patch {
         json_patch(&vs_api, &routing.virtual_service.name, patch).await?;
