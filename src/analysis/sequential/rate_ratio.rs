@@ -59,7 +59,6 @@ const DIRECT_PRODUCT_LIMIT: u64 = 16;
 /// what the pods show.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PodSplit {
-    canary_requests: u64,
     /// Per version, its pods with traffic and their totals.
     versions: [PodsOfVersion; 2],
 }
@@ -93,10 +92,8 @@ impl PodSplit {
         canary: impl IntoIterator<Item = (u64, u64)>,
         stable: impl IntoIterator<Item = (u64, u64)>,
     ) -> Self {
-        let canary = PodsOfVersion::new(canary);
         Self {
-            canary_requests: canary.requests,
-            versions: [canary, PodsOfVersion::new(stable)],
+            versions: [PodsOfVersion::new(canary), PodsOfVersion::new(stable)],
         }
     }
 
@@ -109,7 +106,8 @@ impl PodSplit {
     /// Log-likelihood of both versions' pod splits under noise `shape` (`None`: Poisson),
     /// without the multinomial coefficient (the same for every noise level).
     fn log_likelihood(&self, shape: Option<f64>) -> f64 {
-        if self.canary_requests == 0 {
+        let canary_requests = self.versions[0].requests;
+        if canary_requests == 0 {
             return 0.0;
         }
         self.versions
@@ -122,7 +120,7 @@ impl PodSplit {
                     .map(|&(n, x)| x as f64 * (n as f64 / version.requests as f64).ln())
                     .sum(),
                 Some(kappa) => {
-                    let per_request = kappa / self.canary_requests as f64;
+                    let per_request = kappa / canary_requests as f64;
                     version
                         .pods
                         .iter()
