@@ -161,7 +161,7 @@ pub fn render_query(
             place(&mut out, &found.name, value, position)?;
             match found.secret_arg {
                 Some(arg) => {
-                    shown.push_str(&format!("<secret:{arg}>"));
+                    shown.push_str(&Query::placeholder(arg));
                     secrets.push((arg.to_string(), found.value.to_string()));
                     secrets.push((arg.to_string(), out[placed_from..].to_string()));
                 }
@@ -352,10 +352,7 @@ fn why_not_a_token(value: &str) -> &'static str {
     if words.clone().any(|w| w.contains(char::is_whitespace)) {
         return "it holds several words outside a quoted string (label names are separated by commas)";
     }
-    if words
-        .clone()
-        .any(|w| PROMQL_KEYWORDS.contains(&w.to_ascii_lowercase().as_str()))
-    {
+    if words.clone().any(is_promql_keyword) {
         return "it is a PromQL keyword (and, or, unless, by, …) outside a quoted string";
     }
     "it is not a number, a duration or label names, which is all that may stand outside quotes"
@@ -424,11 +421,15 @@ fn is_duration(value: &str) -> bool {
     true
 }
 
+fn is_promql_keyword(word: &str) -> bool {
+    PROMQL_KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+}
+
 /// `pod` or `pod, container`: label names, never a PromQL keyword.
 fn is_label_list(value: &str) -> bool {
     value.split(',').all(|part| {
         let name = part.trim();
-        is_label_name(name) && !PROMQL_KEYWORDS.contains(&name.to_ascii_lowercase().as_str())
+        is_label_name(name) && !is_promql_keyword(name)
     })
 }
 

@@ -51,6 +51,11 @@ impl Query {
         &self.sent
     }
 
+    /// What stands for secret argument `name`'s value wherever people can read the query.
+    pub fn placeholder(name: &str) -> String {
+        format!("<secret:{name}>")
+    }
+
     /// The text people see: secret values replaced by `<secret:NAME>`.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -65,7 +70,7 @@ impl Query {
         secrets
             .into_iter()
             .fold(text.to_string(), |text, (name, value)| {
-                text.replace(value.as_str(), &format!("<secret:{name}>"))
+                text.replace(value.as_str(), &Self::placeholder(name))
             })
     }
 }
