@@ -114,10 +114,10 @@ const CACHE_CATCH_UP: Duration = Duration::from_secs(30);
 
 impl StatusWrites {
     /// `replaced`, the status a reconcile planned from, was written over.
-    pub fn written_over(&self, namespace: &str, canary: &str, replaced: &CanaryStatus) {
+    pub fn written_over(&self, namespace: &str, canary: &str, replaced: CanaryStatus) {
         self.entries().insert(
             (namespace.to_string(), canary.to_string()),
-            (replaced.clone(), std::time::Instant::now()),
+            (replaced, std::time::Instant::now()),
         );
     }
 
@@ -508,7 +508,7 @@ mod status_writes_tests {
             !writes.is_stale("shop", "web", &before),
             "nothing written yet"
         );
-        writes.written_over("shop", "web", &before);
+        writes.written_over("shop", "web", before.clone());
         // Any copy still showing the replaced status is stale: the very one planned from, or
         // a later one whose annotations or spec changed meanwhile.
         assert!(writes.is_stale("shop", "web", &before));
@@ -523,7 +523,7 @@ mod status_writes_tests {
             !writes.is_stale("shop", "web", &before),
             "forgotten once seen past"
         );
-        writes.written_over("shop", "web", &written);
+        writes.written_over("shop", "web", written.clone());
         writes.forget("shop", "web");
         assert!(!writes.is_stale("shop", "web", &written), "deleted Canary");
     }

@@ -93,7 +93,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
                 "the status write changed nothing: are the installed CRDs older than the controller?"
             );
         } else {
-            ctx.status_writes.written_over(&namespace, &name, &status);
+            ctx.status_writes.written_over(&namespace, &name, status);
         }
     }
     for event in &plan.events {
