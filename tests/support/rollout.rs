@@ -158,32 +158,49 @@ pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
 /// controller's own namespace: a test whose controllers keep their Lease in `ns` runs them
 /// with exactly the deployed permissions there too.
 pub async fn grant_leader_election(ns: &TestNamespace) {
+    apply_rbac(&["Role", "RoleBinding"], Some(&ns.name)).await;
+}
+
+/// Applies the objects of `deploy/rbac.yaml` of `kinds`, the namespaced ones into `namespace`.
+async fn apply_rbac(kinds: &[&str], namespace: Option<&str>) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     let client = cluster().client().await;
-    let apply = PatchParams::apply("canary-e2e").force();
     for mut value in rbac_documents() {
-        let name = value["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        value["metadata"]["namespace"] = json!(ns.name);
-        match value["kind"].as_str() {
-            Some("Role") => {
-                let api: Api<k8s_openapi::api::rbac::v1::Role> =
-                    Api::namespaced(client.clone(), &ns.name);
-                api.patch(&name, &apply, &Patch::Apply(&value))
-                    .await
-                    .expect("applying the leader-election Role");
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        if !kinds.contains(&kind.as_str()) {
+            continue;
+        }
+        if let Some(namespace) = namespace {
+            value["metadata"]["namespace"] = json!(namespace);
+        }
+        let client = client.clone();
+        match (kind.as_str(), namespace) {
+            ("ClusterRole", _) => apply::<ClusterRole>(Api::all(client), &value).await,
+            ("ClusterRoleBinding", _) => {
+                apply::<ClusterRoleBinding>(Api::all(client), &value).await
             }
-            Some("RoleBinding") => {
-                let api: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
-                    Api::namespaced(client.clone(), &ns.name);
-                api.patch(&name, &apply, &Patch::Apply(&value))
-                    .await
-                    .expect("applying the leader-election RoleBinding");
+            ("Role", Some(ns)) => apply::<Role>(Api::namespaced(client, ns), &value).await,
+            ("RoleBinding", Some(ns)) => {
+                apply::<RoleBinding>(Api::namespaced(client, ns), &value).await
             }
-            _ => {}
+            _ => panic!("no namespace to apply the {kind} of deploy/rbac.yaml into"),
         }
     }
+}
+
+/// Server-side applies `value` (an object of `deploy/rbac.yaml`) through `api`.
+async fn apply<K>(api: Api<K>, value: &Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = value["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply("canary-e2e").force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name} of deploy/rbac.yaml: {e}"));
 }
 
 /// The objects of `deploy/rbac.yaml`.
@@ -205,31 +222,7 @@ const CONTROLLER_IDENTITY: &str = "system:serviceaccount:canary-system:canary-co
 pub async fn controller_kubeconfig() -> &'static std::path::Path {
     static PATH: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     PATH.get_or_init(|| async {
-        let client = cluster().client().await;
-        let apply = PatchParams::apply("canary-e2e").force();
-        for value in rbac_documents() {
-            let name = value["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            match value["kind"].as_str() {
-                Some("ClusterRole") => {
-                    let api: Api<k8s_openapi::api::rbac::v1::ClusterRole> =
-                        Api::all(client.clone());
-                    api.patch(&name, &apply, &Patch::Apply(&value))
-                        .await
-                        .expect("applying the controller's ClusterRole");
-                }
-                Some("ClusterRoleBinding") => {
-                    let api: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
-                        Api::all(client.clone());
-                    api.patch(&name, &apply, &Patch::Apply(&value))
-                        .await
-                        .expect("applying the controller's ClusterRoleBinding");
-                }
-                _ => {}
-            }
-        }
+        apply_rbac(&["ClusterRole", "ClusterRoleBinding"], None).await;
         let mut kubeconfig = kube::config::Kubeconfig::read_from(cluster().kubeconfig())
             .expect("reading the test kubeconfig");
         for user in &mut kubeconfig.auth_infos {
