@@ -426,7 +426,7 @@ fn prepare_runs(
     let steps = canary.spec.rollout_steps();
     for (i, step) in steps.iter().enumerate() {
         if let RolloutStep::Analysis(analysis) = step {
-            runs.push((format!("step-{i}"), &analysis.templates, &analysis.args));
+            runs.push((rollout::step_run(i), &analysis.templates, &analysis.args));
         }
     }
     let namespace = canary.namespace().unwrap_or_default();

@@ -19,6 +19,20 @@ use crate::api::canary::{
 /// The run that goes on in the background; the others are analysis steps (`step-N`).
 pub const BACKGROUND: &str = "background";
 
+/// The name of the run of the analysis step at `index`.
+pub fn step_run(index: usize) -> String {
+    format!("step-{index}")
+}
+
+/// Run `name` of the rollout in `status`, if it started.
+pub fn run<'a>(status: &'a CanaryStatus, name: &str) -> Option<&'a AnalysisRunStatus> {
+    status.analysis_runs.iter().find(|r| r.name == name)
+}
+
+fn run_mut<'a>(status: &'a mut CanaryStatus, name: &str) -> Option<&'a mut AnalysisRunStatus> {
+    status.analysis_runs.iter_mut().find(|r| r.name == name)
+}
+
 /// Why a metric cannot be used in run `run`, if it cannot: an analysis step ends when its
 /// deciding metrics do, and a threshold metric without `count` measures until the run ends,
 /// so the step (and the canary's partial weight) would never end. Compare metrics end on
@@ -137,7 +151,7 @@ pub fn conclude(
     name: &str,
     definitions: &[MetricDefinition],
 ) -> Option<AnalysisPhase> {
-    let run = status.analysis_runs.iter_mut().find(|r| r.name == name)?;
+    let run = run_mut(status, name)?;
     if run.phase.is_terminal() {
         return Some(run.phase);
     }
@@ -206,7 +220,7 @@ pub fn awaiting_a_pass(
     name: &str,
     definitions: &[MetricDefinition],
 ) -> Option<String> {
-    let run = status.analysis_runs.iter().find(|r| r.name == name)?;
+    let run = run(status, name)?;
     if run.phase.is_terminal() {
         return None;
     }
@@ -246,7 +260,7 @@ pub fn record(
         else {
             continue;
         };
-        let Some(run) = status.analysis_runs.iter_mut().find(|r| r.name == new.run) else {
+        let Some(run) = run_mut(status, &new.run) else {
             continue;
         };
         if run.phase.is_terminal() {
@@ -324,10 +338,7 @@ fn metric_status<'a>(
     run: &str,
     metric: &str,
 ) -> Option<&'a MetricStatus> {
-    status
-        .analysis_runs
-        .iter()
-        .find(|r| r.name == run)?
+    self::run(status, run)?
         .metrics
         .iter()
         .find(|m| m.name == metric)
@@ -357,7 +368,7 @@ pub fn no_regression_shown(
     name: &str,
     since: Timestamp,
 ) -> Option<String> {
-    let run = status.analysis_runs.iter().find(|r| r.name == name)?;
+    let run = run(status, name)?;
     if run.phase.is_terminal() && run.phase != AnalysisPhase::Successful {
         return None;
     }
@@ -420,7 +431,7 @@ pub fn next_due(status: &CanaryStatus, now: Timestamp) -> Option<StdDuration> {
 /// One line on why run `name` stands where it does: each metric's phase, message and latest
 /// measurement.
 pub fn summary(status: &CanaryStatus, name: &str) -> String {
-    let Some(run) = status.analysis_runs.iter().find(|r| r.name == name) else {
+    let Some(run) = run(status, name) else {
         return String::new();
     };
     run.metrics

@@ -26,7 +26,7 @@ use crate::api::canary::{
 
 pub use analysis_runs::{
     BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
-    endless_step_metric, recorded_phase,
+    endless_step_metric, recorded_phase, step_run,
 };
 
 /// What the controller saw of one managed Deployment.
@@ -656,8 +656,8 @@ impl Planner<'_> {
         {
             return;
         }
-        let step_run = format!("step-{}", self.status.current_step_index.unwrap_or(0));
-        for name in [BACKGROUND.to_string(), step_run] {
+        let current_step = step_run(self.status.current_step_index.unwrap_or(0) as usize);
+        for name in [BACKGROUND.to_string(), current_step] {
             let Some(phase) = self.run_phase(&name) else {
                 continue;
             };
@@ -669,11 +669,7 @@ impl Planner<'_> {
     }
 
     fn run_phase(&self, name: &str) -> Option<AnalysisPhase> {
-        self.status
-            .analysis_runs
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.phase)
+        analysis_runs::run(&self.status, name).map(|r| r.phase)
     }
 
     fn run_exists(&self, name: &str) -> bool {
@@ -927,7 +923,7 @@ impl Planner<'_> {
     }
 
     fn step_analysis(&mut self, index: usize) -> bool {
-        let name = format!("step-{index}");
+        let name = step_run(index);
         match self.ensure_run(&name) {
             None => false,
             Some(AnalysisPhase::Successful) => {
