@@ -159,19 +159,23 @@ impl LatencyJudge {
             canary: sum(&pods.canary),
             stable: sum(&pods.stable),
         };
-        if self.observe_checked(&totals, Some(pods)) {
+        self.observe_checked(&totals, Some(pods));
+        // The noise level was learned from the pods when some version had several with
+        // traffic (the same at every boundary: a pod's requests are its histogram's total).
+        let several = |version: &[Vec<u64>]| {
+            version
+                .iter()
+                .filter(|pod| pod.last().is_some_and(|&requests| requests > 0))
+                .count()
+                > 1
+        };
+        if !self.judged.is_empty() && (several(&pods.canary) || several(&pods.stable)) {
             self.pod_intervals += 1;
         }
         Ok(())
     }
 
-    /// Returns whether some version had several pods with traffic (the noise level was
-    /// learned from them).
-    fn observe_checked(
-        &mut self,
-        counts: &HistogramCounts,
-        pods: Option<&PodHistogramCounts>,
-    ) -> bool {
+    fn observe_checked(&mut self, counts: &HistogramCounts, pods: Option<&PodHistogramCounts>) {
         let HistogramCounts { canary, stable } = counts;
         let canary_total = *canary.last().expect("length checked");
         let stable_total = *stable.last().expect("length checked");
@@ -181,7 +185,6 @@ impl LatencyJudge {
         } else {
             canary_total as f64 / total as f64
         };
-        let mut several_pods = false;
         for ((&index, evidence), stable_slower_sum) in self
             .judged
             .iter()
@@ -192,18 +195,11 @@ impl LatencyJudge {
             let stable_slower = stable_total - stable[index];
             // Per pod: its requests and how many were slower than this boundary.
             let split = pods.map(|pods| {
-                let slower = |version: &[Vec<u64>]| -> Vec<(u64, u64)> {
-                    version
-                        .iter()
-                        .map(|pod| {
-                            let total = *pod.last().expect("length checked");
-                            (total, total - pod[index])
-                        })
-                        .collect()
-                };
-                PodSplit::new(slower(&pods.canary), slower(&pods.stable))
+                PodSplit::new(
+                    slower_per_pod(&pods.canary, index),
+                    slower_per_pod(&pods.stable, index),
+                )
             });
-            several_pods |= split.as_ref().is_some_and(PodSplit::several_pods);
             evidence.observe(
                 &self.grid,
                 canary_slower,
@@ -215,7 +211,6 @@ impl LatencyJudge {
         }
         self.stable_requests += stable_total;
         self.canary_requests += canary_total;
-        several_pods
     }
 
     /// Records an interval for which Prometheus returned no data.
@@ -384,6 +379,14 @@ impl LatencyJudge {
             explanation,
         }
     }
+}
+
+/// Per pod: its requests and how many were slower than the boundary at `index`.
+fn slower_per_pod(version: &[Vec<u64>], index: usize) -> impl Iterator<Item = (u64, u64)> + '_ {
+    version.iter().map(move |pod| {
+        let total = *pod.last().expect("length checked");
+        (total, total - pod[index])
+    })
 }
 
 #[cfg(test)]
