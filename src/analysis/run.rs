@@ -21,6 +21,9 @@ use crate::metrics::{MetricsSource, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
+/// The CRD's rules on a compare's judge settings (`canary validate` reports each once).
+pub const JUDGE_ALPHA_OUT_OF_RANGE: &str = "compare.judge.alpha must be in (0, 0.5)";
+pub const JUDGE_TOLERANCES_OUT_OF_RANGE: &str = "compare.judge tolerances must be in [0, 10]";
 
 /// Headers that carry credentials: only by reference to a Secret, never written inline.
 fn is_credential_header(name: &str) -> bool {

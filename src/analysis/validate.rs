@@ -147,11 +147,22 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
     // The CRD's rules on a compare's judge settings cover the settings `prepare` checks first
     // (alpha, then the tolerances), and `prepare` stops at the first invalid one: when a rule
     // said the judge is misconfigured, `prepare` can only say the same again.
-    let judge_rule_failed = |field: &str| {
-        template.notes.iter().any(|note| {
-            note.message.starts_with("compare.judge")
-                && field.starts_with(&format!("{}.judge", note.field))
+    let judge_rule_fields: Vec<String> = template
+        .notes
+        .iter()
+        .filter(|note| {
+            [
+                run::JUDGE_ALPHA_OUT_OF_RANGE,
+                run::JUDGE_TOLERANCES_OUT_OF_RANGE,
+            ]
+            .contains(&note.message.as_str())
         })
+        .map(|note| format!("{}.judge", note.field))
+        .collect();
+    let judge_rule_failed = |field: &str| {
+        judge_rule_fields
+            .iter()
+            .any(|judge| field.starts_with(judge.as_str()))
     };
     match run::prepare(
         &template.name,

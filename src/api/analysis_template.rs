@@ -157,9 +157,9 @@ pub struct Metric {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.requests) && has(self.errors) && !has(self.latencyBuckets)) || (!has(self.requests) && !has(self.errors) && has(self.latencyBuckets))").message("compare needs requests and errors (an error-rate comparison) or latencyBuckets (a latency comparison), not both"))]
-#[x_kube(validation = Rule::new("!has(self.judge) || !has(self.judge.alpha) || (self.judge.alpha > 0.0 && self.judge.alpha < 0.5)").message("compare.judge.alpha must be in (0, 0.5)"))]
+#[x_kube(validation = Rule::new("!has(self.judge) || !has(self.judge.alpha) || (self.judge.alpha > 0.0 && self.judge.alpha < 0.5)").message(crate::analysis::run::JUDGE_ALPHA_OUT_OF_RANGE))]
 #[x_kube(validation = Rule::new("!has(self.weight) || (self.weight >= 0.01 && self.weight <= 1000.0)").message(crate::analysis::run::WEIGHT_OUT_OF_RANGE))]
-#[x_kube(validation = Rule::new("!has(self.judge) || ((!has(self.judge.errorTolerance) || (self.judge.errorTolerance >= 0.0 && self.judge.errorTolerance <= 10.0)) && (!has(self.judge.latencyTolerance) || (self.judge.latencyTolerance >= 0.0 && self.judge.latencyTolerance <= 10.0)))").message("compare.judge tolerances must be in [0, 10]"))]
+#[x_kube(validation = Rule::new("!has(self.judge) || ((!has(self.judge.errorTolerance) || (self.judge.errorTolerance >= 0.0 && self.judge.errorTolerance <= 10.0)) && (!has(self.judge.latencyTolerance) || (self.judge.latencyTolerance >= 0.0 && self.judge.latencyTolerance <= 10.0)))").message(crate::analysis::run::JUDGE_TOLERANCES_OUT_OF_RANGE))]
 pub struct Compare {
     /// Counters of all requests served by `{{workload}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
