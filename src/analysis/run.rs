@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::Serialize;
 
 use super::assessment::{self, AnalysisPhase, Limits, Tally};
@@ -17,6 +17,7 @@ use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
+use crate::api::duration::{earlier, later};
 use crate::metrics::{MetricsSource, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
@@ -283,6 +284,18 @@ pub fn prepare(
         {
             problem("successCondition", NO_CONDITION.into());
         }
+        for (field, duration) in [
+            ("interval", metric.interval),
+            ("initialDelay", metric.initial_delay),
+            (
+                "provider.prometheus.timeout",
+                metric.provider.prometheus.timeout,
+            ),
+        ] {
+            if let Some(too_long) = duration.and_then(crate::api::Duration::too_long) {
+                problem(field, too_long);
+            }
+        }
         if interval.as_std() < MIN_INTERVAL {
             problem(
                 "interval",
@@ -519,7 +532,7 @@ pub async fn run<S: MetricsSource>(
         .map(|m| {
             let first = match schedule {
                 Schedule::Once => started_at,
-                _ => started_at + signed(m.initial_delay),
+                _ => later(started_at, m.initial_delay),
             };
             let report = MetricReport {
                 name: m.name.clone(),
@@ -570,7 +583,7 @@ pub async fn run<S: MetricsSource>(
                 let (record, window_start, latest) = comparison;
                 let start = window_start
                     .as_ref()
-                    .map_or(end - signed(metric.interval), CounterReadings::at);
+                    .map_or_else(|| earlier(end, metric.interval), CounterReadings::at);
                 let (outcome, at_end) = match compare::measure(
                     source,
                     compare,
@@ -622,7 +635,7 @@ pub async fn run<S: MetricsSource>(
                 report.phase = assessment.phase;
                 report.message = assessment.message;
                 observe(report, &measurement);
-                *next_due = due + signed(metric.interval);
+                *next_due = later(due, metric.interval);
                 continue;
             }
             let mut request = metric.request.clone();
@@ -649,7 +662,7 @@ pub async fn run<S: MetricsSource>(
             report.phase = assessment.phase;
             report.message = assessment.message;
             observe(report, &measurement);
-            *next_due = due + signed(metric.interval);
+            *next_due = later(due, metric.interval);
         }
         if assessment::should_stop(states.iter().map(|(_, r)| (r.phase, r.dry_run))) {
             break;
@@ -694,10 +707,6 @@ pub async fn run<S: MetricsSource>(
         finished_at,
         metrics,
     }
-}
-
-fn signed(duration: Duration) -> SignedDuration {
-    SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
 #[cfg(test)]

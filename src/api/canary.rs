@@ -196,6 +196,7 @@ pub struct BackgroundAnalysis {
     pub args: Vec<AnalysisArg>,
     /// The step index from which it runs (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
     pub starting_step: Option<u32>,
     /// When every `compare` metric of this analysis says NoRegression (measured during the
     /// current step), a timed pause ends early, but never before it has lasted this long

@@ -7,11 +7,21 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
+use jiff::Timestamp;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The pattern the CRD schema enforces; kept in step with [`Duration::from_str`] by a test.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// The longest duration any field accepts: a year. Longer ones are refused by the CRD schema
+/// and by validation (a year-long interval or pause is a typo, and an unbounded one made time
+/// arithmetic overflow); time arithmetic saturates besides, so nothing can panic on one.
+pub const MAX: Duration = Duration::from_secs(8760 * 3600);
+/// [`MAX`] as the schema and messages spell it.
+pub const MAX_TEXT: &str = "8760h";
+/// The longest duration text the schema accepts (bounds the cost of its CEL rule).
+const MAX_TEXT_LENGTH: u32 = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
@@ -39,6 +49,28 @@ impl Duration {
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }
+
+    /// Why this duration is too long for a manifest field, if it is (see [`MAX`]).
+    pub fn too_long(self) -> Option<String> {
+        (self > MAX).then(|| format!("{self} is longer than the maximum {MAX_TEXT} (a year)"))
+    }
+}
+
+/// `time` plus `duration`, or the latest time there is when that overflows: time arithmetic on
+/// durations users write must never panic.
+pub fn later(time: Timestamp, duration: std::time::Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(duration)
+        .ok()
+        .and_then(|d| time.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// `time` minus `duration`, or the earliest time there is when that overflows.
+pub fn earlier(time: Timestamp, duration: std::time::Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(duration)
+        .ok()
+        .and_then(|d| time.checked_sub(d).ok())
+        .unwrap_or(Timestamp::MIN)
 }
 
 impl From<std::time::Duration> for Duration {
@@ -56,6 +88,9 @@ impl From<Duration> for std::time::Duration {
 impl FromStr for Duration {
     type Err = ParseDurationError;
 
+    /// Any text of the schema's pattern parses, however large (it saturates, and [`MAX`] is
+    /// enforced by validation): a Canary stored with an absurd duration must still be read,
+    /// or it would break the controller's watch of every Canary.
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let fail = |problem| ParseDurationError {
             input: input.to_string(),
@@ -90,24 +125,20 @@ impl FromStr for Duration {
             } else {
                 return Err(fail("the unit is not one of ms, s, m, h"));
             };
-            let whole: u128 = whole.parse().map_err(|_| fail("a number is too large"))?;
-            let mut part = whole
-                .checked_mul(unit_nanos)
-                .ok_or_else(|| fail("it is too large"))?;
+            // Digits only (checked above), so the only failure is overflow: saturate.
+            let whole: u128 = whole.parse().unwrap_or(u128::MAX);
+            let mut part = whole.saturating_mul(unit_nanos);
             if !fraction.is_empty() {
                 let digits = fraction.len().min(18) as u32;
                 let fraction: u128 = fraction[..digits as usize]
                     .parse()
                     .map_err(|_| fail("a number is malformed"))?;
-                part += fraction * unit_nanos / 10u128.pow(digits);
+                part = part.saturating_add(fraction * unit_nanos / 10u128.pow(digits));
             }
-            total_nanos = total_nanos
-                .checked_add(part)
-                .ok_or_else(|| fail("it is too large"))?;
+            total_nanos = total_nanos.saturating_add(part);
             rest = &tail[unit_len..];
         }
-        let secs =
-            u64::try_from(total_nanos / 1_000_000_000).map_err(|_| fail("it is too large"))?;
+        let secs = u64::try_from(total_nanos / 1_000_000_000).unwrap_or(u64::MAX);
         Ok(Self(std::time::Duration::new(
             secs,
             (total_nanos % 1_000_000_000) as u32,
@@ -166,7 +197,12 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "description": "A duration such as 30s, 5m, 1h30m or 500ms."
+            "maxLength": MAX_TEXT_LENGTH,
+            "description": "A duration such as 30s, 5m, 1h30m or 500ms, at most 8760h.",
+            "x-kubernetes-validations": [{
+                "rule": format!("duration(self) <= duration('{MAX_TEXT}')"),
+                "message": format!("a duration must be at most {MAX_TEXT} (a year)"),
+            }]
         })
     }
 }
@@ -190,6 +226,19 @@ mod tests {
         for (text, millis) in cases {
             let parsed: Duration = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(parsed.as_std().as_millis(), millis, "{text}");
+        }
+    }
+
+    #[test]
+    fn absurdly_large_durations_parse_saturated_and_are_too_long() {
+        for text in [
+            "100000000h",
+            "99999999999999999999999999999999999999999999h",
+            "18446744073709551616s",
+            "1h99999999999999999999999999999999999999.5h",
+        ] {
+            let parsed: Duration = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(parsed.too_long().is_some(), "{text}");
         }
     }
 
@@ -218,6 +267,31 @@ mod tests {
         }
         assert_eq!(Duration::from_secs(5400).to_string(), "1h30m");
         assert_eq!(Duration::from_millis(1500).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn time_arithmetic_saturates_instead_of_panicking() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let huge = "100000000h".parse::<Duration>().unwrap().as_std();
+        assert_eq!(later(now, huge), Timestamp::MAX);
+        assert_eq!(later(now, std::time::Duration::MAX), Timestamp::MAX);
+        assert_eq!(earlier(now, std::time::Duration::MAX), Timestamp::MIN);
+        assert!(earlier(now, huge) < now);
+        assert_eq!(
+            later(now, MAX.as_std()).duration_since(now).as_secs(),
+            8760 * 3600
+        );
+        assert_eq!(
+            earlier(now, std::time::Duration::from_secs(60)).as_second(),
+            1_800_000_000 - 60
+        );
+        assert_eq!(MAX.too_long(), None);
+        let over = Duration::from_secs(8760 * 3600 + 1);
+        assert!(
+            over.too_long().unwrap().contains("8760h"),
+            "{:?}",
+            over.too_long()
+        );
     }
 
     #[test]

@@ -150,9 +150,9 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
         Schedule::Retrospective { from, to }
     } else {
         let until = match args.for_duration {
-            Some(d) => match SignedDuration::try_from(d.as_std()) {
-                Ok(d) => Some(Timestamp::now() + d),
-                Err(e) => return invalid(format!("--for {d}: {e}")),
+            Some(d) => match d.too_long() {
+                None => Some(crate::api::duration::later(Timestamp::now(), d.as_std())),
+                Some(problem) => return invalid(format!("--for: {problem}")),
             },
             None => None,
         };

@@ -22,7 +22,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
@@ -48,6 +48,9 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
     Finalizer(Box<finalizer::Error<Error>>),
+    /// A bug met while reconciling one Canary (contained to it).
+    #[error("{0}")]
+    Panicked(String),
 }
 
 /// What every reconcile shares.
@@ -193,7 +196,81 @@ async fn termination() {
     }
 }
 
+/// Reconciles one Canary, containing a panic to that Canary: it is reported on the object and
+/// retried after [`PANIC_RETRY`], while every other Canary goes on being served. (A panic is a
+/// bug; input that could cause one is refused by validation, this is the last line.)
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    match contained(reconcile_contained(canary.clone(), ctx.clone())).await {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = panic_message(payload.as_ref());
+            let namespace = canary.namespace().unwrap_or_default();
+            error!(
+                namespace,
+                canary = canary.name_any(),
+                panic = what,
+                "reconcile panicked; this Canary is retried later, the others go on"
+            );
+            let message = format!(
+                "internal error while reconciling: {what}; the controller retries this Canary every {}s and keeps serving the others (please report it)",
+                PANIC_RETRY.as_secs()
+            );
+            report_internal_error(&canary, &ctx, &message).await;
+            Err(Error::Panicked(message))
+        }
+    }
+}
+
+/// Says on the Canary (a Warning event and `status.message`) that reconciling it failed.
+/// Best effort: the reconcile already failed, and the log has it too.
+async fn report_internal_error(canary: &Canary, ctx: &Context, message: &str) {
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+        warn!(canary = canary.name_any(), error = %e, "could not publish an event");
+    }
+    let api: Api<Canary> =
+        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    let patch = kube::api::Patch::Merge(serde_json::json!({"status": {"message": message}}));
+    if let Err(e) = api
+        .patch_status(
+            &canary.name_any(),
+            &kube::api::PatchParams::default(),
+            &patch,
+        )
+        .await
+    {
+        warn!(canary = canary.name_any(), error = %e, "could not report the internal error in status");
+    }
+}
+
+/// Runs `work`, turning a panic in it into `Err` with the panic's payload: one object's bug
+/// must not unwind through the controller's loop and stop every other object.
+async fn contained<F: std::future::Future>(
+    work: F,
+) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work).catch_unwind().await
+}
+
+/// How soon a Canary whose reconcile panicked is tried again.
+const PANIC_RETRY: Duration = Duration::from_secs(60);
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+async fn reconcile_contained(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer::finalizer(&api, FINALIZER, canary, |event| async {
@@ -209,6 +286,10 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
 fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeue {
     let namespace = canary.namespace().unwrap_or_default();
     let waiting = matches!(error, Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::Waiting(_))));
+    if let Error::Panicked(_) = error {
+        ctx.metrics.reconcile_error(&namespace, &canary.name_any());
+        return Requeue::requeue(PANIC_RETRY);
+    }
     if waiting {
         info!(namespace, canary = canary.name_any(), %error, "deleting");
     } else {
@@ -485,6 +566,32 @@ fn canaries_using(
         })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
+}
+
+#[cfg(test)]
+mod containment_tests {
+    use super::{contained, panic_message};
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_contained_and_says_why() {
+        let overflow = contained(async {
+            let far = jiff::Timestamp::MAX;
+            // What a year-long initialDelay once did inside a reconcile.
+            let _ = far + jiff::SignedDuration::from_hours(1);
+        })
+        .await
+        .expect_err("the panic is caught");
+        assert!(
+            panic_message(overflow.as_ref()).contains("overflow"),
+            "{}",
+            panic_message(overflow.as_ref())
+        );
+        let formatted = contained(async { panic!("bad {}", "input") })
+            .await
+            .expect_err("caught");
+        assert_eq!(panic_message(formatted.as_ref()), "bad input");
+        assert_eq!(contained(async { 7 }).await.ok(), Some(7));
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::api::canary::{
     AnalysisRunStatus, CanaryStatus, CompareStatus, MEASUREMENTS_KEPT, MeasurementStatus,
     MetricStatus,
 };
+use crate::api::duration::{earlier, later};
 
 /// The run that goes on in the background; the others are analysis steps (`step-N`).
 pub const BACKGROUND: &str = "background";
@@ -109,7 +110,7 @@ pub fn ensure(
             phase: AnalysisPhase::Pending,
             message: String::new(),
             tally: Tally::default(),
-            next_measurement_at: Some(at(now + signed(d.initial_delay))),
+            next_measurement_at: Some(at(later(now, d.initial_delay))),
             measurements: Vec::new(),
             compare: d.compare.as_ref().map(|_| CompareStatus::default()),
         })
@@ -295,7 +296,7 @@ pub fn record(
         let excess = metric.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
         metric.measurements.drain(..excess);
         let measured_at: Option<Timestamp> = measurement.time.parse().ok();
-        metric.next_measurement_at = measured_at.map(|t| at(t + signed(definition.interval)));
+        metric.next_measurement_at = measured_at.map(|t| at(later(t, definition.interval)));
         // An analysis step is done once the canary is shown fine; the background analysis
         // keeps watching and the rollout reads the verdict.
         let assessment = assess_metric(metric, definition, compared, false, new.run != BACKGROUND);
@@ -329,7 +330,7 @@ pub fn compare_window_start(
 ) -> Timestamp {
     metric_status(status, run, metric)
         .and_then(|m| parse(&m.compare.as_ref()?.window_end))
-        .unwrap_or(now - signed(interval))
+        .unwrap_or_else(|| earlier(now, interval))
 }
 
 /// Metric `metric` of run `run`, if both exist.

@@ -23,6 +23,7 @@ use crate::api::canary::{
     CanarySpec, CanaryStatus, OnAnalysisFailure, PauseReason, Phase, Request, RequestAction,
     RequestStatus, RollbackReason, RolloutStep,
 };
+use crate::api::duration::later;
 
 pub use analysis_runs::{
     BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
@@ -869,7 +870,7 @@ impl Planner<'_> {
         if self.evidence_ends_pause(elapsed) {
             return true;
         }
-        let left = (total - elapsed).unsigned_abs();
+        let left = total.saturating_sub(elapsed).unsigned_abs();
         self.status.message = Some(format!(
             "canary at {}%, holding {duration} ({} left)",
             self.status.canary_weight,
@@ -905,7 +906,7 @@ impl Planner<'_> {
             .unwrap_or(crate::api::canary::DEFAULT_MIN_STEP_DURATION);
         let minimum_signed = analysis_runs::signed(minimum.as_std());
         if elapsed < minimum_signed {
-            self.requeue_in((minimum_signed - elapsed).unsigned_abs());
+            self.requeue_in(minimum_signed.saturating_sub(elapsed).unsigned_abs());
             return false;
         }
         self.event(
@@ -1092,7 +1093,7 @@ impl Planner<'_> {
             return true;
         }
         // Look again when the deadline passes (sooner if something else is due), paused or not.
-        let left = deadline - waited.unwrap_or_default();
+        let left = deadline.saturating_sub(waited.unwrap_or_default());
         self.requeue_in(left.unsigned_abs().min(WAIT_RECHECK));
         false
     }
@@ -1215,8 +1216,7 @@ impl Planner<'_> {
     /// The canary lost its traffic: its pods go once the scale-down delay has passed (proxies
     /// may still hold the previous routes for a moment), at once without a delay.
     fn scale_canary_down_later(&mut self) {
-        let delay = analysis_runs::signed(self.spec.scale_down_delay().as_std());
-        let due = (self.now + delay).to_string();
+        let due = later(self.now, self.spec.scale_down_delay().as_std()).to_string();
         self.status.canary_scale_down_at.get_or_insert(due);
         self.scale_canary_down_when_due();
     }
