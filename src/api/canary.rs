@@ -502,6 +502,16 @@ pub struct CanaryStatus {
     /// pod lost mid-pause gets the whole deadline to come back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_unready_since: Option<String>,
+    /// When the canary's weight last changed: the clock of the analysis at that weight. The
+    /// background analysis starts once the canary has traffic, and promotion needs a passing
+    /// measurement taken since the final weight took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_changed_at: Option<String>,
+    /// The weight the canary had when its traffic went to stable because it had no ready pod;
+    /// it gets that weight back once it is ready for it (the progress deadline decides
+    /// meanwhile). Absent while the canary serves its weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_weight: Option<u8>,
     /// When the canary's pods, which no longer have traffic, are to be scaled down (see
     /// `spec.scaleDownDelaySeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -558,6 +568,9 @@ pub struct MetricStatus {
     pub tally: Tally,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_measurement_at: Option<String>,
+    /// When the latest passing measurement was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_passed_at: Option<String>,
     /// The most recent measurements, newest last (at most [`MEASUREMENTS_KEPT`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measurements: Vec<MeasurementStatus>,

@@ -729,6 +729,7 @@ mod tests {
                             tally: Tally::default(),
                             compare: None,
                             next_measurement_at: Some(at(20).to_string()),
+                            last_passed_at: Some(at(10).to_string()),
                             measurements: vec![MeasurementStatus {
                                 time: at(10).to_string(),
                                 phase: MeasurementPhase::Successful,

@@ -111,6 +111,7 @@ pub fn ensure(
             message: String::new(),
             tally: Tally::default(),
             next_measurement_at: Some(at(later(now, d.initial_delay))),
+            last_passed_at: None,
             measurements: Vec::new(),
             compare: d.compare.as_ref().map(|_| CompareStatus::default()),
         })
@@ -214,22 +215,77 @@ fn phases<'a>(
     })
 }
 
-/// A deciding metric of run `name` that is still measuring and has not passed a single
-/// measurement yet: concluding now would only say "nothing was measured".
+/// A deciding metric of run `name` that is still measuring and has not passed a measurement
+/// taken at or after `since` (when the final weight took effect; `None`: at any time):
+/// concluding now would promote on what was measured at another weight, or on errors alone.
 pub fn awaiting_a_pass(
     status: &CanaryStatus,
     name: &str,
     definitions: &[MetricDefinition],
+    since: Option<Timestamp>,
 ) -> Option<String> {
     let run = run(status, name)?;
     if run.phase.is_terminal() {
         return None;
     }
+    let passed = |m: &MetricStatus| match since {
+        Some(since) => parse(&m.last_passed_at).is_some_and(|passed| passed >= since),
+        None => m.tally.successful > 0,
+    };
     run.metrics
         .iter()
-        .filter(|m| !m.phase.is_terminal() && m.tally.successful == 0)
+        .filter(|m| !m.phase.is_terminal() && !passed(m))
         .find(|m| definitions.iter().any(|d| d.name == m.name && !d.dry_run))
         .map(|m| m.name.clone())
+}
+
+/// Stops the clocks of every run still measuring, because the canary has no traffic to
+/// judge (see [`resume_measuring`]).
+pub fn hold_measuring(status: &mut CanaryStatus) {
+    for run in status
+        .analysis_runs
+        .iter_mut()
+        .filter(|r| !r.phase.is_terminal())
+    {
+        for metric in run.metrics.iter_mut().filter(|m| !m.phase.is_terminal()) {
+            metric.next_measurement_at = None;
+        }
+    }
+}
+
+/// Starts the clocks [`hold_measuring`] stopped, as at a run's start: each metric's next
+/// measurement after its `initialDelay` from `now`, and a compare metric's next interval from
+/// `now`, so no measurement covers the time the canary had no traffic.
+pub fn resume_measuring(
+    status: &mut CanaryStatus,
+    definitions: &BTreeMap<String, Vec<MetricDefinition>>,
+    now: Timestamp,
+) {
+    for run in status
+        .analysis_runs
+        .iter_mut()
+        .filter(|r| !r.phase.is_terminal())
+    {
+        let Some(run_definitions) = definitions.get(&run.name) else {
+            continue;
+        };
+        for metric in run
+            .metrics
+            .iter_mut()
+            .filter(|m| !m.phase.is_terminal() && m.next_measurement_at.is_none())
+        {
+            let Some(definition) = run_definitions.iter().find(|d| d.name == metric.name) else {
+                continue;
+            };
+            let mut first = definition.initial_delay;
+            if let Some(compare) = metric.compare.as_mut() {
+                // Its first interval starts now and lasts at least one interval.
+                compare.window_end = Some(at(now));
+                first = first.max(definition.interval);
+            }
+            metric.next_measurement_at = Some(at(later(now, first)));
+        }
+    }
 }
 
 /// Stops every run that is still measuring, because the rollout ended (`outcome`: what
@@ -292,6 +348,9 @@ pub fn record(
             _ => false,
         };
         metric.tally.record(measurement.phase);
+        if measurement.phase == crate::analysis::MeasurementPhase::Successful {
+            metric.last_passed_at = Some(measurement.time.clone());
+        }
         metric.measurements.push(measurement.clone());
         let excess = metric.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
         metric.measurements.drain(..excess);

@@ -451,6 +451,7 @@ impl Planner<'_> {
         self.status.analysis_runs.clear();
         // The canary is replaced now, not scaled down later.
         self.status.canary_scale_down_at = None;
+        self.status.withdrawn_weight = None;
         self.status.canary_revision = Some(revision.clone());
         self.status.canary_images = Some(target.images.clone());
         self.status.rollout_started_at = Some(self.now_text());
@@ -582,6 +583,21 @@ impl Planner<'_> {
             }
         }
         self.restart_steps_if_changed();
+        self.keep_stable_sized();
+        if self.withdraw_traffic_while_unready() {
+            // Whatever was measured meanwhile is dropped: a subset without pods served nothing.
+            if self.deadline_exceeded() {
+                let deadline = self.spec.progress_deadline();
+                self.begin_rollback(
+                    RollbackReason::ProgressDeadlineExceeded,
+                    format!(
+                        "{} had no ready pod for its traffic within the progress deadline ({deadline})",
+                        self.spec.canary_name()
+                    ),
+                );
+            }
+            return;
+        }
         self.correct_weight_drift();
         // Measurements are recorded while paused too: a canary waiting for approval keeps
         // its traffic, so the background analysis keeps judging it.
@@ -643,6 +659,78 @@ impl Planner<'_> {
             self.keep_canary_sized();
         }
         self.walk_steps();
+    }
+
+    /// Stable runs the whole service during a rollout (the canary's pods are extra): when the
+    /// service is scaled mid-rollout, stable is resized with it.
+    fn keep_stable_sized(&mut self) {
+        let revision = self.status.stable_revision.clone().unwrap_or_default();
+        let desired = self.desired();
+        let sized = self.observed.stable.as_ref().is_some_and(|s| {
+            s.replicas == desired && s.revision.as_deref() == Some(revision.as_str())
+        });
+        if !sized {
+            self.actions.push(Action::EnsureStable {
+                revision,
+                replicas: desired,
+            });
+        }
+    }
+
+    /// Ready pods of the canary's revision.
+    fn canary_ready_pods(&self) -> i32 {
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        self.observed
+            .canary
+            .as_ref()
+            .filter(|c| c.revision.as_deref() == Some(revision.as_str()))
+            .map_or(0, |c| c.ready_replicas)
+    }
+
+    /// A canary with traffic and no ready pod (its pods crashed, were evicted, its Deployment
+    /// was deleted): its traffic goes to stable at once, and its analyses stop measuring (a
+    /// subset that served nothing proves nothing). Once its pods are ready for the weight
+    /// again, the weight, the step's clock and the analyses' clocks start again; the progress
+    /// deadline decides meanwhile. Whether the traffic is withdrawn.
+    fn withdraw_traffic_while_unready(&mut self) -> bool {
+        let canary = self.spec.canary_name();
+        if let Some(weight) = self.status.withdrawn_weight {
+            if self.canary_can_serve(weight) {
+                self.status.withdrawn_weight = None;
+                self.event(
+                    EventType::Normal,
+                    "TrafficRestored",
+                    format!("{canary} has ready pods again: canary weight 0% → {weight}%"),
+                );
+                self.set_weight(weight);
+                self.status.step_started_at = Some(self.now_text());
+                if let Ok(definitions) = &self.observed.analysis {
+                    analysis_runs::resume_measuring(&mut self.status, definitions, self.now);
+                }
+                return false;
+            }
+        } else if self.status.canary_weight > 0 && self.canary_ready_pods() == 0 {
+            let weight = self.status.canary_weight;
+            self.status.withdrawn_weight = Some(weight);
+            self.event(
+                EventType::Warning,
+                "TrafficWithdrawn",
+                format!(
+                    "{canary} has no ready pod: its {weight}% goes to stable until it is ready again (or the progress deadline passes)"
+                ),
+            );
+            analysis_runs::hold_measuring(&mut self.status);
+        } else {
+            return false;
+        }
+        let weight = self.status.withdrawn_weight.unwrap_or_default();
+        self.ensure_canary_at(weight);
+        self.set_weight(0);
+        self.status.message = Some(format!(
+            "{canary} has no ready pod: its {weight}% is on stable until it is ready again; analysis on hold"
+        ));
+        self.requeue_in(WAIT_RECHECK);
+        true
     }
 
     /// A background analysis that fails (or turns inconclusive) while the rollout holds (a
@@ -945,7 +1033,11 @@ impl Planner<'_> {
             return true;
         };
         // Before its starting step, unless a run exists already (the steps started again).
-        if (index as u32) < background.starting_step.unwrap_or(0) && !self.run_exists(BACKGROUND) {
+        // Its clock starts when the canary first has traffic, not when the rollout starts: the
+        // first measurement must not depend on how fast the canary's pods became ready.
+        let before_start = (index as u32) < background.starting_step.unwrap_or(0)
+            || (self.status.canary_weight == 0 && index < self.spec.rollout_steps().len());
+        if before_start && !self.run_exists(BACKGROUND) {
             return true;
         }
         match self.ensure_run(BACKGROUND) {
@@ -964,12 +1056,17 @@ impl Planner<'_> {
         let Some(definitions) = self.definitions_of(BACKGROUND) else {
             return false;
         };
-        if let Some(metric) = analysis_runs::awaiting_a_pass(&self.status, BACKGROUND, &definitions)
+        // A pass measured at the final weight: passes at earlier weights followed by errors
+        // (Prometheus gone as the last step began) prove nothing about this one.
+        let since = analysis_runs::parse(&self.status.weight_changed_at);
+        if let Some(metric) =
+            analysis_runs::awaiting_a_pass(&self.status, BACKGROUND, &definitions, since)
         {
             // Bounded: every measurement that is not a pass counts towards one of the
             // metric's limits, which end the run.
             self.status.message = Some(format!(
-                "every step passed; promotion waits for the background analysis' first passing measurement of {metric}"
+                "every step passed; promotion waits for a passing measurement of {metric} by the background analysis at the final weight ({}%)",
+                self.status.canary_weight
             ));
             return false;
         }
@@ -1124,6 +1221,7 @@ impl Planner<'_> {
             }
         }
         analysis_runs::stop_measuring(&mut self.status, "the canary was promoted");
+        self.status.withdrawn_weight = None;
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
         if !self.ensure_stable(&revision) {
@@ -1141,8 +1239,13 @@ impl Planner<'_> {
                     ),
                 );
             }
-            // The canary keeps serving its share until stable runs the new revision.
-            self.hold_paused();
+            // The canary keeps serving its share until stable runs the new revision, unless it
+            // has no ready pod to serve it with.
+            if self.canary_ready_pods() == 0 {
+                self.set_weight(0);
+            } else {
+                self.hold_paused();
+            }
             self.status.message = Some(format!(
                 "promoting {revision}: waiting for {} to run it with {desired} ready pods",
                 self.spec.stable_name()
@@ -1175,6 +1278,7 @@ impl Planner<'_> {
         };
         self.event(EventType::Warning, event_reason, message.clone());
         analysis_runs::stop_measuring(&mut self.status, "the canary was rolled back");
+        self.status.withdrawn_weight = None;
         self.status.phase = Phase::RollingBack;
         self.status.rollback_reason = Some(reason);
         self.status.pause_reason = None;
@@ -1240,6 +1344,9 @@ impl Planner<'_> {
     }
 
     fn set_weight(&mut self, weight: u8) {
+        if self.status.canary_weight != weight {
+            self.status.weight_changed_at = Some(self.now_text());
+        }
         self.status.canary_weight = weight;
         self.actions.push(Action::SetWeight { weight });
     }

@@ -1739,3 +1739,260 @@ fn a_weight_reset_while_the_canary_grows_is_set_back() {
         p.actions
     );
 }
+
+/// A background success-rate metric measured every 10 s that tolerates 4 consecutive errors
+/// (Argo's default), without a count: it runs until the rollout ends.
+fn background_with_error_limit_4() -> Result<BTreeMap<String, Vec<MetricDefinition>>, String> {
+    let mut definitions = definitions(BACKGROUND, 1)?;
+    for definition in definitions.values_mut().flatten() {
+        definition.limits.count = None;
+        definition.limits.consecutive_error_limit = 4;
+    }
+    Ok(definitions)
+}
+
+#[test]
+fn promotion_needs_a_pass_at_the_final_weight_not_errors_alone() {
+    use MeasurementPhase::*;
+    // Passes at 20%; Prometheus dies as the final 1-minute pause at 50% begins.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}},
+                  {"setWeight": 50}, {"pause": {"duration": "1m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.analysis = background_with_error_limit_4();
+    seen.canary = Some(ready("r2", 1));
+    let mut status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+    assert_eq!(status.canary_weight, 20);
+    let at = |status: &mut CanaryStatus,
+              seen: &mut Observed,
+              second: i64,
+              phase: Option<MeasurementPhase>| {
+        seen.measurements = phase
+            .map(|phase| vec![measurement(BACKGROUND, second, phase)])
+            .unwrap_or_default();
+        let p = plan(&s, status, seen, t(second));
+        *status = p.status.clone();
+        p
+    };
+    for second in [10, 20, 30, 40, 50] {
+        at(&mut status, &mut seen, second, Some(Successful));
+    }
+    seen.canary = Some(ready("r2", 2));
+    let stepped = at(&mut status, &mut seen, 61, None);
+    assert_eq!(stepped.status.canary_weight, 50);
+    assert_eq!(stepped.status.weight_changed_at, Some(t(61).to_string()));
+    // Four errors at 50%, within consecutiveErrorLimit 4; then the pause is over.
+    for second in [70, 80, 90, 100] {
+        at(&mut status, &mut seen, second, Some(Error));
+    }
+    let end = at(&mut status, &mut seen, 125, None);
+    assert_eq!(
+        end.status.phase,
+        Phase::Progressing,
+        "{:?}",
+        end.status.message
+    );
+    let message = end.status.message.clone().unwrap();
+    assert!(
+        message.contains("success-rate") && message.contains("final weight (50%)"),
+        "{message}"
+    );
+    assert_eq!(
+        end.status.canary_weight, 50,
+        "the canary keeps its share meanwhile"
+    );
+    // Prometheus stays down: the error limit ends the run and the policy rolls back.
+    let mut dead = status.clone();
+    let mut dead_seen = seen.clone();
+    let rolled = at(&mut dead, &mut dead_seen, 130, Some(Error));
+    assert_eq!(
+        rolled.status.phase,
+        Phase::RolledBack,
+        "{:?}",
+        rolled.status.message
+    );
+    // Prometheus comes back and the canary passes at 50%: promoted.
+    let promoted = at(&mut status, &mut seen, 130, Some(Successful));
+    assert_eq!(
+        promoted.status.phase,
+        Phase::Promoting,
+        "{:?}",
+        promoted.status.message
+    );
+}
+
+#[test]
+fn the_background_analysis_clock_starts_when_the_canary_first_has_traffic() {
+    // The same spec on an idle cluster (pods ready in 1 s) and a loaded one (ready in 9 s):
+    // the first measurement is due 10 s (initialDelay) after the canary's first traffic.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 20}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut definitions = background_with_error_limit_4().unwrap();
+    for definition in definitions.values_mut().flatten() {
+        definition.initial_delay = StdDuration::from_secs(10);
+    }
+    for pods_ready_after in [1, 9] {
+        let mut seen = observed("r2");
+        seen.analysis = Ok(definitions.clone());
+        let mut status = plan(&s, &idle(), &seen, t(0)).status;
+        assert_eq!(status.phase, Phase::Progressing);
+        seen.canary = Some(not_ready("r2", 1));
+        for second in 1..pods_ready_after {
+            status = plan(&s, &status, &seen, t(second)).status;
+            assert!(
+                status.analysis_runs.is_empty(),
+                "no traffic yet at {second}s: no analysis clock"
+            );
+        }
+        seen.canary = Some(ready("r2", 1));
+        let traffic = plan(&s, &status, &seen, t(pods_ready_after));
+        assert_eq!(traffic.status.canary_weight, 20);
+        let first_due = analysis_runs::run(&traffic.status, BACKGROUND)
+            .unwrap()
+            .metrics[0]
+            .next_measurement_at
+            .clone();
+        assert_eq!(
+            first_due,
+            Some(t(pods_ready_after + 10).to_string()),
+            "ready after {pods_ready_after}s"
+        );
+    }
+}
+
+#[test]
+fn a_canary_without_ready_pods_loses_its_traffic_at_once_and_gets_it_back_when_ready() {
+    use MeasurementPhase::*;
+    // At 20%, in an analysis step measuring every 10 s (count 2): the canary's pods vanish.
+    let s = spec(serde_json::json!({
+        "progressDeadlineSeconds": 60,
+        "steps": [{"setWeight": 20},
+                  {"analysis": {"templates": [{"templateName": "success"}]}},
+                  {"setWeight": 50}],
+    }));
+    for held_by_a_human in [false, true] {
+        let mut seen = observed("r2");
+        seen.analysis = definitions("step-1", 2);
+        seen.canary = Some(ready("r2", 1));
+        let mut status = plan(&s, &progressing(1, 20, 0), &seen, t(0)).status;
+        if held_by_a_human {
+            seen.request = request(RequestAction::Pause, "p");
+            status = plan(&s, &status, &seen, t(0)).status;
+            assert_eq!(status.phase, Phase::Paused);
+        }
+        let phase = status.phase;
+        seen.canary = Some(not_ready("r2", 1));
+        // The measurement taken as the pods went is not recorded: they served nothing.
+        seen.measurements = vec![measurement("step-1", 5, Successful)];
+        let lost = plan(&s, &status, &seen, t(5));
+        assert_eq!(lost.status.canary_weight, 0, "held {held_by_a_human}");
+        assert!(lost.actions.contains(&Action::SetWeight { weight: 0 }));
+        assert_eq!(lost.status.withdrawn_weight, Some(20));
+        assert_eq!(lost.status.phase, phase);
+        assert_eq!(reasons(&lost), ["TrafficWithdrawn"]);
+        let run = analysis_runs::run(&lost.status, "step-1").unwrap();
+        assert_eq!(run.metrics[0].tally.measured, 0, "nothing recorded");
+        assert!(
+            due_measurements(&lost.status, t(1000)).is_empty(),
+            "the analysis is on hold"
+        );
+        // Still no pod: held, nothing passes, the deadline counts.
+        seen.measurements.clear();
+        let still = plan(&s, &lost.status, &seen, t(30));
+        assert_eq!(
+            (still.status.canary_weight, still.status.current_step_index),
+            (0, Some(1))
+        );
+        assert!(reasons(&still).is_empty(), "{:?}", reasons(&still));
+        // Back within the deadline: the weight, the step and the analysis start again.
+        seen.canary = Some(ready("r2", 1));
+        let back = plan(&s, &still.status, &seen, t(40));
+        assert_eq!(back.status.canary_weight, 20);
+        assert_eq!(back.status.withdrawn_weight, None);
+        assert_eq!(reasons(&back), ["TrafficRestored"]);
+        assert_eq!(back.status.step_started_at, Some(t(40).to_string()));
+        assert_eq!(
+            due_measurements(&back.status, t(40)),
+            vec![("step-1".to_string(), "success-rate".to_string())]
+        );
+        // Gone for good: the progress deadline rolls it back.
+        seen.canary = Some(not_ready("r2", 1));
+        let mut status = plan(&s, &back.status, &seen, t(50)).status;
+        assert_eq!(status.canary_weight, 0);
+        status = plan(&s, &status, &seen, t(100)).status;
+        assert_eq!(status.phase, phase);
+        let p = plan(&s, &status, &seen, t(111));
+        assert_eq!(p.status.phase, Phase::RolledBack, "held {held_by_a_human}");
+        assert_eq!(
+            p.status.rollback_reason,
+            Some(RollbackReason::ProgressDeadlineExceeded)
+        );
+    }
+}
+
+#[test]
+fn a_promotion_whose_canary_lost_its_pods_takes_its_traffic_off_it() {
+    let s = spec(serde_json::json!({}));
+    let mut status = progressing(3, 50, 0);
+    status.phase = Phase::Promoting;
+    let mut seen = observed("r2");
+    seen.stable = Some(not_ready("r2", 4));
+    seen.canary = Some(ready("r2", 2));
+    let waiting = plan(&s, &status, &seen, t(10));
+    assert_eq!(waiting.status.canary_weight, 50, "stable not ready yet");
+    seen.canary = Some(not_ready("r2", 2));
+    let lost = plan(&s, &waiting.status, &seen, t(20));
+    assert_eq!(lost.status.phase, Phase::Promoting);
+    assert_eq!(lost.status.canary_weight, 0);
+}
+
+#[test]
+fn a_service_scaled_mid_rollout_scales_stable_with_it() {
+    // 4 → 10 replicas at 20%: stable must serve its 80% with 10 pods, not stay at 4.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 20}, {"pause": {"duration": "30m"}}],
+    }));
+    let status = progressing(1, 20, 0);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.target = Some(Ok(TargetState {
+        replicas: 10,
+        ..target("r2")
+    }));
+    let p = plan(&s, &status, &seen, t(60));
+    assert_eq!(p.status.desired_replicas, Some(10));
+    for expected in [
+        Action::EnsureStable {
+            revision: "r1".into(),
+            replicas: 10,
+        },
+        Action::EnsureCanary {
+            revision: "r2".into(),
+            replicas: 2,
+        },
+        Action::ScaleTargetToZero,
+    ] {
+        assert!(
+            p.actions.contains(&expected),
+            "{expected:?} in {:?}",
+            p.actions
+        );
+    }
+    // Once stable is sized, it is not written again.
+    seen.stable = Some(ready("r1", 10));
+    seen.canary = Some(ready("r2", 2));
+    seen.target = Some(Ok(target("r2")));
+    let settled = plan(&s, &p.status, &seen, t(70));
+    assert!(
+        !settled
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureStable { .. })),
+        "{:?}",
+        settled.actions
+    );
+}
