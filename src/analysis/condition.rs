@@ -18,6 +18,7 @@
 //! [`Condition::evaluate`] refuses to evaluate one whose estimate for the actual result does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cel::common::ast::{ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::Value;
@@ -65,6 +66,11 @@ pub const COST_LIMIT: u64 = 10_000_000;
 /// whenever its estimate for their size is within the limit too (`result[0] >= 0.95` costs
 /// the same for any size; `result.all(x, x < 0.01)` grows with it).
 pub const RESULT_SERIES_BOUND: u64 = 1_000;
+
+/// How long judging one measurement may take. Within [`COST_LIMIT`] an evaluation takes far
+/// less; this bounds what the estimate could miss, so a slow condition becomes an `Error`
+/// measurement instead of a stalled controller.
+pub const EVALUATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The value a query produced, as a condition sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -262,6 +268,43 @@ impl Condition {
             ))),
             Err(e) => Err(evaluation_error(e.to_string())),
         }
+    }
+}
+
+/// What a condition's work is, when it is done off the async runtime (see [`off_the_runtime`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvaluationError {
+    #[error(
+        "evaluating the conditions took longer than {0:?}, so this measurement is an error: simplify the conditions"
+    )]
+    TimedOut(Duration),
+    #[error("evaluating the conditions failed inside the CEL evaluator: {0}")]
+    Panicked(String),
+}
+
+/// Runs `work` (evaluating conditions: CPU-bound, unlike everything else a reconcile does) on
+/// the blocking thread pool, so that it never holds up the async workers that serve every other
+/// Canary and `/healthz`, and gives up waiting after `limit`. A thread still evaluating after
+/// that finishes on its own; its result is dropped ([`COST_LIMIT`] bounds how long it runs).
+pub async fn off_the_runtime<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EvaluationError> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(join)) => Err(EvaluationError::Panicked(panic_message(join))),
+        Err(_) => Err(EvaluationError::TimedOut(limit)),
+    }
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string()),
+        Err(join) => join.to_string(),
     }
 }
 
@@ -785,6 +828,30 @@ mod tests {
         // A condition that looks at one element judges any number of series.
         let first = Condition::compile("result[0] < 1.0").unwrap();
         assert_eq!(first.evaluate(&huge), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn work_off_the_runtime_is_bounded_in_time_and_survives_panics() {
+        let value = off_the_runtime(Duration::from_secs(10), || 6 * 7).await;
+        assert_eq!(value, Ok(42));
+        // The timeout, not the work, ends the wait: the work would still be sleeping.
+        let slow = off_the_runtime(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(1));
+            true
+        })
+        .await;
+        assert_eq!(
+            slow,
+            Err(EvaluationError::TimedOut(Duration::from_millis(50)))
+        );
+        let panicked = off_the_runtime(Duration::from_secs(10), || -> bool {
+            panic!("the evaluator gave up")
+        })
+        .await;
+        assert_eq!(
+            panicked,
+            Err(EvaluationError::Panicked("the evaluator gave up".into()))
+        );
     }
 
     #[test]
