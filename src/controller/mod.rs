@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod measurements;
 pub mod metrics;
 pub mod reconcile;
 
@@ -30,6 +31,7 @@ use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
+pub use measurements::Measurements;
 pub use metrics::Metrics;
 
 /// The finalizer that makes deletion send traffic back to stable first.
@@ -59,6 +61,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub readings: ReadingsCache,
     pub status_writes: StatusWrites,
+    /// Measurements in flight, off the reconcile path.
+    pub measurements: Measurements,
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -235,6 +239,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let prometheus = PrometheusSource::new().map_err(|e| Error::Invalid(e.to_string()))?;
+    let (measurements, finished_measurements) = Measurements::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         prometheus,
@@ -249,6 +254,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics: Metrics::default(),
         readings: ReadingsCache::default(),
         status_writes: StatusWrites::default(),
+        measurements,
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -315,7 +321,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
 
-    let controller = Controller::new(canaries, watcher::Config::default());
+    // A finished measurement is picked up by a reconcile of its Canary.
+    let controller =
+        Controller::new(canaries, watcher::Config::default()).reconcile_on(finished_measurements);
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
