@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod liveness;
 pub mod measurements;
 pub mod metrics;
 pub mod reconcile;
@@ -31,6 +32,7 @@ use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
+pub use liveness::Liveness;
 pub use measurements::Measurements;
 pub use metrics::Metrics;
 
@@ -46,6 +48,9 @@ pub enum Error {
     /// Not a failure: something to wait for (retried shortly).
     #[error("{0}")]
     Waiting(String),
+    /// A reconcile took longer than its bound and was abandoned (retried).
+    #[error("{0}")]
+    TimedOut(String),
     #[error("serialising an object: {0}")]
     Json(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -63,6 +68,8 @@ pub struct Context {
     pub status_writes: StatusWrites,
     /// Measurements in flight, off the reconcile path.
     pub measurements: Measurements,
+    /// Whether reconciles make progress, for `/healthz`.
+    pub liveness: Liveness,
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -255,6 +262,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         readings: ReadingsCache::default(),
         status_writes: StatusWrites::default(),
         measurements,
+        liveness: Liveness::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -450,7 +458,17 @@ async fn serve(
                 },
             ),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(
+                |State((ctx, _)): State<(Arc<Context>, Arc<AtomicBool>)>| async move {
+                    match ctx.liveness.check(std::time::Instant::now()) {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                },
+            ),
+        )
         .route(
             "/readyz",
             get(

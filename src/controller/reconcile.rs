@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::liveness::RECONCILE_TIMEOUT;
 use super::measurements::{Finished, MeasurementKey};
 use super::{Context, Error, ReadingsKey};
 use crate::analysis::condition::{self, EVALUATION_TIMEOUT};
@@ -60,8 +61,38 @@ pub fn destination_rule_resource() -> ApiResource {
 /// How soon to look again at a Canary whose cached copy predates our own status write.
 const STALE_COPY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Runs one reconcile of `canary`, abandoning it after [`RECONCILE_TIMEOUT`] (it is retried
+/// like a failed one; status holds everything needed to continue), and tells the liveness
+/// check when it started and when the Canary is due again.
+async fn bounded(
+    canary: &Canary,
+    ctx: &Context,
+    reconcile: impl Future<Output = Result<Option<Duration>, Error>>,
+) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let running = ctx.liveness.started(&namespace, &name, Instant::now());
+    let outcome = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::TimedOut(format!(
+                "the reconcile of Canary {namespace}/{name} took longer than {}s and was abandoned; retrying (is the API server slow?)",
+                RECONCILE_TIMEOUT.as_secs()
+            )))
+        });
+    // A failed reconcile is retried shortly.
+    let next = outcome.as_ref().map_or(Some(Duration::ZERO), |next| *next);
+    running.finished(next, Instant::now());
+    outcome.map(|next| next.map_or_else(Requeue::await_change, Requeue::requeue))
+}
+
 /// Reconciles a Canary that is not being deleted.
 pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    bounded(&canary, &ctx, apply_unbounded(&canary, &ctx)).await
+}
+
+/// [`apply`]; returns when to look again.
+async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Duration>, Error> {
     let started = std::time::Instant::now();
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
@@ -69,10 +100,10 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     let now = Timestamp::now();
     if ctx.status_writes.is_stale(&namespace, &name, &status) {
         // Our last status write is not in the watch cache yet; its event brings it shortly.
-        return Ok(Requeue::requeue(STALE_COPY_RECHECK));
+        return Ok(Some(STALE_COPY_RECHECK));
     }
 
-    let (observed, read) = observe(&canary, &status, &ctx, now).await?;
+    let (observed, read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
@@ -83,10 +114,10 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     // patched over the VirtualService it read (the patch's test operations refuse it if it
     // changed since).
     for action in &plan.actions {
-        apply_action(&canary, &read, action, &ctx).await?;
+        apply_action(canary, &read, action, ctx).await?;
     }
     if plan.status != status {
-        let stored = write_status(&canary, &plan.status, &ctx).await?;
+        let stored = write_status(canary, &plan.status, ctx).await?;
         if stored == status {
             // The API server kept nothing of the change (an installed CRD older than the
             // controller prunes new fields): waiting for the cache to show it would be waiting
@@ -101,7 +132,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         }
     }
     for event in &plan.events {
-        publish(&ctx.recorder, &canary, event).await;
+        publish(&ctx.recorder, canary, event).await;
     }
     for measured in &observed.measurements {
         if let Some(phase) = rollout::recorded_phase(&plan.status, measured) {
@@ -113,9 +144,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         .observe(&namespace, &name, &plan.status, started.elapsed());
     ctx.metrics
         .measurements_in_flight(ctx.measurements.in_flight());
-    Ok(Requeue::requeue(
-        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
-    ))
+    Ok(Some(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
 }
 
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
@@ -123,9 +152,14 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
 /// back; once they are ready both DestinationRule subsets select the target's pods; only then
 /// is the finalizer removed and the managed Deployments garbage-collected.
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    bounded(&canary, &ctx, cleanup_unbounded(&canary, &ctx)).await
+}
+
+/// [`cleanup`]; `None` once done (nothing more to look at).
+async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Duration>, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let routing = &canary.spec.traffic_routing.istio;
-    if let Err(e) = set_weight(&ctx, &namespace, routing, 0, None).await {
+    if let Err(e) = set_weight(ctx, &namespace, routing, 0, None).await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -174,7 +208,8 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
     ctx.readings.forget(&namespace, &canary.name_any());
     ctx.status_writes.forget(&namespace, &canary.name_any());
     ctx.measurements.forget(&namespace, &canary.name_any());
-    Ok(Requeue::await_change())
+    ctx.liveness.forget(&namespace, &canary.name_any());
+    Ok(None)
 }
 
 /// Objects observe read that applying the plan needs again.
