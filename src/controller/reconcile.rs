@@ -158,6 +158,9 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
 /// [`cleanup`]; `None` once done (nothing more to look at).
 async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Duration>, Error> {
     let namespace = canary.namespace().unwrap_or_default();
+    // First, so that no measurement finishing meanwhile triggers one more reconcile, which
+    // could come after the finalizer is gone and act on a stale copy.
+    ctx.measurements.forget(&namespace, &canary.name_any());
     let routing = &canary.spec.traffic_routing.istio;
     if let Err(e) = set_weight(ctx, &namespace, routing, 0, None).await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
@@ -207,7 +210,6 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
     ctx.status_writes.forget(&namespace, &canary.name_any());
-    ctx.measurements.forget(&namespace, &canary.name_any());
     ctx.liveness.forget(&namespace, &canary.name_any());
     Ok(None)
 }
