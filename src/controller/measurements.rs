@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::channel::mpsc;
@@ -53,7 +54,9 @@ pub struct Finished {
 }
 
 enum Entry {
-    InFlight(AbortHandle),
+    /// The task, and a number that tells it from an earlier, cancelled task of the same key
+    /// that finished before its cancellation took effect.
+    InFlight(AbortHandle, u64),
     Finished(Box<Finished>),
 }
 
@@ -61,6 +64,7 @@ enum Entry {
 pub struct Measurements {
     entries: Arc<Mutex<BTreeMap<MeasurementKey, Entry>>>,
     finished: mpsc::UnboundedSender<ObjectRef<Canary>>,
+    started: AtomicU64,
 }
 
 /// Canaries with a finished measurement to pick up (give it to `Controller::reconcile_on`).
@@ -72,6 +76,7 @@ impl Measurements {
         let measurements = Self {
             entries: Arc::default(),
             finished,
+            started: AtomicU64::new(0),
         };
         (measurements, receiver)
     }
@@ -91,6 +96,7 @@ impl Measurements {
         let shared = Arc::downgrade(&self.entries);
         let finished = self.finished.clone();
         let task_key = key.clone();
+        let number = self.started.fetch_add(1, Ordering::Relaxed);
         // Spawned under the lock, so the task cannot finish before its entry exists.
         let task = tokio::spawn(async move {
             let result = work.await;
@@ -98,15 +104,18 @@ impl Measurements {
                 return;
             };
             let mut entries = lock(&entries);
-            // Not in flight any more: cancelled while finishing.
-            if let Some(entry @ Entry::InFlight(_)) = entries.get_mut(&task_key) {
-                *entry = Entry::Finished(Box::new(result));
+            // Only if still the task in flight for its key: otherwise it was cancelled while
+            // finishing, and perhaps started again.
+            let current =
+                matches!(entries.get(&task_key), Some(Entry::InFlight(_, n)) if *n == number);
+            if current {
+                entries.insert(task_key, Entry::Finished(Box::new(result)));
                 drop(entries);
                 // The receiver is gone only when the controller stopped.
                 let _ = finished.unbounded_send(canary);
             }
         });
-        entries.insert(key, Entry::InFlight(task.abort_handle()));
+        entries.insert(key, Entry::InFlight(task.abort_handle(), number));
     }
 
     /// The result of measurement `key`, if it finished; it is handed out once.
@@ -126,7 +135,7 @@ impl Measurements {
     pub fn keep_only(&self, namespace: &str, canary: &str, due: &BTreeSet<MeasurementKey>) {
         lock(&self.entries).retain(|key, entry| {
             let keep = !(key.namespace == namespace && key.canary == canary) || due.contains(key);
-            if !keep && let Entry::InFlight(task) = entry {
+            if !keep && let Entry::InFlight(task, _) = entry {
                 task.abort();
             }
             keep
@@ -142,7 +151,7 @@ impl Measurements {
     pub fn in_flight(&self) -> usize {
         lock(&self.entries)
             .values()
-            .filter(|e| matches!(e, Entry::InFlight(_)))
+            .filter(|e| matches!(e, Entry::InFlight(..)))
             .count()
     }
 }
@@ -152,7 +161,7 @@ impl Drop for Measurements {
     /// the results up, and another replica may be measuring already.
     fn drop(&mut self) {
         for entry in lock(&self.entries).values() {
-            if let Entry::InFlight(task) = entry {
+            if let Entry::InFlight(task, _) = entry {
                 task.abort();
             }
         }
