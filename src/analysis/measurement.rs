@@ -13,7 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::condition::{Condition, ConditionError, ResultValue, describe, format_number};
+use super::condition::{
+    self, Condition, ConditionError, EVALUATION_TIMEOUT, ResultValue, describe, format_number,
+};
 use crate::api::analysis_template::{Metric, ThresholdRange};
 use crate::metrics::{MetricsError, Query, QueryOutput};
 
@@ -166,6 +168,25 @@ impl Criteria {
             (None, None) => "no condition to check".to_string(),
         };
         judged(MeasurementPhase::Successful, reason)
+    }
+}
+
+impl Criteria {
+    /// [`Criteria::judge`] off the async runtime, bounded by [`EVALUATION_TIMEOUT`] (see
+    /// [`condition::off_the_runtime`]): conditions that take longer make an `Error`.
+    pub async fn judge_bounded(
+        &self,
+        outcome: Result<QueryOutput, MetricsError>,
+        query: Query,
+    ) -> Judgement {
+        let criteria = self.clone();
+        condition::off_the_runtime(EVALUATION_TIMEOUT, move || criteria.judge(&outcome, &query))
+            .await
+            .unwrap_or_else(|e| Judgement {
+                phase: MeasurementPhase::Error,
+                value: None,
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -647,7 +647,10 @@ pub async fn run<S: MetricsSource>(
                 _ => Timestamp::now(),
             };
             let outcome = source.instant_query(&request).await;
-            let judgement = metric.criteria.judge(&outcome, &request.query);
+            let judgement = metric
+                .criteria
+                .judge_bounded(outcome, request.query.clone())
+                .await;
             report.tally.record(judgement.phase);
             let measurement = Measurement {
                 time,

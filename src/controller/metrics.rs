@@ -41,6 +41,7 @@ pub struct Metrics {
     measurements: Family<MeasurementLabels, Counter>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<CanaryLabels, Counter>,
+    measurements_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,8 +79,15 @@ impl Default for Metrics {
             "Reconciles that failed",
             reconcile_errors.clone(),
         );
+        let measurements_in_flight = Gauge::default();
+        registry.register(
+            "analysis_measurements_in_flight",
+            "Measurements started and not yet finished (they run off the reconcile path)",
+            measurements_in_flight.clone(),
+        );
         Self {
             registry,
+            measurements_in_flight,
             weight,
             phase,
             measurements,
@@ -108,6 +116,11 @@ impl Metrics {
                 .set(i64::from(phase == status.phase));
         }
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn measurements_in_flight(&self, count: usize) {
+        self.measurements_in_flight
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn measurement(&self, namespace: &str, name: &str, metric: &str, phase: MeasurementPhase) {

@@ -1,6 +1,8 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod liveness;
+pub mod measurements;
 pub mod metrics;
 pub mod reconcile;
 
@@ -30,6 +32,8 @@ use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
+pub use liveness::Liveness;
+pub use measurements::Measurements;
 pub use metrics::Metrics;
 
 /// The finalizer that makes deletion send traffic back to stable first.
@@ -44,6 +48,9 @@ pub enum Error {
     /// Not a failure: something to wait for (retried shortly).
     #[error("{0}")]
     Waiting(String),
+    /// A reconcile took longer than its bound and was abandoned (retried).
+    #[error("{0}")]
+    TimedOut(String),
     #[error("serialising an object: {0}")]
     Json(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -62,6 +69,10 @@ pub struct Context {
     pub metrics: Metrics,
     pub readings: ReadingsCache,
     pub status_writes: StatusWrites,
+    /// Measurements in flight, off the reconcile path.
+    pub measurements: Measurements,
+    /// Whether reconciles make progress, for `/healthz`.
+    pub liveness: Liveness,
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -316,6 +327,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
     let prometheus = PrometheusSource::new().map_err(|e| Error::Invalid(e.to_string()))?;
+    let (measurements, finished_measurements) = Measurements::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         prometheus,
@@ -330,6 +342,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics: Metrics::default(),
         readings: ReadingsCache::default(),
         status_writes: StatusWrites::default(),
+        measurements,
+        liveness: Liveness::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -396,7 +410,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
 
-    let controller = Controller::new(canaries, watcher::Config::default());
+    // A finished measurement is picked up by a reconcile of its Canary.
+    let controller =
+        Controller::new(canaries, watcher::Config::default()).reconcile_on(finished_measurements);
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
@@ -523,7 +539,17 @@ async fn serve(
                 },
             ),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(
+                |State((ctx, _)): State<(Arc<Context>, Arc<AtomicBool>)>| async move {
+                    match ctx.liveness.check(std::time::Instant::now()) {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                },
+            ),
+        )
         .route(
             "/readyz",
             get(

@@ -1,8 +1,9 @@
 //! One reconcile of one Canary: observe → [`rollout::plan`] → apply → status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -11,11 +12,15 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::liveness::RECONCILE_TIMEOUT;
+use super::measurements::{Finished, MeasurementKey};
 use super::{Context, Error, ReadingsKey};
+use crate::analysis::condition::{self, EVALUATION_TIMEOUT};
 use crate::analysis::run::{self, PreparedMetric, SecretValues};
 use crate::api::analysis_template::{
     AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
@@ -56,8 +61,38 @@ pub fn destination_rule_resource() -> ApiResource {
 /// How soon to look again at a Canary whose cached copy predates our own status write.
 const STALE_COPY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Runs one reconcile of `canary`, abandoning it after [`RECONCILE_TIMEOUT`] (it is retried
+/// like a failed one; status holds everything needed to continue), and tells the liveness
+/// check when it started and when the Canary is due again.
+async fn bounded(
+    canary: &Canary,
+    ctx: &Context,
+    reconcile: impl Future<Output = Result<Option<Duration>, Error>>,
+) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let running = ctx.liveness.started(&namespace, &name, Instant::now());
+    let outcome = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::TimedOut(format!(
+                "the reconcile of Canary {namespace}/{name} took longer than {}s and was abandoned; retrying (is the API server slow?)",
+                RECONCILE_TIMEOUT.as_secs()
+            )))
+        });
+    // A failed reconcile is retried shortly.
+    let next = outcome.as_ref().map_or(Some(Duration::ZERO), |next| *next);
+    running.finished(next, Instant::now());
+    outcome.map(|next| next.map_or_else(Requeue::await_change, Requeue::requeue))
+}
+
 /// Reconciles a Canary that is not being deleted.
 pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    bounded(&canary, &ctx, apply_unbounded(&canary, &ctx)).await
+}
+
+/// [`apply`]; returns when to look again.
+async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Duration>, Error> {
     let started = std::time::Instant::now();
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
@@ -65,10 +100,10 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     let now = Timestamp::now();
     if ctx.status_writes.is_stale(&namespace, &name, &status) {
         // Our last status write is not in the watch cache yet; its event brings it shortly.
-        return Ok(Requeue::requeue(STALE_COPY_RECHECK));
+        return Ok(Some(STALE_COPY_RECHECK));
     }
 
-    let (observed, read) = observe(&canary, &status, &ctx, now).await?;
+    let (observed, read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
@@ -79,10 +114,10 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     // patched over the VirtualService it read (the patch's test operations refuse it if it
     // changed since).
     for action in &plan.actions {
-        apply_action(&canary, &read, action, &ctx).await?;
+        apply_action(canary, &read, action, ctx).await?;
     }
     if plan.status != status {
-        let stored = write_status(&canary, &plan.status, &ctx).await?;
+        let stored = write_status(canary, &plan.status, ctx).await?;
         if stored == status {
             // The API server kept nothing of the change (an installed CRD older than the
             // controller prunes new fields): waiting for the cache to show it would be waiting
@@ -97,7 +132,7 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
         }
     }
     for event in &plan.events {
-        publish(&ctx.recorder, &canary, event).await;
+        publish(&ctx.recorder, canary, event).await;
     }
     for measured in &observed.measurements {
         if let Some(phase) = rollout::recorded_phase(&plan.status, measured) {
@@ -107,9 +142,9 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
     }
     ctx.metrics
         .observe(&namespace, &name, &plan.status, started.elapsed());
-    Ok(Requeue::requeue(
-        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
-    ))
+    ctx.metrics
+        .measurements_in_flight(ctx.measurements.in_flight());
+    Ok(Some(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
 }
 
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
@@ -117,9 +152,17 @@ pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Er
 /// back; once they are ready both DestinationRule subsets select the target's pods; only then
 /// is the finalizer removed and the managed Deployments garbage-collected.
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    bounded(&canary, &ctx, cleanup_unbounded(&canary, &ctx)).await
+}
+
+/// [`cleanup`]; `None` once done (nothing more to look at).
+async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Duration>, Error> {
     let namespace = canary.namespace().unwrap_or_default();
+    // First, so that no measurement finishing meanwhile triggers one more reconcile, which
+    // could come after the finalizer is gone and act on a stale copy.
+    ctx.measurements.forget(&namespace, &canary.name_any());
     let routing = &canary.spec.traffic_routing.istio;
-    if let Err(e) = set_weight(&ctx, &namespace, routing, 0, None).await {
+    if let Err(e) = set_weight(ctx, &namespace, routing, 0, None).await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -167,7 +210,8 @@ pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, 
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
     ctx.status_writes.forget(&namespace, &canary.name_any());
-    Ok(Requeue::await_change())
+    ctx.liveness.forget(&namespace, &canary.name_any());
+    Ok(None)
 }
 
 /// Objects observe read that applying the plan needs again.
@@ -214,8 +258,9 @@ async fn observe(
         .as_ref()
         .and_then(|t| t.as_ref().ok())
         .map(|t| t.revision.as_str());
-    // An abort (or full promotion) waiting to be acted on goes first: measuring could take
-    // up to the queries' timeouts, and its outcome would not change what the request does.
+    // An abort (or full promotion) waiting to be acted on goes first: it waits neither for
+    // the templates to be readable nor for new measurements, whose outcome would not change
+    // what the request does.
     let urgent = request.as_ref().is_some_and(|r| {
         r.as_ref().is_ok_and(|r| {
             matches!(r.action, RequestAction::Abort | RequestAction::PromoteFull)
@@ -242,22 +287,13 @@ async fn observe(
     } else {
         (Ok(BTreeMap::new()), BTreeMap::new())
     };
-    let due = if urgent { Vec::new() } else { due };
-    // Due metrics are measured concurrently: one slow Prometheus delays a reconcile by one
-    // timeout, not one per metric.
-    let measurements = futures::future::join_all(due.into_iter().filter_map(|(run, metric)| {
-        let prepared_metric = prepared.get(&(run.clone(), metric.clone()))?;
-        Some(measure(
-            canary,
-            status,
-            ctx,
-            now,
-            run,
-            metric,
-            prepared_metric,
-        ))
-    }))
-    .await;
+    let measurements = if urgent {
+        // Nothing new is started for a rollout about to end; what is in flight is cancelled
+        // by the next reconcile, once its run is over.
+        Vec::new()
+    } else {
+        measurements_due(canary, status, ctx, now, due, &prepared)
+    };
     let virtual_service = read_virtual_service(canary, ctx, &namespace).await;
     let routing = &canary.spec.traffic_routing.istio;
     let route_weight = virtual_service
@@ -280,8 +316,80 @@ async fn observe(
     Ok((observed, read))
 }
 
-/// Takes one due measurement of `run`/`metric`.
-async fn measure(
+/// The finished measurements of `due` (the metrics due now, as `(run, metric)`); starts the
+/// others, off the reconcile path (see [`super::measurements`]), and cancels the Canary's
+/// measurements that are no longer due.
+fn measurements_due(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+    due: Vec<(String, String)>,
+    prepared: &PreparedByMetric,
+) -> Vec<NewMeasurement> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let mut finished = Vec::new();
+    let mut still_due = BTreeSet::new();
+    for (run_name, metric) in due {
+        let (Some(prepared_metric), Some(key)) = (
+            prepared.get(&(run_name.clone(), metric.clone())),
+            measurement_key(canary, status, &run_name, &metric),
+        ) else {
+            continue;
+        };
+        still_due.insert(key.clone());
+        match ctx.measurements.take_finished(&key) {
+            Some(Finished {
+                measurement,
+                readings,
+            }) => {
+                if let Some((readings_key, at_end)) = readings {
+                    // Used only if the next interval starts at this one's end, i.e. if the
+                    // plan records it.
+                    ctx.readings.put(readings_key, at_end);
+                }
+                finished.push(measurement);
+            }
+            None => ctx.measurements.start(
+                key,
+                ObjectRef::from_obj(canary),
+                measure(canary, status, ctx, now, run_name, metric, prepared_metric),
+            ),
+        }
+    }
+    ctx.measurements.keep_only(&namespace, &name, &still_due);
+    finished
+}
+
+/// What identifies the measurement of `run`/`metric` that is due now.
+fn measurement_key(
+    canary: &Canary,
+    status: &CanaryStatus,
+    run_name: &str,
+    metric: &str,
+) -> Option<MeasurementKey> {
+    let run = status.analysis_runs.iter().find(|r| r.name == run_name)?;
+    let due = run
+        .metrics
+        .iter()
+        .find(|m| m.name == metric)?
+        .next_measurement_at
+        .clone()?;
+    Some(MeasurementKey {
+        namespace: canary.namespace().unwrap_or_default(),
+        canary: canary.name_any(),
+        uid: canary.uid().unwrap_or_default(),
+        run: run_name.to_string(),
+        run_started_at: run.started_at.clone(),
+        metric: metric.to_string(),
+        due,
+    })
+}
+
+/// Takes one due measurement of `run`/`metric`: everything it needs is read now, so that it
+/// runs as a task of its own.
+fn measure(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
@@ -289,63 +397,77 @@ async fn measure(
     run_name: String,
     metric: String,
     prepared_metric: &PreparedMetric,
-) -> NewMeasurement {
-    let namespace = canary.namespace().unwrap_or_default();
-    if let Some(prepared_compare) = &prepared_metric.compare {
-        // Both ends of the interval are read with explicit `time=`, so the counts are
-        // exact and the next interval starts where this one ended (kept in status).
-        let end = Timestamp::now();
+) -> impl Future<Output = Finished> + Send + 'static {
+    let prometheus = ctx.prometheus.clone();
+    let prepared_metric = prepared_metric.clone();
+    // For a compare metric: where the interval starts, and the readings it may start from.
+    let compare_window = prepared_metric.compare.as_ref().map(|_| {
         let start = compare_window_start(status, &run_name, &metric, prepared_metric.interval, now);
         let key = ReadingsKey {
-            namespace: namespace.clone(),
+            namespace: canary.namespace().unwrap_or_default(),
             canary: canary.name_any(),
             run: run_name.clone(),
             metric: metric.clone(),
         };
         let previous = ctx.readings.get(&key);
-        let outcome = crate::analysis::compare::measure(
-            &ctx.prometheus,
-            prepared_compare,
-            &prepared_metric.request,
-            start,
-            end,
-            previous.as_ref(),
-        )
-        .await
-        .map(|(measured, at_end)| {
-            // Used only if the next interval starts at `end`, i.e. this one is recorded.
-            ctx.readings.put(key, at_end);
-            measured
-        })
-        .map_err(|e| e.to_string());
-        // The plan judges it when it records it (once, from the metric's whole record).
-        return NewMeasurement {
-            run: run_name,
-            metric,
-            measurement: MeasurementStatus {
-                time: end.to_string(),
-                // Placeholders: `record` fills in the judge's phase, value and reason.
-                phase: crate::analysis::MeasurementPhase::Inconclusive,
-                value: None,
-                reason: String::new(),
+        (start, key, previous)
+    });
+    async move {
+        if let (Some(prepared_compare), Some((start, key, previous))) =
+            (&prepared_metric.compare, compare_window)
+        {
+            // Both ends of the interval are read with explicit `time=`, so the counts are
+            // exact and the next interval starts where this one ended (kept in status).
+            let end = Timestamp::now();
+            let outcome = crate::analysis::compare::measure(
+                &prometheus,
+                prepared_compare,
+                &prepared_metric.request,
+                start,
+                end,
+                previous.as_ref(),
+            )
+            .await;
+            let (outcome, readings) = match outcome {
+                Ok((measured, at_end)) => (Ok(measured), Some((key, at_end))),
+                Err(e) => (Err(e.to_string()), None),
+            };
+            // The plan judges it when it records it (once, from the metric's whole record).
+            return Finished {
+                measurement: NewMeasurement {
+                    run: run_name,
+                    metric,
+                    measurement: MeasurementStatus {
+                        time: end.to_string(),
+                        // Placeholders: `record` fills in the judge's phase, value and reason.
+                        phase: crate::analysis::MeasurementPhase::Inconclusive,
+                        value: None,
+                        reason: String::new(),
+                    },
+                    compare: Some(outcome),
+                },
+                readings,
+            };
+        }
+        let outcome = prometheus.instant_query(&prepared_metric.request).await;
+        let judgement = prepared_metric
+            .criteria
+            .judge_bounded(outcome, prepared_metric.request.query.clone())
+            .await;
+        Finished {
+            measurement: NewMeasurement {
+                run: run_name,
+                metric,
+                measurement: MeasurementStatus {
+                    time: Timestamp::now().to_string(),
+                    phase: judgement.phase,
+                    value: judgement.value,
+                    reason: judgement.reason,
+                },
+                compare: None,
             },
-            compare: Some(outcome),
-        };
-    }
-    let outcome = ctx.prometheus.instant_query(&prepared_metric.request).await;
-    let judgement = prepared_metric
-        .criteria
-        .judge(&outcome, &prepared_metric.request.query);
-    NewMeasurement {
-        run: run_name,
-        metric,
-        measurement: MeasurementStatus {
-            time: Timestamp::now().to_string(),
-            phase: judgement.phase,
-            value: judgement.value,
-            reason: judgement.reason,
-        },
-        compare: None,
+            readings: None,
+        }
     }
 }
 
@@ -392,7 +514,7 @@ async fn resolve_analysis(
 ) -> Result<Result<(Definitions, PreparedByMetric), String>, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     // A template used by several runs is read (with its secrets) once.
-    let mut fetched: BTreeMap<&TemplateRef, FetchedTemplate> = BTreeMap::new();
+    let mut fetched: BTreeMap<TemplateRef, FetchedTemplate> = BTreeMap::new();
     for template_ref in canary.spec.template_refs() {
         if fetched.contains_key(template_ref) {
             continue;
@@ -404,16 +526,24 @@ async fn resolve_analysis(
             }
             Err(problem) => Err(problem),
         };
-        fetched.insert(template_ref, template);
+        fetched.insert(template_ref.clone(), template);
     }
-    Ok(prepare_runs(canary, ctx, &fetched))
+    // Preparing compiles the conditions and tries them on sample results: CPU work (within
+    // the cost limit), kept off the async workers that serve every other Canary.
+    let canary = canary.clone();
+    let default_prometheus = ctx.default_prometheus.clone();
+    Ok(condition::off_the_runtime(EVALUATION_TIMEOUT, move || {
+        prepare_runs(&canary, default_prometheus.as_deref(), &fetched)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the analysis templates could not be prepared: {e}"))))
 }
 
 /// [`resolve_analysis`] once the templates are read.
 fn prepare_runs(
     canary: &Canary,
-    ctx: &Context,
-    fetched: &BTreeMap<&TemplateRef, FetchedTemplate>,
+    default_prometheus: Option<&str>,
+    fetched: &BTreeMap<TemplateRef, FetchedTemplate>,
 ) -> Result<(Definitions, PreparedByMetric), String> {
     let mut runs: Vec<(String, &[TemplateRef], &[AnalysisArg])> = Vec::new();
     if let Some(background) = &canary.spec.analysis {
@@ -462,7 +592,7 @@ fn prepare_runs(
                 spec,
                 &args,
                 &context,
-                ctx.default_prometheus.as_deref(),
+                default_prometheus,
                 secrets,
             )
             .map_err(|problems| {
