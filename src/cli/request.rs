@@ -111,8 +111,9 @@ enum Standing {
     Pending {
         others: Vec<RequestAction>,
     },
-    /// Its annotation is gone and status holds no answer to it: someone withdrew it.
-    Withdrawn,
+    /// Neither annotated nor answered: not written yet in this version, or, once it was seen
+    /// pending, withdrawn by someone.
+    Absent,
 }
 
 fn standing(canary: &Canary, request: &Request) -> Standing {
@@ -136,7 +137,7 @@ fn standing(canary: &Canary, request: &Request) -> Standing {
     if mine {
         Standing::Pending { others }
     } else {
-        Standing::Withdrawn
+        Standing::Absent
     }
 }
 
@@ -215,11 +216,14 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
 
     let answers_before: Vec<String> = status.answers().map(|a| a.id.clone()).collect();
     let mut others_answered = std::collections::BTreeSet::new();
-    let mut shown = String::new();
+    let mut shown = (String::new(), None::<Instant>);
+    let mut seen_pending = false;
     let answer = loop {
         match standing(&canary, &request) {
             Standing::Answered(answer) => break answer,
-            Standing::Withdrawn => {
+            // The watch has not brought the version with the request yet.
+            Standing::Absent if !seen_pending => {}
+            Standing::Absent => {
                 return Err(Failure::invalid(format!(
                     "the {} request {key} was removed from Canary {}/{name} before the controller answered it (withdrawn by someone): nothing was done",
                     action.as_str(),
@@ -227,13 +231,18 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
                 )));
             }
             Standing::Pending { others } => {
+                seen_pending = true;
+                // A line when what it waits behind changes, at most one a second.
                 let line = describe_pending(&others);
-                if !others.is_empty() && line != shown {
+                let due = shown
+                    .1
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if !others.is_empty() && line != shown.0 && due {
                     eprintln!(
                         "{name}: {} request queued, {line}; waiting for the controller",
                         action.as_str()
                     );
-                    shown = line;
+                    shown = (line, Some(Instant::now()));
                 }
             }
         }
@@ -464,7 +473,7 @@ mod tests {
             (
                 vec![],
                 vec![answer("9-1", RequestAction::Abort)],
-                Standing::Withdrawn,
+                Standing::Absent,
             ),
         ];
         for (annotations, answers, expected) in cases {
