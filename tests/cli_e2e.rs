@@ -9,12 +9,21 @@ mod prometheus;
 #[path = "support/rollout.rs"]
 mod rollout;
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{TestNamespace, cluster};
-use rollout::{ROLLOUT_TIMEOUT, at_weight, canary_weight_in_virtual_service, set_image, world};
-use serde_json::Value;
+use canary::api::canary::{Canary, CanaryStatus, Phase, RequestStatus};
+use cluster::{TestNamespace, cluster, eventually};
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use rollout::{
+    ROLLOUT_TIMEOUT, at_weight, canary_weight_in_virtual_service, follow_until, patch_canary,
+    set_image, world,
+};
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 /// `canary ARGS… --kubeconfig … -n NS` as a child process.
@@ -364,4 +373,264 @@ async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues
         "{}",
         watched.stdout
     );
+}
+
+// -- manual requests under contention ------------------------------------------------------
+
+/// How many requests each burst sends at once (the reproduction used 50).
+const BURST: usize = 50;
+
+/// Every answer the controller gave, by request id, as seen in any status of the Canary
+/// since the watch started (the watch sees every status the controller wrote).
+#[derive(Clone, Default)]
+struct Answers(Arc<Mutex<BTreeMap<String, RequestStatus>>>);
+
+impl Answers {
+    fn record(&self, status: &CanaryStatus) {
+        let mut seen = self.0.lock().unwrap();
+        for answer in status.answers() {
+            seen.insert(answer.id.clone(), answer.clone());
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<RequestStatus> {
+        self.0.lock().unwrap().get(id).cloned()
+    }
+
+    /// Watches the Canary `web` of `ns` in the background, from now on.
+    async fn watch(ns: &TestNamespace) -> Answers {
+        let answers = Answers::default();
+        let api: Api<Canary> = ns.api();
+        let config = watcher::Config::default().fields("metadata.name=web");
+        let mut stream = Box::pin(watcher(api, config).default_backoff().applied_objects());
+        // The first object is the current state: from here on nothing is missed.
+        let first = tokio::time::timeout(ROLLOUT_TIMEOUT, stream.next())
+            .await
+            .expect("the watch of the Canary started in time");
+        if let Some(Ok(canary)) = first {
+            answers.record(&canary.status.unwrap_or_default());
+        }
+        let recorder = answers.clone();
+        tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if let Ok(canary) = event {
+                    recorder.record(&canary.status.unwrap_or_default());
+                }
+            }
+        });
+        answers
+    }
+}
+
+/// The cluster's kubectl against the Canary `web` of `ns`.
+fn kubectl(ns: &TestNamespace, args: &[&str]) -> Command {
+    let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"));
+    command
+        .arg("kubectl")
+        .args(["-n", &ns.name])
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs every command at once and waits (bounded) for all of them.
+async fn run_all(commands: Vec<Command>) -> Vec<Ran> {
+    let children: Vec<Child> = commands.into_iter().map(spawn).collect();
+    futures::future::join_all(children.into_iter().map(finish)).await
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .expect("running kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Exit codes and how many processes ended with each, for the printed table.
+fn tally(ran: &[Ran]) -> BTreeMap<Option<i32>, usize> {
+    let mut counts = BTreeMap::new();
+    for r in ran {
+        *counts.entry(r.code).or_default() += 1;
+    }
+    counts
+}
+
+async fn status(ns: &TestNamespace) -> CanaryStatus {
+    let api: Api<Canary> = ns.api();
+    api.get("web").await.unwrap().status.unwrap_or_default()
+}
+
+/// The request annotations (both forms) still on the Canary.
+async fn request_annotations(ns: &TestNamespace) -> Vec<String> {
+    let api: Api<Canary> = ns.api();
+    let canary = api.get("web").await.unwrap();
+    canary
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .into_keys()
+        .filter(|key| key.starts_with("request.canary.dev/") || key == "canary.dev/request")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_requests_loses_none() {
+    let world = world("burst").await;
+    // A manual gate at 10%, then a long timed pause at 20% (resume there does not advance).
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [
+            {"setWeight": 10}, {"pause": {}},
+            {"setWeight": 20}, {"pause": {"duration": "1h"}},
+            {"setWeight": 30}, {"pause": {}},
+        ]}}),
+    )
+    .await;
+    set_image(&world.ns, "web:2").await;
+    let (_, timeline) = follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
+    eprintln!("at the manual gate:\n{}", timeline.join("\n"));
+    assert_eq!(status(&world.ns).await.current_step_index, Some(1));
+    let answers = Answers::watch(&world.ns).await;
+    let mut report = Vec::new();
+
+    // 1. Concurrent `canary promote` while the controller is held (SIGSTOP) until all of them
+    //    are written, as when it is busy elsewhere: every process waits in the queue and ends
+    //    with its answer, and together they finish the gate once.
+    let controller = world
+        .controller
+        .id()
+        .expect("the controller runs")
+        .to_string();
+    signal(&controller, "-STOP");
+    let started = Instant::now();
+    let children: Vec<Child> = (0..BURST)
+        // Generous: 50 processes start on a loaded 2-core machine while the controller waits.
+        .map(|_| {
+            spawn(canary(
+                &world.ns,
+                &["promote", "web", "-o", "json", "--timeout", "90s"],
+            ))
+        })
+        .collect();
+    eventually("every promote request written", ROLLOUT_TIMEOUT, || async {
+        (request_annotations(&world.ns).await.len() == BURST).then_some(())
+    })
+    .await;
+    let written_after = started.elapsed();
+    signal(&controller, "-CONT");
+    let promotes = futures::future::join_all(children.into_iter().map(finish)).await;
+    let took = started.elapsed();
+    let mut accepted = 0;
+    for ran in &promotes {
+        assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+        let answer: serde_json::Value = serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", ran.stdout, ran.stderr));
+        assert_eq!(answer["accepted"], true, "{answer}");
+        accepted += 1;
+    }
+    let queued = promotes
+        .iter()
+        .filter(|ran| ran.stderr.contains("other requests pending"))
+        .count();
+    assert!(queued > 0, "a process waiting behind others says so");
+    report.push(format!(
+        "{BURST} concurrent `canary promote` (controller held until all were written, {} ms): exit codes {:?}, {accepted} accepted, {queued} printed their place in the queue, all ended {} ms after the first started",
+        written_after.as_millis(),
+        tally(&promotes),
+        took.as_millis()
+    ));
+    // Together they finished the gate once: the rollout is at the next step, not past it.
+    let (_, _) = eventually("the promote burst settled", ROLLOUT_TIMEOUT, || async {
+        let status = status(&world.ns).await;
+        (status.canary_weight == 20).then_some(((), ()))
+    })
+    .await;
+    let after = status(&world.ns).await;
+    assert_eq!(
+        after.current_step_index,
+        Some(3),
+        "duplicate promotes finish one step (the gate at 1, then 20% at 2): {after:?}"
+    );
+
+    // 2. Requests written by hand as the README says, at once: pause and resume mixed.
+    let ids: Vec<(String, &str)> = (0..BURST)
+        .map(|i| {
+            let action = if i % 2 == 0 { "pause" } else { "resume" };
+            (format!("hand-{i}"), action)
+        })
+        .collect();
+    let started = Instant::now();
+    let written = run_all(
+        ids.iter()
+            .map(|(id, action)| {
+                kubectl(
+                    &world.ns,
+                    &[
+                        "annotate",
+                        "cnry",
+                        "web",
+                        &format!("request.canary.dev/{id}={action}"),
+                    ],
+                )
+            })
+            .collect(),
+    )
+    .await;
+    // A write the API server failed (overloaded, it times out) is refused to its writer, who
+    // sees the error; it may have been stored all the same, and is then answered too.
+    let mut refused = 0;
+    for ran in &written {
+        if ran.code != Some(0) {
+            assert!(
+                ran.stderr.contains("Error from server"),
+                "kubectl annotate: {}{}",
+                ran.stdout,
+                ran.stderr
+            );
+            refused += 1;
+        }
+    }
+    eventually(
+        "every request answered and its annotation removed",
+        ROLLOUT_TIMEOUT,
+        || async {
+            request_annotations(&world.ns)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    for ((id, _), ran) in ids.iter().zip(&written) {
+        let answer = answers.get(id);
+        if ran.code == Some(0) {
+            let answer = answer.unwrap_or_else(|| panic!("request {id} was written and lost"));
+            assert!(!answer.message.is_empty(), "{answer:?}");
+        }
+    }
+    let answered = ids
+        .iter()
+        .filter(|(id, _)| answers.get(id).is_some())
+        .count();
+    let accepted = ids
+        .iter()
+        .filter(|(id, _)| answers.get(id).is_some_and(|a| a.accepted))
+        .count();
+    report.push(format!(
+        "{BURST} concurrent `kubectl annotate request.canary.dev/<id>=pause|resume`: {} written, {refused} refused by the API server; {answered} answered ({accepted} accepted, {} refused with a reason), 0 lost, all answered and removed {} ms after the first started",
+        BURST - refused,
+        answered - accepted,
+        took.as_millis()
+    ));
+    assert_eq!(
+        status(&world.ns).await.current_step_index,
+        Some(3),
+        "pause and resume never move a step"
+    );
+
+    eprintln!("\nmanual requests under contention:\n{}", report.join("\n"));
 }

@@ -4,6 +4,7 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use cluster::cluster;
@@ -97,4 +98,143 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         "--wait=false",
     ]);
     assert!(ok, "cleaning up: {text}");
+}
+
+/// The objects `kubectl kustomize DIR` builds.
+fn kustomize(dir: &str) -> Vec<serde_json::Value> {
+    let (ok, text) = kubectl(&["kustomize", dir]);
+    assert!(ok, "kubectl kustomize {dir}: {text}");
+    text.split("\n---\n")
+        .map(|document| serde_saphyr::from_str(document).expect("kustomize output parses"))
+        .collect()
+}
+
+/// (group, resource) of every cluster-scoped resource the API server serves, and the kinds.
+fn cluster_scoped() -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+    let (ok, text) = kubectl(&["api-resources", "--namespaced=false", "--no-headers"]);
+    assert!(ok, "kubectl api-resources: {text}");
+    let mut resources = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    for line in text.lines() {
+        // NAME [SHORTNAMES] APIVERSION NAMESPACED KIND
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let [name, .., api_version, _, kind] = columns[..] else {
+            continue;
+        };
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        resources.insert((group.to_string(), name.to_string()));
+        kinds.insert(kind.to_string());
+    }
+    (resources, kinds)
+}
+
+/// Every (group, resource, verb) a Role's or ClusterRole's rules grant.
+fn grants(role: &serde_json::Value) -> BTreeSet<(String, String, String)> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut all = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert!(
+            rule.get("resourceNames").is_none(),
+            "no rule is limited by name: {rule}"
+        );
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    all.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    all
+}
+
+fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the build"))
+}
+
+#[tokio::test]
+async fn the_namespaced_install_is_the_cluster_wide_one_without_its_cluster_scoped_parts() {
+    let _namespace = cluster().namespace("deploy-ns").await;
+    let wide = kustomize("deploy/");
+    let namespaced = kustomize("deploy/namespaced");
+    let (scoped_resources, scoped_kinds) = cluster_scoped();
+    assert!(scoped_kinds.contains("ClusterRole"), "{scoped_kinds:?}");
+
+    // Nothing cluster-scoped, and everything in the one namespace.
+    for object in &namespaced {
+        let kind = object["kind"].as_str().unwrap();
+        assert!(
+            !scoped_kinds.contains(kind),
+            "the namespaced install holds a cluster-scoped {kind}"
+        );
+        assert_eq!(object["metadata"]["namespace"], "default", "{object}");
+        for subject in object["subjects"].as_array().into_iter().flatten() {
+            assert_eq!(subject["namespace"], "default", "{object}");
+        }
+    }
+    // The cluster-wide install's namespaced objects are all there, and a Role with its binding.
+    for object in wide
+        .iter()
+        .filter(|o| !scoped_kinds.contains(o["kind"].as_str().unwrap()))
+    {
+        find(
+            &namespaced,
+            object["kind"].as_str().unwrap(),
+            object["metadata"]["name"].as_str().unwrap(),
+        );
+    }
+    find(&namespaced, "RoleBinding", "canary-controller");
+
+    // The Role grants exactly the ClusterRole's rules on namespaced resources.
+    let on_namespaced = |grant: &(String, String, String)| {
+        let resource = grant.1.split('/').next().unwrap().to_string();
+        !scoped_resources.contains(&(grant.0.clone(), resource))
+    };
+    let cluster_role = grants(find(&wide, "ClusterRole", "canary-controller"));
+    let role = grants(find(&namespaced, "Role", "canary-controller"));
+    let expected: BTreeSet<_> = cluster_role
+        .iter()
+        .filter(|g| on_namespaced(g))
+        .cloned()
+        .collect();
+    assert_eq!(role, expected);
+    assert!(
+        cluster_role.len() > role.len(),
+        "the ClusterRole's cluster-scoped grants (ClusterAnalysisTemplates) are left out"
+    );
+    let lease = "canary-controller-leader-election";
+    assert_eq!(
+        grants(find(&namespaced, "Role", lease)),
+        grants(find(&wide, "Role", lease)),
+        "the same Lease permission"
+    );
+
+    // The same controller, confined to the namespace it runs in.
+    let deployment = find(&namespaced, "Deployment", "canary-controller");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let wide_container = &find(&wide, "Deployment", "canary-controller")["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert_eq!(container["image"], wide_container["image"]);
+    assert_eq!(container["args"], wide_container["args"]);
+    let env = container["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "CANARY_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "{env:?}"
+    );
+    // The API server takes it as it is.
+    let (ok, text) = kubectl(&["apply", "--dry-run=server", "-k", "deploy/namespaced"]);
+    assert!(
+        ok,
+        "kubectl apply --dry-run=server -k deploy/namespaced: {text}"
+    );
 }

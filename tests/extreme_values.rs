@@ -253,7 +253,7 @@ fn walk(spec: &CanarySpec, metric: MetricDefinition, start: Timestamp) -> Canary
         })),
         stable: Some(workload("r1", 4)),
         canary: Some(workload("r2", 4)),
-        request: None,
+        requests: Vec::new(),
         analysis: Ok(BTreeMap::from([
             ("background".to_string(), vec![metric.clone()]),
             ("step-1".to_string(), vec![metric]),
@@ -272,10 +272,11 @@ fn walk(spec: &CanarySpec, metric: MetricDefinition, start: Timestamp) -> Canary
         let _ = due_measurements(&planned.status, Timestamp::MAX);
         status = planned.status;
     }
-    seen.request = Some(Ok(Request {
+    seen.requests = vec![Ok(Request {
         action: RequestAction::Abort,
         id: "a".into(),
-    }));
+        step: None,
+    })];
     plan(spec, &status, &seen, later(3)).status
 }
 

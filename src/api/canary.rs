@@ -2,6 +2,8 @@
 //! how traffic is split, the steps, the analysis — and, in status, everything needed to
 //! continue a rollout after a restart and to explain every decision.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -13,10 +15,14 @@ use crate::analysis::compare::CompareRecord;
 use crate::analysis::measurement::MeasurementPhase;
 use crate::analysis::sequential::Assessment;
 
-/// The annotation that carries a manual request: `<action>:<id>` (see [`RequestAction`]).
-/// The controller acts once per id and records it in `status.lastRequest`. An annotation, not a
-/// spec field, so GitOps tools that own the spec do not revert it.
+/// The single-slot annotation of a manual request: `<action>:<id>` (see [`RequestAction`]).
+/// The controller acts once per id and action, answers in `status.lastRequest` and
+/// `status.recentRequests`, then removes the annotation. An annotation, not a spec field, so
+/// GitOps tools that own the spec do not revert it.
 pub const REQUEST_ANNOTATION: &str = "canary.dev/request";
+/// The prefix of one-annotation-per-request keys, `request.canary.dev/<id>: <action>`: writers
+/// of different ids never overwrite each other, so no request is lost to a concurrent one.
+pub const REQUEST_KEY_PREFIX: &str = "request.canary.dev/";
 /// Default progress deadline, as in Flagger and Argo Rollouts.
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
 pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: u32 = 30;
@@ -414,15 +420,19 @@ impl RequestAction {
     }
 }
 
-/// A manual request read from the annotation.
+/// A manual request read from an annotation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub action: RequestAction,
     pub id: String,
+    /// For `promote`: the step it finishes, as `status.currentStepIndex` counts. A promote for
+    /// a step that is already finished is answered without skipping another one, so
+    /// concurrent promotes of the same gate finish it once.
+    pub step: Option<u32>,
 }
 
 impl Request {
-    /// Parses `<action>:<id>`; anything else is reported, not guessed.
+    /// Parses the single-slot form `<action>:<id>`; anything else is reported, not guessed.
     pub fn parse(value: &str) -> Result<Self, String> {
         let (action, id) = value.split_once(':').ok_or_else(|| {
             format!("{REQUEST_ANNOTATION} must be <action>:<id>, e.g. abort:1; got {value:?}")
@@ -438,20 +448,87 @@ impl Request {
         Ok(Self {
             action,
             id: id.trim().to_string(),
+            step: None,
         })
     }
 
-    pub fn annotation_value(&self) -> String {
-        format!("{}:{}", self.action.as_str(), self.id)
+    /// The request of one annotation: `request.canary.dev/<id>: <action>[@<step>]` or the
+    /// single slot `canary.dev/request: <action>:<id>`; `None` for other annotations.
+    pub fn from_annotation(key: &str, value: &str) -> Option<Result<Self, String>> {
+        if key == REQUEST_ANNOTATION {
+            return Some(Self::parse(value));
+        }
+        let id = key.strip_prefix(REQUEST_KEY_PREFIX)?;
+        let (action_text, step) = match value.trim().split_once('@') {
+            Some((action, step)) => (action, Some(step)),
+            None => (value.trim(), None),
+        };
+        let Some(action) = RequestAction::parse(action_text) else {
+            return Some(Err(format!(
+                "unknown action {action_text:?} in {key}: use promote, promote-full, pause, resume, abort or retry (promote may name its step: promote@2)"
+            )));
+        };
+        let step = match step {
+            None => None,
+            Some(text) => match text.parse::<u32>() {
+                Ok(step) if action == RequestAction::Promote => Some(step),
+                _ => {
+                    return Some(Err(format!(
+                        "{key}: {value:?} is not a request: only promote names a step, as promote@<status.currentStepIndex>"
+                    )));
+                }
+            },
+        };
+        Some(Ok(Self {
+            action,
+            id: id.to_string(),
+            step,
+        }))
     }
 
-    /// Whether the controller has answered this request (its last answer is for this id and
-    /// action); a request is acted on once.
-    pub fn answered_in(&self, status: Option<&CanaryStatus>) -> bool {
-        status
-            .and_then(|s| s.last_request.as_ref())
-            .is_some_and(|last| last.id == self.id && last.action == self.action)
+    /// The request's own annotation (key and value), as the CLI writes it.
+    pub fn annotation(&self) -> (String, String) {
+        let value = match self.step {
+            Some(step) => format!("{}@{step}", self.action.as_str()),
+            None => self.action.as_str().to_string(),
+        };
+        (format!("{REQUEST_KEY_PREFIX}{}", self.id), value)
     }
+
+    /// Whether the controller has answered this request (an answer for this id and action is
+    /// in status); a request is acted on once.
+    pub fn answered_in(&self, status: Option<&CanaryStatus>) -> bool {
+        status.is_some_and(|s| {
+            s.answers()
+                .any(|answer| answer.id == self.id && answer.action == self.action)
+        })
+    }
+}
+
+/// Every request among `annotations` (both forms), in key order.
+pub fn requests(annotations: &BTreeMap<String, String>) -> Vec<Result<Request, String>> {
+    annotations
+        .iter()
+        .filter_map(|(key, value)| Request::from_annotation(key, value))
+        .collect()
+}
+
+/// The request annotations (key and value) whose requests `status` answers: the controller
+/// removes them once the answer is stored, so answered requests do not pile up and the
+/// single slot is free for the next request.
+pub fn answered_request_annotations(
+    annotations: &BTreeMap<String, String>,
+    status: &CanaryStatus,
+) -> Vec<(String, String)> {
+    annotations
+        .iter()
+        .filter(|(key, value)| {
+            Request::from_annotation(key, value)
+                .and_then(Result::ok)
+                .is_some_and(|request| request.answered_in(Some(status)))
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -521,8 +598,13 @@ pub struct CanaryStatus {
     /// something else now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_fingerprint: Option<String>,
+    /// The answer to the latest request acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<RequestStatus>,
+    /// Recent answers, newest last: every request whose annotation is still there, and the
+    /// latest others (several requests may be answered at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_requests: Vec<RequestStatus>,
     /// The analysis runs of this rollout: `background` and `step-N`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis_runs: Vec<AnalysisRunStatus>,
@@ -531,6 +613,13 @@ pub struct CanaryStatus {
     /// What is happening and why, in one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl CanaryStatus {
+    /// Every answer to a manual request that status holds.
+    pub fn answers(&self) -> impl Iterator<Item = &RequestStatus> {
+        self.last_request.iter().chain(&self.recent_requests)
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -702,12 +791,129 @@ mod tests {
             Request::parse("promote-full:42").unwrap(),
             Request {
                 action: RequestAction::PromoteFull,
-                id: "42".into()
+                id: "42".into(),
+                step: None,
             }
         );
         for bad in ["abort", "explode:1", "abort:", ""] {
             assert!(Request::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn request_annotations_of_both_forms_parse_and_others_are_not_requests() {
+        use RequestAction::*;
+        let request = |action, id: &str, step| {
+            Some(Ok(Request {
+                action,
+                id: id.into(),
+                step,
+            }))
+        };
+        // (key, value, expected: None = not a request, Some(Err(part of the message)))
+        let cases: [(&str, &str, Option<Result<Request, &str>>); 10] = [
+            (
+                "request.canary.dev/1700-42",
+                "abort",
+                request(Abort, "1700-42", None),
+            ),
+            ("request.canary.dev/a", " pause ", request(Pause, "a", None)),
+            (
+                "request.canary.dev/a",
+                "promote@2",
+                request(Promote, "a", Some(2)),
+            ),
+            (
+                "request.canary.dev/a",
+                "promote-full",
+                request(PromoteFull, "a", None),
+            ),
+            ("canary.dev/request", "resume:7", request(Resume, "7", None)),
+            (
+                "request.canary.dev/a",
+                "explode",
+                Some(Err("unknown action \"explode\"")),
+            ),
+            (
+                "request.canary.dev/a",
+                "promote@x",
+                Some(Err("currentStepIndex")),
+            ),
+            (
+                "request.canary.dev/a",
+                "abort@2",
+                Some(Err("only promote names a step")),
+            ),
+            (
+                "canary.dev/request",
+                "abort",
+                Some(Err("must be <action>:<id>")),
+            ),
+            ("canary.dev/revision", "abort", None),
+        ];
+        for (key, value, expected) in cases {
+            let parsed = Request::from_annotation(key, value);
+            match (&parsed, &expected) {
+                (Some(Err(message)), Some(Err(part))) => {
+                    assert!(message.contains(part), "{key}={value}: {message}")
+                }
+                (parsed, Some(Ok(request))) => {
+                    assert_eq!(parsed, &Some(Ok(request.clone())), "{key}={value}")
+                }
+                (parsed, None) => assert_eq!(parsed, &None, "{key}={value}"),
+                (parsed, expected) => panic!("{key}={value}: {parsed:?}, expected {expected:?}"),
+            }
+        }
+        // What the CLI writes reads back as the same request.
+        let written = Request {
+            action: Promote,
+            id: "1700-42".into(),
+            step: Some(3),
+        };
+        let (key, value) = written.annotation();
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("request.canary.dev/1700-42", "promote@3")
+        );
+        assert_eq!(Request::from_annotation(&key, &value), Some(Ok(written)));
+    }
+
+    #[test]
+    fn answered_requests_are_the_annotations_to_remove() {
+        let answer = |id: &str, action| RequestStatus {
+            id: id.into(),
+            action,
+            accepted: true,
+            message: "ok".into(),
+            at: String::new(),
+        };
+        let status = CanaryStatus {
+            last_request: Some(answer("9", RequestAction::Abort)),
+            recent_requests: vec![
+                answer("1", RequestAction::Pause),
+                answer("2", RequestAction::Resume),
+            ],
+            ..Default::default()
+        };
+        let annotations: BTreeMap<String, String> = [
+            ("request.canary.dev/1", "pause"),    // answered
+            ("request.canary.dev/2", "pause"),    // id answered for another action: new
+            ("request.canary.dev/3", "resume"),   // not answered yet
+            ("request.canary.dev/4", "nonsense"), // invalid: reported, left for a human
+            ("canary.dev/request", "abort:9"),    // answered in lastRequest
+            ("app.kubernetes.io/name", "web"),    // not a request
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            answered_request_annotations(&annotations, &status),
+            vec![
+                ("canary.dev/request".to_string(), "abort:9".to_string()),
+                ("request.canary.dev/1".to_string(), "pause".to_string()),
+            ]
+        );
+        assert_eq!(requests(&annotations).len(), 5);
     }
 
     #[test]

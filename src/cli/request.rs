@@ -1,24 +1,28 @@
 //! `canary promote | pause | resume | abort | retry`: a request the controller acts on through
-//! its watch; the command waits briefly for the controller's answer and says what changed.
+//! its watch, written as its own annotation so that concurrent requests never replace each
+//! other; the command waits (bounded) for the controller's answer to it and says what changed,
+//! or why it is still queued.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde::Serialize;
 use serde_json::json;
 
-use super::cluster::{Failure, KubeArgs, api_failure};
+use super::cluster::{Connection, Failure, KubeArgs, api_failure};
 use super::output::terminal_safe;
 use super::{Exit, OutputFormat};
-use crate::api::canary::{Canary, Phase, REQUEST_ANNOTATION, Request, RequestAction};
+use crate::api::canary::{self, Canary, Phase, Request, RequestAction, RequestStatus};
 
 /// A manual request to the controller.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The Canary.
     pub name: String,
-    /// How long to wait for the controller's answer (exit 3 if none comes).
+    /// How long to wait for the controller's answer (exit 3 if none comes; the request stays
+    /// queued).
     #[arg(long, default_value = "15s")]
     pub timeout: crate::api::Duration,
     #[command(flatten)]
@@ -90,7 +94,8 @@ pub fn applies(action: RequestAction, canary: &Canary) -> Result<(), String> {
     Err(format!("nothing to {}: {state}{hint}", action.as_str()))
 }
 
-/// A request id unique enough for one Canary: time and process.
+/// A request id unique enough for one Canary (time and process), and a valid annotation key
+/// name after [`canary::REQUEST_KEY_PREFIX`].
 fn new_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -98,116 +103,186 @@ fn new_id() -> String {
     format!("{}-{}", now.as_millis(), std::process::id())
 }
 
-/// The request in the Canary's annotation that the controller has not answered yet, if any:
-/// writing another one now would overwrite it unseen.
-pub fn unanswered_request(canary: &Canary) -> Option<Request> {
-    let value = canary
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(REQUEST_ANNOTATION)?;
-    let pending = Request::parse(value).ok()?;
-    (!pending.answered_in(canary.status.as_ref())).then_some(pending)
+/// Where one written request stands, as a version of its Canary shows it.
+#[derive(Debug, PartialEq)]
+enum Standing {
+    Answered(RequestStatus),
+    /// Still to be acted on, with the other requests waiting beside it (their actions).
+    Pending {
+        others: Vec<RequestAction>,
+    },
+    /// Neither annotated nor answered: not written yet in this version, or, once it was seen
+    /// pending, withdrawn by someone.
+    Absent,
 }
 
-/// How long a new request waits for the controller to answer the one before it.
-const UNANSWERED_WAIT: Duration = Duration::from_secs(5);
+fn standing(canary: &Canary, request: &Request) -> Standing {
+    if let Some(answer) = canary.status.as_ref().and_then(|status| {
+        status
+            .answers()
+            .find(|a| a.id == request.id && a.action == request.action)
+    }) {
+        return Standing::Answered(answer.clone());
+    }
+    let pending = canary::requests(canary.annotations());
+    let mut mine = false;
+    let mut others = Vec::new();
+    for other in pending.into_iter().flatten() {
+        if other.id == request.id && other.action == request.action {
+            mine = true;
+        } else if !other.answered_in(canary.status.as_ref()) {
+            others.push(other.action);
+        }
+    }
+    if mine {
+        Standing::Pending { others }
+    } else {
+        Standing::Absent
+    }
+}
 
-/// Writes `request` into the annotation, but only over an answered one, and only if the
-/// Canary did not change since it was read (resourceVersion precondition): two operators'
-/// requests never overwrite each other unseen.
+/// `3 other requests pending (abort, 2 promote)`, for the progress line.
+fn describe_pending(others: &[RequestAction]) -> String {
+    let mut counts: Vec<(RequestAction, usize)> = Vec::new();
+    for action in others {
+        match counts.iter_mut().find(|(a, _)| a == action) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*action, 1)),
+        }
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(action, n)| match n {
+            1 => action.as_str().to_string(),
+            n => format!("{n} {}", action.as_str()),
+        })
+        .collect();
+    match others.len() {
+        0 => "no other request pending".to_string(),
+        1 => format!("1 other request pending ({})", parts.join(", ")),
+        n => format!("{n} other requests pending ({})", parts.join(", ")),
+    }
+}
+
+/// Writes the request as its own annotation, `request.canary.dev/<id>: <action>`: requests of
+/// other ids are other keys, so concurrent writers never overwrite each other.
 async fn write_request(
-    connection: &super::cluster::Connection,
+    connection: &Connection,
     name: &str,
     request: &Request,
 ) -> Result<(), Failure> {
-    let what = format!("Canary {}/{}", connection.namespace, name);
-    let started = Instant::now();
-    for _ in 0..50 {
-        let canary = connection.canary(name).await?;
-        applies(request.action, &canary).map_err(Failure::invalid)?;
-        if let Some(pending) = unanswered_request(&canary) {
-            if started.elapsed() >= UNANSWERED_WAIT {
-                return Err(Failure::new(
-                    Exit::TimedOut,
-                    format!(
-                        "{what} still has an unanswered {} request ({}) after {}s: is `canary controller` running? Not overwriting it",
-                        pending.action.as_str(),
-                        pending.id,
-                        UNANSWERED_WAIT.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let patch = json!({"metadata": {
-            "resourceVersion": canary.metadata.resource_version,
-            "annotations": {REQUEST_ANNOTATION: request.annotation_value()},
-        }});
-        match connection
-            .canaries()
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // Changed since read (the controller's status, another request): read again.
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(api_failure(&what, e)),
-        }
-    }
-    Err(Failure::new(
-        Exit::TimedOut,
-        format!("{what} kept changing while the request was being written: try again"),
-    ))
+    let (key, value) = request.annotation();
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    connection
+        .canaries()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| api_failure(&format!("Canary {}/{name}", connection.namespace), e))
 }
 
 pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Result<Exit, Failure> {
     let connection = args.kube.connect().await?;
+    let name = &args.name;
+    let timeout: Duration = args.timeout.as_std();
+    let started = Instant::now();
+    applies(action, &connection.canary(name).await?).map_err(Failure::invalid)?;
+
+    // Watching before writing: every status the controller writes after the request is seen,
+    // so its answer cannot be missed among the answers to others.
+    let mut stream = std::pin::pin!(connection.watch_canary(name));
+    let mut canary = next_canary(&mut stream, started + timeout)
+        .await
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::TimedOut,
+                format!(
+                    "could not watch Canary {}/{name} within {}: is the API server reachable?",
+                    connection.namespace, args.timeout
+                ),
+            )
+        })?;
+    applies(action, &canary).map_err(Failure::invalid)?;
+    let status = canary.status.clone().unwrap_or_default();
     let request = Request {
         action,
         id: new_id(),
+        // A promote finishes the step it was asked at: concurrent ones finish it once.
+        step: (action == RequestAction::Promote).then(|| status.current_step_index.unwrap_or(0)),
     };
-    let started = Instant::now();
-    write_request(&connection, &args.name, &request).await?;
+    let (key, _) = request.annotation();
+    let written = Instant::now();
+    write_request(&connection, name, &request).await?;
 
-    let mut stream = std::pin::pin!(connection.watch_canary(&args.name));
-    let timeout: Duration = args.timeout.as_std();
-    let answered = tokio::time::timeout(timeout, async {
-        while let Some(event) = stream.next().await {
-            if let Ok(canary) = event
-                && let Some(status) = &canary.status
-                && let Some(last) = &status.last_request
-                && last.id == request.id
-            {
-                return Some((canary.clone(), last.clone()));
+    let answers_before: Vec<String> = status.answers().map(|a| a.id.clone()).collect();
+    let mut others_answered = std::collections::BTreeSet::new();
+    let mut shown = (String::new(), None::<Instant>);
+    let mut seen_pending = false;
+    let answer = loop {
+        match standing(&canary, &request) {
+            Standing::Answered(answer) => break answer,
+            // The watch has not brought the version with the request yet.
+            Standing::Absent if !seen_pending => {}
+            Standing::Absent => {
+                return Err(Failure::invalid(format!(
+                    "the {} request {key} was removed from Canary {}/{name} before the controller answered it (withdrawn by someone): nothing was done",
+                    action.as_str(),
+                    connection.namespace
+                )));
+            }
+            Standing::Pending { others } => {
+                seen_pending = true;
+                // A line when what it waits behind changes, at most one a second.
+                let line = describe_pending(&others);
+                let due = shown
+                    .1
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if !others.is_empty() && line != shown.0 && due {
+                    eprintln!(
+                        "{name}: {} request queued, {line}; waiting for the controller",
+                        action.as_str()
+                    );
+                    shown = (line, Some(Instant::now()));
+                }
             }
         }
-        None
-    })
-    .await;
-    let Ok(Some((canary, answer))) = answered else {
-        return Err(Failure::new(
-            Exit::TimedOut,
-            format!(
-                "the controller did not answer the {} request within {}: is `canary controller` running and watching namespace {}?",
-                action.as_str(),
-                args.timeout,
-                connection.namespace
-            ),
-        ));
+        if let Some(status) = &canary.status {
+            others_answered.extend(
+                status
+                    .answers()
+                    .filter(|a| a.id != request.id && !answers_before.contains(&a.id))
+                    .map(|a| a.id.clone()),
+            );
+        }
+        match next_canary(&mut stream, started + timeout).await {
+            Some(next) => canary = next,
+            None => {
+                let others = match standing(&canary, &request) {
+                    Standing::Pending { others } => others,
+                    _ => Vec::new(),
+                };
+                return Err(unanswered(
+                    &connection.namespace,
+                    name,
+                    &request,
+                    &args.timeout,
+                    others_answered.len(),
+                    &others,
+                ));
+            }
+        }
     };
     let status = canary.status.unwrap_or_default();
     let result = RequestResult {
         namespace: connection.namespace.clone(),
-        canary: args.name.clone(),
+        canary: name.clone(),
         action,
         id: request.id,
         accepted: answer.accepted,
         message: answer.message.clone(),
         phase: status.phase,
         weight: status.canary_weight,
-        milliseconds: started.elapsed().as_millis(),
+        milliseconds: written.elapsed().as_millis(),
     };
     match output {
         OutputFormat::Json => println!(
@@ -216,7 +291,7 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
         ),
         OutputFormat::Human if result.accepted => println!(
             "{}: {} ({}): now {:?}, canary weight {}% [{} ms]",
-            args.name,
+            name,
             action.as_str(),
             terminal_safe(&result.message),
             result.phase,
@@ -233,6 +308,55 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
             result.message
         )))
     }
+}
+
+/// The next version of the Canary from the watch, or `None` at `deadline`.
+async fn next_canary(
+    stream: &mut std::pin::Pin<
+        &mut impl futures::Stream<Item = Result<Canary, kube::runtime::watcher::Error>>,
+    >,
+    deadline: Instant,
+) -> Option<Canary> {
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .ok()??;
+        match event {
+            Ok(canary) => return Some(canary),
+            // The watcher starts again by itself; not in a busy loop.
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Why no answer came in time, and what to do: a busy controller is not a missing one.
+fn unanswered(
+    namespace: &str,
+    name: &str,
+    request: &Request,
+    timeout: &crate::api::Duration,
+    others_answered: usize,
+    others: &[RequestAction],
+) -> Failure {
+    let (key, _) = request.annotation();
+    let action = request.action.as_str();
+    let state = if others_answered > 0 {
+        format!(
+            "the controller is busy: it answered {others_answered} other request(s) meanwhile, and this {action} request is still queued ({})",
+            describe_pending(others)
+        )
+    } else {
+        format!(
+            "the controller answered no request meanwhile ({}): is `canary controller` running and watching namespace {namespace}?",
+            describe_pending(others)
+        )
+    };
+    Failure::new(
+        Exit::TimedOut,
+        format!(
+            "no answer to the {action} request within {timeout}: {state}. The request stays queued and is acted on when the controller gets to it: follow it with `canary status {name} -n {namespace}`, or withdraw it with `kubectl annotate cnry {name} -n {namespace} {key}-`"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -300,53 +424,76 @@ mod tests {
     }
 
     #[test]
-    fn a_request_the_controller_has_not_answered_is_not_overwritten() {
+    fn a_written_request_is_answered_pending_beside_others_or_withdrawn() {
         use crate::api::canary::RequestStatus;
-        let answered = |id: &str, action: RequestAction| RequestStatus {
+        let answer = |id: &str, action: RequestAction| RequestStatus {
             id: id.into(),
             action,
             accepted: true,
-            message: String::new(),
+            message: "done".into(),
             at: String::new(),
         };
-        // (annotation, last answer, unanswered?)
+        let mine = Request {
+            action: RequestAction::Promote,
+            id: "9-1".into(),
+            step: Some(1),
+        };
+        // (annotations, answers in status, standing)
         let cases = [
-            (None, None, false),
-            (Some("abort:1"), None, true),
             (
-                Some("abort:1"),
-                Some(answered("1", RequestAction::Abort)),
-                false,
+                vec![("request.canary.dev/9-1", "promote@1")],
+                vec![],
+                Standing::Pending { others: vec![] },
             ),
             (
-                Some("abort:1"),
-                Some(answered("0", RequestAction::Pause)),
-                true,
+                vec![
+                    ("request.canary.dev/9-1", "promote@1"),
+                    ("request.canary.dev/8-1", "abort"),
+                    ("request.canary.dev/7-1", "pause"),
+                    ("canary.dev/request", "pause:6"),
+                ],
+                // 7-1 is answered already (its annotation not yet removed).
+                vec![answer("7-1", RequestAction::Pause)],
+                Standing::Pending {
+                    others: vec![RequestAction::Pause, RequestAction::Abort],
+                },
             ),
-            // Same id, another action: a new request.
             (
-                Some("abort:1"),
-                Some(answered("1", RequestAction::Pause)),
-                true,
+                vec![("request.canary.dev/9-1", "promote@1")],
+                vec![answer("9-1", RequestAction::Promote)],
+                Standing::Answered(answer("9-1", RequestAction::Promote)),
             ),
-            // Unparseable: the controller reports it; nothing to protect.
-            (Some("nonsense"), None, false),
+            // Answered and its annotation removed by the controller.
+            (
+                vec![],
+                vec![answer("9-1", RequestAction::Promote)],
+                Standing::Answered(answer("9-1", RequestAction::Promote)),
+            ),
+            // The same id answered for another action is not this request's answer.
+            (
+                vec![],
+                vec![answer("9-1", RequestAction::Abort)],
+                Standing::Absent,
+            ),
         ];
-        for (annotation, last, unanswered) in cases {
-            let mut c = canary(Phase::Progressing);
-            if let Some(value) = annotation {
-                c.metadata.annotations = Some(
-                    [(REQUEST_ANNOTATION.to_string(), value.to_string())]
-                        .into_iter()
-                        .collect(),
-                );
-            }
-            c.status.as_mut().unwrap().last_request = last.clone();
-            assert_eq!(
-                unanswered_request(&c).is_some(),
-                unanswered,
-                "{annotation:?} {last:?}"
+        for (annotations, answers, expected) in cases {
+            let mut c = canary(Phase::Paused);
+            c.metadata.annotations = Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             );
+            c.status.as_mut().unwrap().recent_requests = answers.clone();
+            assert_eq!(standing(&c, &mine), expected, "{annotations:?} {answers:?}");
         }
+        assert_eq!(
+            describe_pending(&[
+                RequestAction::Promote,
+                RequestAction::Abort,
+                RequestAction::Promote
+            ]),
+            "3 other requests pending (2 promote, abort)"
+        );
     }
 }

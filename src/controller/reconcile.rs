@@ -26,8 +26,7 @@ use crate::api::analysis_template::{
     AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
 };
 use crate::api::canary::{
-    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, REQUEST_ANNOTATION, Request,
-    RequestAction, RolloutStep, TemplateRef,
+    AnalysisArg, Canary, CanaryStatus, MeasurementStatus, RequestAction, RolloutStep, TemplateRef,
 };
 use crate::metrics::MetricsSource;
 use crate::rollout::{
@@ -116,8 +115,10 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     for action in &plan.actions {
         apply_action(canary, &read, action, ctx).await?;
     }
+    let mut stored_status = status.clone();
     if plan.status != status {
         let stored = write_status(canary, &plan.status, ctx).await?;
+        stored_status = stored.clone();
         if stored == status {
             // The API server kept nothing of the change (an installed CRD older than the
             // controller prunes new fields): waiting for the cache to show it would be waiting
@@ -131,6 +132,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
             ctx.status_writes.written_over(&namespace, &name, status);
         }
     }
+    remove_answered_requests(canary, &stored_status, ctx).await;
     for event in &plan.events {
         publish(&ctx.recorder, canary, event).await;
     }
@@ -247,10 +249,7 @@ async fn observe(
     }
     let stable = stable.map(|d| workload::workload_state(&d));
     let canary_workload = canary_deployment.map(|d| workload::workload_state(&d));
-    let request = canary
-        .annotations()
-        .get(REQUEST_ANNOTATION)
-        .map(|value| Request::parse(value));
+    let requests = crate::api::canary::requests(canary.annotations());
 
     // Templates are fetched and prepared only when the plan can use them, or a measurement
     // is due (a settled Canary with its target on stable's revision needs neither).
@@ -261,15 +260,12 @@ async fn observe(
     // An abort (or full promotion) waiting to be acted on goes first: it waits neither for
     // the templates to be readable nor for new measurements, whose outcome would not change
     // what the request does.
-    let urgent = request.as_ref().is_some_and(|r| {
-        r.as_ref().is_ok_and(|r| {
-            matches!(r.action, RequestAction::Abort | RequestAction::PromoteFull)
-                && matches!(
-                    status.phase,
-                    crate::api::canary::Phase::Progressing | crate::api::canary::Phase::Paused
-                )
-                && !r.answered_in(Some(status))
-        })
+    let urgent = matches!(
+        status.phase,
+        crate::api::canary::Phase::Progressing | crate::api::canary::Phase::Paused
+    ) && requests.iter().flatten().any(|r| {
+        matches!(r.action, RequestAction::Abort | RequestAction::PromoteFull)
+            && !r.answered_in(Some(status))
     });
     let due = due_measurements(status, now);
     let needed = rollout::needs_analysis(status, target_revision) || !due.is_empty();
@@ -305,7 +301,7 @@ async fn observe(
         target,
         stable,
         canary: canary_workload,
-        request,
+        requests,
         analysis,
         measurements,
     };
@@ -916,6 +912,50 @@ async fn json_patch(
     )
     .await?;
     Ok(())
+}
+
+/// Removes the request annotations that `stored` (the status as the API server holds it)
+/// answers, each only if it still holds the value that was answered. A failure is retried by
+/// the next reconcile: the answers stay in status while their annotations are there.
+async fn remove_answered_requests(canary: &Canary, stored: &CanaryStatus, ctx: &Context) {
+    let answered = crate::api::canary::answered_request_annotations(canary.annotations(), stored);
+    if answered.is_empty() {
+        return;
+    }
+    let operations: Vec<Value> = answered
+        .iter()
+        .flat_map(|(key, value)| {
+            let path = format!(
+                "/metadata/annotations/{}",
+                key.replace('~', "~0").replace('/', "~1")
+            );
+            [
+                json!({"op": "test", "path": path, "value": value}),
+                json!({"op": "remove", "path": path}),
+            ]
+        })
+        .collect();
+    let namespace = canary.namespace().unwrap_or_default();
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch: json_patch::Patch = match serde_json::from_value(Value::Array(operations)) {
+        Ok(patch) => patch,
+        Err(e) => {
+            return warn!(namespace, canary = canary.name_any(), error = %e, "building the patch that removes answered requests");
+        }
+    };
+    if let Err(error) = api
+        .patch(
+            &canary.name_any(),
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        info!(namespace, canary = canary.name_any(), %error, "answered requests not removed yet; retrying at the next reconcile");
+    }
 }
 
 /// Writes `status`; returns the status as the API server stored it.

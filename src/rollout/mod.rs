@@ -75,8 +75,8 @@ pub struct Observed {
     pub target: Option<Result<TargetState, String>>,
     pub stable: Option<WorkloadState>,
     pub canary: Option<WorkloadState>,
-    /// The request annotation, parsed.
-    pub request: Option<Result<Request, String>>,
+    /// The request annotations (one per request, and the single slot), parsed.
+    pub requests: Vec<Result<Request, String>>,
     /// Metric definitions of each analysis run (`background`, `step-N`), resolved from the
     /// templates; `Err` when a template is missing or invalid.
     pub analysis: Result<BTreeMap<String, Vec<MetricDefinition>>, String>,
@@ -160,8 +160,11 @@ pub fn plan(spec: &CanarySpec, status: &CanaryStatus, observed: &Observed, now: 
         actions: Vec::new(),
         events: Vec::new(),
         requeue: None,
+        answering: Vec::new(),
+        answered: Vec::new(),
     };
     planner.run();
+    planner.record_answers();
     planner.finish()
 }
 
@@ -173,7 +176,26 @@ struct Planner<'a> {
     actions: Vec<Action>,
     events: Vec<Event>,
     requeue: Option<StdDuration>,
+    /// The ids of the pending requests that the action taken this plan answers.
+    answering: Vec<String>,
+    /// Requests answered without being acted on (a promote of a finished step).
+    answered: Vec<RequestStatus>,
 }
+
+/// The order in which requests pending together are acted on, one action per reconcile: an
+/// abort first (the requests after it find the rollout ended and are told so), a pause last
+/// (a rollout paused and resumed at once ends paused: a human decides).
+const REQUEST_ORDER: [RequestAction; 6] = [
+    RequestAction::Abort,
+    RequestAction::PromoteFull,
+    RequestAction::Promote,
+    RequestAction::Resume,
+    RequestAction::Retry,
+    RequestAction::Pause,
+];
+
+/// Answers kept in `status.recentRequests` besides those whose annotation is still there.
+const ANSWERS_KEPT: usize = 32;
 
 impl Planner<'_> {
     fn run(&mut self) {
@@ -239,38 +261,140 @@ impl Planner<'_> {
         Some(self.now.duration_since(analysis_runs::parse(at)?))
     }
 
-    // -- the request annotation ---------------------------------------------------------------
+    // -- the request annotations --------------------------------------------------------------
 
-    /// The request to act on now, if it is new. Malformed ones are answered in status.
+    /// The request to act on now, if one is pending. Of the requests pending together, one
+    /// action is taken per plan, in [`REQUEST_ORDER`]; every pending request of that action
+    /// gets the same answer (the same thing asked twice at once is done once), and the others
+    /// wait for the next reconcile. A promote naming a step that is already finished is
+    /// answered without skipping another. Malformed requests are reported in status.
     fn take_request(&mut self) -> Option<RequestAction> {
-        let request = match self.observed.request.as_ref()? {
-            Ok(request) => request.clone(),
-            Err(problem) => {
-                let message = problem.clone();
-                if self.status.message.as_deref() != Some(message.as_str()) {
-                    self.event(EventType::Warning, "InvalidRequest", message.clone());
+        let mut pending: Vec<Request> = Vec::new();
+        let mut problem = None;
+        for parsed in &self.observed.requests {
+            match parsed {
+                Ok(request) if !request.answered_in(Some(&self.status)) => {
+                    pending.push(request.clone())
                 }
-                self.status.message = Some(message);
-                return None;
+                Ok(_) => {}
+                Err(message) => {
+                    problem.get_or_insert_with(|| message.clone());
+                }
             }
-        };
-        if request.answered_in(Some(&self.status)) {
-            return None;
         }
+        if let Some(message) = problem {
+            if self.status.message.as_deref() != Some(message.as_str()) {
+                self.event(EventType::Warning, "InvalidRequest", message.clone());
+            }
+            self.status.message = Some(message);
+        }
+        pending.retain(|request| !self.answer_promote_of_another_step(request));
+        let action = REQUEST_ORDER
+            .into_iter()
+            .find(|action| pending.iter().any(|r| r.action == *action))?;
+        if pending.iter().any(|r| r.action != action) {
+            // The next action is taken by the reconcile after this answer is written.
+            self.requeue_in(MIN_REQUEUE);
+        }
+        self.answering = pending
+            .into_iter()
+            .filter(|r| r.action == action)
+            .map(|r| r.id)
+            .collect();
         // Refused unless the phase's handling acts on it and says so.
         let message = format!(
             "{} does not apply: the Canary is {}",
-            request.action.as_str(),
+            action.as_str(),
             self.status.phase.as_str()
         );
         self.status.last_request = Some(RequestStatus {
-            id: request.id,
-            action: request.action,
+            id: self.answering[0].clone(),
+            action,
             accepted: false,
             message,
             at: self.now_text(),
         });
-        Some(request.action)
+        Some(action)
+    }
+
+    /// Answers a promote that names another step than the current one, and says whether it
+    /// did: finished already (accepted: what it asked is done) or not reached yet (refused).
+    fn answer_promote_of_another_step(&mut self, request: &Request) -> bool {
+        let under_way = matches!(self.status.phase, Phase::Progressing | Phase::Paused);
+        let current = self.status.current_step_index.unwrap_or(0);
+        let Some(step) = request.step.filter(|step| under_way && *step != current) else {
+            return false;
+        };
+        let (accepted, message) = if step < current {
+            (
+                true,
+                format!(
+                    "step {step} was already finished by another request; the rollout is at step {current}: promote again to finish that one"
+                ),
+            )
+        } else {
+            (
+                false,
+                format!("promote does not apply: the rollout is at step {current}, not {step}"),
+            )
+        };
+        self.answered.push(RequestStatus {
+            id: request.id.clone(),
+            action: request.action,
+            accepted,
+            message,
+            at: self.now_text(),
+        });
+        true
+    }
+
+    /// Puts this plan's answers into `status.recentRequests`: one per request answered, and
+    /// keeps every answer whose annotation is still there (so it is not acted on again) and
+    /// the latest [`ANSWERS_KEPT`] others.
+    fn record_answers(&mut self) {
+        let mut answers = std::mem::take(&mut self.answered);
+        if let Some(last) = self.status.last_request.as_mut()
+            && !self.answering.is_empty()
+        {
+            let together = self.answering.len();
+            if together > 1 {
+                last.message = format!(
+                    "{} ({together} {} requests at once: done once)",
+                    last.message,
+                    last.action.as_str()
+                );
+            }
+            let last = last.clone();
+            answers.extend(self.answering.iter().map(|id| RequestStatus {
+                id: id.clone(),
+                ..last.clone()
+            }));
+        }
+        if answers.is_empty() {
+            return;
+        }
+        let present = |answer: &RequestStatus| {
+            self.observed
+                .requests
+                .iter()
+                .flatten()
+                .any(|request| request.id == answer.id && request.action == answer.action)
+        };
+        let mut recent = std::mem::take(&mut self.status.recent_requests);
+        recent.extend(answers);
+        let mut others = 0;
+        let mut kept: Vec<RequestStatus> = recent
+            .into_iter()
+            .rev()
+            .filter(|answer| {
+                present(answer) || {
+                    others += 1;
+                    others <= ANSWERS_KEPT
+                }
+            })
+            .collect();
+        kept.reverse();
+        self.status.recent_requests = kept;
     }
 
     fn answer_request(&mut self, accepted: bool, message: String) {

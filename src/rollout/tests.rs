@@ -70,7 +70,7 @@ fn observed(target_revision: &str) -> Observed {
         target: Some(Ok(target(target_revision))),
         stable: Some(ready("r1", 4)),
         canary: None,
-        request: None,
+        requests: Vec::new(),
         analysis: Ok(BTreeMap::new()),
         measurements: Vec::new(),
         route_weight: None,
@@ -105,11 +105,12 @@ fn reasons(plan: &Plan) -> Vec<&'static str> {
     plan.events.iter().map(|e| e.reason).collect()
 }
 
-fn request(action: RequestAction, id: &str) -> Option<Result<Request, String>> {
-    Some(Ok(Request {
+fn request(action: RequestAction, id: &str) -> Vec<Result<Request, String>> {
+    vec![Ok(Request {
         action,
         id: id.into(),
-    }))
+        step: None,
+    })]
 }
 
 #[test]
@@ -255,7 +256,7 @@ fn promote_request_passes_the_step_pause_and_promotion_completes() {
     status.pause_reason = Some(PauseReason::Step);
     let mut seen = observed("r2");
     seen.canary = Some(ready("r2", 2));
-    seen.request = request(RequestAction::Promote, "1");
+    seen.requests = request(RequestAction::Promote, "1");
     let promoting = plan(&s, &status, &seen, t(100));
     assert_eq!(promoting.status.phase, Phase::Promoting);
     assert!(promoting.status.last_request.as_ref().unwrap().accepted);
@@ -270,7 +271,7 @@ fn promote_request_passes_the_step_pause_and_promotion_completes() {
             .contains(&Action::SetWeight { weight: 50 })
     );
 
-    seen.request = request(RequestAction::Promote, "1"); // the same request again: ignored
+    seen.requests = request(RequestAction::Promote, "1"); // the same request again: ignored
     seen.stable = Some(ready("r2", 4));
     let promoted = plan(&s, &promoting.status, &seen, t(130));
     assert_eq!(promoted.status.phase, Phase::Promoted);
@@ -284,7 +285,7 @@ fn promote_request_passes_the_step_pause_and_promotion_completes() {
     let scales_down = |p: &Plan| p.actions.contains(&Action::ScaleCanary { replicas: 0 });
     assert!(!scales_down(&promoted), "{:?}", promoted.actions);
     assert_eq!(promoted.requeue_after, Some(StdDuration::from_secs(30)));
-    seen.request = None;
+    seen.requests = Vec::new();
     let early = plan(&s, &promoted.status, &seen, t(159));
     assert!(!scales_down(&early), "{:?}", early.actions);
     let due = plan(&s, &early.status, &seen, t(160));
@@ -336,7 +337,7 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     let s = spec(serde_json::json!({}));
     let mut seen = observed("r2");
     seen.canary = Some(ready("r2", 2));
-    seen.request = request(RequestAction::Abort, "a1");
+    seen.requests = request(RequestAction::Abort, "a1");
     let aborted = plan(&s, &progressing(2, 50, 0), &seen, t(20));
     assert_eq!(aborted.actions[0], Action::SetWeight { weight: 0 });
     // Without a scale-down delay the canary's pods go at once, after the traffic.
@@ -354,7 +355,7 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     assert_eq!(reasons(&aborted), ["Aborted", "RolledBack"]);
 
     // The same revision is not rolled out again by itself...
-    seen.request = request(RequestAction::Abort, "a1");
+    seen.requests = request(RequestAction::Abort, "a1");
     let later = plan(&s, &aborted.status, &seen, t(40));
     assert_eq!(later.status.phase, Phase::RolledBack);
     assert!(later.events.is_empty());
@@ -365,7 +366,7 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
             .any(|a| matches!(a, Action::EnsureCanary { .. }))
     );
     // ...but `retry` does.
-    seen.request = request(RequestAction::Retry, "r-1");
+    seen.requests = request(RequestAction::Retry, "r-1");
     let retried = plan(&s, &later.status, &seen, t(60));
     assert_eq!(retried.status.phase, Phase::Progressing);
     assert_eq!(reasons(&retried), ["RolloutStarted"]);
@@ -379,7 +380,7 @@ fn abort_during_promotion_restores_the_previous_stable_revision() {
     let mut seen = observed("r2");
     seen.stable = Some(not_ready("r2", 4)); // stable is part-way to r2
     seen.canary = Some(ready("r2", 2));
-    seen.request = request(RequestAction::Abort, "x");
+    seen.requests = request(RequestAction::Abort, "x");
     let aborting = plan(&s, &status, &seen, t(20));
     assert_eq!(aborting.status.phase, Phase::RollingBack);
     assert_eq!(aborting.actions[0], Action::SetWeight { weight: 0 });
@@ -389,7 +390,7 @@ fn abort_during_promotion_restores_the_previous_stable_revision() {
     }));
     // Stable back on r1 and ready: done.
     seen.stable = Some(ready("r1", 4));
-    seen.request = None;
+    seen.requests = Vec::new();
     let done = plan(&s, &aborting.status, &seen, t(40));
     assert_eq!(done.status.phase, Phase::RolledBack);
     assert_eq!(done.status.stable_revision.as_deref(), Some("r1"));
@@ -684,7 +685,7 @@ fn requests_that_do_not_apply_are_refused_with_a_reason() {
     for (status, action, why) in cases {
         let mut seen = observed(status.canary_revision.as_deref().unwrap_or("r1"));
         seen.canary = Some(ready("r2", 1));
-        seen.request = request(action, "q");
+        seen.requests = request(action, "q");
         let p = plan(&s, &status, &seen, t(5));
         let answer = p.status.last_request.unwrap();
         assert!(!answer.accepted, "{action:?}");
@@ -696,7 +697,7 @@ fn requests_that_do_not_apply_are_refused_with_a_reason() {
         assert_eq!(p.status.phase, status.phase, "{action:?}");
     }
     let mut seen = observed("r1");
-    seen.request = Some(Err("unknown action \"explode\"".into()));
+    seen.requests = vec![Err("unknown action \"explode\"".into())];
     let p = plan(&s, &idle(), &seen, t(5));
     assert_eq!(reasons(&p), ["InvalidRequest"]);
 }
@@ -706,17 +707,17 @@ fn pause_and_resume_by_request() {
     let s = spec(serde_json::json!({}));
     let mut seen = observed("r2");
     seen.canary = Some(ready("r2", 1));
-    seen.request = request(RequestAction::Pause, "p");
+    seen.requests = request(RequestAction::Pause, "p");
     let paused = plan(&s, &progressing(1, 10, 0), &seen, t(10));
     assert_eq!(paused.status.phase, Phase::Paused);
     assert_eq!(paused.status.pause_reason, Some(PauseReason::Manual));
     // Time passes while paused: the timed pause does not complete.
-    seen.request = request(RequestAction::Pause, "p");
+    seen.requests = request(RequestAction::Pause, "p");
     assert_eq!(
         plan(&s, &paused.status, &seen, t(500)).status.phase,
         Phase::Paused
     );
-    seen.request = request(RequestAction::Resume, "r");
+    seen.requests = request(RequestAction::Resume, "r");
     let resumed = plan(&s, &paused.status, &seen, t(500));
     assert_eq!(resumed.status.phase, Phase::Progressing);
     assert_eq!(
@@ -1242,7 +1243,7 @@ fn a_background_analysis_without_usable_data_pauses_at_the_end_instead_of_promot
     );
     // `promote` overrides the verdict but not the analysis: it starts afresh and must pass.
     seen.measurements.clear();
-    seen.request = request(RequestAction::Promote, "p1");
+    seen.requests = request(RequestAction::Promote, "p1");
     let promoted = plan(&s, &p.status, &seen, t(20));
     assert_eq!(promoted.status.phase, Phase::Progressing);
     let run = &promoted.status.analysis_runs[0];
@@ -1250,7 +1251,7 @@ fn a_background_analysis_without_usable_data_pauses_at_the_end_instead_of_promot
         (run.phase, run.metrics[0].tally.measured),
         (AnalysisPhase::Pending, 0)
     );
-    seen.request = request(RequestAction::Promote, "p1");
+    seen.requests = request(RequestAction::Promote, "p1");
     seen.measurements = vec![measurement("background", 30, MeasurementPhase::Successful)];
     let done = plan(&s, &promoted.status, &seen, t(30));
     assert_eq!(done.status.phase, Phase::Promoting);
@@ -1291,7 +1292,7 @@ fn an_ended_rollout_measures_nothing_more() {
     let running = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
     assert_eq!(due_measurements(&running, t(0)).len(), 1);
     for action in [RequestAction::Abort, RequestAction::PromoteFull] {
-        seen.request = request(action, "x");
+        seen.requests = request(action, "x");
         let ended = plan(&s, &running, &seen, t(1)).status;
         assert!(
             matches!(
@@ -1404,9 +1405,9 @@ fn the_background_analysis_keeps_judging_a_canary_paused_for_approval() {
         let mut status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
         if how == RequestAction::Pause {
             // Paused by a request at 50% instead of by the step.
-            seen.request = request(RequestAction::Pause, "p");
+            seen.requests = request(RequestAction::Pause, "p");
             status = plan(&s, &status, &seen, t(1)).status;
-            seen.request = None;
+            seen.requests = Vec::new();
         }
         assert_eq!(status.phase, Phase::Paused, "{policy} {how:?}");
         let waiting = plan(&s, &status, &seen, t(2));
@@ -1475,17 +1476,17 @@ fn suspend_holds_a_running_rollout_where_it_is() {
     assert!(reasons(&newer).is_empty(), "{:?}", newer.events);
     // Promote is refused; abort is obeyed.
     seen.target = Some(Ok(target("r2")));
-    seen.request = request(RequestAction::Promote, "p");
+    seen.requests = request(RequestAction::Promote, "p");
     let refused = plan(&s, &held.status, &seen, t(602));
     assert!(!refused.status.last_request.as_ref().unwrap().accepted);
     assert_eq!(refused.status.current_step_index, Some(1));
-    seen.request = request(RequestAction::Abort, "a");
+    seen.requests = request(RequestAction::Abort, "a");
     assert_eq!(
         plan(&s, &held.status, &seen, t(603)).status.phase,
         Phase::RolledBack
     );
     // The background analysis goes on judging the canary that keeps its traffic.
-    seen.request = None;
+    seen.requests = Vec::new();
     seen.measurements = vec![measurement("background", 604, MeasurementPhase::Failed)];
     assert_eq!(
         plan(&s, &held.status, &seen, t(605)).status.phase,
@@ -1522,10 +1523,10 @@ fn every_request_gets_an_answer_and_a_new_action_under_an_old_id_counts() {
     let mut seen = observed("r2");
     seen.canary = Some(ready("r2", 1));
     // Pause then abort written under the same id (two `kubectl annotate` in one second).
-    seen.request = request(RequestAction::Pause, "1700000000");
+    seen.requests = request(RequestAction::Pause, "1700000000");
     let paused = plan(&s, &progressing(1, 10, 0), &seen, t(1));
     assert_eq!(paused.status.phase, Phase::Paused);
-    seen.request = request(RequestAction::Abort, "1700000000");
+    seen.requests = request(RequestAction::Abort, "1700000000");
     let aborted = plan(&s, &paused.status, &seen, t(2));
     assert_eq!(aborted.status.phase, Phase::RolledBack);
     let answer = aborted.status.last_request.as_ref().unwrap();
@@ -1537,7 +1538,7 @@ fn every_request_gets_an_answer_and_a_new_action_under_an_old_id_counts() {
     let mut rolling_back = progressing(1, 10, 0);
     rolling_back.phase = Phase::RollingBack;
     seen.stable = Some(not_ready("r1", 4));
-    seen.request = request(RequestAction::Promote, "late");
+    seen.requests = request(RequestAction::Promote, "late");
     let p = plan(&s, &rolling_back, &seen, t(3));
     let answer = p.status.last_request.unwrap();
     assert!(!answer.accepted, "{answer:?}");
@@ -1614,9 +1615,9 @@ fn a_held_rollout_is_still_looked_after() {
     seen.canary = Some(ready("r2", 1));
     seen.analysis = definitions("step-1", 5);
     let running = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
-    seen.request = request(RequestAction::Pause, "p");
+    seen.requests = request(RequestAction::Pause, "p");
     let paused = plan(&s, &running, &seen, t(1)).status;
-    seen.request = None;
+    seen.requests = Vec::new();
     assert_eq!(paused.phase, Phase::Paused);
 
     // The step's analysis keeps measuring while paused, and its failure acts.
@@ -1667,7 +1668,7 @@ fn abort_wins_over_a_newer_revision_and_an_unusable_target_answers_requests() {
     let s = spec(serde_json::json!({}));
     let mut seen = observed("r3");
     seen.canary = Some(ready("r2", 1));
-    seen.request = request(RequestAction::Abort, "a");
+    seen.requests = request(RequestAction::Abort, "a");
     let aborted = plan(&s, &progressing(1, 10, 0), &seen, t(10));
     assert_eq!(
         aborted.status.rollback_reason,
@@ -1676,7 +1677,7 @@ fn abort_wins_over_a_newer_revision_and_an_unusable_target_answers_requests() {
     assert!(aborted.status.last_request.as_ref().unwrap().accepted);
 
     seen.target = None;
-    seen.request = request(RequestAction::Promote, "p");
+    seen.requests = request(RequestAction::Promote, "p");
     let failed = plan(&s, &progressing(1, 10, 0), &seen, t(10));
     assert_eq!(failed.status.phase, Phase::Failed);
     let answer = failed.status.last_request.unwrap();
@@ -1692,13 +1693,13 @@ fn an_abort_while_the_target_is_unusable_keeps_the_revision_from_rolling_out_aga
     let mut seen = observed("r2");
     seen.canary = Some(ready("r2", 1));
     seen.target = None;
-    seen.request = request(RequestAction::Abort, "a");
+    seen.requests = request(RequestAction::Abort, "a");
     let failed = plan(&s, &progressing(1, 10, 0), &seen, t(10));
     assert!(failed.status.last_request.as_ref().unwrap().accepted);
     assert_eq!(failed.status.failed_revision.as_deref(), Some("r2"));
     // The target comes back on r2: it waits for `retry`, as after any abort.
     seen.target = Some(Ok(target("r2")));
-    seen.request = request(RequestAction::Abort, "a");
+    seen.requests = request(RequestAction::Abort, "a");
     let back = plan(&s, &failed.status, &seen, t(20));
     assert_eq!(back.status.phase, Phase::Idle);
     assert!(reasons(&back).is_empty(), "{:?}", back.events);
@@ -1738,6 +1739,265 @@ fn a_weight_reset_while_the_canary_grows_is_set_back() {
         "{:?}",
         p.actions
     );
+}
+
+/// Pending requests `(action, id, step)`, as their annotations are observed.
+fn requests(pending: &[(RequestAction, &str, Option<u32>)]) -> Vec<Result<Request, String>> {
+    pending
+        .iter()
+        .map(|(action, id, step)| {
+            Ok(Request {
+                action: *action,
+                id: (*id).into(),
+                step: *step,
+            })
+        })
+        .collect()
+}
+
+/// Plans again and again, as the reconciles after each status write do, until every request
+/// `seen` holds is answered (bounded); returns the last status and how many plans it took.
+fn answer_all(s: &CanarySpec, status: CanaryStatus, seen: &Observed) -> (CanaryStatus, usize) {
+    let mut status = status;
+    for plans in 0..10 {
+        let answered = seen
+            .requests
+            .iter()
+            .flatten()
+            .all(|r| r.answered_in(Some(&status)));
+        if answered {
+            return (status, plans);
+        }
+        status = plan(s, &status, seen, t(10 + plans as i64)).status;
+    }
+    panic!("requests still unanswered after 10 plans: {status:?}");
+}
+
+#[test]
+fn requests_pending_together_are_all_answered_and_the_same_thing_is_done_once() {
+    use RequestAction::*;
+    // A manual gate at index 1 (10%), then 20%, another gate, 30%, a gate. The canary is
+    // never ready for more than it has, so a rollout waits at each setWeight.
+    let s = spec(serde_json::json!({"steps": [
+        {"setWeight": 10}, {"pause": {}}, {"setWeight": 20}, {"pause": {}},
+        {"setWeight": 30}, {"pause": {}},
+    ]}));
+    let gate = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Step),
+        ..progressing(1, 10, 0)
+    };
+    let manually_paused = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Manual),
+        ..progressing(2, 20, 0)
+    };
+    struct Case {
+        name: &'static str,
+        status: CanaryStatus,
+        pending: Vec<(RequestAction, &'static str, Option<u32>)>,
+        /// (id, accepted, part of the answer)
+        answers: Vec<(&'static str, bool, &'static str)>,
+        phase: Phase,
+        step: Option<u32>,
+    }
+    let cases = [
+        Case {
+            name: "five promotes of a gate finish it once",
+            status: gate.clone(),
+            pending: (["p1", "p2", "p3", "p4", "p5"].map(|id| (Promote, id, None))).to_vec(),
+            answers: ["p1", "p2", "p3", "p4", "p5"]
+                .map(|id| {
+                    (
+                        id,
+                        true,
+                        "skipping to the next step (5 promote requests at once: done once)",
+                    )
+                })
+                .to_vec(),
+            phase: Phase::Progressing,
+            step: Some(2),
+        },
+        Case {
+            name: "promotes naming the step: one step; a finished step or a later one is not skipped",
+            status: CanaryStatus {
+                current_step_index: Some(3),
+                canary_weight: 20,
+                ..gate.clone()
+            },
+            pending: vec![
+                (Promote, "now-1", Some(3)),
+                (Promote, "now-2", Some(3)),
+                (Promote, "late", Some(1)),
+                (Promote, "ahead", Some(5)),
+            ],
+            answers: vec![
+                (
+                    "now-1",
+                    true,
+                    "skipping to the next step (2 promote requests",
+                ),
+                ("now-2", true, "skipping to the next step"),
+                ("late", true, "step 1 was already finished"),
+                ("ahead", false, "the rollout is at step 3, not 5"),
+            ],
+            phase: Phase::Progressing,
+            step: Some(4),
+        },
+        Case {
+            name: "abort wins: acted on first, the others find the rollout ended",
+            status: progressing(0, 10, 0),
+            pending: vec![
+                (Promote, "p", None),
+                (Pause, "z", None),
+                (Abort, "a", None),
+                (PromoteFull, "f", None),
+            ],
+            answers: vec![
+                ("a", true, "rolling back"),
+                ("p", false, "does not apply"),
+                ("z", false, "does not apply"),
+                ("f", false, "does not apply"),
+            ],
+            phase: Phase::RolledBack,
+            step: None,
+        },
+        Case {
+            name: "pause and resume at once while progressing: paused",
+            status: progressing(0, 10, 0),
+            pending: vec![
+                (Pause, "z1", None),
+                (Resume, "r1", None),
+                (Pause, "z2", None),
+                (Resume, "r2", None),
+            ],
+            answers: vec![
+                ("r1", false, "the rollout is not paused"),
+                ("r2", false, "the rollout is not paused"),
+                ("z1", true, "paused (2 pause requests at once: done once)"),
+                ("z2", true, "paused"),
+            ],
+            phase: Phase::Paused,
+            step: Some(0),
+        },
+        Case {
+            name: "resume and pause at once while paused: resumed, then paused again",
+            status: manually_paused,
+            pending: vec![(Pause, "z", None), (Resume, "r", None)],
+            answers: vec![("r", true, "resumed"), ("z", true, "paused")],
+            phase: Phase::Paused,
+            step: Some(2),
+        },
+        Case {
+            name: "promote and pause at a gate: past the gate, then held",
+            status: gate.clone(),
+            pending: vec![(Pause, "z", None), (Promote, "p", None)],
+            answers: vec![("p", true, "skipping"), ("z", true, "paused")],
+            phase: Phase::Paused,
+            step: Some(2),
+        },
+    ];
+    for case in cases {
+        let mut seen = observed("r2");
+        // Not ready for more traffic: a step past a gate stays at its setWeight.
+        seen.canary = Some(not_ready("r2", 1));
+        seen.requests = requests(&case.pending);
+        let (status, _) = answer_all(&s, case.status.clone(), &seen);
+        for (id, accepted, part) in &case.answers {
+            let answer = status
+                .answers()
+                .find(|a| a.id == *id)
+                .unwrap_or_else(|| panic!("{}: no answer to {id}: {status:?}", case.name));
+            assert_eq!(answer.accepted, *accepted, "{}: {answer:?}", case.name);
+            assert!(
+                answer.message.contains(part),
+                "{}: {id}: {}",
+                case.name,
+                answer.message
+            );
+        }
+        let phase = if status.phase == Phase::RollingBack {
+            Phase::RolledBack
+        } else {
+            status.phase
+        };
+        assert_eq!(phase, case.phase, "{}", case.name);
+        assert_eq!(status.current_step_index, case.step, "{}", case.name);
+        // Answered requests whose annotations are still there are not acted on again.
+        let again = plan(&s, &status, &seen, t(100));
+        assert_eq!(
+            again.status.current_step_index, status.current_step_index,
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            again.status.recent_requests, status.recent_requests,
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn requests_of_different_actions_are_taken_one_per_reconcile_and_come_back_soon() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.requests = requests(&[
+        (RequestAction::Resume, "r", None),
+        (RequestAction::Pause, "z", None),
+    ]);
+    let first = plan(&s, &progressing(1, 10, 0), &seen, t(5));
+    assert_eq!(first.status.answers().count(), 2, "last and recent: r only");
+    assert!(first.status.answers().all(|a| a.id == "r"));
+    assert_eq!(first.requeue_after, Some(MIN_REQUEUE));
+    let second = plan(&s, &first.status, &seen, t(6));
+    assert_eq!(second.status.phase, Phase::Paused);
+    let ids: Vec<&str> = second
+        .status
+        .recent_requests
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(ids, ["r", "z"], "newest last");
+}
+
+#[test]
+fn answers_are_kept_while_their_annotations_are_there_and_the_latest_others() {
+    let s = spec(serde_json::json!({}));
+    let mut status = progressing(1, 10, 0);
+    // Many answered requests whose annotations were removed since.
+    status.recent_requests = (0..100)
+        .map(|i| RequestStatus {
+            id: format!("old-{i}"),
+            action: RequestAction::Pause,
+            accepted: false,
+            message: "pause does not apply".into(),
+            at: t(0).to_string(),
+        })
+        .collect();
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    // One of them still annotated, and a new request.
+    seen.requests = requests(&[
+        (RequestAction::Pause, "old-3", None),
+        (RequestAction::Resume, "new", None),
+    ]);
+    let p = plan(&s, &status, &seen, t(5));
+    let ids: Vec<&str> = p
+        .status
+        .recent_requests
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    // old-3 (annotated), the latest 32 others, and the new answer.
+    assert_eq!(ids.len(), 2 + ANSWERS_KEPT, "{ids:?}");
+    assert_eq!(
+        ids[0], "old-3",
+        "still annotated: kept, so never acted on twice"
+    );
+    assert_eq!(ids[1], format!("old-{}", 100 - ANSWERS_KEPT));
+    assert_eq!(ids.last(), Some(&"new"));
 }
 
 /// A background success-rate metric measured every 10 s that tolerates 4 consecutive errors
@@ -1880,7 +2140,7 @@ fn a_canary_without_ready_pods_loses_its_traffic_at_once_and_gets_it_back_when_r
         seen.canary = Some(ready("r2", 1));
         let mut status = plan(&s, &progressing(1, 20, 0), &seen, t(0)).status;
         if held_by_a_human {
-            seen.request = request(RequestAction::Pause, "p");
+            seen.requests = request(RequestAction::Pause, "p");
             status = plan(&s, &status, &seen, t(0)).status;
             assert_eq!(status.phase, Phase::Paused);
         }

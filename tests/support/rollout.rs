@@ -188,7 +188,7 @@ async fn apply_rbac(kinds: &[&str], namespace: Option<&str>) {
     }
 }
 
-/// Server-side applies `value` (an object of `deploy/rbac.yaml`) through `api`.
+/// Server-side applies `value` (an object of `deploy/`) through `api`.
 async fn apply<K>(api: Api<K>, value: &Value)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -200,7 +200,7 @@ where
         &Patch::Apply(value),
     )
     .await
-    .unwrap_or_else(|e| panic!("applying {name} of deploy/rbac.yaml: {e}"));
+    .unwrap_or_else(|e| panic!("applying {name} of deploy/: {e}"));
 }
 
 /// The objects of `deploy/rbac.yaml`.
@@ -223,27 +223,105 @@ pub async fn controller_kubeconfig() -> &'static std::path::Path {
     static PATH: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     PATH.get_or_init(|| async {
         apply_rbac(&["ClusterRole", "ClusterRoleBinding"], None).await;
-        let mut kubeconfig = kube::config::Kubeconfig::read_from(cluster().kubeconfig())
-            .expect("reading the test kubeconfig");
-        for user in &mut kubeconfig.auth_infos {
-            if let Some(auth) = user.auth_info.as_mut() {
-                auth.impersonate = Some(CONTROLLER_IDENTITY.to_string());
-            }
-        }
-        // Every test process writes the same content: write aside, then rename into place.
-        let path = cluster()
-            .kubeconfig()
-            .with_file_name("controller-kubeconfig.json");
-        let aside = path.with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(
-            &aside,
-            serde_json::to_string(&kubeconfig).expect("kubeconfig serialises"),
-        )
-        .expect("writing the controller's kubeconfig");
-        std::fs::rename(&aside, &path).expect("putting the controller's kubeconfig in place");
-        path
+        impersonating_kubeconfig(CONTROLLER_IDENTITY, "controller-kubeconfig.json")
     })
     .await
+}
+
+/// Writes a kubeconfig named `file_name` beside the test kubeconfig that acts as `identity`.
+fn impersonating_kubeconfig(identity: &str, file_name: &str) -> PathBuf {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(cluster().kubeconfig())
+        .expect("reading the test kubeconfig");
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some(identity.to_string());
+        }
+    }
+    // Every test process may write the same content: write aside, then rename into place.
+    let path = cluster().kubeconfig().with_file_name(file_name);
+    let aside = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(
+        &aside,
+        serde_json::to_string(&kubeconfig).expect("kubeconfig serialises"),
+    )
+    .expect("writing an impersonating kubeconfig");
+    std::fs::rename(&aside, &path).expect("putting the impersonating kubeconfig in place");
+    path
+}
+
+/// The objects of the namespace-scoped install (`kubectl kustomize deploy/namespaced`), moved
+/// into `namespace` as `kustomize edit set namespace` would.
+pub fn namespaced_install(namespace: &str) -> Vec<Value> {
+    let output =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
+            .args(["kubectl", "kustomize", "deploy/namespaced"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running kubectl kustomize");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize deploy/namespaced: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("kustomize prints UTF-8");
+    text.split("\n---\n")
+        .map(|document| {
+            let mut value: Value =
+                serde_saphyr::from_str(document).expect("kustomize output parses");
+            let built_for = value["metadata"]["namespace"].clone();
+            value["metadata"]["namespace"] = json!(namespace);
+            if let Some(subjects) = value.get_mut("subjects").and_then(Value::as_array_mut) {
+                for subject in subjects.iter_mut().filter(|s| s["namespace"] == built_for) {
+                    subject["namespace"] = json!(namespace);
+                }
+            }
+            value
+        })
+        .collect()
+}
+
+/// Applies the ServiceAccount, Roles and RoleBindings of the namespace-scoped install in `ns`
+/// and returns a kubeconfig acting as that ServiceAccount: the controller with exactly the
+/// namespaced install's permissions.
+pub async fn namespaced_controller_kubeconfig(ns: &TestNamespace) -> PathBuf {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let client = cluster().client().await;
+    for value in namespaced_install(&ns.name) {
+        let client = client.clone();
+        match value["kind"].as_str().unwrap_or_default() {
+            "ServiceAccount" => {
+                apply::<ServiceAccount>(Api::namespaced(client, &ns.name), &value).await
+            }
+            "Role" => apply::<Role>(Api::namespaced(client, &ns.name), &value).await,
+            "RoleBinding" => apply::<RoleBinding>(Api::namespaced(client, &ns.name), &value).await,
+            _ => {}
+        }
+    }
+    impersonating_kubeconfig(
+        &format!("system:serviceaccount:{}:canary-controller", ns.name),
+        &format!("controller-{}-kubeconfig.json", ns.name),
+    )
+}
+
+/// Starts the controller as the namespace-scoped install runs it: confined to `ns` with the
+/// Role of `deploy/namespaced/`, its Lease in `ns` too.
+pub async fn start_namespaced_controller(ns: &TestNamespace, prometheus: &str) -> Child {
+    let kubeconfig = namespaced_controller_kubeconfig(ns).await;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    spawn_controller(
+        &["--prometheus", prometheus, "--leader-elect"],
+        &[
+            ("CANARY_LOG", "canary=info"),
+            ("KUBECONFIG", &kubeconfig),
+            // What the Deployment's fieldRefs give it.
+            ("CANARY_NAMESPACE", &ns.name),
+            ("POD_NAMESPACE", &ns.name),
+            ("POD_NAME", "canary-controller-0"),
+        ],
+    )
+    .await
+    .0
 }
 
 /// Starts `canary controller ARGS` listening on a free port, and returns it with that port
@@ -468,8 +546,22 @@ pub struct World {
     pub controller: Child,
 }
 
+/// How the controller under test is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// `deploy/`: the ClusterRole, bound cluster-wide.
+    ClusterWide,
+    /// `deploy/namespaced/`: a Role in the test's namespace, the controller confined to it.
+    Namespaced,
+}
+
 /// The service at rest on web:1, the controller running, traffic flowing and scraped.
 pub async fn world(prefix: &str) -> World {
+    world_installed(prefix, Install::ClusterWide).await
+}
+
+/// [`world`] with the controller installed as `install` says.
+pub async fn world_installed(prefix: &str, install: Install) -> World {
     let ns = cluster().namespace(prefix).await;
     set_up(&ns, "web:1").await;
     let simulator = Simulator::start(&ns).await;
@@ -481,7 +573,10 @@ pub async fn world(prefix: &str) -> World {
     })
     .await
     .unwrap();
-    let controller = start_controller(&ns, &prometheus.url()).await;
+    let controller = match install {
+        Install::ClusterWide => start_controller(&ns, &prometheus.url()).await,
+        Install::Namespaced => start_namespaced_controller(&ns, &prometheus.url()).await,
+    };
     let (canary, timeline) = follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
     eprintln!("initialized:\n{}", timeline.join("\n"));
     assert_eq!(canary.status.unwrap().canary_weight, 0);
