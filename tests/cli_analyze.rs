@@ -2,6 +2,8 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/http_endpoint.rs"]
+mod http_endpoint;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -298,6 +300,42 @@ fn secret_arguments_are_shown_as_placeholders_in_text_and_json() {
         );
         assert!(shown.contains("<secret:tenant>"), "{shown}");
         assert!(!shown.contains(secret), "{format}: {shown}");
+    }
+}
+
+/// An endpoint that answers every query with an error page quoting the request it got (its
+/// form body holds the query, the secret form-encoded): what `canary analyze` prints never
+/// holds the secret, in any encoding.
+#[test]
+fn an_endpoint_echoing_the_request_never_shows_a_secret_argument() {
+    let endpoint = http_endpoint::Endpoint::start(|request| {
+        let page = format!("bad request:\n{}\n\n{}", request.head, request.body);
+        http_endpoint::response("400 Bad Request", "text/plain", page.as_bytes(), true)
+    });
+    let secret = "s3cret/tenant+with \"quotes\"";
+    // As the form body carries it: what the endpoint echoes.
+    let encoded = "s3cret%2Ftenant%2Bwith+%5C%22quotes%5C%22";
+    let tenant = format!("tenant={secret}");
+    for format in ["human", "json"] {
+        let output = canary(&[
+            "analyze",
+            "-f",
+            "tests/fixtures/canary/secret-arg.yaml",
+            "--prometheus",
+            endpoint.url(),
+            "--arg",
+            &tenant,
+            "--once",
+            "--output",
+            format,
+        ]);
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(4), "{shown}");
+        assert!(shown.contains("400 Bad Request"), "{format}: {shown}");
+        assert!(shown.contains("<secret:tenant>"), "{format}: {shown}");
+        for form in [secret, encoded, "s3cret"] {
+            assert!(!shown.contains(form), "{format}: {form} in {shown}");
+        }
     }
 }
 

@@ -634,6 +634,57 @@ async fn secret_arguments_reach_prometheus_but_reasons_show_placeholders() {
     assert!(!json.contains(secret), "{json}");
 }
 
+/// A real Prometheus answering an unaggregated query over more series than an analysis query
+/// may return: the measurement is an Error that says how many series and to aggregate (it
+/// passed before, with a value of megabytes that status could not hold); aggregated, the
+/// same data passes.
+#[tokio::test]
+async fn a_query_over_too_many_series_is_an_error_that_says_to_aggregate() {
+    let series = canary::metrics::prometheus::MAX_SERIES + 1;
+    let mut om = OpenMetrics::new();
+    for i in 0..series {
+        let pod = format!("web-{i:05}");
+        om.sample("pod_up", Kind::Gauge, "pod_up", &[("pod", &pod)], t0(), 1.0);
+    }
+    let prometheus = Prometheus::builder().backfill(&om).start();
+    let at_t0 = Schedule::Retrospective {
+        from: t0(),
+        to: t0(),
+    };
+    let measure = |query: &str| {
+        let analysis = prepared(&single_metric("[]", query, ""), &[], &[], &prometheus.url());
+        async move {
+            let report = analyse(&analysis, at_t0).await;
+            metric(&report, "probe").measurements[0].clone()
+        }
+    };
+    let unaggregated = measure("pod_up").await;
+    assert_eq!(
+        unaggregated.phase,
+        MeasurementPhase::Error,
+        "{}",
+        unaggregated.reason
+    );
+    for said in [
+        format!("returned {series} series"),
+        "more than the 10000".to_string(),
+        "sum by (pod)".to_string(),
+    ] {
+        assert!(
+            unaggregated.reason.contains(&said),
+            "{}",
+            unaggregated.reason
+        );
+    }
+    let aggregated = measure("count(pod_up)").await;
+    assert_eq!(
+        aggregated.phase,
+        MeasurementPhase::Successful,
+        "{aggregated:?}"
+    );
+    assert_eq!(aggregated.value, Some(format!("[{series}]")));
+}
+
 /// Per-pod counters of a canary with one pod and a stable with three, read through a real
 /// Prometheus by compare metrics that name their `podLabel`: each interval's counts come per
 /// pod as well, summing to the versions' totals, and the judge uses them.

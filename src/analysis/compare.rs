@@ -781,7 +781,8 @@ pub fn judge_interval(
     let error = |reason: String| CompareJudgement {
         phase: MeasurementPhase::Error,
         value: None,
-        reason,
+        // It may quote a series' labels, which an answer makes as long as it likes.
+        reason: crate::metrics::shortened(&reason, super::measurement::MAX_REASON_BYTES),
         assessment: None,
     };
     let measured = match outcome {

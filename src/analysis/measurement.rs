@@ -17,7 +17,13 @@ use super::condition::{
     self, Condition, ConditionError, EVALUATION_TIMEOUT, ResultValue, describe, format_number,
 };
 use crate::api::analysis_template::{Metric, ThresholdRange};
-use crate::metrics::{MetricsError, Query, QueryOutput};
+use crate::metrics::{MetricsError, Query, QueryOutput, shortened};
+
+/// The most a measurement's value keeps (about ten numbers of a vector): status keeps the last
+/// measurements of every metric, and an answer may hold thousands of series.
+pub const MAX_VALUE_BYTES: usize = 128;
+/// The most a measurement's reason keeps: reasons quote the query and what the endpoint said.
+pub const MAX_REASON_BYTES: usize = 512;
 
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeasurementPhase {
@@ -77,8 +83,26 @@ impl Criteria {
     }
 
     /// Judges one query outcome. No-data reasons name `query` as people see it (secret
-    /// values as `<secret:NAME>`), and error reasons have its secret values taken out.
+    /// values as `<secret:NAME>`), and error reasons have its secret values taken out. Value
+    /// and reason are cut to [`MAX_VALUE_BYTES`] and [`MAX_REASON_BYTES`].
     pub fn judge(&self, outcome: &Result<QueryOutput, MetricsError>, query: &Query) -> Judgement {
+        let Judgement {
+            phase,
+            value,
+            reason,
+        } = self.judge_in_full(outcome, query);
+        Judgement {
+            phase,
+            value: value.map(|v| shortened(&v, MAX_VALUE_BYTES)),
+            reason: shortened(&reason, MAX_REASON_BYTES),
+        }
+    }
+
+    fn judge_in_full(
+        &self,
+        outcome: &Result<QueryOutput, MetricsError>,
+        query: &Query,
+    ) -> Judgement {
         let output = match outcome {
             Ok(output) => output,
             Err(error) => {

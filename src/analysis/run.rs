@@ -18,7 +18,8 @@ use super::render::{self, Variables};
 use super::sequential::Assessment;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::api::duration::{earlier, later};
-use crate::metrics::{MetricsSource, Query, QueryRequest};
+use crate::metrics::address_policy::is_routing_header;
+use crate::metrics::{AddressPolicy, MetricsSource, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
@@ -253,8 +254,22 @@ pub fn prepare(
                 "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
             );
         }
+        // The refusals that hold whatever the controller's allow-list (which its source
+        // applies to every query, with these).
+        if let Some(why) = address.and_then(|a| AddressPolicy::default().refusal(a)) {
+            problem("provider.prometheus.address", why);
+        }
         let mut headers = Vec::new();
+        // The values of headers from Secrets, to be taken out of whatever the endpoint says.
+        let mut header_secrets = Vec::new();
         for (h, header) in prometheus.headers.iter().enumerate() {
+            if is_routing_header(&header.name) {
+                problem(
+                    &format!("provider.prometheus.headers[{h}].name ({})", header.name),
+                    "this header would change where the request goes or how it is framed (the HTTP client sets it from the address): remove it, and put the real Prometheus address in provider.prometheus.address".into(),
+                );
+                continue;
+            }
             match (&header.value, &header.value_from) {
                 (Some(_), _) if is_credential_header(&header.name) => problem(
                     &format!("provider.prometheus.headers[{h}].value ({})", header.name),
@@ -262,7 +277,10 @@ pub fn prepare(
                 ),
                 (Some(value), _) => headers.push((header.name.clone(), value.clone())),
                 (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
-                    Ok(value) => headers.push((header.name.clone(), value)),
+                    Ok(value) => {
+                        header_secrets.push((format!("header {}", header.name), value.clone()));
+                        headers.push((header.name.clone(), value));
+                    }
                     Err(message) => problem(
                         &format!(
                             "provider.prometheus.headers[{h}].valueFrom ({})",
@@ -302,6 +320,16 @@ pub fn prepare(
                 "must be at least 1s: every measurement is a query and a status write".into(),
             );
         }
+        // Every query sent with the headers redacts their secret values from what it gets.
+        let query = query.map(|q| q.with_more_secrets(header_secrets.clone()));
+        let compare = compare.map(|mut c: PreparedCompare| {
+            for counter in &mut c.queries {
+                for side in [&mut counter.canary, &mut counter.stable] {
+                    *side = side.clone().with_more_secrets(header_secrets.clone());
+                }
+            }
+            c
+        });
         if let (Some(query), Some(criteria), Some(address)) = (query, criteria, address) {
             metrics.push(PreparedMetric {
                 name: metric.name.clone(),

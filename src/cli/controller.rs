@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use super::Exit;
 use crate::controller::{self, Config, LeaderElection};
+use crate::metrics::AddressPolicy;
+use crate::metrics::address_policy::AllowedAddress;
 
 /// This machine's name, for a Lease identity outside a pod.
 fn hostname() -> String {
@@ -39,6 +41,18 @@ pub struct Args {
     /// namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Query metrics only at these addresses (repeatable; comma-separated in the environment):
+    /// URL prefixes (https://prometheus.monitoring:9090), host names (prometheus.monitoring.svc,
+    /// or .monitoring.svc for any name under it) or networks (10.0.0.0/8). Default: any
+    /// address except link-local ones (169.254.0.0/16, fe80::/10) and cloud metadata services;
+    /// a network named here lets a link-local address through.
+    #[arg(
+        long = "metrics-address-allow",
+        env = "CANARY_METRICS_ADDRESS_ALLOW",
+        value_name = "ADDRESS",
+        value_delimiter = ','
+    )]
+    pub metrics_address_allow: Vec<AllowedAddress>,
 }
 
 pub async fn run(args: Args) -> Exit {
@@ -48,6 +62,7 @@ pub async fn run(args: Args) -> Exit {
         listen,
         leader_elect,
         lease_namespace,
+        metrics_address_allow,
     } = args;
     let leader_election = leader_elect.then(|| LeaderElection {
         namespace: lease_namespace
@@ -61,6 +76,7 @@ pub async fn run(args: Args) -> Exit {
         prometheus,
         listen,
         leader_election,
+        metrics_address_policy: AddressPolicy::new(metrics_address_allow),
     })
     .await
     {
@@ -69,5 +85,45 @@ pub async fn run(args: Args) -> Exit {
             eprintln!("error: {e}");
             Exit::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        Command::try_parse_from(std::iter::once("controller").chain(flags.iter().copied()))
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn metrics_address_allow_is_repeatable_and_comma_separated() {
+        assert!(parse(&[]).unwrap().metrics_address_allow.is_empty());
+        let args = parse(&[
+            "--metrics-address-allow",
+            "https://prometheus.monitoring:9090",
+            "--metrics-address-allow",
+            "10.0.0.0/8,.monitoring.svc",
+        ])
+        .unwrap();
+        let policy = AddressPolicy::new(args.metrics_address_allow);
+        assert_eq!(
+            policy.refusal("https://prometheus.monitoring:9090/api"),
+            None
+        );
+        assert_eq!(policy.refusal("http://10.1.2.3:9090"), None);
+        assert_eq!(policy.refusal("http://thanos.monitoring.svc:9090"), None);
+        assert!(policy.refusal("http://192.168.0.1:9090").is_some());
+        let error = parse(&["--metrics-address-allow", "not a host"]).unwrap_err();
+        assert!(error.contains("is not a URL prefix"), "{error}");
     }
 }

@@ -176,6 +176,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Run only while holding this Lease (several replicas: one active, the others standby).
     pub leader_election: Option<LeaderElection>,
+    /// Where metric queries may go (`--metrics-address-allow`, and the default refusals).
+    pub metrics_address_policy: crate::metrics::AddressPolicy,
 }
 
 /// The Lease that makes one replica the active controller.
@@ -326,7 +328,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => Api::all(client.clone()),
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
-    let prometheus = PrometheusSource::new().map_err(|e| Error::Invalid(e.to_string()))?;
+    let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
     let ctx = Arc::new(Context {
         client: client.clone(),

@@ -1,12 +1,15 @@
 //! Where measurements come from. The analysis core calls a [`MetricsSource`]; implementations
 //! do the I/O. Prometheus is the first (and, for now, only) provider.
 
+pub mod address_policy;
 pub mod prometheus;
+pub mod redaction;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+pub use address_policy::AddressPolicy;
 pub use prometheus::PrometheusSource;
 
 /// A rendered query in its two forms: the text sent to Prometheus, and the text shown to
@@ -19,9 +22,11 @@ pub use prometheus::PrometheusSource;
 pub struct Query {
     sent: String,
     shown: String,
-    /// Each secret value placed in `sent`, by argument name, as given and as written into the
-    /// query (escaped): Prometheus may quote either back in an error (a regex that does not
-    /// compile, a parse error), and [`Query::redact`] takes them out of such text.
+    /// Each secret value sent with this query, by name (an argument's, or `header NAME` for a
+    /// header from a Secret), in every form an answer may quote it in (as given, as written
+    /// into the query, form- or JSON-encoded, without its `Bearer ` scheme: see
+    /// [`redaction::secret_forms`]), longest first. Prometheus may quote the query back in an
+    /// error, an endpoint may echo the request; [`Query::redact`] takes them out of such text.
     secrets: Vec<(String, String)>,
 }
 
@@ -42,8 +47,28 @@ impl Query {
         Self {
             sent,
             shown,
-            secrets,
+            secrets: Vec::new(),
         }
+        .with_more_secrets(secrets)
+    }
+
+    /// The same query, also redacting `secrets` (name, value) from answers: the values of the
+    /// headers from Secrets that are sent with it.
+    pub fn with_more_secrets(
+        mut self,
+        secrets: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        for (name, value) in secrets {
+            for form in redaction::secret_forms(&value) {
+                if !self.secrets.iter().any(|(_, known)| *known == form) {
+                    self.secrets.push((name.clone(), form));
+                }
+            }
+        }
+        // Longest first, so a value that contains another is replaced whole.
+        self.secrets
+            .sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        self
     }
 
     /// The text for Prometheus. It may hold secret values: never log or display it.
@@ -63,12 +88,8 @@ impl Query {
 
     /// `text` with every secret value of this query replaced by `<secret:NAME>`.
     pub fn redact(&self, text: &str) -> String {
-        let mut secrets: Vec<&(String, String)> =
-            self.secrets.iter().filter(|(_, v)| !v.is_empty()).collect();
-        // Longest first, so a value that contains another is replaced whole.
-        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
-        secrets
-            .into_iter()
+        self.secrets
+            .iter()
             .fold(text.to_string(), |text, (name, value)| {
                 text.replace(value.as_str(), &Self::placeholder(name))
             })
@@ -174,20 +195,81 @@ pub enum MetricsError {
     UnsupportedResult { address: String, kind: &'static str },
     #[error("{address} is not a usable Prometheus address: {detail}")]
     InvalidAddress { address: String, detail: String },
+    /// The address policy forbids the address (or what its name resolves to), or a header.
+    #[error("queries to {address} are refused: {detail}")]
+    Refused { address: String, detail: String },
+    #[error(
+        "Prometheus at {address} answered more than {limit_mib} MiB ({bytes} bytes read or announced), the most an answer may hold: aggregate the query (e.g. sum by (pod) (...)) so that it returns fewer series",
+        limit_mib = .limit >> 20
+    )]
+    AnswerTooLarge {
+        address: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error(
+        "Prometheus at {address} returned {series} series, more than the {limit} an analysis query may return: aggregate them (e.g. sum by (pod) (...), or topk(...))"
+    )]
+    TooManySeries {
+        address: String,
+        series: usize,
+        limit: usize,
+    },
 }
 
 impl MetricsError {
     /// The error with `query`'s secret values taken out of the details Prometheus or the
     /// HTTP client gave, which may quote the query.
     pub fn with_secrets_redacted(mut self, query: &Query) -> Self {
-        if let Self::Unreachable { detail, .. }
-        | Self::Rejected { detail, .. }
-        | Self::InvalidAddress { detail, .. } = &mut self
-        {
+        if let Some(detail) = self.detail_mut() {
             *detail = query.redact(detail);
         }
         self
     }
+
+    /// The error with the details the endpoint gave cut to [`MAX_DETAIL_BYTES`].
+    pub fn shortened(mut self) -> Self {
+        if let Some(detail) = self.detail_mut() {
+            *detail = shortened(detail, MAX_DETAIL_BYTES);
+        }
+        self
+    }
+
+    /// What the endpoint or the HTTP client said, which may quote the request.
+    fn detail_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Self::Unreachable { detail, .. }
+            | Self::Rejected { detail, .. }
+            | Self::InvalidAddress { detail, .. }
+            | Self::Refused { detail, .. } => Some(detail),
+            Self::Timeout { .. }
+            | Self::UnsupportedResult { .. }
+            | Self::AnswerTooLarge { .. }
+            | Self::TooManySeries { .. } => None,
+        }
+    }
+}
+
+/// The most of what an endpoint or the HTTP client said that an error keeps.
+pub const MAX_DETAIL_BYTES: usize = 300;
+
+/// `text` in at most `max_bytes` (cut at a character boundary, with `…` in place of the
+/// rest), control characters (line breaks too) as spaces: text from an answer, on its way
+/// into status, Events and tables, where its size must be bounded whatever the answer was.
+pub fn shortened(text: &str, max_bytes: usize) -> String {
+    const ELLIPSIS: &str = "…";
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
 }
 
 /// Runs instant queries. Implementations must honour `request.timeout`.
@@ -221,6 +303,24 @@ mod tests {
         ];
         for (address, shown) in cases {
             assert_eq!(without_userinfo(address), shown, "{address}");
+        }
+    }
+
+    #[test]
+    fn answer_text_is_cut_at_a_character_boundary_on_one_line() {
+        let cases = [
+            ("short", 10, "short"),
+            ("line\nbreak\ttab", 20, "line break tab"),
+            ("0123456789", 10, "0123456789"),
+            ("0123456789a", 10, "0123456…"),
+            // "é" is two bytes: the cut never splits it.
+            ("ééééé", 8, "éé…"),
+            ("", 0, ""),
+        ];
+        for (text, max, expected) in cases {
+            let cut = shortened(text, max);
+            assert_eq!(cut, expected, "{text:?} in {max}");
+            assert!(cut.len() <= max, "{cut:?}");
         }
     }
 
