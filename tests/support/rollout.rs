@@ -470,7 +470,11 @@ pub struct World {
 
 /// The service at rest on web:1, the controller running, traffic flowing and scraped.
 pub async fn world(prefix: &str) -> World {
-    let ns = cluster().namespace(prefix).await;
+    world_in(cluster().namespace(prefix).await).await
+}
+
+/// [`world`] in a namespace the test made itself (e.g. an exclusive one, to stop components).
+pub async fn world_in(ns: TestNamespace) -> World {
     set_up(&ns, "web:1").await;
     let simulator = Simulator::start(&ns).await;
     let target = simulator.address;
