@@ -285,7 +285,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .with_identity(&election.identity)
             .with_duration(LEASE_SECONDS)
             .with_grace(5)
-            .with_field_manager(reconcile::FIELD_MANAGER)
+            .with_field_manager(lease_field_manager(&election.identity))
             .build()
             .await
             .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
@@ -440,6 +440,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
 }
 
+/// The field manager of this replica's Lease writes. One per replica: a replica takes a free
+/// Lease by server-side apply without force, and only a holder owned by another manager makes
+/// the API server refuse (409) the second of two replicas taking it at the same moment. With
+/// one manager for all, both writes succeeded and both replicas led until the next renewal.
+fn lease_field_manager(identity: &str) -> String {
+    /// The API server's limit on a field manager's length.
+    const MAX_LENGTH: usize = 128;
+    let name = format!("{}-{identity}", reconcile::FIELD_MANAGER);
+    // A pod's name ends with what sets it apart from its siblings: keep the end.
+    let excess = name.len().saturating_sub(MAX_LENGTH);
+    let start = (excess..name.len())
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(name.len());
+    name[start..].to_string()
+}
+
 /// Resolves when this replica no longer holds the Lease (never without leader election).
 async fn leadership_lost(is_leader: Option<tokio::sync::watch::Receiver<bool>>) {
     match is_leader {
@@ -509,6 +525,30 @@ fn canaries_using(
         })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
+}
+
+#[cfg(test)]
+mod lease_field_manager_tests {
+    use super::lease_field_manager;
+
+    #[test]
+    fn each_replica_writes_the_lease_as_its_own_field_manager() {
+        let long = format!("{}-7d9f-abc", "x".repeat(200));
+        for (identity, manager) in [
+            (
+                "canary-7d9f-abc",
+                "canary-controller-canary-7d9f-abc".to_string(),
+            ),
+            (
+                "canary-7d9f-xyz",
+                "canary-controller-canary-7d9f-xyz".to_string(),
+            ),
+            (&long, format!("{}-7d9f-abc", "x".repeat(119))),
+        ] {
+            assert_eq!(lease_field_manager(identity), manager, "{identity}");
+            assert!(lease_field_manager(identity).len() <= 128);
+        }
+    }
 }
 
 #[cfg(test)]
