@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+mod leadership;
 pub mod metrics;
 pub mod reconcile;
 
@@ -24,13 +25,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
+pub use leadership::LEASE_NAME;
 pub use metrics::Metrics;
 
 /// The finalizer that makes deletion send traffic back to stable first.
@@ -173,11 +174,6 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
-/// The Lease's name.
-pub const LEASE_NAME: &str = "canary-controller";
-/// How long a Lease is valid without renewal; a standby takes over after this at worst.
-const LEASE_SECONDS: u64 = 15;
-
 /// The first wait before a watch retries after an error; it doubles up to
 /// [`WATCH_RETRY_CAP`] and starts again from here after any event.
 const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -280,16 +276,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // not held up) until this replica holds the Lease.
     let mut leadership = None;
     if let Some(election) = &config.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-            .with_namespace(&election.namespace)
-            .with_identity(&election.identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(5)
-            .with_field_manager(lease_field_manager(&election.identity))
-            .build()
-            .await
-            .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
-        let (mut is_leader, task) = manager.watch().await;
+        let leadership::Leadership {
+            mut is_leader,
+            task,
+        } = leadership::join(client.clone(), election).await?;
         ready.store(true, Ordering::SeqCst);
         info!(
             identity = election.identity,
@@ -440,22 +430,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
 }
 
-/// The field manager of this replica's Lease writes. One per replica: a replica takes a free
-/// Lease by server-side apply without force, and only a holder owned by another manager makes
-/// the API server refuse (409) the second of two replicas taking it at the same moment. With
-/// one manager for all, both writes succeeded and both replicas led until the next renewal.
-fn lease_field_manager(identity: &str) -> String {
-    /// The API server's limit on a field manager's length.
-    const MAX_LENGTH: usize = 128;
-    let name = format!("{}-{identity}", reconcile::FIELD_MANAGER);
-    // A pod's name ends with what sets it apart from its siblings: keep the end.
-    let excess = name.len().saturating_sub(MAX_LENGTH);
-    let start = (excess..name.len())
-        .find(|&i| name.is_char_boundary(i))
-        .unwrap_or(name.len());
-    name[start..].to_string()
-}
-
 /// Resolves when this replica no longer holds the Lease (never without leader election).
 async fn leadership_lost(is_leader: Option<tokio::sync::watch::Receiver<bool>>) {
     match is_leader {
@@ -525,30 +499,6 @@ fn canaries_using(
         })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
-}
-
-#[cfg(test)]
-mod lease_field_manager_tests {
-    use super::lease_field_manager;
-
-    #[test]
-    fn each_replica_writes_the_lease_as_its_own_field_manager() {
-        let long = format!("{}-7d9f-abc", "x".repeat(200));
-        for (identity, manager) in [
-            (
-                "canary-7d9f-abc",
-                "canary-controller-canary-7d9f-abc".to_string(),
-            ),
-            (
-                "canary-7d9f-xyz",
-                "canary-controller-canary-7d9f-xyz".to_string(),
-            ),
-            (&long, format!("{}-7d9f-abc", "x".repeat(119))),
-        ] {
-            assert_eq!(lease_field_manager(identity), manager, "{identity}");
-            assert!(lease_field_manager(identity).len() <= 128);
-        }
-    }
 }
 
 #[cfg(test)]
