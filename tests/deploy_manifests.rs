@@ -54,6 +54,7 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
     for (verb, resource) in [
         ("get", "leases.coordination.k8s.io"),
         ("patch", "leases.coordination.k8s.io"),
+        ("watch", "leases.coordination.k8s.io"),
     ] {
         let (ok, text) = kubectl(&["auth", "can-i", verb, resource, "-n", "canary-system", who]);
         assert!(

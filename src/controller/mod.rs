@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+mod leadership;
 pub mod liveness;
 pub mod measurements;
 pub mod metrics;
@@ -23,15 +24,16 @@ use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
+pub use leadership::LEASE_NAME;
 pub use liveness::Liveness;
 pub use measurements::Measurements;
 pub use metrics::Metrics;
@@ -188,10 +190,27 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
-/// The Lease's name.
-pub const LEASE_NAME: &str = "canary-controller";
-/// How long a Lease is valid without renewal; a standby takes over after this at worst.
-const LEASE_SECONDS: u64 = 15;
+/// The first wait before a watch retries after an error; it doubles up to
+/// [`WATCH_RETRY_CAP`] and starts again from here after any event.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait before a watch retries. kube-runtime's default (0.8 s doubling to 30 s, up
+/// to twice that with jitter) is one backoff shared by every watch of a `Controller` and reset
+/// only by an object event: it grew through an API-server outage, then each watch's "too old
+/// resourceVersion" (410) on reconnecting paused all of them again, and the controller stayed
+/// deaf for minutes after the server was back. One active replica retrying this often is a
+/// light load; a server that sheds load answers 429, which the client already backs off from.
+const WATCH_RETRY_CAP: Duration = Duration::from_millis(500);
+
+/// How the controller's watches back off after an error (see [`WATCH_RETRY_CAP`]).
+pub fn watch_backoff() -> impl Backoff {
+    watcher::ExponentialBackoff::from(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(WATCH_RETRY_FIRST)
+            .with_max_delay(WATCH_RETRY_CAP)
+            .with_factor(2.0)
+            .without_max_times(),
+    )
+}
 
 /// What stopped the controller.
 enum Stop {
@@ -355,16 +374,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // not held up) until this replica holds the Lease.
     let mut leadership = None;
     if let Some(election) = &config.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-            .with_namespace(&election.namespace)
-            .with_identity(&election.identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(5)
-            .with_field_manager(reconcile::FIELD_MANAGER)
-            .build()
-            .await
-            .map_err(|e| Error::Invalid(format!("leader election: {e}")))?;
-        let (mut is_leader, task) = manager.watch().await;
+        let leadership::Leadership {
+            mut is_leader,
+            task,
+        } = leadership::join(client.clone(), election).await?;
         ready.store(true, Ordering::SeqCst);
         info!(
             identity = election.identity,
@@ -414,8 +427,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
 
     // A finished measurement is picked up by a reconcile of its Canary.
-    let controller =
-        Controller::new(canaries, watcher::Config::default()).reconcile_on(finished_measurements);
+    let controller = Controller::new(canaries, watcher::Config::default())
+        .trigger_backoff(watch_backoff())
+        .reconcile_on(finished_measurements);
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
@@ -620,6 +634,33 @@ mod containment_tests {
             .expect_err("caught");
         assert_eq!(panic_message(formatted.as_ref()), "bad input");
         assert_eq!(contained(async { 7 }).await.ok(), Some(7));
+    }
+}
+
+#[cfg(test)]
+mod watch_backoff_tests {
+    use std::time::Duration;
+
+    use kube::runtime::utils::Backoff;
+
+    use super::watch_backoff;
+
+    #[test]
+    fn watches_retry_within_half_a_second_and_start_again_quickly_after_an_event() {
+        // Whole milliseconds: the factor is a float, so 200 ms comes out as 200.000003 ms.
+        let mut backoff = watch_backoff().map(|wait| wait.as_millis());
+        let waits: Vec<u128> = backoff.by_ref().take(6).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500, 500]);
+        // Errors never end the watches: the waits go on at the cap.
+        assert_eq!(backoff.nth(1_000), Some(500));
+        let mut backoff = watch_backoff();
+        backoff.nth(10);
+        backoff.reset();
+        assert_eq!(
+            backoff.next(),
+            Some(Duration::from_millis(100)),
+            "after an event"
+        );
     }
 }
 

@@ -562,7 +562,12 @@ pub async fn world(prefix: &str) -> World {
 
 /// [`world`] with the controller installed as `install` says.
 pub async fn world_installed(prefix: &str, install: Install) -> World {
-    let ns = cluster().namespace(prefix).await;
+    world_in(cluster().namespace(prefix).await, install).await
+}
+
+/// [`world_installed`] in a namespace the test made itself (e.g. an exclusive one, to stop
+/// components).
+pub async fn world_in(ns: TestNamespace, install: Install) -> World {
     set_up(&ns, "web:1").await;
     let simulator = Simulator::start(&ns).await;
     let target = simulator.address;
