@@ -12,6 +12,8 @@ echo "== local control plane"
 scripts/cluster deps
 scripts/cluster build
 scripts/cluster up >/dev/null
+# A control plane reused from an earlier run may hold older CRDs: install this tree's.
+scripts/cluster crds
 trap 'scripts/cluster down >/dev/null 2>&1 || true' EXIT
 
 echo "== cargo fmt --check"
