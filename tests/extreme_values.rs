@@ -515,43 +515,6 @@ async fn install_crds_without_duration_bounds(client: &kube::Client) -> Installe
     guard
 }
 
-/// A Deployment `name` (2 replicas), its DestinationRule and VirtualService (all on stable).
-async fn service(ns: &cluster::TestNamespace, name: &str) {
-    rollout::create::<Deployment>(
-        &ns.api(),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": format!("{name}:1")}]},
-                },
-            },
-        }),
-    )
-    .await;
-    rollout::create::<DynamicObject>(&rollout::dynamic(ns, "DestinationRule"), json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": name},
-        "spec": {"host": name, "subsets": [{"name": "stable", "labels": {"app": name}}, {"name": "canary", "labels": {"app": name}}]},
-    })).await;
-    rollout::create::<DynamicObject>(
-        &rollout::dynamic(ns, "VirtualService"),
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": name},
-            "spec": {"hosts": [name], "http": [{"route": [
-                {"destination": {"host": name, "subset": "stable"}, "weight": 100},
-                {"destination": {"host": name, "subset": "canary"}, "weight": 0},
-            ]}]},
-        }),
-    )
-    .await;
-}
-
 fn canary_for(name: &str, extra: Value) -> Value {
     let mut spec = json!({
         "targetRef": {"name": name},
@@ -595,8 +558,8 @@ async fn canaries_stored_with_absurd_durations_do_not_stop_the_controller() {
         },
     )
     .await;
-    service(ns, "api").await;
-    service(ns, "slow").await;
+    rollout::service(ns, "api", 2).await;
+    rollout::service(ns, "slow", 2).await;
     let canaries: Api<Canary> = ns.api();
     for value in [
         canary_for(

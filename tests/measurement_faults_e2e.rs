@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use cluster::{TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use rollout::{at_weight, canary_weight_in_virtual_service, create, dynamic, set_image, world};
+use kube::api::{Api, Patch, PatchParams};
+use rollout::{at_weight, canary_weight_in_virtual_service, create, set_image, world};
 use serde_json::json;
 
 use canary::api::canary::{Canary, Phase};
@@ -142,39 +142,7 @@ fn expensive_condition(depth: usize) -> String {
 /// A second service `name` beside `web`, whose Canary's background analysis uses template
 /// `expensive`.
 async fn service_with_expensive_analysis(ns: &TestNamespace, name: &str) {
-    create::<Deployment>(
-        &ns.api(),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": format!("{name}:1")}]},
-                },
-            },
-        }),
-    )
-    .await;
-    create::<DynamicObject>(&dynamic(ns, "DestinationRule"), json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": name},
-        "spec": {"host": name, "subsets": [{"name": "stable", "labels": {"app": name}}, {"name": "canary", "labels": {"app": name}}]},
-    })).await;
-    create::<DynamicObject>(
-        &dynamic(ns, "VirtualService"),
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": name},
-            "spec": {"hosts": [name], "http": [{"name": "primary", "route": [
-                {"destination": {"host": name, "subset": "stable"}, "weight": 100},
-                {"destination": {"host": name, "subset": "canary"}, "weight": 0},
-            ]}]},
-        }),
-    )
-    .await;
+    rollout::service(ns, name, 1).await;
     create::<Canary>(
         &ns.api(),
         json!({

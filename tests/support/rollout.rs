@@ -620,3 +620,41 @@ pub async fn patch_canary(ns: &TestNamespace, patch: Value) {
         .await
         .expect("patching the Canary");
 }
+
+/// Another service `name` beside `web`: its Deployment (`replicas` of `name:1`), and a
+/// DestinationRule and VirtualService (one route, `primary`) with all traffic on stable.
+pub async fn service(ns: &TestNamespace, name: &str, replicas: i32) {
+    create::<Deployment>(
+        &ns.api(),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": format!("{name}:1")}]},
+                },
+            },
+        }),
+    )
+    .await;
+    create::<DynamicObject>(&dynamic(ns, "DestinationRule"), json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": name},
+        "spec": {"host": name, "subsets": [{"name": "stable", "labels": {"app": name}}, {"name": "canary", "labels": {"app": name}}]},
+    })).await;
+    create::<DynamicObject>(
+        &dynamic(ns, "VirtualService"),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name},
+            "spec": {"hosts": [name], "http": [{"name": "primary", "route": [
+                {"destination": {"host": name, "subset": "stable"}, "weight": 100},
+                {"destination": {"host": name, "subset": "canary"}, "weight": 0},
+            ]}]},
+        }),
+    )
+    .await;
+}
