@@ -290,3 +290,104 @@ async fn a_standby_takes_over_at_once_when_the_leader_stops_on_sigterm() {
         "the standby took the Lease {took_lease:?} after SIGTERM: it did not see the release"
     );
 }
+
+/// Removes the test's taint from every node when dropped, however the test ends.
+struct NodesUntainted;
+
+impl Drop for NodesUntainted {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+        let _ = std::process::Command::new(script)
+            .args([
+                "kubectl",
+                "taint",
+                "nodes",
+                "--all",
+                &format!("{NO_ROOM}:NoSchedule-"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A taint that keeps new pods off every node: the canary's pods cannot come back.
+const NO_ROOM: &str = "canary.dev/test-no-room";
+
+async fn taint_nodes(client: &kube::Client, taint: bool) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for node in nodes.list(&Default::default()).await.unwrap() {
+        let taints = if taint {
+            json!([{"key": NO_ROOM, "value": "true", "effect": "NoSchedule"}])
+        } else {
+            serde_json::Value::Null
+        };
+        nodes
+            .patch(
+                &node.metadata.name.unwrap(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": taints}})),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Issue 12 point 4: the canary's Deployment deleted at 20% and its pods unable to return left
+/// 20% of traffic on a subset with no ready pod for 67 s (until the progress deadline), and
+/// its analysis step passed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_without_ready_pods_loses_its_traffic_at_once_and_its_analysis_holds() {
+    // Tainting every node disturbs every test of this binary.
+    let ns = cluster().exclusive_namespace("no-pods").await;
+    let world = world_in(ns, Install::ClusterWide).await;
+    let ns = &world.ns;
+    set_image(ns, "web:2").await;
+    at_weight(ns, 20).await;
+    let _untainted = NodesUntainted;
+    taint_nodes(&ns.client, true).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
+    let deleted = Instant::now();
+    deployments
+        .delete("web-canary", &Default::default())
+        .await
+        .unwrap();
+    eventually("the canary's 20% back on stable", PROMPT, || async {
+        (canary_weight_in_virtual_service(ns).await == 0).then_some(())
+    })
+    .await;
+    eprintln!(
+        "canary Deployment deleted → its traffic on stable: {} ms",
+        deleted.elapsed().as_millis()
+    );
+    let api: Api<Canary> = ns.api();
+    let withdrawn = wait_for(&api, "web", "the weight kept aside", PROMPT, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.withdrawn_weight == Some(20))
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!(withdrawn.phase, Phase::Progressing, "{withdrawn:?}");
+    // The analysis step cannot pass on a subset that serves nothing: it holds at its step
+    // while the controller re-creates the canary, whose pods find no room.
+    let step = withdrawn.current_step_index;
+    let held_until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < held_until {
+        let status = api.get("web").await.unwrap().status.unwrap();
+        assert_eq!(
+            (status.current_step_index, status.canary_weight),
+            (step, 0),
+            "{:?}",
+            status.message
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Room again: the pods become ready, the weight comes back and the rollout goes on.
+    taint_nodes(&ns.client, false).await;
+    let (canary, timeline) = follow_until(ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    eprintln!("after the pods returned:\n{}", timeline.join("\n"));
+    assert_eq!(canary.status.unwrap().withdrawn_weight, None);
+}
