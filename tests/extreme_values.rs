@@ -591,15 +591,7 @@ async fn canaries_stored_with_absurd_durations_do_not_stop_the_controller() {
             || async { (status_of(ns, name).await.phase == Phase::Idle).then_some(()) },
         )
         .await;
-        let deployments: Api<Deployment> = ns.api();
-        deployments
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("{name}:2")}]}}}})),
-            )
-            .await
-            .unwrap();
+        rollout::set_image_of(ns, name, &format!("{name}:2")).await;
     }
     // The template's absurd durations are reported on its Canary, naming the field; nothing
     // rolls out on it.

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::{TestNamespace, eventually};
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use rollout::{at_weight, canary_weight_in_virtual_service, create, set_image, world};
 use serde_json::json;
@@ -204,16 +203,8 @@ async fn canaries_with_too_expensive_conditions_do_not_hold_up_another_canarys_a
         .await;
     }
     // Their rollouts need the analysis at every reconcile.
-    let deployments: Api<Deployment> = world.ns.api();
     for name in expensive {
-        deployments
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("{name}:2")}]}}}})),
-            )
-            .await
-            .unwrap();
+        rollout::set_image_of(&world.ns, name, &format!("{name}:2")).await;
     }
 
     let took = abort_and_time(&world.ns, "cel-1").await;

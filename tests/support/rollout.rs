@@ -467,9 +467,14 @@ pub async fn set_up(ns: &TestNamespace, image: &str) {
 }
 
 pub async fn set_image(ns: &TestNamespace, image: &str) {
+    set_image_of(ns, "web", image).await;
+}
+
+/// Sets the image of Deployment `name` (its container `app`): a new revision.
+pub async fn set_image_of(ns: &TestNamespace, name: &str, image: &str) {
     let api: Api<Deployment> = ns.api();
     api.patch(
-        "web",
+        name,
         &PatchParams::default(),
         &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})),
     )
