@@ -260,6 +260,10 @@ fn walk(spec: &CanarySpec, metric: MetricDefinition, start: Timestamp) -> Canary
         ])),
         measurements: Vec::new(),
         route_weight: None,
+        router: canary::routing::Capabilities {
+            granularity: canary::routing::Granularity::Exact,
+            header_routes: true,
+        },
     };
     let mut status = CanaryStatus {
         phase: Phase::Idle,

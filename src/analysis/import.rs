@@ -149,8 +149,15 @@ fn check_canary(value: Value) -> Vec<Note> {
     let spec = value.get("spec").cloned().unwrap_or(Value::Null);
     let parsed: Result<crate::api::canary::CanarySpec, _> =
         serde_ignored::deserialize(spec, |path| unknown.push(path.to_string()));
-    if let Err(e) = parsed {
-        notes.push(error("spec", e.to_string()));
+    match parsed {
+        Err(e) => notes.push(error("spec", e.to_string())),
+        Ok(spec) => {
+            let router = crate::routing::capabilities_of(&spec);
+            if let Some(problem) = crate::rollout::unsupported_by_router(&spec, router) {
+                let field = problem.split_once(':').map_or("spec.steps", |(f, _)| f);
+                notes.push(error(format!("spec.{field}"), problem.clone()));
+            }
+        }
     }
     notes.extend(
         unknown

@@ -39,6 +39,7 @@ pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: u32 = 30;
     doc = "Progressive delivery of one Deployment: traffic moves to the canary in steps while analysis judges it; then it is promoted or rolled back.",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Effective","type":"integer","jsonPath":".status.effectiveWeight"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.stepDisplay"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.canaryRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -52,10 +53,14 @@ pub struct CanarySpec {
     pub target_ref: TargetRef,
     /// The port the service listens on.
     pub service: ServicePort,
-    pub traffic_routing: TrafficRouting,
-    /// The rollout, step by step. Each step is exactly one of setWeight, pause, analysis.
+    /// Where the split lives: `istio` or `gatewayAPI`. Absent: no mesh, the service's one
+    /// Service selects both versions and a weight is the canary's share of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.all(s, [has(s.setWeight), has(s.pause), has(s.analysis)].filter(x, x).size() == 1)").message("each step has exactly one of setWeight, pause or analysis"))]
+    pub traffic_routing: Option<TrafficRouting>,
+    /// The rollout, step by step. Each step is exactly one of setWeight, pause, analysis,
+    /// setHeaderRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(s, [has(s.setWeight), has(s.pause), has(s.analysis), has(s.setHeaderRoute)].filter(x, x).size() == 1)").message("each step has exactly one of setWeight, pause, analysis or setHeaderRoute"))]
     #[x_kube(validation = Rule::new("self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()").message("setWeight steps must not decrease"))]
     #[schemars(length(min = 1, max = 64))]
     pub steps: Option<Vec<Step>>,
@@ -124,9 +129,60 @@ pub struct ServicePort {
     pub port: u16,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Exactly one router.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.istio), has(self.gatewayAPI)].filter(x, x).size() == 1").message("trafficRouting names exactly one router: istio or gatewayAPI (or leave trafficRouting out to split by replicas)"))]
 pub struct TrafficRouting {
-    pub istio: IstioRouting,
+    /// Istio: weights of a VirtualService's routes over a DestinationRule's subsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouting>,
+    /// Gateway API: weights of the stable and canary backendRefs of HTTPRoutes (or GRPCRoutes).
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouting>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    /// The HTTPRoute whose rules with both backends carry the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub http_route: Option<String>,
+    /// More HTTPRoutes, managed alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub http_routes: Vec<String>,
+    /// GRPCRoutes, managed alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub grpc_routes: Vec<String>,
+    /// The Service of the stable pods (a backendRef name).
+    #[schemars(length(min = 1, max = 63))]
+    pub stable_service: String,
+    /// The Service of the canary pods (a backendRef name).
+    #[schemars(length(min = 1, max = 63))]
+    pub canary_service: String,
+    /// Create and own the two Services (the target's selector plus `canary.dev/subset`,
+    /// `spec.service.port`); otherwise they are the user's and must exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_services: bool,
+}
+
+impl GatewayApiRouting {
+    /// Every HTTPRoute named, in order, without repeats.
+    pub fn http_route_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.http_route.iter().chain(&self.http_routes) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        names
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -177,6 +233,47 @@ pub struct Step {
     /// Run these templates to completion before the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<StepAnalysis>,
+    /// Send the requests that match these headers to the canary, whatever its weight (for
+    /// testers, as Argo Rollouts' setHeaderRoute); without `match`, remove the route of that
+    /// name. Header routes are removed on promotion, abort and rollback. Istio and Gateway API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<HeaderRoute>,
+}
+
+/// A route, by request headers, to the canary.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRoute {
+    /// Names the route (in the router's objects and in status).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Every header must match (AND); empty: remove the route.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<HeaderMatch>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    #[schemars(length(min = 1, max = 256))]
+    pub header_name: String,
+    pub header_value: HeaderValue,
+}
+
+/// Exactly one of exact, prefix, regex.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() == 1").message("headerValue takes exactly one of exact, prefix or regex"))]
+pub struct HeaderValue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub prefix: Option<String>,
+    /// RE2 syntax, as Istio and Gateway API read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub regex: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -245,6 +342,7 @@ pub enum RolloutStep {
     SetWeight(u8),
     Pause(Option<Duration>),
     Analysis(StepAnalysis),
+    SetHeaderRoute(HeaderRoute),
 }
 
 impl CanarySpec {
@@ -254,12 +352,15 @@ impl CanarySpec {
         if let Some(steps) = &self.steps {
             return steps
                 .iter()
-                .filter_map(|s| match (s.set_weight, &s.pause, &s.analysis) {
-                    (Some(w), _, _) => Some(RolloutStep::SetWeight(w)),
-                    (None, Some(p), _) => Some(RolloutStep::Pause(p.duration)),
-                    (None, None, Some(a)) => Some(RolloutStep::Analysis(a.clone())),
-                    (None, None, None) => None,
-                })
+                .filter_map(
+                    |s| match (s.set_weight, &s.pause, &s.analysis, &s.set_header_route) {
+                        (Some(w), _, _, _) => Some(RolloutStep::SetWeight(w)),
+                        (None, Some(p), _, _) => Some(RolloutStep::Pause(p.duration)),
+                        (None, None, Some(a), _) => Some(RolloutStep::Analysis(a.clone())),
+                        (None, None, None, Some(h)) => Some(RolloutStep::SetHeaderRoute(h.clone())),
+                        (None, None, None, None) => None,
+                    },
+                )
                 .collect();
         }
         let (Some(step), Some(max)) = (self.step_weight, self.max_weight) else {
@@ -555,9 +656,17 @@ pub struct CanaryStatus {
     /// `2/8` for people and `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_display: Option<String>,
-    /// The share of traffic (0–100) the canary receives.
+    /// The share of traffic (0–100) the rollout gives the canary.
     #[serde(default)]
     pub canary_weight: u8,
+    /// The share the canary actually receives, as last observed: the weight the routing
+    /// holds, or, split by replicas, the canary's share of the ready pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_weight: Option<u8>,
+    /// The header routes to the canary in place (`setHeaderRoute` steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub header_routes: Vec<HeaderRoute>,
     /// How many replicas the service runs when not in a rollout (from the target Deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
@@ -926,7 +1035,10 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Phase", "Weight", "Step", "Revision", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Weight", "Effective", "Step", "Revision", "Age"]
+        );
         assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
     }
 }

@@ -57,7 +57,15 @@ pub struct StatusView {
     pub namespace: String,
     pub name: String,
     pub phase: Phase,
+    /// The weight the rollout gives the canary.
     pub weight: u8,
+    /// The weight the canary actually has (the routing's, or its share of the ready pods when
+    /// split by replicas).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_weight: Option<u8>,
+    /// The header routes to the canary in place, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub header_routes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<StepView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +155,27 @@ fn describe_step(step: &RolloutStep) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        RolloutStep::SetHeaderRoute(route) if route.matches.is_empty() => {
+            format!("remove header route {}", route.name)
+        }
+        RolloutStep::SetHeaderRoute(route) => format!(
+            "header route {} ({}) to the canary",
+            route.name,
+            route
+                .matches
+                .iter()
+                .map(|m| {
+                    let v = &m.header_value;
+                    match (&v.exact, &v.prefix, &v.regex) {
+                        (Some(e), _, _) => format!("{}: {e}", m.header_name),
+                        (_, Some(p), _) => format!("{}: {p}*", m.header_name),
+                        (_, _, Some(r)) => format!("{} ~ {r}", m.header_name),
+                        _ => m.header_name.clone(),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -207,6 +236,10 @@ pub fn next_action(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> 
                     }
                 }
                 Some(RolloutStep::Pause(None)) => "waiting for `canary promote`".into(),
+                Some(RolloutStep::SetHeaderRoute(route)) => format!(
+                    "setting header route {} once the canary's pods are ready",
+                    route.name
+                ),
                 Some(RolloutStep::Analysis(_)) | None => {
                     let next = status
                         .analysis_runs
@@ -282,6 +315,12 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
         name: canary.name_any(),
         phase: status.phase,
         weight: status.canary_weight,
+        effective_weight: status.effective_weight,
+        header_routes: status
+            .header_routes
+            .iter()
+            .map(|r| describe_step(&RolloutStep::SetHeaderRoute(r.clone())))
+            .collect(),
         step,
         stable_revision: status.stable_revision.clone(),
         canary_revision: status.canary_revision.clone(),
@@ -312,6 +351,14 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
 }
 
 /// `[██████░░░░░░░░░░░░░░] 30%`
+/// `" (9% in effect)"` when the weight in effect is not the rollout's.
+fn in_effect(view: &StatusView) -> String {
+    match view.effective_weight {
+        Some(effective) if effective != view.weight => format!(" ({effective}% in effect)"),
+        _ => String::new(),
+    }
+}
+
 pub fn weight_bar(weight: u8) -> String {
     let filled = usize::from(weight.min(100)) / 5;
     format!(
@@ -346,7 +393,13 @@ pub fn render(view: &StatusView) -> String {
             .unwrap_or_default();
         field("rolled back", format!("{failed}{reason}"));
     }
-    field("weight", weight_bar(view.weight));
+    field(
+        "weight",
+        format!("{}{}", weight_bar(view.weight), in_effect(view)),
+    );
+    for route in &view.header_routes {
+        field("header route", route.clone());
+    }
     if let Some(step) = &view.step {
         let elapsed = view
             .seconds_in_step
@@ -443,12 +496,13 @@ pub fn line(view: &StatusView, now: Timestamp) -> String {
         .map(|s| format!(" step {}/{}", (s.index + 1).min(s.total), s.total))
         .unwrap_or_default();
     format!(
-        "{} {}/{} {:?} {}%{step}: {}",
+        "{} {}/{} {:?} {}%{}{step}: {}",
         time(now),
         view.namespace,
         view.name,
         view.phase,
         view.weight,
+        in_effect(view),
         view.message.as_deref().unwrap_or("")
     )
 }
@@ -594,7 +648,7 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
                         v.namespace.clone(),
                         v.name.clone(),
                         format!("{:?}", v.phase),
-                        format!("{}%", v.weight),
+                        format!("{}%{}", v.weight, in_effect(v)),
                         v.step
                             .as_ref()
                             .map(|s| format!("{}/{}", (s.index + 1).min(s.total), s.total))

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::DynamicObject;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -33,29 +33,13 @@ use crate::rollout::{
     self, Action, EventType, MetricDefinition, NewMeasurement, Observed, compare_window_start,
     due_measurements,
 };
-use crate::routing::istio;
+use crate::routing::{self, RouterWrite, RoutingObject, Snapshot, TrafficRouter};
 use crate::workload::{self, Subset};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "canary-controller";
 /// Without timers, look at every Canary at least this often.
 const RESYNC: Duration = Duration::from_secs(300);
-
-pub fn virtual_service_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "VirtualService",
-    ))
-}
-
-pub fn destination_rule_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "DestinationRule",
-    ))
-}
 
 /// How soon to look again at a Canary whose cached copy predates our own status write.
 const STALE_COPY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -110,8 +94,8 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     );
 
     // The managed Deployments are built from the target as observe read it, and weights are
-    // patched over the VirtualService it read (the patch's test operations refuse it if it
-    // changed since).
+    // patched over the routing objects it read (the patches' test operations refuse them if
+    // they changed since).
     for action in &plan.actions {
         apply_action(canary, &read, action, ctx).await?;
     }
@@ -151,8 +135,9 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
 
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
 /// without a moment without endpoints: all traffic to stable; the target gets its replicas
-/// back; once they are ready both DestinationRule subsets select the target's pods; only then
-/// is the finalizer removed and the managed Deployments garbage-collected.
+/// back; once they are ready the router hands its objects back (e.g. both DestinationRule
+/// subsets select the target's pods); only then is the finalizer removed and the managed
+/// Deployments garbage-collected.
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     bounded(&canary, &ctx, cleanup_unbounded(&canary, &ctx)).await
 }
@@ -163,8 +148,15 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     // First, so that no measurement finishing meanwhile triggers one more reconcile, which
     // could come after the finalizer is gone and act on a stale copy.
     ctx.measurements.forget(&namespace, &canary.name_any());
-    let routing = &canary.spec.traffic_routing.istio;
-    if let Err(e) = set_weight(ctx, &namespace, routing, 0, None).await {
+    let router = routing::router_for(&canary.spec);
+    let reset = async {
+        let read = read_routing(ctx, &namespace, router.as_ref()).await?;
+        let writes = router
+            .set_weight(&read, 0)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        apply_writes(canary, ctx, &namespace, writes).await
+    };
+    if let Err(e) = reset.await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -193,21 +185,16 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
                 canary.spec.target_ref.name
             )));
         }
-        let labels = serde_json::to_value(
-            target
-                .spec
-                .as_ref()
-                .and_then(|s| s.selector.match_labels.clone())
-                .unwrap_or_default(),
-        )?;
-        let dr_api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &namespace, &destination_rule_resource());
-        if let Some(rule) = dr_api.get_opt(&routing.destination_rule.name).await?
-            && let Some(patch) =
-                istio::subsets_release_patch(&serde_json::to_value(&rule)?, routing, &labels)
-        {
-            json_patch(&dr_api, &routing.destination_rule.name, patch).await?;
-        }
+        let labels = target
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default();
+        let read = read_routing(ctx, &namespace, router.as_ref()).await?;
+        let writes = router
+            .release(&read, &labels)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        apply_writes(canary, ctx, &namespace, writes).await?;
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
@@ -220,8 +207,8 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
 struct Read {
     /// The target Deployment.
     target: Option<Deployment>,
-    /// The VirtualService, as JSON.
-    virtual_service: Option<Value>,
+    /// The router's objects.
+    routing: Snapshot,
 }
 
 async fn observe(
@@ -290,12 +277,12 @@ async fn observe(
     } else {
         measurements_due(canary, status, ctx, now, due, &prepared)
     };
-    let virtual_service = read_virtual_service(canary, ctx, &namespace).await;
-    let routing = &canary.spec.traffic_routing.istio;
-    let route_weight = virtual_service
-        .as_ref()
-        .and_then(|vs| istio::current_weight(vs, routing).ok());
+    let router = routing::router_for(&canary.spec);
+    let routing = read_routing(ctx, &namespace, router.as_ref()).await?;
+    // An object that cannot carry the split is reported when a weight is set.
+    let route_weight = router.current_weight(&routing).ok().flatten();
     let observed = Observed {
+        router: router.capabilities(),
         route_weight,
         generation: canary.metadata.generation,
         target,
@@ -307,7 +294,7 @@ async fn observe(
     };
     let read = Read {
         target: target_deployment,
-        virtual_service,
+        routing,
     };
     Ok((observed, read))
 }
@@ -754,15 +741,26 @@ async fn apply_action(
             ensure_managed(canary, target, ctx, Subset::Canary, &revision, *replicas).await
         }
         Action::SetWeight { weight } => {
-            let routing = &canary.spec.traffic_routing.istio;
-            set_weight(
-                ctx,
-                &namespace,
-                routing,
-                *weight,
-                read.virtual_service.as_ref(),
-            )
-            .await
+            let router = routing::router_for(&canary.spec);
+            let workload = routing::Workload {
+                namespace: namespace.clone(),
+                selector: target
+                    .and_then(|t| t.spec.as_ref())
+                    .and_then(|s| s.selector.match_labels.clone())
+                    .unwrap_or_default(),
+                port: canary.spec.service.port,
+            };
+            let invalid = |e: routing::RouterError| Error::Invalid(e.to_string());
+            let mut writes = router.prepare(&read.routing, &workload).map_err(invalid)?;
+            writes.extend(router.set_weight(&read.routing, *weight).map_err(invalid)?);
+            apply_writes(canary, ctx, &namespace, writes).await
+        }
+        Action::SetHeaderRoutes { routes } => {
+            let router = routing::router_for(&canary.spec);
+            let writes = router
+                .set_header_routes(&read.routing, routes)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            apply_writes(canary, ctx, &namespace, writes).await
         }
         Action::ScaleTargetToZero => {
             deployments
@@ -858,40 +856,52 @@ async fn template_of(
     )))
 }
 
-/// The Canary's VirtualService as JSON, or `None` if it cannot be read (applying a weight
-/// reads it again and reports why).
-async fn read_virtual_service(canary: &Canary, ctx: &Context, namespace: &str) -> Option<Value> {
-    let vs_api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
-    let name = &canary.spec.traffic_routing.istio.virtual_service.name;
-    let virtual_service = vs_api.get_opt(name).await.ok()??;
-    serde_json::to_value(&virtual_service).ok()
-}
-
-/// Gives the canary `weight` percent; `read` is the VirtualService as last read, if any.
-async fn set_weight(
+/// The router's objects as they are now; one that does not exist is left out.
+async fn read_routing(
     ctx: &Context,
     namespace: &str,
-    routing: &crate::api::canary::IstioRouting,
-    weight: u8,
-    read: Option<&Value>,
-) -> Result<(), Error> {
-    let dr_api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &destination_rule_resource());
-    let destination_rule = dr_api.get(&routing.destination_rule.name).await?;
-    if let Some(patch) = istio::subsets_patch(&serde_json::to_value(&destination_rule)?, routing) {
-        json_patch(&dr_api, &routing.destination_rule.name, patch).await?;
+    router: &dyn TrafficRouter,
+) -> Result<Snapshot, Error> {
+    let mut snapshot = Snapshot::default();
+    for object in router.objects() {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
+        if let Some(found) = api.get_opt(&object.name).await? {
+            snapshot.insert(object, serde_json::to_value(&found)?);
+        }
     }
-    let vs_api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &virtual_service_resource());
-    let virtual_service = match read {
-        Some(read) => read.clone(),
-        None => serde_json::to_value(vs_api.get(&routing.virtual_service.name).await?)?,
-    };
-    let patch = istio::weight_patch(&virtual_service, routing, weight)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    if let Some(patch) = patch {
-        json_patch(&vs_api, &routing.virtual_service.name, patch).await?;
+    Ok(snapshot)
+}
+
+/// Applies a router's writes, in order.
+async fn apply_writes(
+    canary: &Canary,
+    ctx: &Context,
+    namespace: &str,
+    writes: Vec<RouterWrite>,
+) -> Result<(), Error> {
+    for write in writes {
+        let object: &RoutingObject = write.object();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
+        match &write {
+            RouterWrite::Patch { patch, .. } => {
+                json_patch(&api, &object.name, patch.clone()).await?
+            }
+            RouterWrite::Apply { body, .. } => {
+                let owner = canary
+                    .controller_owner_ref(&())
+                    .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
+                let mut body = body.clone();
+                body["metadata"]["ownerReferences"] = json!([owner]);
+                api.patch(
+                    &object.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(body),
+                )
+                .await?;
+            }
+        }
     }
     Ok(())
 }

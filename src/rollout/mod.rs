@@ -20,10 +20,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::analysis::assessment::AnalysisPhase;
 use crate::api::canary::{
-    CanarySpec, CanaryStatus, OnAnalysisFailure, PauseReason, Phase, Request, RequestAction,
-    RequestStatus, RollbackReason, RolloutStep,
+    CanarySpec, CanaryStatus, HeaderRoute, OnAnalysisFailure, PauseReason, Phase, Request,
+    RequestAction, RequestStatus, RollbackReason, RolloutStep,
 };
 use crate::api::duration::later;
+use crate::routing::{Capabilities, Granularity};
 
 pub use analysis_runs::{
     BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
@@ -82,8 +83,11 @@ pub struct Observed {
     pub analysis: Result<BTreeMap<String, Vec<MetricDefinition>>, String>,
     /// Measurements taken this reconcile (those [`due_measurements`] asked for).
     pub measurements: Vec<NewMeasurement>,
-    /// The canary's weight in the routing as read (`None` if it could not be read).
+    /// The canary's weight in the routing as read (`None` if it could not be read, or no
+    /// routing object holds one).
     pub route_weight: Option<u8>,
+    /// What the spec's router can do.
+    pub router: Capabilities,
 }
 
 /// A change to make, in order.
@@ -97,6 +101,8 @@ pub enum Action {
     ScaleCanary { replicas: i32 },
     /// Give the canary `weight` percent of the traffic and stable the rest.
     SetWeight { weight: u8 },
+    /// Make the header routes to the canary exactly these.
+    SetHeaderRoutes { routes: Vec<HeaderRoute> },
     /// Keep the user's Deployment at zero replicas: it is the desired spec, not a workload.
     ScaleTargetToZero,
 }
@@ -130,11 +136,55 @@ pub const WAIT_RECHECK: StdDuration = StdDuration::from_secs(5);
 /// The soonest a plan asks to be looked at again (measurement intervals are at least 1 s).
 pub const MIN_REQUEUE: StdDuration = StdDuration::from_secs(1);
 
-/// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas:
-/// proportional, rounded up, never zero (the canary must be ready before it gets traffic).
+/// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas
+/// when a router splits the traffic ([`Granularity::Exact`]): proportional, rounded up,
+/// never zero (the canary must be ready before it gets traffic).
 pub fn canary_replicas(desired: i32, weight: u8) -> i32 {
     let share = (u64::from(desired.max(1).unsigned_abs()) * u64::from(weight)).div_ceil(100);
     i32::try_from(share).unwrap_or(i32::MAX).max(1)
+}
+
+/// The pods of each version, `(canary, stable)`, that realise `weight` percent of a service of
+/// `desired` replicas when the pods are the split ([`Granularity::Replicas`]). The canary gets
+/// the nearest share, `desired × weight / 100` rounded half up, and stable the rest; but while
+/// the weight is strictly between 0 and 100 each version keeps at least one pod, so a service
+/// of one replica runs one of each (50%), and one of ten at 95% runs nine canary pods and one
+/// stable (90%).
+pub fn replica_split(desired: i32, weight: u8) -> (i32, i32) {
+    let desired = desired.max(1);
+    match weight {
+        0 => (0, desired),
+        100.. => (desired, 0),
+        _ if desired == 1 => (1, 1),
+        _ => {
+            let share = (i64::from(desired) * i64::from(weight) + 50) / 100;
+            let canary = i32::try_from(share)
+                .unwrap_or(i32::MAX)
+                .clamp(1, desired - 1);
+            (canary, desired - canary)
+        }
+    }
+}
+
+/// The canary's share (percent, rounded) of `canary + stable` ready pods; `None` without pods.
+pub fn pod_share(canary: i32, stable: i32) -> Option<u8> {
+    let (canary, stable) = (i64::from(canary.max(0)), i64::from(stable.max(0)));
+    let total = canary + stable;
+    (total > 0).then(|| u8::try_from((canary * 100 + total / 2) / total).unwrap_or(100))
+}
+
+/// Why `spec` cannot be rolled out with a router that can do `router`, if it cannot.
+pub fn unsupported_by_router(spec: &CanarySpec, router: Capabilities) -> Option<String> {
+    if router.header_routes {
+        return None;
+    }
+    let index = spec
+        .rollout_steps()
+        .iter()
+        .position(|s| matches!(s, RolloutStep::SetHeaderRoute(_)))?;
+    Some(format!(
+        "steps[{index}].setHeaderRoute: without spec.trafficRouting the traffic is split by replicas behind one Service, which cannot route by header; use trafficRouting.istio or trafficRouting.gatewayAPI, or remove the step"
+    ))
 }
 
 /// Whether [`plan`] can read `Observed::analysis`: while a rollout is under way, and in a
@@ -156,6 +206,7 @@ pub fn plan(spec: &CanarySpec, status: &CanaryStatus, observed: &Observed, now: 
         spec,
         observed,
         now,
+        desired_before: status.desired_replicas,
         status: status.clone(),
         actions: Vec::new(),
         events: Vec::new(),
@@ -172,6 +223,8 @@ struct Planner<'a> {
     spec: &'a CanarySpec,
     observed: &'a Observed,
     now: Timestamp,
+    /// The service's size as status knew it before this plan.
+    desired_before: Option<i32>,
     status: CanaryStatus,
     actions: Vec<Action>,
     events: Vec<Event>,
@@ -432,6 +485,7 @@ impl Planner<'_> {
         // Whatever was under way, the service keeps being served by stable.
         if self.status.stable_revision.is_some() {
             self.set_weight(0);
+            self.remove_header_routes();
             self.actions.push(Action::ScaleCanary { replicas: 0 });
         }
         self.status.phase = Phase::Failed;
@@ -490,6 +544,7 @@ impl Planner<'_> {
             replicas: self.desired(),
         });
         self.set_weight(0);
+        self.remove_header_routes();
         let mut retry = false;
         if let Some(action) = request {
             match action {
@@ -568,6 +623,10 @@ impl Planner<'_> {
             self.invalid_analysis(problem.clone());
             return false;
         }
+        if let Some(problem) = unsupported_by_router(self.spec, self.observed.router) {
+            self.invalid_analysis(problem);
+            return false;
+        }
         let revision = target.revision.clone();
         self.status.failed_revision = None;
         self.status.rollback_reason = None;
@@ -578,6 +637,7 @@ impl Planner<'_> {
         self.status.withdrawn_weight = None;
         self.status.canary_revision = Some(revision.clone());
         self.status.canary_images = Some(target.images.clone());
+        self.remove_header_routes();
         self.status.rollout_started_at = Some(self.now_text());
         self.status.step_started_at = Some(self.now_text());
         self.status.steps_fingerprint = Some(steps_fingerprint(&self.spec.rollout_steps()));
@@ -607,9 +667,11 @@ impl Planner<'_> {
         self.status.phase = Phase::Progressing;
         self.status.current_step_index = Some(0);
         self.status.canary_updated_at = Some(self.now_text());
+        // Split by replicas, a canary pod has traffic as soon as it is ready: it gets none
+        // before its first setWeight step.
         self.actions.push(Action::EnsureCanary {
             revision,
-            replicas: canary_replicas(self.desired(), self.status.canary_weight.max(1)),
+            replicas: self.canary_pods(self.status.canary_weight),
         });
         self.set_condition(
             "Progressing",
@@ -622,6 +684,15 @@ impl Planner<'_> {
     }
 
     fn progress(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        self.progress_steps(target, request);
+        if matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
+            // Last, once this plan's weight is known: split by replicas, stable's size
+            // follows the canary's weight.
+            self.keep_stable_sized();
+        }
+    }
+
+    fn progress_steps(&mut self, target: &TargetState, request: Option<RequestAction>) {
         if request == Some(RequestAction::Abort) {
             // Before anything else, a newer revision included: the human wants out.
             self.answer_request(true, "rolling back".into());
@@ -707,7 +778,6 @@ impl Planner<'_> {
             }
         }
         self.restart_steps_if_changed();
-        self.keep_stable_sized();
         if self.withdraw_traffic_while_unready() {
             // Whatever was measured meanwhile is dropped: a subset without pods served nothing.
             if self.deadline_exceeded() {
@@ -722,7 +792,10 @@ impl Planner<'_> {
             }
             return;
         }
-        self.correct_weight_drift();
+        match self.observed.router.granularity {
+            Granularity::Exact => self.correct_weight_drift(),
+            Granularity::Replicas => self.report_replica_drift(),
+        }
         // Measurements are recorded while paused too: a canary waiting for approval keeps
         // its traffic, so the background analysis keeps judging it.
         if let Ok(definitions) = &self.observed.analysis {
@@ -785,19 +858,90 @@ impl Planner<'_> {
         self.walk_steps();
     }
 
-    /// Stable runs the whole service during a rollout (the canary's pods are extra): when the
-    /// service is scaled mid-rollout, stable is resized with it.
+    /// Stable's size during a rollout: with a router, the whole service (the canary's pods are
+    /// extra); split by replicas, what the canary's share leaves. When the service is scaled
+    /// mid-rollout, stable is resized with it.
     fn keep_stable_sized(&mut self) {
         let revision = self.status.stable_revision.clone().unwrap_or_default();
-        let desired = self.desired();
+        let replicas = self.stable_pods(self.status.canary_weight);
         let sized = self.observed.stable.as_ref().is_some_and(|s| {
-            s.replicas == desired && s.revision.as_deref() == Some(revision.as_str())
+            s.replicas == replicas && s.revision.as_deref() == Some(revision.as_str())
         });
         if !sized {
-            self.actions.push(Action::EnsureStable {
-                revision,
-                replicas: desired,
-            });
+            self.actions
+                .push(Action::EnsureStable { revision, replicas });
+        }
+    }
+
+    /// The canary's pods for `weight`, as the router realises weights.
+    fn canary_pods(&self, weight: u8) -> i32 {
+        match self.observed.router.granularity {
+            Granularity::Exact => canary_replicas(self.desired(), weight),
+            Granularity::Replicas => replica_split(self.desired(), weight).0,
+        }
+    }
+
+    /// Stable's pods while the canary has `weight`.
+    fn stable_pods(&self, weight: u8) -> i32 {
+        match self.observed.router.granularity {
+            Granularity::Exact => self.desired(),
+            Granularity::Replicas => replica_split(self.desired(), weight).1,
+        }
+    }
+
+    /// Split by replicas, the Deployments' sizes are the weight: someone who scaled one of them
+    /// changed the canary's traffic. Their sizes are set back by the rest of the plan (every
+    /// path sizes both); this reports it. Sizes the rollout itself is moving to (the next
+    /// step's share, a withdrawn canary's, a service that was scaled) are not drift.
+    fn report_replica_drift(&mut self) {
+        if self.desired_before != Some(self.desired()) {
+            return;
+        }
+        let weight = self.status.canary_weight;
+        let revision = self.status.canary_revision.clone().unwrap_or_default();
+        let stable_revision = self.status.stable_revision.clone().unwrap_or_default();
+        let mut found = Vec::new();
+        if let Some(c) = &self.observed.canary
+            && c.revision.as_deref() == Some(revision.as_str())
+        {
+            let expected = [
+                Some(weight),
+                Some(self.pending_weight()),
+                self.status.withdrawn_weight,
+            ];
+            if !expected
+                .iter()
+                .flatten()
+                .any(|w| self.canary_pods(*w) == c.replicas)
+            {
+                found.push(format!(
+                    "{} has {} replicas instead of {}",
+                    self.spec.canary_name(),
+                    c.replicas,
+                    self.canary_pods(weight)
+                ));
+            }
+        }
+        if let Some(s) = &self.observed.stable
+            && s.revision.as_deref() == Some(stable_revision.as_str())
+            && s.replicas != self.stable_pods(weight)
+        {
+            found.push(format!(
+                "{} has {} replicas instead of {}",
+                self.spec.stable_name(),
+                s.replicas,
+                self.stable_pods(weight)
+            ));
+        }
+        if !found.is_empty() {
+            self.event(
+                EventType::Warning,
+                "WeightDrift",
+                format!(
+                    "the canary's {weight}% is its share of the pods, and {}: set back",
+                    found.join(", ")
+                ),
+            );
         }
     }
 
@@ -915,6 +1059,7 @@ impl Planner<'_> {
                 RolloutStep::SetWeight(weight) => self.step_set_weight(*weight),
                 RolloutStep::Pause(duration) => self.step_pause(*duration),
                 RolloutStep::Analysis(_) => self.step_analysis(index),
+                RolloutStep::SetHeaderRoute(route) => self.step_set_header_route(route),
             };
             if !done {
                 return;
@@ -948,6 +1093,8 @@ impl Planner<'_> {
         self.status.current_step_index = Some(0);
         self.status.step_started_at = Some(self.now_text());
         self.status.analysis_runs.retain(|r| r.name == BACKGROUND);
+        // Those routes were the old steps' doing; the new steps add their own.
+        self.remove_header_routes();
         if self.status.pause_reason == Some(PauseReason::Step) {
             // That pause step belonged to the old steps; pauses for a human's verdict stay.
             self.status.phase = Phase::Progressing;
@@ -1003,7 +1150,7 @@ impl Planner<'_> {
 
     fn canary_ready_for(&self, weight: u8) -> bool {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let wanted = canary_replicas(self.desired(), weight);
+        let wanted = self.canary_pods(weight);
         self.observed
             .canary
             .as_ref()
@@ -1014,7 +1161,7 @@ impl Planner<'_> {
     /// mid-resize, unlike [`Self::canary_ready_for`], which wants exactly that many).
     fn canary_can_serve(&self, weight: u8) -> bool {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let wanted = canary_replicas(self.desired(), weight);
+        let wanted = self.canary_pods(weight);
         self.observed.canary.as_ref().is_some_and(|c| {
             c.revision.as_deref() == Some(revision.as_str()) && c.ready_replicas >= wanted
         })
@@ -1042,6 +1189,57 @@ impl Planner<'_> {
         true
     }
 
+    /// Adds (or, without matches, removes) a header route to the canary, once the canary is
+    /// ready to serve what it routes.
+    fn step_set_header_route(&mut self, route: &HeaderRoute) -> bool {
+        let weight = self.status.canary_weight;
+        if !self.canary_ready_for(weight) {
+            self.ensure_canary_at(weight);
+            self.status.message = Some(format!(
+                "waiting for {} ready canary pods before routing header route {} to it",
+                self.canary_pods(weight),
+                route.name
+            ));
+            self.requeue_in(WAIT_RECHECK);
+            return false;
+        }
+        let routes = &mut self.status.header_routes;
+        let existing = routes.iter().position(|r| r.name == route.name);
+        let message = match (existing, route.matches.is_empty()) {
+            (Some(i), true) => {
+                routes.remove(i);
+                format!("header route {} removed", route.name)
+            }
+            (None, true) => return true,
+            (Some(i), false) => {
+                routes[i] = route.clone();
+                format!("header route {} changed", route.name)
+            }
+            (None, false) => {
+                routes.push(route.clone());
+                format!(
+                    "header route {} sends its requests to the canary",
+                    route.name
+                )
+            }
+        };
+        self.event(EventType::Normal, "HeaderRouteSet", message.clone());
+        self.status.message = Some(message);
+        self.actions.push(Action::SetHeaderRoutes {
+            routes: self.status.header_routes.clone(),
+        });
+        true
+    }
+
+    /// Header routes end with the rollout (promotion, abort, rollback, a newer revision).
+    fn remove_header_routes(&mut self) {
+        if !self.status.header_routes.is_empty() {
+            self.status.header_routes.clear();
+            self.actions
+                .push(Action::SetHeaderRoutes { routes: Vec::new() });
+        }
+    }
+
     /// Moves the canary's traffic to `weight`, with an event when that is a change.
     fn change_weight(&mut self, weight: u8) {
         if self.status.canary_weight != weight {
@@ -1057,7 +1255,7 @@ impl Planner<'_> {
     /// Asks for the canary at its revision with its share of pods for `weight`; the share.
     fn ensure_canary_at(&mut self, weight: u8) -> i32 {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let replicas = canary_replicas(self.desired(), weight);
+        let replicas = self.canary_pods(weight);
         if self.observed.canary.as_ref().map(|c| c.replicas) != Some(replicas) {
             self.status.canary_updated_at = Some(self.now_text());
         }
@@ -1279,7 +1477,7 @@ impl Planner<'_> {
     /// Sizes the canary for its current weight when it is not (the service was scaled).
     fn keep_canary_sized(&mut self) {
         let revision = self.status.canary_revision.clone().unwrap_or_default();
-        let replicas = canary_replicas(self.desired(), self.status.canary_weight);
+        let replicas = self.canary_pods(self.status.canary_weight);
         let sized = self.observed.canary.as_ref().is_some_and(|c| {
             c.replicas == replicas && c.revision.as_deref() == Some(revision.as_str())
         });
@@ -1346,6 +1544,7 @@ impl Planner<'_> {
         }
         analysis_runs::stop_measuring(&mut self.status, "the canary was promoted");
         self.status.withdrawn_weight = None;
+        self.remove_header_routes();
         let revision = self.status.canary_revision.clone().unwrap_or_default();
         let desired = self.desired();
         if !self.ensure_stable(&revision) {
@@ -1403,6 +1602,7 @@ impl Planner<'_> {
         self.event(EventType::Warning, event_reason, message.clone());
         analysis_runs::stop_measuring(&mut self.status, "the canary was rolled back");
         self.status.withdrawn_weight = None;
+        self.remove_header_routes();
         self.status.phase = Phase::RollingBack;
         self.status.rollback_reason = Some(reason);
         self.status.pause_reason = None;
@@ -1416,6 +1616,12 @@ impl Planner<'_> {
         // Traffic first, then the canary's pods, then stable's revision (after an abort during
         // promotion stable may be part-way to the canary's revision).
         self.set_weight(0);
+        if self.observed.router.granularity == Granularity::Replicas {
+            // Split by replicas, the canary's pods are its traffic: they go at once (the pods'
+            // own termination drains what they are serving).
+            let now = self.now_text();
+            self.status.canary_scale_down_at.get_or_insert(now);
+        }
         self.scale_canary_down_later();
         let stable = self.status.stable_revision.clone().unwrap_or_default();
         if !self.ensure_stable(&stable) {
@@ -1475,6 +1681,26 @@ impl Planner<'_> {
         self.actions.push(Action::SetWeight { weight });
     }
 
+    /// The weight in effect: the routing's, or, split by replicas, the canary's share of the
+    /// ready pods.
+    fn effective_weight(&self) -> Option<u8> {
+        match self.observed.router.granularity {
+            // As read (a weight this plan sets shows at the next reconcile, which its status
+            // write brings); unreadable now: as last observed.
+            Granularity::Exact => self.observed.route_weight.or(self.status.effective_weight),
+            Granularity::Replicas => {
+                let ready = |w: &Option<WorkloadState>| w.as_ref().map_or(0, |w| w.ready_replicas);
+                let canary = if self.status.canary_revision.is_some() {
+                    ready(&self.observed.canary)
+                } else {
+                    // After promotion the canary's pods (if any are left) run stable's revision.
+                    0
+                };
+                pod_share(canary, ready(&self.observed.stable))
+            }
+        }
+    }
+
     /// Sets a condition, keeping its transition time when its status did not change.
     fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
         let status_text = if status { "True" } else { "False" };
@@ -1503,7 +1729,8 @@ impl Planner<'_> {
         }
     }
 
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
+        self.status.effective_weight = self.effective_weight();
         Plan {
             actions: order_actions(self.actions),
             status: self.status,
@@ -1544,6 +1771,8 @@ fn order_actions(actions: Vec<Action>) -> Vec<Action> {
     }
 }
 
+#[cfg(test)]
+mod router_tests;
 #[cfg(test)]
 mod tests;
 

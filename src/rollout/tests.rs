@@ -14,7 +14,7 @@ use crate::api::canary::{CanarySpec, MeasurementStatus, Phase, Request, RequestA
 
 const T0: i64 = 1_800_000_000;
 
-fn t(seconds: i64) -> Timestamp {
+pub(super) fn t(seconds: i64) -> Timestamp {
     Timestamp::from_second(T0 + seconds).unwrap()
 }
 
@@ -47,7 +47,7 @@ fn target(revision: &str) -> TargetState {
     }
 }
 
-fn ready(revision: &str, replicas: i32) -> WorkloadState {
+pub(super) fn ready(revision: &str, replicas: i32) -> WorkloadState {
     WorkloadState {
         revision: Some(revision.into()),
         replicas,
@@ -74,6 +74,10 @@ fn observed(target_revision: &str) -> Observed {
         analysis: Ok(BTreeMap::new()),
         measurements: Vec::new(),
         route_weight: None,
+        router: crate::routing::Capabilities {
+            granularity: crate::routing::Granularity::Exact,
+            header_routes: true,
+        },
     }
 }
 

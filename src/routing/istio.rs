@@ -8,9 +8,120 @@
 //! if someone reorders or edits the routes meanwhile, the patch fails and is recomputed from a
 //! fresh read, instead of overwriting their change.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
-use crate::api::canary::{IstioRouting, SUBSET_LABEL};
+use super::{
+    Capabilities, Granularity, RouterError, RouterWrite, RoutingObject, Snapshot, TrafficRouter,
+    Workload,
+};
+use crate::api::canary::{HeaderRoute, IstioRouting, SUBSET_LABEL};
+
+/// The Istio router of one Canary.
+pub struct IstioRouter {
+    routing: IstioRouting,
+}
+
+impl IstioRouter {
+    pub fn new(routing: IstioRouting) -> Self {
+        Self { routing }
+    }
+
+    fn virtual_service(&self) -> RoutingObject {
+        RoutingObject::new(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            &self.routing.virtual_service.name,
+        )
+    }
+
+    fn destination_rule(&self) -> RoutingObject {
+        RoutingObject::new(
+            "networking.istio.io",
+            "v1",
+            "DestinationRule",
+            &self.routing.destination_rule.name,
+        )
+    }
+}
+
+fn patch_of(object: RoutingObject, patch: Option<Value>) -> Vec<RouterWrite> {
+    patch
+        .map(|patch| RouterWrite::Patch { object, patch })
+        .into_iter()
+        .collect()
+}
+
+impl From<IstioError> for RouterError {
+    fn from(e: IstioError) -> Self {
+        RouterError::Unusable(e.to_string())
+    }
+}
+
+impl TrafficRouter for IstioRouter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            granularity: Granularity::Exact,
+            header_routes: false,
+        }
+    }
+
+    fn objects(&self) -> Vec<RoutingObject> {
+        vec![self.virtual_service(), self.destination_rule()]
+    }
+
+    fn current_weight(&self, read: &Snapshot) -> Result<Option<u8>, RouterError> {
+        let vs = read.require(&self.virtual_service())?;
+        Ok(Some(current_weight(vs, &self.routing)?))
+    }
+
+    fn prepare(
+        &self,
+        read: &Snapshot,
+        _workload: &Workload,
+    ) -> Result<Vec<RouterWrite>, RouterError> {
+        let object = self.destination_rule();
+        let rule = read.require(&object)?;
+        Ok(patch_of(object, subsets_patch(rule, &self.routing)))
+    }
+
+    fn set_weight(&self, read: &Snapshot, weight: u8) -> Result<Vec<RouterWrite>, RouterError> {
+        let object = self.virtual_service();
+        let vs = read.require(&object)?;
+        Ok(patch_of(object, weight_patch(vs, &self.routing, weight)?))
+    }
+
+    fn set_header_routes(
+        &self,
+        _read: &Snapshot,
+        routes: &[HeaderRoute],
+    ) -> Result<Vec<RouterWrite>, RouterError> {
+        if routes.is_empty() {
+            return Ok(Vec::new());
+        }
+        Err(RouterError::Unusable(
+            "the Istio router does not serve header routes yet".into(),
+        ))
+    }
+
+    fn release(
+        &self,
+        read: &Snapshot,
+        target_labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<RouterWrite>, RouterError> {
+        let object = self.destination_rule();
+        let Some(rule) = read.get(&object) else {
+            return Ok(Vec::new());
+        };
+        let labels = json!(target_labels);
+        Ok(patch_of(
+            object,
+            subsets_release_patch(rule, &self.routing, &labels),
+        ))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IstioError {
