@@ -218,3 +218,49 @@ fn names_the_mistakes_of_compare_metrics() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 }
+
+#[test]
+fn explains_a_canary_with_two_routers_or_none_that_fits_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, spec: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: canary.dev/v1alpha1\nkind: Canary\nmetadata: {{name: web}}\nspec:\n  targetRef: {{name: web}}\n  service: {{port: 8080}}\n{spec}"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let header_step = "  steps:\n  - setHeaderRoute: {name: testers, match: [{headerName: canary, headerValue: {exact: 'true'}}]}\n  - setWeight: 10\n";
+    let cases = [
+        (
+            "two.yaml",
+            format!(
+                "  trafficRouting:\n    istio: {{virtualService: {{name: web}}, destinationRule: {{name: web}}}}\n    gatewayAPI: {{httpRoute: web, stableService: web-stable, canaryService: web-canary}}\n{header_step}"
+            ),
+            "trafficRouting names exactly one router: istio or gatewayAPI",
+        ),
+        (
+            "none.yaml",
+            format!("  trafficRouting: {{}}\n{header_step}"),
+            "trafficRouting names exactly one router",
+        ),
+        (
+            "replicas.yaml",
+            header_step.to_string(),
+            "spec.steps[0].setHeaderRoute: without spec.trafficRouting the traffic is split by replicas behind one Service, which cannot route by header",
+        ),
+    ];
+    for (file, spec, expected) in cases {
+        let output = canary(&["validate", write(file, &spec).to_str().unwrap()]);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(2), "{file}: {text}");
+        assert!(text.contains(expected), "{file}: {text}");
+    }
+    // No router, for plain weights, is valid.
+    let plain = write("plain.yaml", "  steps: [{setWeight: 10}]\n");
+    let output = canary(&["validate", plain.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}

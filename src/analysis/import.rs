@@ -154,8 +154,10 @@ fn check_canary(value: Value) -> Vec<Note> {
         Ok(spec) => {
             let router = crate::routing::capabilities_of(&spec);
             if let Some(problem) = crate::rollout::unsupported_by_router(&spec, router) {
-                let field = problem.split_once(':').map_or("spec.steps", |(f, _)| f);
-                notes.push(error(format!("spec.{field}"), problem.clone()));
+                let (field, message) = problem
+                    .split_once(": ")
+                    .unwrap_or(("steps", problem.as_str()));
+                notes.push(error(format!("spec.{field}"), message));
             }
         }
     }

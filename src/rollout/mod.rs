@@ -182,9 +182,15 @@ pub fn unsupported_by_router(spec: &CanarySpec, router: Capabilities) -> Option<
         .rollout_steps()
         .iter()
         .position(|s| matches!(s, RolloutStep::SetHeaderRoute(_)))?;
-    Some(format!(
-        "steps[{index}].setHeaderRoute: without spec.trafficRouting the traffic is split by replicas behind one Service, which cannot route by header; use trafficRouting.istio or trafficRouting.gatewayAPI, or remove the step"
-    ))
+    let why = match router.granularity {
+        Granularity::Replicas => {
+            "without spec.trafficRouting the traffic is split by replicas behind one Service, which cannot route by header; use trafficRouting.istio or trafficRouting.gatewayAPI, or remove the step"
+        }
+        Granularity::Exact => {
+            "the router of spec.trafficRouting cannot route by header; remove the step"
+        }
+    };
+    Some(format!("steps[{index}].setHeaderRoute: {why}"))
 }
 
 /// Whether [`plan`] can read `Observed::analysis`: while a rollout is under way, and in a
