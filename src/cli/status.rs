@@ -840,6 +840,39 @@ mod tests {
     }
 
     #[test]
+    fn the_weight_in_effect_is_shown_where_it_differs() {
+        let status = CanaryStatus {
+            phase: Phase::Paused,
+            canary_revision: Some("r2".into()),
+            canary_weight: 10,
+            effective_weight: Some(50),
+            header_routes: vec![
+                serde_json::from_value(serde_json::json!({"name": "testers", "match": [
+                    {"headerName": "canary", "headerValue": {"exact": "true"}},
+                ]}))
+                .unwrap(),
+            ],
+            ..Default::default()
+        };
+        let v = view(&canary(status.clone()), &[], at(0));
+        let text = render(&v);
+        assert!(text.contains("] 10% (50% in effect)"), "{text}");
+        assert!(
+            text.contains("header route testers (canary: true) to the canary"),
+            "{text}"
+        );
+        assert!(line(&v, at(0)).contains(" 10% (50% in effect)"));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["effectiveWeight"], 50);
+        let same = CanaryStatus {
+            effective_weight: Some(10),
+            ..status
+        };
+        let text = render(&view(&canary(same), &[], at(0)));
+        assert!(!text.contains("in effect"), "{text}");
+    }
+
+    #[test]
     fn weight_bars() {
         assert_eq!(weight_bar(0), "[░░░░░░░░░░░░░░░░░░░░] 0%");
         assert_eq!(weight_bar(100), "[████████████████████] 100%");
