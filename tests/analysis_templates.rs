@@ -756,6 +756,23 @@ async fn generic_http_template() {
     .await;
 }
 
+/// The template for a replica canary behind a plain Service reads the same app metrics by pod;
+/// the decoy pod of a look-alike Deployment (`<version>-admin-…`) must not count.
+#[tokio::test]
+async fn plain_service_template() {
+    exercise(System {
+        file: "plain-service.yaml",
+        emit: generic_http,
+        args: &[],
+        p99: Some(("0.233333", "2")),
+        mean: ("0.04", "0.4"),
+        p99_range: "[-Inf, 0.5]",
+        mean_range: "[-Inf, 0.25]",
+        idle_mean_reason: NAN,
+    })
+    .await;
+}
+
 /// The compare template judges each version against a healthy stable ("healthy") over
 /// [t0, t0+4m], reading raw counters at both ends of every interval: a healthy twin is never
 /// judged regressed and passes; ×10 errors and a slow body are Regressed (Failed) at once; a
@@ -957,7 +974,8 @@ fn every_template_is_exercised() {
             "ingress-nginx.yaml",
             "istio-compare.yaml",
             "istio.yaml",
-            "linkerd.yaml"
+            "linkerd.yaml",
+            "plain-service.yaml"
         ]
     );
     for file in &files {

@@ -180,6 +180,18 @@ fn missing_and_malformed_files_are_invalid_input() {
 }
 
 #[test]
+fn the_replica_canary_example_is_valid() {
+    let output = canary(&["validate", "deploy/examples/replica-canary.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("Canary order-service: ok"), "{text}");
+    assert!(
+        text.contains("AnalysisTemplate order-service-success-rate: ok"),
+        "{text}"
+    );
+}
+
+#[test]
 fn validates_a_whole_manifest_with_its_canary_and_skips_other_kinds() {
     let output = canary(&["validate", "deploy/examples/istio-canary.yaml"]);
     let text = stdout(&output);

@@ -46,20 +46,28 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn start(ns: &TestNamespace) -> Simulator {
+        Self::following(
+            ns,
+            &[
+                "--virtual-service",
+                "web",
+                "--reporters",
+                "destination",
+                // Each workload's series per pod, as Prometheus' Kubernetes discovery labels them.
+                "--pods-per-workload",
+                "3",
+            ],
+        )
+        .await
+    }
+
+    /// The simulator at 200 rps following what `follow` names (e.g. `--service NAME`).
+    pub async fn following(ns: &TestNamespace, follow: &[&str]) -> Simulator {
         let mut child = Command::new(workspace_binary("canary-traffic-simulator"))
             .arg("--kubeconfig")
             .arg(cluster().kubeconfig())
-            .args([
-                "--namespace",
-                &ns.name,
-                "--virtual-service",
-                "web",
-                "--rps",
-                "200",
-            ])
-            .args(["--reporters", "destination", "--seed", "7"])
-            // Each workload's series per pod, as Prometheus' Kubernetes discovery labels them.
-            .args(["--pods-per-workload", "3"])
+            .args(["--namespace", &ns.name, "--rps", "200", "--seed", "7"])
+            .args(follow)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

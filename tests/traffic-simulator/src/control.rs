@@ -19,12 +19,15 @@ use tokio::sync::watch;
 
 use crate::behaviour::{Behaviour, BehaviourChange, Behaviours};
 use crate::mesh::{Mesh, Source};
+use crate::pods::{PodTraffic, ReadyPod, ServiceRef};
 use crate::routing::{Destination, RouteRef, WorkloadNames};
 
 /// Everything the simulator is told at start.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub routes: Vec<RouteRef>,
+    /// Services whose ready pods share the requests equally (the split without a mesh).
+    pub services: Vec<ServiceRef>,
     pub names: WorkloadNames,
     pub requests_per_second: f64,
     pub period: Duration,
@@ -39,10 +42,14 @@ pub struct Settings {
 struct Simulation {
     registry: Registry,
     mesh: Mesh,
+    /// The requests sent to `services`, counted in the apps' own metrics by pod.
+    pods: PodTraffic,
     behaviours: Behaviours,
     requests_per_second: f64,
     /// Last weights read per route; kept when a read fails, as a mesh keeps its last config.
     weights: BTreeMap<String, Vec<Destination>>,
+    /// Last ready pods read per Service; kept when a read fails, as endpoints stay in place.
+    ready_pods: BTreeMap<String, Vec<ReadyPod>>,
     failed_reads: u64,
     last_read_error: Option<String>,
     ticks: u64,
@@ -70,12 +77,15 @@ pub async fn run(
         settings.seed,
     )
     .with_pods_per_workload(settings.pods_per_workload);
+    let pods = PodTraffic::new(&mut registry, settings.seed);
     let shared: Shared = Arc::new(Mutex::new(Simulation {
         registry,
         mesh,
+        pods,
         behaviours: Behaviours::new(settings.default_behaviour.clone()),
         requests_per_second: settings.requests_per_second,
         weights: BTreeMap::new(),
+        ready_pods: BTreeMap::new(),
         failed_reads: 0,
         last_read_error: None,
         ticks: 0,
@@ -113,6 +123,13 @@ pub async fn run(
                     .unwrap_or_else(|_| Err(format!("reading {route} timed out")));
             reads.push((route.to_string(), read));
         }
+        let mut pod_reads = Vec::with_capacity(settings.services.len());
+        for service in &settings.services {
+            let read = tokio::time::timeout(settings.period, service.ready_pods(client.clone()))
+                .await
+                .unwrap_or_else(|_| Err(format!("reading the ready pods of {service} timed out")));
+            pod_reads.push((service.to_string(), read));
+        }
         let mut guard = shared.lock().expect("simulation lock");
         let sim = &mut *guard;
         for (route, read) in reads {
@@ -129,6 +146,20 @@ pub async fn run(
                 }
             }
         }
+        for (service, read) in pod_reads {
+            match read {
+                Ok(pods) => {
+                    sim.ready_pods.insert(service, pods);
+                }
+                Err(e) => {
+                    if sim.last_read_error.as_ref() != Some(&e) {
+                        eprintln!("traffic-simulator: {e}; keeping the last ready pods");
+                    }
+                    sim.failed_reads += 1;
+                    sim.last_read_error = Some(e);
+                }
+            }
+        }
         sim.behaviours.apply_due(Instant::now());
         for destinations in sim.weights.values() {
             let behaviours = &sim.behaviours;
@@ -138,6 +169,13 @@ pub async fn run(
                 destinations,
                 |w| behaviours.of(w).clone(),
             );
+        }
+        for pods in sim.ready_pods.values() {
+            let behaviours = &sim.behaviours;
+            sim.pods
+                .simulate(sim.requests_per_second, settings.period, pods, |w| {
+                    behaviours.of(w).clone()
+                });
         }
         sim.ticks += 1;
     }
@@ -177,6 +215,8 @@ async fn state(State(shared): State<Shared>) -> Json<serde_json::Value> {
         "lastWeightReadError": sim.last_read_error,
         "behaviours": sim.behaviours.describe(now),
         "totals": sim.mesh.totals(),
+        "readyPods": sim.ready_pods,
+        "podTotals": sim.pods.totals(),
     }))
 }
 

@@ -9,13 +9,16 @@ use anyhow::Context;
 use canary_traffic_simulator::behaviour::Behaviour;
 use canary_traffic_simulator::control::{Settings, run};
 use canary_traffic_simulator::mesh::{Source, default_seed};
+use canary_traffic_simulator::pods::ServiceRef;
 use canary_traffic_simulator::routing::{RouteRef, WorkloadNames};
 use clap::Parser;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Simulates the requests an Istio mesh would route by the live weights of VirtualServices
-/// and HTTPRoutes, and exposes Istio's request metrics on /metrics. Test support only.
+/// and HTTPRoutes, and exposes Istio's request metrics on /metrics; or, for a Service without
+/// a mesh, spreads requests over its ready pods and exposes the apps' own metrics by pod.
+/// Test support only.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -31,11 +34,16 @@ struct Args {
     /// HTTPRoute to follow (its first rule); repeatable.
     #[arg(long = "http-route")]
     http_routes: Vec<String>,
+    /// Service to send requests to without a mesh: its ready pods (those its selector selects)
+    /// each get an equal share, counted in the apps' own metrics by pod; repeatable. A pod
+    /// answers with the behaviour of its Deployment (`PUT /workloads/<deployment>`).
+    #[arg(long = "service")]
+    services: Vec<String>,
     /// Name a destination's workload: SUBSET=WORKLOAD for a VirtualService subset, or
     /// BACKEND=WORKLOAD for an HTTPRoute backend (default `<host>-<subset>` / the backend name).
     #[arg(long = "workload", value_parser = parse_pair)]
     workloads: Vec<(String, String)>,
-    /// Requests per second sent through each followed route.
+    /// Requests per second sent through each followed route and to each followed Service.
     #[arg(long, default_value_t = 100.0)]
     rps: f64,
     /// Default share of failed requests of every workload.
@@ -103,9 +111,17 @@ async fn main() -> anyhow::Result<()> {
             name: name.clone(),
         }))
         .collect();
+    let services: Vec<ServiceRef> = args
+        .services
+        .iter()
+        .map(|name| ServiceRef {
+            namespace: args.namespace.clone(),
+            name: name.clone(),
+        })
+        .collect();
     anyhow::ensure!(
-        !routes.is_empty(),
-        "nothing to follow: give --virtual-service and/or --http-route"
+        !routes.is_empty() || !services.is_empty(),
+        "nothing to follow: give --virtual-service, --http-route and/or --service"
     );
     for reporter in &args.reporters {
         anyhow::ensure!(
@@ -115,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let settings = Settings {
         routes,
+        services,
         names: WorkloadNames {
             overrides: args.workloads.into_iter().collect(),
         },
