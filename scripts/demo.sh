@@ -1,14 +1,45 @@
 #!/usr/bin/env bash
 # A complete canary rollout on this machine: a real Kubernetes control plane (local, with fake
-# nodes), the service of deploy/examples/istio-canary.yaml behind an Istio VirtualService, a
-# test-only traffic simulator turning the live weights into Istio metrics, a real Prometheus
+# nodes), a service split by one of the three traffic routers, a test-only traffic simulator
+# turning the live split into the metrics a real data plane would report, a real Prometheus
 # scraping it, and `canary controller`. Then, as a CI job would:
-#   1. `canary run web --image app=web:2 --wait`  -> healthy, promoted (exit 0)
+#   1. `canary run <service> --image <container>=<image>:2 --wait`  -> healthy, promoted (exit 0)
 #   2. the next canary answers 30% of its requests with 503
-#      `canary run web --image app=web:3 --wait`  -> rolled back (exit 1)
+#      `canary run <service> --image <container>=<image>:3 --wait`  -> rolled back (exit 1)
+#
+#   scripts/demo.sh [--router istio|gateway-api|replicas]
+#     istio        deploy/examples/istio-canary.yaml: VirtualService weights over
+#                  DestinationRule subsets, Istio's metrics (the default)
+#     gateway-api  deploy/examples/gateway-api-canary.yaml: HTTPRoute backendRef weights
+#     replicas     deploy/examples/replica-canary.yaml: no mesh, one Service, the split is
+#                  the canary's share of the pods; the app's own metrics by pod
 # Installs what it needs; stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+router=istio
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --router) router="${2:-}"; shift 2 ;;
+        --router=*) router="${1#--router=}"; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+# Per router: the example, the Canary (and target) name, the container and its image, and what
+# the simulator follows.
+case "$router" in
+    istio)
+        example=deploy/examples/istio-canary.yaml service=web container=app image=web
+        follow=(--virtual-service web) ;;
+    gateway-api)
+        example=deploy/examples/gateway-api-canary.yaml service=web container=app image=web
+        follow=(--http-route web) ;;
+    replicas)
+        example=deploy/examples/replica-canary.yaml service=order-service
+        container=order-service image=order-service follow=(--service order-service) ;;
+    *) echo "--router must be istio, gateway-api or replicas, not '$router'" >&2; exit 2 ;;
+esac
 
 scripts/cluster deps
 scripts/cluster build
@@ -47,14 +78,14 @@ wait_for_url() {
     return 1
 }
 
-echo "== the service: Deployment web (web:1), DestinationRule, VirtualService, AnalysisTemplate, Canary"
+echo "== the service ($router router): $example"
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$namespace" >/dev/null
-"$canary" validate deploy/examples/istio-canary.yaml >/dev/null
-kubectl -n "$namespace" apply -f deploy/examples/istio-canary.yaml
+"$canary" validate "$example" >/dev/null
+kubectl -n "$namespace" apply -f "$example"
 
-echo "== traffic: 200 requests/s through the VirtualService, Istio metrics on /metrics"
-"$binaries/canary-traffic-simulator" --namespace "$namespace" --virtual-service web \
+echo "== traffic: 200 requests/s (${follow[*]}), metrics on /metrics"
+"$binaries/canary-traffic-simulator" --namespace "$namespace" "${follow[@]}" \
     --rps 200 --reporters destination >"$work/simulator.out" 2>"$work/simulator.log" &
 pids+=($!)
 for _ in $(seq 1 150); do grep -q "listening on" "$work/simulator.out" 2>/dev/null && break; sleep 0.2; done
@@ -81,26 +112,26 @@ controller_port=$(free_port)
     --listen "127.0.0.1:$controller_port" >"$work/controller.log" 2>&1 &
 pids+=($!)
 wait_for_url "http://127.0.0.1:$controller_port/readyz"
-"$canary" status web -n "$namespace" --watch --timeout 2m >/dev/null
-"$canary" status web -n "$namespace"
+"$canary" status "$service" -n "$namespace" --watch --timeout 2m >/dev/null
+"$canary" status "$service" -n "$namespace"
 
 echo
 echo "== 1. a healthy image, as CI would roll it out"
-echo "\$ canary run web --image app=web:2 --wait"
-"$canary" run web -n "$namespace" --image app=web:2 --wait
-"$canary" status web -n "$namespace"
+echo "\$ canary run $service --image $container=$image:2 --wait"
+"$canary" run "$service" -n "$namespace" --image "$container=$image:2" --wait
+"$canary" status "$service" -n "$namespace"
 
 echo
 echo "== 2. a bad image: its pods answer 30% of requests with 503"
-curl -fs -X PUT "http://$simulator/workloads/web-canary" \
+curl -fs -X PUT "http://$simulator/workloads/$service-canary" \
     -H 'content-type: application/json' -d '{"errorRate": 0.3}' >/dev/null
-echo "\$ canary run web --image app=web:3 --wait"
+echo "\$ canary run $service --image $container=$image:3 --wait"
 set +e
-"$canary" run web -n "$namespace" --image app=web:3 --wait
+"$canary" run "$service" -n "$namespace" --image "$container=$image:3" --wait
 code=$?
 set -e
 echo "(exit code $code: 1 means rolled back)"
-"$canary" status web -n "$namespace"
+"$canary" status "$service" -n "$namespace"
 [ "$code" -eq 1 ] || { echo "expected the bad image to be rolled back"; exit 1; }
 echo
-echo "demo complete: web:2 promoted, web:3 rolled back; stable serves all traffic"
+echo "demo complete ($router router): $image:2 promoted, $image:3 rolled back; stable serves all traffic"

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use canary::api::canary::{Phase, RollbackReason};
 
 /// Steps that stop at the seed's 10% until a human decides.
-fn hold_at_ten_percent(documents: &mut Vec<Value>) {
+fn hold_at_ten_percent(documents: &mut [Value]) {
     document(documents, "Canary")["spec"]["steps"] = json!([{"setWeight": 10}, {"pause": {}}]);
 }
 

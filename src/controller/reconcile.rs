@@ -15,7 +15,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Reco
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::liveness::RECONCILE_TIMEOUT;
 use super::measurements::{Finished, MeasurementKey};
@@ -83,6 +83,11 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     let now = Timestamp::now();
     if ctx.status_writes.is_stale(&namespace, &name, &status) {
         // Our last status write is not in the watch cache yet; its event brings it shortly.
+        debug!(
+            namespace,
+            canary = name,
+            "the cached copy predates our status write"
+        );
         return Ok(Some(STALE_COPY_RECHECK));
     }
 
@@ -90,7 +95,8 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
-        weight = plan.status.canary_weight, actions = ?plan.actions, "planned"
+        weight = plan.status.canary_weight, actions = ?plan.actions,
+        events = ?plan.events.iter().map(|e| e.reason).collect::<Vec<_>>(), "planned"
     );
 
     // The managed Deployments are built from the target as observe read it, and weights are
@@ -991,15 +997,25 @@ async fn write_status(
     Ok(stored.status.unwrap_or_default())
 }
 
+/// The event's `action`: its reason, made distinct per message. kube's `Recorder` merges
+/// events of the same reason and action into one series that keeps the first message; so two
+/// `WeightDrift`s about different Deployments would show one message twice. Events of the same
+/// reason and message still merge into a count.
+fn event_action(reason: &str, note: &str) -> String {
+    let hash = crate::workload::fnv1a64(note.as_bytes());
+    format!("{reason}-{:08x}", hash >> 32)
+}
+
 async fn publish(recorder: &Recorder, canary: &Canary, event: &rollout::Event) {
+    let note: String = event.message.chars().take(1000).collect();
     let kube_event = KubeEvent {
         type_: match event.kind {
             EventType::Normal => KubeEventType::Normal,
             EventType::Warning => KubeEventType::Warning,
         },
         reason: event.reason.to_string(),
-        note: Some(event.message.chars().take(1000).collect()),
-        action: event.reason.to_string(),
+        note: Some(note.clone()),
+        action: event_action(event.reason, &note),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&kube_event, &canary.object_ref(&())).await {

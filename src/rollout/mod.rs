@@ -1265,8 +1265,16 @@ impl Planner<'_> {
         if self.observed.canary.as_ref().map(|c| c.replicas) != Some(replicas) {
             self.status.canary_updated_at = Some(self.now_text());
         }
-        self.actions
-            .push(Action::EnsureCanary { revision, replicas });
+        let in_place = self.observed.canary.as_ref().is_some_and(|c| {
+            c.replicas == replicas && c.revision.as_deref() == Some(revision.as_str())
+        });
+        // Written only when it differs: a write of what is already there would also undo a
+        // change made since it was read (a hand scale-up) before any reconcile saw and
+        // reported it.
+        if !in_place {
+            self.actions
+                .push(Action::EnsureCanary { revision, replicas });
+        }
         replicas
     }
 

@@ -70,15 +70,12 @@ pub struct ReplicaWorld {
 /// The example applied (after `edit`, which may change its documents: `|_| {}` for as
 /// written) in a new namespace, traffic flowing to the Service's ready pods and scraped, the
 /// controller running and the Canary Idle.
-pub async fn replica_world(prefix: &str, edit: impl FnOnce(&mut Vec<Value>)) -> ReplicaWorld {
+pub async fn replica_world(prefix: &str, edit: impl FnOnce(&mut [Value])) -> ReplicaWorld {
     replica_world_in(cluster().namespace(prefix).await, edit).await
 }
 
 /// [`replica_world`] in a namespace the test made itself.
-pub async fn replica_world_in(
-    ns: TestNamespace,
-    edit: impl FnOnce(&mut Vec<Value>),
-) -> ReplicaWorld {
+pub async fn replica_world_in(ns: TestNamespace, edit: impl FnOnce(&mut [Value])) -> ReplicaWorld {
     let mut documents = example_documents();
     edit(&mut documents);
     apply_documents(&ns, &documents).await;
