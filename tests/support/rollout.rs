@@ -45,20 +45,18 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// Following the VirtualService `web`.
     pub async fn start(ns: &TestNamespace) -> Simulator {
-        Self::following(
-            ns,
-            &[
-                "--virtual-service",
-                "web",
-                "--reporters",
-                "destination",
-                // Each workload's series per pod, as Prometheus' Kubernetes discovery labels them.
-                "--pods-per-workload",
-                "3",
-            ],
-        )
-        .await
+        Self::start_following(ns, &["--virtual-service", "web"]).await
+    }
+
+    /// Following the routes `routes` names (the simulator's `--virtual-service NAME` and
+    /// `--http-route NAME` arguments), reporting as a mesh's destination sidecars.
+    pub async fn start_following(ns: &TestNamespace, routes: &[&str]) -> Simulator {
+        let mut follow = routes.to_vec();
+        // Each workload's series per pod, as Prometheus' Kubernetes discovery labels them.
+        follow.extend(["--reporters", "destination", "--pods-per-workload", "3"]);
+        Self::following(ns, &follow).await
     }
 
     /// The simulator at 200 rps following what `follow` names (e.g. `--service NAME`).
@@ -430,24 +428,7 @@ pub async fn set_up(ns: &TestNamespace, image: &str) {
         }),
     )
     .await;
-    create::<canary::api::AnalysisTemplate>(&ns.api(), json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
-        "metadata": {"name": "success-rate"},
-        "spec": {"metrics": [{
-            "name": "success-rate",
-            "interval": "2s",
-            // The canary's series appear with its first traffic; a 5 s rate needs two scrapes.
-            "initialDelay": "6s",
-            "count": 3,
-            // A loaded machine may scrape late: tolerate no data at warm-up, never a failure.
-            "inconclusiveLimit": 2,
-            "successCondition": "result[0] >= 0.95",
-            "provider": {"prometheus": {"query": concat!(
-                "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code!~\"5..\"}[5s]))",
-                " / sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}[5s]))"
-            )}},
-        }]},
-    })).await;
+    create_success_rate_template(ns, "success-rate", Some(3)).await;
     create::<Canary>(
         &ns.api(),
         json!({
@@ -472,6 +453,29 @@ pub async fn set_up(ns: &TestNamespace, image: &str) {
         }),
     )
     .await;
+}
+
+/// An AnalysisTemplate `name` judging the canary's success rate from Istio's metrics, measured
+/// every 2 s, `count` times (`None`: until the rollout ends).
+pub async fn create_success_rate_template(ns: &TestNamespace, name: &str, count: Option<u32>) {
+    create::<canary::api::AnalysisTemplate>(&ns.api(), json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": name},
+        "spec": {"metrics": [{
+            "name": "success-rate",
+            "interval": "2s",
+            // The canary's series appear with its first traffic; a 5 s rate needs two scrapes.
+            "initialDelay": "6s",
+            "count": count,
+            // A loaded machine may scrape late: tolerate no data at warm-up, never a failure.
+            "inconclusiveLimit": 2,
+            "successCondition": "result[0] >= 0.95",
+            "provider": {"prometheus": {"query": concat!(
+                "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\",response_code!~\"5..\"}[5s]))",
+                " / sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace=\"{{namespace}}\",destination_workload=\"{{workload}}\"}[5s]))"
+            )}},
+        }]},
+    })).await;
 }
 
 pub async fn set_image(ns: &TestNamespace, image: &str) {
@@ -522,12 +526,22 @@ pub async fn follow_until(
     phase: Phase,
     timeout: Duration,
 ) -> (Canary, Vec<String>) {
+    follow_canary_until(ns, "web", phase, timeout).await
+}
+
+/// [`follow_until`] for the Canary `name`.
+pub async fn follow_canary_until(
+    ns: &TestNamespace,
+    name: &str,
+    phase: Phase,
+    timeout: Duration,
+) -> (Canary, Vec<String>) {
     let api: Api<Canary> = ns.api();
     let started = Instant::now();
     let mut timeline = Vec::new();
     let mut last = String::new();
     loop {
-        let canary = api.get("web").await.expect("reading the Canary");
+        let canary = api.get(name).await.expect("reading the Canary");
         let status = canary.status.clone().unwrap_or_default();
         let line = format!(
             "{:?} weight={} step={} {}",

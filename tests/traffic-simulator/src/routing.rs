@@ -1,5 +1,6 @@
-//! Reads the live traffic split from the router objects a mesh would obey: the first HTTP
-//! route of an Istio VirtualService, or the first rule of a Gateway API HTTPRoute.
+//! Reads the live traffic split from the router objects a mesh would obey: the HTTP route of an
+//! Istio VirtualService that its simulated requests take (see [`simulated_route`]), or the
+//! first rule of a Gateway API HTTPRoute.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,6 +122,29 @@ fn weight(value: Option<&Value>, default: u32) -> Result<u32, String> {
     }
 }
 
+/// The HTTP route Istio would pick for the simulated requests: the first whose match admits
+/// them (routes are tried in order, first match wins). The simulated requests carry no
+/// particular headers or query parameters, so a match block that tests headers or query
+/// parameters does not admit them (e.g. a testers' route on `canary: "true"` above the
+/// weighted route); a route without `match`, or with a block of only other conditions (URI,
+/// method, …: the simulator does not model paths), does.
+pub fn simulated_route(spec: &Value) -> Result<(usize, &Value), String> {
+    let admits =
+        |block: &Value| block.get("headers").is_none() && block.get("queryParams").is_none();
+    spec.get("http")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .find(
+            |(_, route)| match route.get("match").and_then(Value::as_array) {
+                None => true,
+                Some(blocks) => blocks.is_empty() || blocks.iter().any(admits),
+            },
+        )
+        .ok_or_else(|| "no spec.http route that requests without headers take".to_string())
+}
+
 /// Istio semantics: one destination without a weight takes all traffic; otherwise a missing
 /// weight counts as 0.
 pub fn virtual_service_destinations(
@@ -128,10 +152,11 @@ pub fn virtual_service_destinations(
     namespace: &str,
     names: &WorkloadNames,
 ) -> Result<Vec<Destination>, String> {
-    let routes = spec
-        .pointer("/http/0/route")
+    let (index, route) = simulated_route(spec)?;
+    let routes = route
+        .get("route")
         .and_then(Value::as_array)
-        .ok_or("no spec.http[0].route")?;
+        .ok_or_else(|| format!("no spec.http[{index}].route"))?;
     let single = routes.len() == 1;
     routes
         .iter()
@@ -225,6 +250,65 @@ mod tests {
         assert_eq!(
             (d[0].workload.as_str(), d[0].weight, d[0].service.as_str()),
             ("web", 100, "web.other.svc.cluster.local")
+        );
+    }
+
+    #[test]
+    fn requests_without_headers_take_the_first_route_that_admits_them() {
+        let names = WorkloadNames::default();
+        let split = |stable: u32, canary: u32| {
+            json!([
+                {"destination": {"host": "api-server", "subset": "stable"}, "weight": stable},
+                {"destination": {"host": "api-server", "subset": "canary"}, "weight": canary},
+            ])
+        };
+        let testers = json!({"match": [{"headers": {"canary": {"exact": "true"}}}],
+            "route": [{"destination": {"host": "api-server", "subset": "canary"}, "weight": 100}]});
+        let by_query = json!({"match": [{"queryParams": {"canary": {"exact": "1"}}}],
+            "route": [{"destination": {"host": "api-server", "subset": "canary"}}]});
+        let by_uri = json!({"match": [{"uri": {"prefix": "/"}}], "route": split(70, 30)});
+        let cases = [
+            (
+                "the design's seed: header route, then the weighted route",
+                json!({"http": [testers.clone(), {"route": split(90, 10)}]}),
+                (90, 10),
+            ),
+            (
+                "header and query routes skipped",
+                json!({"http": [testers.clone(), by_query, {"route": split(80, 20)}]}),
+                (80, 20),
+            ),
+            (
+                "a URI match admits them (paths are not simulated)",
+                json!({"http": [testers.clone(), by_uri, {"route": split(10, 90)}]}),
+                (70, 30),
+            ),
+            (
+                "one block of several without headers admits them",
+                json!({"http": [{"match": [{"headers": {"a": {"exact": "b"}}}, {"uri": {"prefix": "/"}}], "route": split(60, 40)}]}),
+                (60, 40),
+            ),
+            (
+                "a lone weighted route, as before",
+                json!({"http": [{"name": "primary", "route": split(100, 0)}]}),
+                (100, 0),
+            ),
+        ];
+        for (case, spec, (stable, canary)) in cases {
+            let d = virtual_service_destinations(&spec, "shop", &names).unwrap();
+            let weights: Vec<(&str, u32)> =
+                d.iter().map(|d| (d.workload.as_str(), d.weight)).collect();
+            assert_eq!(
+                weights,
+                [("api-server-stable", stable), ("api-server-canary", canary)],
+                "{case}"
+            );
+        }
+        let only_headers = json!({"http": [testers]});
+        let err = virtual_service_destinations(&only_headers, "shop", &names).unwrap_err();
+        assert!(
+            err.contains("no spec.http route that requests without headers take"),
+            "{err}"
         );
     }
 
