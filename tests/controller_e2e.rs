@@ -374,6 +374,66 @@ async fn invalid_canaries_are_rejected_or_touch_no_traffic() {
     follow_until(&world.ns, Phase::Progressing, Duration::from_secs(20)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_object_that_cannot_carry_the_split_is_said_in_status_until_fixed() {
+    let world = world("unroutable").await;
+    let api: Api<Canary> = world.ns.api();
+    let ready = |c: &Canary| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"trafficRouting": {"istio": {"virtualService": {"name": "missing"}}}}}),
+    )
+    .await;
+    let canary = wait_for(
+        &api,
+        "web",
+        "Ready=False CannotApply",
+        Duration::from_secs(30),
+        |c| ready(c).is_some_and(|r| r.status == "False" && r.reason == "CannotApply"),
+    )
+    .await;
+    let condition = ready(&canary).unwrap();
+    assert!(
+        condition
+            .message
+            .contains("VirtualService missing does not exist"),
+        "{condition:?}"
+    );
+    assert_eq!(
+        canary.status.unwrap().message.as_deref(),
+        Some(condition.message.as_str())
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = world.ns.api();
+    eventually("a CannotApply event", Duration::from_secs(10), || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CannotApply"))
+    })
+    .await;
+    // Fixed: the condition says so at the next reconcile.
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"trafficRouting": {"istio": {"virtualService": {"name": "web"}}}}}),
+    )
+    .await;
+    wait_for(
+        &api,
+        "web",
+        "Ready=True again",
+        Duration::from_secs(30),
+        |c| ready(c).is_some_and(|r| r.status == "True"),
+    )
+    .await;
+}
+
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
         .await

@@ -91,7 +91,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         return Ok(Some(STALE_COPY_RECHECK));
     }
 
-    let (observed, read) = observe(canary, &status, ctx, now).await?;
+    let (observed, mut read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
@@ -103,11 +103,28 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     // patched over the routing objects it read (the patches' test operations refuse them if
     // they changed since).
     for action in &plan.actions {
-        apply_action(canary, &read, action, ctx).await?;
+        if let Err(error) = apply_action(canary, &mut read, action, ctx).await {
+            if let Error::Invalid(problem) = &error {
+                report_unappliable(canary, &status, problem, now, ctx).await;
+            }
+            return Err(error);
+        }
+    }
+    let mut planned = plan.status.clone();
+    // Every action applied: a problem reported by `report_unappliable` is over.
+    if let Some(ready) = planned
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == "Ready" && c.reason == "CannotApply")
+    {
+        ready.status = "True".into();
+        ready.reason = "Ready".into();
+        ready.message = "the spec is valid".into();
+        ready.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
     }
     let mut stored_status = status.clone();
-    if plan.status != status {
-        let stored = write_status(canary, &plan.status, ctx).await?;
+    if planned != status {
+        let stored = write_status(canary, &planned, ctx).await?;
         stored_status = stored.clone();
         if stored == status {
             // The API server kept nothing of the change (an installed CRD older than the
@@ -139,6 +156,60 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     Ok(Some(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
 }
 
+/// An action that cannot be applied as the spec stands (a routing object that cannot carry
+/// the split, a missing template): said in status (`Ready=False`, reason `CannotApply`) and
+/// by a Warning event, once per problem. The status is the one read, nothing else in it
+/// changed: the plan's own status would claim what was not done. Retried like any failure.
+async fn report_unappliable(
+    canary: &Canary,
+    status: &CanaryStatus,
+    problem: &str,
+    now: Timestamp,
+    ctx: &Context,
+) {
+    let reported_before = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == "CannotApply" && c.message == problem);
+    if reported_before {
+        return;
+    }
+    let mut reported = status.clone();
+    reported.message = Some(problem.to_string());
+    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: "CannotApply".into(),
+        message: problem.to_string(),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+        observed_generation: canary.metadata.generation,
+    };
+    match reported.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        Some(ready) if ready.status == "False" => {
+            ready.reason = condition.reason;
+            ready.message = condition.message;
+        }
+        Some(ready) => *ready = condition,
+        None => reported.conditions.push(condition),
+    }
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    match write_status(canary, &reported, ctx).await {
+        Ok(_) => ctx
+            .status_writes
+            .written_over(&namespace, &name, status.clone()),
+        Err(e) => {
+            warn!(namespace, canary = name, error = %e, "could not report a problem in status")
+        }
+    }
+    let event = rollout::Event {
+        kind: EventType::Warning,
+        reason: "CannotApply",
+        message: problem.to_string(),
+    };
+    publish(&ctx.recorder, canary, &event).await;
+}
+
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
 /// without a moment without endpoints: all traffic to stable; the target gets its replicas
 /// back; once they are ready the router hands its objects back (e.g. both DestinationRule
@@ -160,7 +231,7 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
         let writes = router
             .set_weight(&read, 0)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        apply_writes(canary, ctx, &namespace, writes).await
+        apply_writes(canary, ctx, &namespace, writes, &mut Snapshot::default()).await
     };
     if let Err(e) = reset.await {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
@@ -200,7 +271,7 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
         let writes = router
             .release(&read, &labels)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        apply_writes(canary, ctx, &namespace, writes).await?;
+        apply_writes(canary, ctx, &namespace, writes, &mut Snapshot::default()).await?;
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
@@ -708,7 +779,7 @@ async fn fetch_secrets(
 
 async fn apply_action(
     canary: &Canary,
-    read: &Read,
+    read: &mut Read,
     action: &Action,
     ctx: &Context,
 ) -> Result<(), Error> {
@@ -759,14 +830,14 @@ async fn apply_action(
             let invalid = |e: routing::RouterError| Error::Invalid(e.to_string());
             let mut writes = router.prepare(&read.routing, &workload).map_err(invalid)?;
             writes.extend(router.set_weight(&read.routing, *weight).map_err(invalid)?);
-            apply_writes(canary, ctx, &namespace, writes).await
+            apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await
         }
         Action::SetHeaderRoutes { routes } => {
             let router = routing::router_for(&canary.spec);
             let writes = router
                 .set_header_routes(&read.routing, routes)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
-            apply_writes(canary, ctx, &namespace, writes).await
+            apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await
         }
         Action::ScaleTargetToZero => {
             deployments
@@ -879,18 +950,21 @@ async fn read_routing(
     Ok(snapshot)
 }
 
-/// Applies a router's writes, in order.
+/// Applies a router's writes, in order, and puts each object as the API server answered
+/// into `read`: a later write of the same reconcile (a weight after a header route) is
+/// computed over the object as it now is, so its guards hold.
 async fn apply_writes(
     canary: &Canary,
     ctx: &Context,
     namespace: &str,
     writes: Vec<RouterWrite>,
+    read: &mut Snapshot,
 ) -> Result<(), Error> {
     for write in writes {
         let object: &RoutingObject = write.object();
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
-        match &write {
+        let written = match &write {
             RouterWrite::Patch { patch, .. } => {
                 json_patch(&api, &object.name, patch.clone()).await?
             }
@@ -905,9 +979,10 @@ async fn apply_writes(
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(body),
                 )
-                .await?;
+                .await?
             }
-        }
+        };
+        read.insert(object.clone(), serde_json::to_value(&written)?);
     }
     Ok(())
 }
@@ -916,18 +991,18 @@ async fn json_patch(
     api: &Api<DynamicObject>,
     name: &str,
     patch: serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<DynamicObject, Error> {
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
-    api.patch(
-        name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        },
-        &Patch::<()>::Json(patch),
-    )
-    .await?;
-    Ok(())
+    Ok(api
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::<()>::Json(patch),
+        )
+        .await?)
 }
 
 /// Removes the request annotations that `stored` (the status as the API server holds it)
