@@ -22,5 +22,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== the README's main job: scripts/demo.sh"
-bash scripts/demo.sh
+# The README's main job, with each router.
+for router in istio gateway-api replicas; do
+    echo "== the README's main job: scripts/demo.sh --router $router"
+    bash scripts/demo.sh --router "$router"
+done
