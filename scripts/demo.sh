@@ -50,7 +50,16 @@ work=$(mktemp -d -t canary-demo-XXXXXX)
 pids=()
 started_cluster=""
 namespace=demo
+# A Canary's finalizer hands the service back; without a controller left to run it, a
+# namespace being deleted would wait for ever. Leftovers of an interrupted run are let go.
+release_canaries() {
+    kubectl -n "$namespace" get canaries -o name 2>/dev/null | while read -r canary; do
+        kubectl -n "$namespace" patch "$canary" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+    done
+}
 cleanup() {
+    # While the controller runs, deleting the Canary hands the service back properly.
+    kubectl -n "$namespace" delete canaries --all --timeout=30s >/dev/null 2>&1 || release_canaries
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ -n "$started_cluster" ]; then
@@ -79,6 +88,7 @@ wait_for_url() {
 }
 
 echo "== the service ($router router): $example"
+release_canaries
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 "$canary" validate "$example" >/dev/null
