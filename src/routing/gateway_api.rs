@@ -331,7 +331,7 @@ fn header_matches(object: &RoutingObject, route: &HeaderRoute) -> Result<Vec<Val
         .map(|HeaderMatch { header_name, header_value }| {
             let (kind, value) = match (&header_value.exact, &header_value.prefix, &header_value.regex) {
                 (Some(exact), _, _) => ("Exact", exact.clone()),
-                (None, Some(prefix), _) => ("RegularExpression", format!("^{}.*", regex::escape(prefix))),
+                (None, Some(prefix), _) => ("RegularExpression", format!("^{}.*", re2_escape(prefix))),
                 (None, None, Some(regex)) => ("RegularExpression", regex.clone()),
                 (None, None, None) => {
                     return Err(RouterError::Unusable(format!(
@@ -350,6 +350,19 @@ fn header_matches(object: &RoutingObject, route: &HeaderRoute) -> Result<Vec<Val
             Ok(json!({"type": kind, "name": header_name, "value": value}))
         })
         .collect()
+}
+
+/// `text` as an RE2 regular expression that matches exactly it (RE2 reads a backslash before
+/// any punctuation as that character).
+fn re2_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// `matched` with `headers` added to its header matches (one of the same name, compared
@@ -1275,6 +1288,30 @@ mod tests {
             released,
         );
         assert_eq!(router.release(&done, &target), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn prefixes_become_anchored_regular_expressions_of_the_literal_text() {
+        let cases = [
+            ("beta", "^beta.*"),
+            ("v1.2+", "^v1\\.2\\+.*"),
+            (
+                "a(b)|[c]{d}^$*?\\",
+                "^a\\(b\\)\\|\\[c\\]\\{d\\}\\^\\$\\*\\?\\\\.*",
+            ),
+        ];
+        for (prefix, expected) in cases {
+            let route = header_route("p", &[("x", "prefix", prefix)]);
+            let object = RoutingObject::new(GROUP, "v1", "HTTPRoute", "web");
+            let matches = header_matches(&object, &route).unwrap();
+            assert_eq!(matches[0]["value"], json!(expected), "{prefix}");
+            // The same text is matched literally by a regular expression engine.
+            let re = regex::Regex::new(expected).unwrap();
+            assert!(
+                re.is_match(&format!("{prefix}tail")) && !re.is_match(&format!("x{prefix}")),
+                "{prefix}"
+            );
+        }
     }
 
     #[test]
