@@ -483,9 +483,9 @@ fn envoy(om: &mut OpenMetrics, version: &str, t: Timestamp, x: &Totals) {
     envoy_cluster(om, &format!("{NAMESPACE}_{version}_80"), t, x);
 }
 
-/// Envoy Gateway, each backendRef its own cluster: the version as the canary backend (index
-/// 1) of route `<version>`'s split rule, beside a busy, fast and faultless stable backend
-/// (index 0) that a query must not mix in.
+/// Envoy Gateway, each backendRef its own cluster: the version as the canary backend (the
+/// second, `backend/1`) of route `<version>`'s split rule, beside a busy, fast and faultless
+/// stable backend (`backend/0`) that a query must not mix in.
 fn envoy_gateway(om: &mut OpenMetrics, version: &str, t: Timestamp, x: &Totals) {
     let rule = format!("httproute/{NAMESPACE}/{version}/rule/0");
     envoy_cluster(om, &format!("{rule}/backend/1"), t, x);
