@@ -43,12 +43,27 @@ fn routes(ns: &TestNamespace) -> Api<DynamicObject> {
     ns.dynamic(GATEWAY, "HTTPRoute")
 }
 
+fn grpc_routes(ns: &TestNamespace) -> Api<DynamicObject> {
+    ns.dynamic(GATEWAY, "GRPCRoute")
+}
+
+async fn grpc_rules(ns: &TestNamespace) -> Vec<Value> {
+    let route = grpc_routes(ns)
+        .get("web-grpc")
+        .await
+        .expect("reading GRPCRoute web-grpc");
+    route.data["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The service `web` behind the HTTPRoute `web`: its Deployment (2 replicas of web:1), the
 /// user's Services `web-stable`/`web-canary` (one version's pods each), the route (a split
 /// rule, then a rule only to stable that the controller must leave alone), an
 /// AnalysisTemplate judging the canary from Envoy's cluster statistics, and a Canary with
-/// `steps`.
-async fn set_up(ns: &TestNamespace, steps: Value) {
+/// `steps`; with `grpc`, also the GRPCRoute `web-grpc` splitting one gRPC service.
+async fn set_up(ns: &TestNamespace, steps: Value, grpc: bool) {
     create::<Deployment>(
         &ns.api(),
         json!({
@@ -100,6 +115,27 @@ async fn set_up(ns: &TestNamespace, steps: Value) {
         }),
     )
     .await;
+    if grpc {
+        create::<DynamicObject>(
+            &grpc_routes(ns),
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+                "metadata": {"name": "web-grpc"},
+                "spec": {
+                    "parentRefs": [{"name": "gw"}],
+                    "rules": [{
+                        "matches": [{"method": {"service": "shop.Cart"}}],
+                        "backendRefs": [
+                            {"name": "web-stable", "port": 8080, "weight": 100},
+                            {"name": "web-canary", "port": 8080, "weight": 0},
+                        ],
+                    }],
+                },
+            }),
+        )
+        .await;
+    }
+    let grpc_routes: Vec<&str> = if grpc { vec!["web-grpc"] } else { vec![] };
     create::<canary::api::AnalysisTemplate>(&ns.api(), json!({
         "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
         "metadata": {"name": "success-rate"},
@@ -132,6 +168,7 @@ async fn set_up(ns: &TestNamespace, steps: Value) {
                     "httpRoute": "web",
                     "stableService": "web-stable",
                     "canaryService": "web-canary",
+                    "grpcRoutes": grpc_routes,
                 }},
                 "steps": steps,
                 "progressDeadlineSeconds": 60,
@@ -180,8 +217,12 @@ async fn start(ns: TestNamespace, rules: Vec<Value>) -> World {
 }
 
 async fn world(prefix: &str, steps: Value) -> World {
+    world_with(prefix, steps, false).await
+}
+
+async fn world_with(prefix: &str, steps: Value, grpc: bool) -> World {
     let ns = cluster().namespace(prefix).await;
-    set_up(&ns, steps).await;
+    set_up(&ns, steps, grpc).await;
     let rules = route_rules(&ns).await;
     start(ns, rules).await
 }
@@ -305,6 +346,7 @@ async fn a_bad_canary_is_rolled_back_by_analysis_of_envoys_statistics() {
     canary_scaled_to_zero(&world.ns).await;
 }
 
+/// With a GRPCRoute beside the HTTPRoute: the same weights and header route in both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_puts_all_traffic_on_stable_and_removes_the_header_route_within_seconds() {
     let steps = json!([
@@ -312,7 +354,8 @@ async fn abort_puts_all_traffic_on_stable_and_removes_the_header_route_within_se
         {"setHeaderRoute": {"name": "testers", "match": [{"headerName": "x-canary", "headerValue": {"prefix": "al"}}]}},
         {"pause": {}},
     ]);
-    let world = world("gw-abort", steps).await;
+    let world = world_with("gw-abort", steps, true).await;
+    let grpc_before = grpc_rules(&world.ns).await;
     set_image(&world.ns, "web:2").await;
     at_weight(&world.ns, 20).await;
     let rule = eventually("the testers' header rule", ROLLOUT_TIMEOUT, || {
@@ -324,6 +367,17 @@ async fn abort_puts_all_traffic_on_stable_and_removes_the_header_route_within_se
         json!([{"type": "RegularExpression", "name": "x-canary", "value": "^al.*"}])
     );
     follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
+    // The GRPCRoute: its rule at 80/20, and the header route's copy of it (method kept).
+    let grpc = grpc_rules(&world.ns).await;
+    assert_eq!(grpc.len(), 2, "{grpc:?}");
+    assert_eq!(grpc[0]["backendRefs"][0]["weight"], 80);
+    assert_eq!(grpc[0]["backendRefs"][1]["weight"], 20);
+    assert_eq!(grpc[1]["name"], TESTERS_RULE);
+    assert_eq!(
+        grpc[1]["matches"],
+        json!([{"method": grpc_before[0]["matches"][0]["method"].clone(),
+                "headers": [{"type": "RegularExpression", "name": "x-canary", "value": "^al.*"}]}])
+    );
     let asked = Instant::now();
     request(&world.ns, "abort", "gw-e2e-1").await;
     eventually(
@@ -343,6 +397,11 @@ async fn abort_puts_all_traffic_on_stable_and_removes_the_header_route_within_se
     let request = canary.status.unwrap().last_request.unwrap();
     assert!(request.accepted && request.id == "gw-e2e-1", "{request:?}");
     assert_users_rules_with_weights(&world, 100, 0).await;
+    assert_eq!(
+        grpc_rules(&world.ns).await,
+        grpc_before,
+        "the GRPCRoute as written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
