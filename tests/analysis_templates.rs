@@ -480,8 +480,28 @@ fn istio(om: &mut OpenMetrics, version: &str, t: Timestamp, x: &Totals) {
 }
 
 fn envoy(om: &mut OpenMetrics, version: &str, t: Timestamp, x: &Totals) {
-    let cluster = format!("{NAMESPACE}_{version}_80");
-    let base = [("envoy_cluster_name", cluster.as_str())];
+    envoy_cluster(om, &format!("{NAMESPACE}_{version}_80"), t, x);
+}
+
+/// Envoy Gateway, each backendRef its own cluster: the version as the canary backend (the
+/// second, `backend/1`) of route `<version>`'s split rule, beside a busy, fast and faultless
+/// stable backend (`backend/0`) that a query must not mix in.
+fn envoy_gateway(om: &mut OpenMetrics, version: &str, t: Timestamp, x: &Totals) {
+    let rule = format!("httproute/{NAMESPACE}/{version}/rule/0");
+    envoy_cluster(om, &format!("{rule}/backend/1"), t, x);
+    let stable = Totals {
+        requests: x.requests * 10.0,
+        errors: 0.0,
+        buckets: [x.requests * 10.0; 7],
+        sum_seconds: x.requests * 10.0 * 0.001,
+        mean_seconds: 0.001,
+    };
+    envoy_cluster(om, &format!("{rule}/backend/0"), t, &stable);
+}
+
+/// One Envoy cluster's upstream statistics, as Envoy's `/stats/prometheus` names them.
+fn envoy_cluster(om: &mut OpenMetrics, cluster: &str, t: Timestamp, x: &Totals) {
+    let base = [("envoy_cluster_name", cluster)];
     // Envoy exposes its counters without a `_total` suffix.
     for (class, code, value) in [("2", "200", x.successes()), ("5", "503", x.errors)] {
         om.sample(
@@ -686,6 +706,21 @@ async fn envoy_gateway_api_template() {
         file: "envoy-gateway-api.yaml",
         emit: envoy,
         args: &[("cluster", "shop_{version}_80")],
+        p99: Some(("233.333333", "2000")),
+        mean: ("40", "400"),
+        p99_range: "[-Inf, 500]",
+        mean_range: "[-Inf, 250]",
+        idle_mean_reason: NAN,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn envoy_gateway_api_template_on_envoy_gateways_per_backend_clusters() {
+    exercise(System {
+        file: "envoy-gateway-api.yaml",
+        emit: envoy_gateway,
+        args: &[("cluster", "httproute/shop/{version}/rule/0/backend/1")],
         p99: Some(("233.333333", "2000")),
         mean: ("40", "400"),
         p99_range: "[-Inf, 500]",

@@ -192,6 +192,15 @@ fn the_replica_canary_example_is_valid() {
 }
 
 #[test]
+fn the_gateway_api_example_is_valid() {
+    let output = canary(&["validate", "deploy/examples/gateway-api-canary.yaml"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("Canary web: ok"), "{text}");
+    assert!(text.contains("AnalysisTemplate success-rate: ok"), "{text}");
+}
+
+#[test]
 fn validates_a_whole_manifest_with_its_canary_and_skips_other_kinds() {
     let output = canary(&["validate", "deploy/examples/istio-canary.yaml"]);
     let text = stdout(&output);

@@ -48,6 +48,11 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("list", "replicasets.apps"),
         ("patch", "virtualservices.networking.istio.io"),
         ("get", "destinationrules.networking.istio.io"),
+        ("patch", "httproutes.gateway.networking.k8s.io"),
+        ("get", "grpcroutes.gateway.networking.k8s.io"),
+        ("get", "services"),
+        ("create", "services"),
+        ("patch", "services"),
         ("get", "secrets"),
         ("create", "events.events.k8s.io"),
     ];
@@ -84,6 +89,9 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("get", "canaries.canary.dev"),
         ("create", "pods"),
         ("update", "virtualservices.networking.istio.io"),
+        ("update", "httproutes.gateway.networking.k8s.io"),
+        ("list", "services"),
+        ("delete", "services"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
     ];
     for (verb, resource) in denied {

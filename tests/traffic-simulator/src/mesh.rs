@@ -1,14 +1,20 @@
 //! The simulated data plane: each second, requests at the configured rate are split by the
 //! routers' weights, answered per workload behaviour, and counted in Istio's standard metrics
-//! (`istio_requests_total`, `istio_request_duration_milliseconds`) with Istio's label names.
+//! (`istio_requests_total`, `istio_request_duration_milliseconds`) with Istio's label names
+//! (what Istio reports in sidecar mode and in its Gateway API mode alike), and, for the
+//! backends of an HTTPRoute, in the upstream cluster statistics an Envoy-based Gateway API
+//! implementation exposes on `/stats/prometheus` (`envoy_cluster_upstream_rq_xx`,
+//! `envoy_cluster_upstream_rq`, `envoy_cluster_upstream_rq_total`,
+//! `envoy_cluster_upstream_rq_time`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -48,6 +54,116 @@ pub struct RequestLabels {
     pub pod: String,
 }
 
+/// Labels of Envoy's upstream cluster statistics, as its Prometheus endpoint tags them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvoyClusterLabels {
+    pub envoy_cluster_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvoyCodeClassLabels {
+    pub envoy_response_code_class: String,
+    pub envoy_cluster_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvoyCodeLabels {
+    pub envoy_response_code: String,
+    pub envoy_cluster_name: String,
+}
+
+/// A counter as Envoy exposes it: without OpenMetrics' `_total` suffix (Envoy's
+/// `upstream_rq_total` is a stat of that name, not a suffix), so the names are Envoy's own;
+/// the value only grows, and `rate()` reads it as any counter.
+#[derive(Clone, Debug, Default)]
+pub struct EnvoyCounter(Counter);
+
+impl EnvoyCounter {
+    fn inc_by(&self, n: u64) {
+        self.0.inc_by(n);
+    }
+}
+
+impl TypedMetric for EnvoyCounter {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for EnvoyCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
+
+/// Envoy's upstream statistics of the clusters the simulated requests went through.
+struct EnvoyStats {
+    by_class: Family<EnvoyCodeClassLabels, EnvoyCounter>,
+    by_code: Family<EnvoyCodeLabels, EnvoyCounter>,
+    total: Family<EnvoyClusterLabels, EnvoyCounter>,
+    time: Family<EnvoyClusterLabels, Histogram, fn() -> Histogram>,
+}
+
+impl EnvoyStats {
+    fn register(registry: &mut Registry) -> Self {
+        let stats = EnvoyStats {
+            by_class: Family::default(),
+            by_code: Family::default(),
+            total: Family::default(),
+            // Envoy's default histogram buckets are the ones Istio reports with.
+            time: Family::new_with_constructor(istio_histogram),
+        };
+        registry.register(
+            "envoy_cluster_upstream_rq_xx",
+            "Upstream requests by response code class, as Envoy counts them",
+            stats.by_class.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq",
+            "Upstream requests by response code, as Envoy counts them",
+            stats.by_code.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_total",
+            "Upstream requests, as Envoy counts them",
+            stats.total.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_time",
+            "Upstream request time in milliseconds, as Envoy measures it",
+            stats.time.clone(),
+        );
+        stats
+    }
+
+    fn record(&self, cluster: &str, code: u16, samples: &[f64]) {
+        let n = samples.len() as u64;
+        let cluster = cluster.to_string();
+        self.by_class
+            .get_or_create(&EnvoyCodeClassLabels {
+                envoy_response_code_class: (code / 100).to_string(),
+                envoy_cluster_name: cluster.clone(),
+            })
+            .inc_by(n);
+        self.by_code
+            .get_or_create(&EnvoyCodeLabels {
+                envoy_response_code: code.to_string(),
+                envoy_cluster_name: cluster.clone(),
+            })
+            .inc_by(n);
+        let labels = EnvoyClusterLabels {
+            envoy_cluster_name: cluster,
+        };
+        self.total.get_or_create(&labels).inc_by(n);
+        let histogram = self.time.get_or_create(&labels);
+        for s in samples {
+            histogram.observe(*s);
+        }
+    }
+}
+
 /// The client side of the simulated requests (Istio's `source_*` labels).
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -65,6 +181,7 @@ pub struct Totals {
 pub struct Mesh {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    envoy: EnvoyStats,
     source: Source,
     /// `destination` (server sidecar) and/or `source` (client sidecar): a real mesh reports each
     /// request twice, so queries must filter on `reporter` as they would in production.
@@ -95,9 +212,11 @@ impl Mesh {
             "Request duration in milliseconds, as Istio reports it",
             durations.clone(),
         );
+        let envoy = EnvoyStats::register(registry);
         Mesh {
             requests,
             durations,
+            envoy,
             source,
             reporters,
             rng: StdRng::seed_from_u64(seed),
@@ -158,6 +277,11 @@ impl Mesh {
                         continue;
                     }
                     let samples: Vec<f64> = (0..n).map(|_| latency.sample(&mut self.rng)).collect();
+                    // The gateway's Envoy counts each request once, whichever sidecars
+                    // report it too.
+                    if let Some(cluster) = &destination.envoy_cluster {
+                        self.envoy.record(cluster, code, &samples);
+                    }
                     for reporter in &self.reporters {
                         let labels = self.labels(reporter, destination, code, &pod_name);
                         self.requests.get_or_create(&labels).inc_by(n);
@@ -230,6 +354,7 @@ mod tests {
             service_name: "web".to_string(),
             version: workload.trim_start_matches("web-").to_string(),
             weight,
+            envoy_cluster: None,
         }
     }
 
@@ -298,6 +423,67 @@ mod tests {
             assert!((requests / total - 1.0 / 3.0).abs() < 0.05, "{served:?}");
         }
         assert!(!text.contains("web-stable-3"));
+    }
+
+    #[test]
+    fn http_route_backends_are_counted_in_envoy_cluster_statistics_too() {
+        let mut registry = Registry::default();
+        let mut mesh = mesh(&mut registry);
+        let backend = |workload: &str, index: usize, weight: u32| Destination {
+            envoy_cluster: Some(format!("httproute/shop/web/rule/0/backend/{index}")),
+            ..destination(workload, weight)
+        };
+        let destinations = [backend("web-stable", 0, 50), backend("web-canary", 1, 50)];
+        mesh.simulate(1000.0, Duration::from_secs(1), &destinations, |w| {
+            Behaviour {
+                error_rate: if w == "web-canary" { 0.5 } else { 0.0 },
+                ..Behaviour::default()
+            }
+        });
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum()
+        };
+        let canary = "envoy_cluster_name=\"httproute/shop/web/rule/0/backend/1\"";
+        let errors = value(&format!(
+            "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{canary}}}"
+        ));
+        let total = value(&format!("envoy_cluster_upstream_rq_total{{{canary}}}"));
+        let counted = mesh.totals()["web-canary"].clone();
+        assert_eq!(
+            (errors, total),
+            (counted.errors as f64, counted.requests as f64),
+            "{text}"
+        );
+        assert_eq!(
+            value(&format!("envoy_cluster_upstream_rq_time_count{{{canary}}}")),
+            total
+        );
+        assert_eq!(
+            value(&format!(
+                "envoy_cluster_upstream_rq{{envoy_response_code=\"503\",{canary}}}"
+            )),
+            errors
+        );
+        // Envoy's names: no OpenMetrics `_total` added to its counters.
+        assert!(
+            text.contains("# TYPE envoy_cluster_upstream_rq_xx unknown"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("envoy_cluster_upstream_rq_xx_total"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("envoy_cluster_upstream_rq_total_total"),
+            "{text}"
+        );
+        // Not for a VirtualService's destinations.
+        assert!(!text.contains("backend/2"));
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct Destination {
     /// The subset (VirtualService) or backend name (HTTPRoute); Istio's `destination_version`.
     pub version: String,
     pub weight: u32,
+    /// The Envoy cluster a Gateway API implementation sends this backend's requests
+    /// through, as Envoy Gateway names it when each backendRef has its own cluster
+    /// (`httproute/<namespace>/<route>/rule/<rule>/backend/<backend>`); none for a
+    /// VirtualService (Istio's sidecars report `istio_requests_total` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_cluster: Option<String>,
 }
 
 /// How route destinations are named as workloads. VirtualService: subset `S` of host `H`
@@ -94,8 +100,8 @@ impl RouteRef {
             RouteRef::VirtualService { namespace, .. } => {
                 virtual_service_destinations(&spec, namespace, names)
             }
-            RouteRef::HttpRoute { namespace, .. } => {
-                http_route_destinations(&spec, namespace, names)
+            RouteRef::HttpRoute { namespace, name } => {
+                http_route_destinations(&spec, namespace, name, names)
             }
         }
         .map_err(|e| format!("{self}: {e}"))
@@ -178,15 +184,18 @@ pub fn virtual_service_destinations(
                 service_name,
                 version: key,
                 weight: weight(route.get("weight"), if single { 100 } else { 0 })?,
+                envoy_cluster: None,
             })
         })
         .collect()
 }
 
-/// Gateway API semantics: a backendRef's weight defaults to 1.
+/// Gateway API semantics: a backendRef's weight defaults to 1. Rule 0 is followed: the
+/// controller keeps the user's rules first and appends its header-route rules.
 pub fn http_route_destinations(
     spec: &Value,
     namespace: &str,
+    route: &str,
     names: &WorkloadNames,
 ) -> Result<Vec<Destination>, String> {
     let backends = spec
@@ -195,7 +204,8 @@ pub fn http_route_destinations(
         .ok_or("no spec.rules[0].backendRefs")?;
     backends
         .iter()
-        .map(|backend| {
+        .enumerate()
+        .map(|(index, backend)| {
             let name = backend
                 .get("name")
                 .and_then(Value::as_str)
@@ -212,6 +222,9 @@ pub fn http_route_destinations(
                 service_name,
                 version: name.to_string(),
                 weight: weight(backend.get("weight"), 1)?,
+                envoy_cluster: Some(format!(
+                    "httproute/{namespace}/{route}/rule/0/backend/{index}"
+                )),
             })
         })
         .collect()
@@ -318,9 +331,17 @@ mod tests {
             {"name": "web-stable", "port": 80},
             {"name": "web-canary", "port": 80, "weight": 3}
         ]}]});
-        let d = http_route_destinations(&spec, "shop", &WorkloadNames::default()).unwrap();
+        let d = http_route_destinations(&spec, "shop", "web", &WorkloadNames::default()).unwrap();
         let weights: Vec<(&str, u32)> = d.iter().map(|d| (d.workload.as_str(), d.weight)).collect();
         assert_eq!(weights, [("web-stable", 1), ("web-canary", 3)]);
+        let clusters: Vec<Option<&str>> = d.iter().map(|d| d.envoy_cluster.as_deref()).collect();
+        assert_eq!(
+            clusters,
+            [
+                Some("httproute/shop/web/rule/0/backend/0"),
+                Some("httproute/shop/web/rule/0/backend/1")
+            ]
+        );
     }
 
     #[test]
@@ -329,6 +350,6 @@ mod tests {
         assert!(virtual_service_destinations(&json!({}), "ns", &names).is_err());
         let negative = json!({"http": [{"route": [{"destination": {"host": "a"}, "weight": -1}]}]});
         assert!(virtual_service_destinations(&negative, "ns", &names).is_err());
-        assert!(http_route_destinations(&json!({"rules": [{}]}), "ns", &names).is_err());
+        assert!(http_route_destinations(&json!({"rules": [{}]}), "ns", "web", &names).is_err());
     }
 }
