@@ -281,7 +281,23 @@ fn explains_a_canary_with_two_routers_or_none_that_fits_its_steps() {
         assert!(text.contains(expected), "{file}: {text}");
     }
     // No router, for plain weights, is valid.
-    let plain = write("plain.yaml", "  steps: [{setWeight: 10}]\n");
-    let output = canary(&["validate", plain.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    // Each router alone serves them; no router, plain weights.
+    for (file, spec) in [
+        (
+            "istio.yaml",
+            format!(
+                "  trafficRouting:\n    istio: {{virtualService: {{name: web}}, destinationRule: {{name: web}}}}\n{header_step}"
+            ),
+        ),
+        (
+            "gateway.yaml",
+            format!(
+                "  trafficRouting:\n    gatewayAPI: {{httpRoute: web, stableService: web-stable, canaryService: web-canary}}\n{header_step}"
+            ),
+        ),
+        ("plain.yaml", "  steps: [{setWeight: 10}]\n".to_string()),
+    ] {
+        let output = canary(&["validate", write(file, &spec).to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{file}: {}", stdout(&output));
+    }
 }

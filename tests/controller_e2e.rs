@@ -407,17 +407,7 @@ async fn a_routing_object_that_cannot_carry_the_split_is_said_in_status_until_fi
         canary.status.unwrap().message.as_deref(),
         Some(condition.message.as_str())
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = world.ns.api();
-    eventually("a CannotApply event", Duration::from_secs(10), || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("CannotApply"))
-    })
-    .await;
+    cluster::event_with_reason(&world.ns, "CannotApply", Duration::from_secs(10)).await;
     // Fixed: the condition says so at the next reconcile.
     patch_canary(
         &world.ns,

@@ -426,17 +426,7 @@ async fn a_weight_changed_behind_the_controllers_back_is_set_back_with_an_event(
         .await
         .expect("changing the weights by hand");
     at_weight(&world.ns, 20).await;
-    let events: Api<k8s_openapi::api::events::v1::Event> = world.ns.api();
-    let drift = eventually("a WeightDrift event", Duration::from_secs(10), || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("WeightDrift"))
-    })
-    .await;
+    let drift = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(10)).await;
     assert_eq!(drift.type_.as_deref(), Some("Warning"));
     let note = drift.note.unwrap_or_default();
     assert!(

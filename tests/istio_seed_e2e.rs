@@ -353,17 +353,7 @@ async fn a_weight_changed_behind_the_controllers_back_is_set_back() {
     )
     .await
     .expect("changing the weights behind the controller's back");
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let drift = eventually("a WeightDrift event", Duration::from_secs(30), || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("WeightDrift"))
-    })
-    .await;
+    let drift = cluster::event_with_reason(ns, "WeightDrift", Duration::from_secs(30)).await;
     let note = drift.note.unwrap_or_default();
     assert!(note.contains("10% instead of the rollout's 20%"), "{note}");
     at_weight(ns, 20).await;

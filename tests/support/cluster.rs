@@ -365,3 +365,22 @@ pub fn api_error<T: Debug>(result: Result<T, kube::Error>, context: &str) -> kub
         other => panic!("{context}: expected the API server to reject it, got {other:?}"),
     }
 }
+
+/// The first event of `reason` in `ns`, waited for up to `timeout`.
+pub async fn event_with_reason(
+    ns: &TestNamespace,
+    reason: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::events::v1::Event {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    eventually(&format!("a {reason} event"), timeout, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
