@@ -196,7 +196,8 @@ pub struct IstioRouting {
 pub struct VirtualServiceRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Names of the HTTP routes whose weights are managed; absent: every route.
+    /// Names of the HTTP routes whose weights are managed; absent: every route with a
+    /// destination for each of the two subsets (other routes are left as written).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
 }
