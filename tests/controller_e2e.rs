@@ -728,14 +728,7 @@ async fn a_standby_replica_takes_over_when_the_leader_stops() {
     let ns = cluster().namespace("leader").await;
     set_up(&ns, "web:1").await;
     let simulator = rollout::Simulator::start(&ns).await;
-    let target = simulator.address;
-    let prometheus = tokio::task::spawn_blocking(move || {
-        prometheus::Prometheus::builder()
-            .scrape("mesh", target)
-            .start()
-    })
-    .await
-    .unwrap();
+    let prometheus = simulator.scraped_as("mesh").await;
     let prometheus_url = prometheus.url();
     let args = [
         "--namespace",

@@ -195,14 +195,7 @@ fn steps() -> Value {
 /// by every test process on the control plane and re-applied by each from its own tree.
 async fn start(ns: TestNamespace, rules: Vec<Value>) -> World {
     let simulator = Simulator::following(&ns, &["--http-route", "web"]).await;
-    let target = simulator.address;
-    let prometheus = tokio::task::spawn_blocking(move || {
-        prometheus::Prometheus::builder()
-            .scrape("gateway", target)
-            .start()
-    })
-    .await
-    .unwrap();
+    let prometheus = simulator.scraped_as("gateway").await;
     let controller = start_namespaced_controller(&ns, &prometheus.url()).await;
     let (canary, timeline) = follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
     eprintln!("initialized:\n{}", timeline.join("\n"));

@@ -175,14 +175,7 @@ async fn seed_world(prefix: &str, steps: Value, background: Option<&str>) -> (Wo
     let simulator = Simulator::start_following(&ns, &["--virtual-service", NAME]).await;
     // Before the controller: the seed as written, requests without the header split 90/10.
     simulated_split(&ns, &simulator, (90, 10)).await;
-    let target = simulator.address;
-    let prometheus = tokio::task::spawn_blocking(move || {
-        prometheus::Prometheus::builder()
-            .scrape("mesh", target)
-            .start()
-    })
-    .await
-    .unwrap();
+    let prometheus = simulator.scraped_as("mesh").await;
     let controller = start_controller(&ns, &prometheus.url()).await;
     let (canary, timeline) = follow_canary_until(&ns, NAME, Phase::Idle, ROLLOUT_TIMEOUT).await;
     eprintln!("initialized:\n{}", timeline.join("\n"));

@@ -112,15 +112,17 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     }
     let mut planned = plan.status.clone();
     // Every action applied: a problem reported by `report_unappliable` is over.
-    if let Some(ready) = planned
+    if planned
         .conditions
-        .iter_mut()
-        .find(|c| c.type_ == "Ready" && c.reason == "CannotApply")
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == CANNOT_APPLY)
     {
-        ready.status = "True".into();
-        ready.reason = "Ready".into();
-        ready.message = "the spec is valid".into();
-        ready.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+        rollout::set_condition(
+            &mut planned.conditions,
+            ("Ready", true, "Ready", "the spec is valid"),
+            now,
+            canary.metadata.generation,
+        );
     }
     let mut stored_status = status.clone();
     if planned != status {
@@ -156,6 +158,9 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     Ok(Some(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
 }
 
+/// The Ready reason of an action that cannot be applied.
+const CANNOT_APPLY: &str = "CannotApply";
+
 /// An action that cannot be applied as the spec stands (a routing object that cannot carry
 /// the split, a missing template): said in status (`Ready=False`, reason `CannotApply`) and
 /// by a Warning event, once per problem. The status is the one read, nothing else in it
@@ -170,28 +175,18 @@ async fn report_unappliable(
     let reported_before = status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.reason == "CannotApply" && c.message == problem);
+        .any(|c| c.type_ == "Ready" && c.reason == CANNOT_APPLY && c.message == problem);
     if reported_before {
         return;
     }
     let mut reported = status.clone();
     reported.message = Some(problem.to_string());
-    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: "Ready".into(),
-        status: "False".into(),
-        reason: "CannotApply".into(),
-        message: problem.to_string(),
-        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
-        observed_generation: canary.metadata.generation,
-    };
-    match reported.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        Some(ready) if ready.status == "False" => {
-            ready.reason = condition.reason;
-            ready.message = condition.message;
-        }
-        Some(ready) => *ready = condition,
-        None => reported.conditions.push(condition),
-    }
+    rollout::set_condition(
+        &mut reported.conditions,
+        ("Ready", false, CANNOT_APPLY, problem),
+        now,
+        canary.metadata.generation,
+    );
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     match write_status(canary, &reported, ctx).await {
@@ -204,7 +199,7 @@ async fn report_unappliable(
     }
     let event = rollout::Event {
         kind: EventType::Warning,
-        reason: "CannotApply",
+        reason: CANNOT_APPLY,
         message: problem.to_string(),
     };
     publish(&ctx.recorder, canary, &event).await;
@@ -226,14 +221,13 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     // could come after the finalizer is gone and act on a stale copy.
     ctx.measurements.forget(&namespace, &canary.name_any());
     let router = routing::router_for(&canary.spec);
-    let reset = async {
-        let read = read_routing(ctx, &namespace, router.as_ref()).await?;
-        let writes = router
-            .set_weight(&read, 0)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        apply_writes(canary, ctx, &namespace, writes, &mut Snapshot::default()).await
+    // Read once: the weights' reset leaves the objects as the release below needs them.
+    let mut read = read_routing(ctx, &namespace, router.as_ref()).await?;
+    let reset = match router.set_weight(&read, 0) {
+        Ok(writes) => apply_writes(canary, ctx, &namespace, writes, &mut read).await,
+        Err(e) => Err(Error::Invalid(e.to_string())),
     };
-    if let Err(e) = reset.await {
+    if let Err(e) = reset {
         warn!(namespace, canary = canary.name_any(), error = %e, "could not reset the weights on deletion");
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -267,11 +261,10 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
             .as_ref()
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default();
-        let read = read_routing(ctx, &namespace, router.as_ref()).await?;
         let writes = router
             .release(&read, &labels)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        apply_writes(canary, ctx, &namespace, writes, &mut Snapshot::default()).await?;
+        apply_writes(canary, ctx, &namespace, writes, &mut read).await?;
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
@@ -284,7 +277,8 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
 struct Read {
     /// The target Deployment.
     target: Option<Deployment>,
-    /// The router's objects.
+    /// The router the spec chose, and its objects.
+    router: Box<dyn TrafficRouter>,
     routing: Snapshot,
 }
 
@@ -371,6 +365,7 @@ async fn observe(
     };
     let read = Read {
         target: target_deployment,
+        router,
         routing,
     };
     Ok((observed, read))
@@ -818,9 +813,7 @@ async fn apply_action(
             ensure_managed(canary, target, ctx, Subset::Canary, &revision, *replicas).await
         }
         Action::SetWeight { weight } => {
-            let router = routing::router_for(&canary.spec);
             let workload = routing::Workload {
-                namespace: namespace.clone(),
                 selector: target
                     .and_then(|t| t.spec.as_ref())
                     .and_then(|s| s.selector.match_labels.clone())
@@ -828,13 +821,20 @@ async fn apply_action(
                 port: canary.spec.service.port,
             };
             let invalid = |e: routing::RouterError| Error::Invalid(e.to_string());
-            let mut writes = router.prepare(&read.routing, &workload).map_err(invalid)?;
-            writes.extend(router.set_weight(&read.routing, *weight).map_err(invalid)?);
+            let mut writes = read
+                .router
+                .prepare(&read.routing, &workload)
+                .map_err(invalid)?;
+            writes.extend(
+                read.router
+                    .set_weight(&read.routing, *weight)
+                    .map_err(invalid)?,
+            );
             apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await
         }
         Action::SetHeaderRoutes { routes } => {
-            let router = routing::router_for(&canary.spec);
-            let writes = router
+            let writes = read
+                .router
                 .set_header_routes(&read.routing, routes)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await

@@ -1717,30 +1717,12 @@ impl Planner<'_> {
 
     /// Sets a condition, keeping its transition time when its status did not change.
     fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
-        let status_text = if status { "True" } else { "False" };
-        let reason = reason_token(reason);
-        let conditions = &mut self.status.conditions;
-        let existing = conditions.iter_mut().find(|c| c.type_ == kind);
-        match existing {
-            Some(c) if c.status == status_text && c.reason == reason && c.message == message => {}
-            Some(c) => {
-                if c.status != status_text {
-                    c.last_transition_time = Time(self.now);
-                }
-                c.status = status_text.into();
-                c.reason = reason;
-                c.message = message.into();
-                c.observed_generation = self.observed.generation;
-            }
-            None => conditions.push(Condition {
-                type_: kind.into(),
-                status: status_text.into(),
-                reason,
-                message: message.into(),
-                last_transition_time: Time(self.now),
-                observed_generation: self.observed.generation,
-            }),
-        }
+        set_condition(
+            &mut self.status.conditions,
+            (kind, status, reason, message),
+            self.now,
+            self.observed.generation,
+        );
     }
 
     fn finish(mut self) -> Plan {
@@ -1751,6 +1733,38 @@ impl Planner<'_> {
             events: self.events,
             requeue_after: self.requeue,
         }
+    }
+}
+
+/// Sets the condition `(kind, status, reason, message)` in `conditions`, keeping its
+/// transition time when its status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    (kind, status, reason, message): (&str, bool, &str, &str),
+    now: Timestamp,
+    generation: Option<i64>,
+) {
+    let status_text = if status { "True" } else { "False" };
+    let reason = reason_token(reason);
+    match conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(c) if c.status == status_text && c.reason == reason && c.message == message => {}
+        Some(c) => {
+            if c.status != status_text {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status_text.into();
+            c.reason = reason;
+            c.message = message.into();
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: kind.into(),
+            status: status_text.into(),
+            reason,
+            message: message.into(),
+            last_transition_time: Time(now),
+            observed_generation: generation,
+        }),
     }
 }
 

@@ -1060,7 +1060,6 @@ mod tests {
 
     fn workload() -> Workload {
         Workload {
-            namespace: "shop".into(),
             selector: [("app".to_string(), "web".to_string())].into(),
             port: 8080,
         }

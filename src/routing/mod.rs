@@ -127,8 +127,6 @@ pub enum RouterError {
 /// What a router may need of the Canary besides its routing spec.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Workload {
-    /// The namespace of the Canary (and its objects).
-    pub namespace: String,
     /// The target Deployment's selector (`matchLabels`): the managed pods carry these
     /// labels plus `canary.dev/subset`.
     pub selector: BTreeMap<String, String>,

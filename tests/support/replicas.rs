@@ -80,14 +80,7 @@ pub async fn replica_world_in(ns: TestNamespace, edit: impl FnOnce(&mut [Value])
     edit(&mut documents);
     apply_documents(&ns, &documents).await;
     let simulator = Simulator::following(&ns, &["--service", NAME]).await;
-    let target = simulator.address;
-    let prometheus = tokio::task::spawn_blocking(move || {
-        prometheus::Prometheus::builder()
-            .scrape("apps", target)
-            .start()
-    })
-    .await
-    .expect("starting Prometheus");
+    let prometheus = simulator.scraped_as("apps").await;
     let controller = start_controller(&ns, &prometheus.url()).await;
     let (canary, timeline) = follow(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
     eprintln!("initialized:\n{}", timeline.join("\n"));

@@ -90,6 +90,18 @@ impl Simulator {
         }
     }
 
+    /// A real Prometheus scraping the simulator as job `job`.
+    pub async fn scraped_as(&self, job: &'static str) -> prometheus::Prometheus {
+        let target = self.address;
+        tokio::task::spawn_blocking(move || {
+            prometheus::Prometheus::builder()
+                .scrape(job, target)
+                .start()
+        })
+        .await
+        .expect("starting Prometheus")
+    }
+
     /// Sets the total request rate.
     pub async fn set_rate(&self, requests_per_second: f64) {
         let status = reqwest::Client::new()
@@ -597,14 +609,7 @@ pub async fn world_installed(prefix: &str, install: Install) -> World {
 pub async fn world_in(ns: TestNamespace, install: Install) -> World {
     set_up(&ns, "web:1").await;
     let simulator = Simulator::start(&ns).await;
-    let target = simulator.address;
-    let prometheus = tokio::task::spawn_blocking(move || {
-        prometheus::Prometheus::builder()
-            .scrape("mesh", target)
-            .start()
-    })
-    .await
-    .unwrap();
+    let prometheus = simulator.scraped_as("mesh").await;
     let controller = match install {
         Install::ClusterWide => start_controller(&ns, &prometheus.url()).await,
         Install::Namespaced => start_namespaced_controller(&ns, &prometheus.url()).await,
