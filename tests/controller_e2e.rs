@@ -797,3 +797,156 @@ async fn a_standby_replica_takes_over_when_the_leader_stops() {
     assert_eq!(canary.status.unwrap().canary_weight, 0);
     drop(simulator);
 }
+
+/// The Ready condition of a Canary, if it has one.
+fn ready_condition(
+    canary: &Canary,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    canary
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing() {
+    let world = world("shared").await;
+    let canaries: Api<Canary> = world.ns.api();
+    // Another service, whose Canary was copied from web's: the same VirtualService and
+    // DestinationRule.
+    rollout::service(&world.ns, "other", 0).await;
+    let web = canaries.get("web").await.unwrap();
+    let mut copy = json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "other"},
+        "spec": serde_json::to_value(&web.spec).unwrap(),
+    });
+    copy["spec"]["targetRef"]["name"] = json!("other");
+    create::<Canary>(&canaries, copy).await;
+    let refused = wait_for(
+        &canaries,
+        "other",
+        "Ready=False RoutingConflict",
+        Duration::from_secs(30),
+        |c| ready_condition(c).is_some_and(|r| r.status == "False" && r.reason == "RoutingConflict"),
+    )
+    .await;
+    let message = ready_condition(&refused).unwrap().message;
+    assert!(
+        message.contains("VirtualService web belongs to Canary web")
+            && message.contains("DestinationRule web belongs to Canary web"),
+        "{message}"
+    );
+    let status = refused.status.unwrap();
+    assert!(status.claimed_objects.is_empty(), "{status:?}");
+    assert_eq!(status.stable_revision, None, "it did nothing: {status:?}");
+    let event = cluster::event_with_reason(&world.ns, "RoutingConflict", Duration::from_secs(10)).await;
+    assert!(event.note.unwrap_or_default().contains("belongs to Canary web"));
+    let owner = canaries.get("web").await.unwrap().status.unwrap();
+    assert_eq!(
+        owner.claimed_objects,
+        ["Deployment/web", "DestinationRule/web", "VirtualService/web"]
+    );
+    // The copy never took its service over: no managed Deployment, its target untouched.
+    let deployments: Api<Deployment> = world.ns.api();
+    assert!(deployments.get_opt("other-stable").await.unwrap().is_none());
+
+    // The original rolls out as if the copy were not there.
+    let rules = dynamic(&world.ns, "DestinationRule");
+    let subsets_before = rules.get("web").await.unwrap().data["spec"]["subsets"].clone();
+    set_image(&world.ns, "web:2").await;
+    at_weight(&world.ns, 20).await;
+    let (canary, _) = follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    assert_eq!(canary.status.unwrap().canary_weight, 0);
+
+    // Deleting the copy hands back nothing of the original's.
+    canaries
+        .delete("other", &Default::default())
+        .await
+        .unwrap();
+    cluster::wait_gone(&canaries, "other", Duration::from_secs(30)).await;
+    assert_eq!(
+        rules.get("web").await.unwrap().data["spec"]["subsets"],
+        subsets_before,
+        "the DestinationRule's subsets still select web's pods"
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+    let target: Deployment = deployments.get("web").await.unwrap();
+    assert_eq!(target.spec.unwrap().replicas, Some(0), "web's target stays at zero");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_canary_takes_over_once_the_owner_is_deleted() {
+    let world = world("takeover").await;
+    let canaries: Api<Canary> = world.ns.api();
+    let web = canaries.get("web").await.unwrap();
+    let mut copy = json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "web-new"},
+        "spec": serde_json::to_value(&web.spec).unwrap(),
+    });
+    copy["spec"]["targetRef"]["name"] = json!("web");
+    create::<Canary>(&canaries, copy).await;
+    wait_for(
+        &canaries,
+        "web-new",
+        "Ready=False RoutingConflict (same target and routing)",
+        Duration::from_secs(30),
+        |c| ready_condition(c).is_some_and(|r| r.reason == "RoutingConflict"),
+    )
+    .await;
+    canaries.delete("web", &Default::default()).await.unwrap();
+    let started = Instant::now();
+    let (taken, timeline) =
+        rollout::follow_canary_until(&world.ns, "web-new", Phase::Idle, ROLLOUT_TIMEOUT).await;
+    eprintln!(
+        "taken over {:.1}s after the owner's deletion:\n{}",
+        started.elapsed().as_secs_f64(),
+        timeline.join("\n")
+    );
+    let status = taken.status.unwrap();
+    assert_eq!(status.claimed_objects.len(), 3, "{status:?}");
+    assert_eq!(
+        ready_condition(&canaries.get("web-new").await.unwrap())
+            .map(|r| r.status),
+        Some("True".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_edited_by_hand_while_settled_is_set_back_and_reported_at_once() {
+    let world = world("drift").await;
+    let services = dynamic(&world.ns, "VirtualService");
+    let edited = Instant::now();
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"http": [{"name": "primary", "route": [
+                {"destination": {"host": "web", "subset": "stable"}, "weight": 70},
+                {"destination": {"host": "web", "subset": "canary"}, "weight": 30},
+            ]}]}})),
+        )
+        .await
+        .unwrap();
+    let event = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(20)).await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("30%") && note.contains("set back to 0%"), "{note}");
+    eventually("the canary's weight back at 0", Duration::from_secs(20), || async {
+        (canary_weight_in_virtual_service(&world.ns).await == 0).then_some(())
+    })
+    .await;
+    eprintln!(
+        "drift set back and reported {:.2}s after the edit",
+        edited.elapsed().as_secs_f64()
+    );
+    let status = world
+        .ns
+        .api::<Canary>()
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!((status.phase, status.canary_weight), (Phase::Idle, 0));
+}

@@ -50,6 +50,11 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("get", "destinationrules.networking.istio.io"),
         ("patch", "httproutes.gateway.networking.k8s.io"),
         ("get", "grpcroutes.gateway.networking.k8s.io"),
+        // Watched, so that a hand edit of the weights is set back at once.
+        ("watch", "virtualservices.networking.istio.io"),
+        ("list", "destinationrules.networking.istio.io"),
+        ("watch", "httproutes.gateway.networking.k8s.io"),
+        ("list", "grpcroutes.gateway.networking.k8s.io"),
         ("get", "services"),
         ("create", "services"),
         ("patch", "services"),

@@ -668,6 +668,12 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub header_routes: Vec<HeaderRoute>,
+    /// The objects this Canary owns, as `Kind/name`: its target Deployment and its routing
+    /// objects. The first Canary to claim an object owns it; another that names it is refused
+    /// (`Ready=False`, reason `RoutingConflict`) and changes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub claimed_objects: Vec<String>,
     /// How many replicas the service runs when not in a rollout (from the target Deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,

@@ -23,9 +23,11 @@ use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{error, info, warn};
 
@@ -75,6 +77,9 @@ pub struct Context {
     pub measurements: Measurements,
     /// Whether reconciles make progress, for `/healthz`.
     pub liveness: Liveness,
+    /// Every Canary the controller watches, as its cache holds them: who owns which object
+    /// is decided from these without a request.
+    pub canaries: Store<Canary>,
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -350,6 +355,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
+    // A finished measurement is picked up by a reconcile of its Canary.
+    let controller = Controller::new(canaries, watcher::Config::default())
+        .trigger_backoff(watch_backoff())
+        .reconcile_on(finished_measurements);
+    let store = controller.store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         prometheus,
@@ -366,6 +376,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         status_writes: StatusWrites::default(),
         measurements,
         liveness: Liveness::default(),
+        canaries: store.clone(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -426,11 +437,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
 
-    // A finished measurement is picked up by a reconcile of its Canary.
-    let controller = Controller::new(canaries, watcher::Config::default())
-        .trigger_backoff(watch_backoff())
-        .reconcile_on(finished_measurements);
-    let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
         // The target's template changes and the managed Deployments' readiness both matter.
@@ -471,6 +477,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }),
         Some(_) => controller,
     }
+    .reconcile_on(routing_changes(&client, config.namespace.as_deref(), store.clone()).await)
     .graceful_shutdown_on(shutdown);
     let readiness = tokio::spawn({
         let ready = ready.clone();
@@ -588,6 +595,71 @@ async fn serve(
             error!(error = %e, "the metrics server stopped");
         }
     }))
+}
+
+/// The Canaries to reconcile because a routing object they name changed (a hand edit, a
+/// GitOps sync): weight drift is set back and reported within a second, in every phase.
+/// Metadata-only watches (every change of an object changes its resourceVersion), of the
+/// kinds the API server serves; a kind installed later is watched after a restart.
+async fn routing_changes(
+    client: &Client,
+    namespace: Option<&str>,
+    store: Store<Canary>,
+) -> impl futures::Stream<Item = ObjectRef<Canary>> + Send + 'static {
+    let mut streams = Vec::new();
+    for gvk in crate::routing::watched_kinds() {
+        let resource = match kube::discovery::pinned_kind(client, &gvk).await {
+            Ok((resource, _)) => resource,
+            Err(e) => {
+                info!(kind = gvk.kind, group = gvk.group, error = %e, "not served by the API server: not watched");
+                continue;
+            }
+        };
+        let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let store = store.clone();
+        let kind = gvk.kind.clone();
+        let changes = watcher::watcher(api, watcher::Config::default())
+            .backoff(watch_backoff())
+            .touched_objects()
+            .filter_map({
+                let kind = kind.clone();
+                move |touched| {
+                    let object = match touched {
+                        Ok(object) => Some(object),
+                        Err(e) => {
+                            warn!(kind, error = %e, "watching routing objects");
+                            None
+                        }
+                    };
+                    std::future::ready(object)
+                }
+            })
+            .flat_map(move |object| {
+                let namespace = object.namespace().unwrap_or_default();
+                let name = format!("{kind}/{}", object.name_any());
+                futures::stream::iter(canaries_naming(&store, &namespace, &name))
+            });
+        streams.push(changes.boxed());
+    }
+    futures::stream::select_all(streams)
+}
+
+/// The Canaries of `namespace` whose rollout writes `object` (`Kind/name`).
+fn canaries_naming(
+    store: &Store<Canary>,
+    namespace: &str,
+    object: &str,
+) -> Vec<ObjectRef<Canary>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .filter(|c| crate::routing::ownership::wanted_objects(c).contains(object))
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
 }
 
 /// The Canaries (in `namespace`, if given) whose analysis names template `name` of that scope.

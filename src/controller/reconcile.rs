@@ -33,6 +33,7 @@ use crate::rollout::{
     self, Action, EventType, MetricDefinition, NewMeasurement, Observed, compare_window_start,
     due_measurements,
 };
+use crate::routing::ownership::{self, Claimant};
 use crate::routing::{self, RouterWrite, RoutingObject, Snapshot, TrafficRouter};
 use crate::workload::{self, Subset};
 
@@ -91,6 +92,12 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         return Ok(Some(STALE_COPY_RECHECK));
     }
 
+    let claimant = Claimant::of(canary);
+    let conflicts = ownership::conflicts(&claimant, &namespace_peers(canary, ctx));
+    if !conflicts.is_empty() {
+        return refuse_shared(canary, &status, &claimant, &conflicts, now, ctx).await;
+    }
+
     let (observed, mut read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     info!(
@@ -111,11 +118,15 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         }
     }
     let mut planned = plan.status.clone();
-    // Every action applied: a problem reported by `report_unappliable` is over.
+    // Owned now (said so before acting next time: a Canary that claimed first keeps what it
+    // owns even against an older one).
+    planned.claimed_objects = claimant.wants.iter().cloned().collect();
+    // Every action applied: a problem reported by `report_unappliable` (or a conflict over
+    // what this Canary owns) is over.
     if planned
         .conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.reason == CANNOT_APPLY)
+        .any(|c| c.type_ == "Ready" && (c.reason == CANNOT_APPLY || c.reason == ROUTING_CONFLICT))
     {
         rollout::set_condition(
             &mut planned.conditions,
@@ -161,6 +172,60 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
 /// The Ready reason of an action that cannot be applied.
 const CANNOT_APPLY: &str = "CannotApply";
 
+/// The Ready reason of a Canary that names what another Canary owns.
+const ROUTING_CONFLICT: &str = "RoutingConflict";
+
+/// The other Canaries of `canary`'s namespace, as the cache holds them.
+fn namespace_peers(canary: &Canary, ctx: &Context) -> Vec<Claimant> {
+    let namespace = canary.namespace();
+    ctx.canaries
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && c.name_any() != canary.name_any())
+        .map(|c| Claimant::of(c))
+        .collect()
+}
+
+/// A Canary that names objects another Canary owns: nothing is changed (no weight, no
+/// subset, no Deployment), and why is said in status (`Ready=False`, reason
+/// `RoutingConflict`) and by a Warning event, once per problem. It looks again shortly: the
+/// owner may be deleted or point elsewhere (no watch event of this Canary says so).
+async fn refuse_shared(
+    canary: &Canary,
+    status: &CanaryStatus,
+    claimant: &Claimant,
+    conflicts: &[ownership::Conflict],
+    now: Timestamp,
+    ctx: &Context,
+) -> Result<Option<Duration>, Error> {
+    let problem = ownership::refusal(&claimant.name, conflicts);
+    // It keeps only what it still wants and nobody else owns (the loser of a simultaneous
+    // claim lets go, so that exactly one owner remains).
+    let kept: Vec<String> = claimant
+        .holds
+        .iter()
+        .filter(|o| claimant.wants.contains(*o) && !conflicts.iter().any(|c| &c.object == *o))
+        .cloned()
+        .collect();
+    let mut released = status.clone();
+    released.claimed_objects = kept;
+    report_problem(
+        canary,
+        status,
+        released,
+        (ROUTING_CONFLICT, &problem),
+        now,
+        ctx,
+    )
+    .await;
+    let soon = if conflicts.iter().any(|c| c.owner_deleting) {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    Ok(Some(soon))
+}
+
 /// An action that cannot be applied as the spec stands (a routing object that cannot carry
 /// the split, a missing template): said in status (`Ready=False`, reason `CannotApply`) and
 /// by a Warning event, once per problem. The status is the one read, nothing else in it
@@ -172,37 +237,62 @@ async fn report_unappliable(
     now: Timestamp,
     ctx: &Context,
 ) {
+    report_problem(
+        canary,
+        status,
+        status.clone(),
+        (CANNOT_APPLY, problem),
+        now,
+        ctx,
+    )
+    .await
+}
+
+/// Says `problem` in status (`Ready=False` with `reason`, and the message; over `base`, the
+/// stored `status` with what else must change) and by a Warning event, unless the Ready
+/// condition says it already.
+async fn report_problem(
+    canary: &Canary,
+    status: &CanaryStatus,
+    base: CanaryStatus,
+    (reason, problem): (&'static str, &str),
+    now: Timestamp,
+    ctx: &Context,
+) {
     let reported_before = status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.reason == CANNOT_APPLY && c.message == problem);
-    if reported_before {
-        return;
+        .any(|c| c.type_ == "Ready" && c.reason == reason && c.message == problem);
+    let mut reported = base;
+    if !reported_before {
+        reported.message = Some(problem.to_string());
+        rollout::set_condition(
+            &mut reported.conditions,
+            ("Ready", false, reason, problem),
+            now,
+            canary.metadata.generation,
+        );
     }
-    let mut reported = status.clone();
-    reported.message = Some(problem.to_string());
-    rollout::set_condition(
-        &mut reported.conditions,
-        ("Ready", false, CANNOT_APPLY, problem),
-        now,
-        canary.metadata.generation,
-    );
-    let namespace = canary.namespace().unwrap_or_default();
-    let name = canary.name_any();
-    match write_status(canary, &reported, ctx).await {
-        Ok(_) => ctx
-            .status_writes
-            .written_over(&namespace, &name, status.clone()),
-        Err(e) => {
-            warn!(namespace, canary = name, error = %e, "could not report a problem in status")
+    if reported != *status {
+        let namespace = canary.namespace().unwrap_or_default();
+        let name = canary.name_any();
+        match write_status(canary, &reported, ctx).await {
+            Ok(_) => ctx
+                .status_writes
+                .written_over(&namespace, &name, status.clone()),
+            Err(e) => {
+                warn!(namespace, canary = name, error = %e, "could not report a problem in status")
+            }
         }
     }
-    let event = rollout::Event {
-        kind: EventType::Warning,
-        reason: CANNOT_APPLY,
-        message: problem.to_string(),
-    };
-    publish(&ctx.recorder, canary, &event).await;
+    if !reported_before {
+        let event = rollout::Event {
+            kind: EventType::Warning,
+            reason,
+            message: problem.to_string(),
+        };
+        publish(&ctx.recorder, canary, &event).await;
+    }
 }
 
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
@@ -220,11 +310,24 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     // First, so that no measurement finishing meanwhile triggers one more reconcile, which
     // could come after the finalizer is gone and act on a stale copy.
     ctx.measurements.forget(&namespace, &canary.name_any());
+    // What another Canary owns is its to hand back, not this one's: a copy deleted must not
+    // reset the original's weights or point its subsets at the copy's pods.
+    let foreign: BTreeSet<String> =
+        ownership::conflicts(&Claimant::of(canary), &namespace_peers(canary, ctx))
+            .into_iter()
+            .map(|c| c.object)
+            .collect();
+    let ours = |writes: Vec<RouterWrite>| -> Vec<RouterWrite> {
+        writes
+            .into_iter()
+            .filter(|w| !foreign.contains(&format!("{}/{}", w.object().kind, w.object().name)))
+            .collect()
+    };
     let router = routing::router_for(&canary.spec);
     // Read once: the weights' reset leaves the objects as the release below needs them.
     let mut read = read_routing(ctx, &namespace, router.as_ref()).await?;
     let reset = match router.set_weight(&read, 0) {
-        Ok(writes) => apply_writes(canary, ctx, &namespace, writes, &mut read).await,
+        Ok(writes) => apply_writes(canary, ctx, &namespace, ours(writes), &mut read).await,
         Err(e) => Err(Error::Invalid(e.to_string())),
     };
     if let Err(e) = reset {
@@ -236,7 +339,12 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
         .as_ref()
         .and_then(|s| s.desired_replicas)
         .unwrap_or(1);
-    if let Some(target) = deployments.get_opt(&canary.spec.target_ref.name).await? {
+    let target = if foreign.contains(&format!("Deployment/{}", canary.spec.target_ref.name)) {
+        None
+    } else {
+        deployments.get_opt(&canary.spec.target_ref.name).await?
+    };
+    if let Some(target) = target {
         if target.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
             deployments
                 .patch(
@@ -264,7 +372,7 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
         let writes = router
             .release(&read, &labels)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        apply_writes(canary, ctx, &namespace, writes, &mut read).await?;
+        apply_writes(canary, ctx, &namespace, ours(writes), &mut read).await?;
     }
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());

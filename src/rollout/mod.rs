@@ -549,6 +549,7 @@ impl Planner<'_> {
             revision: stable.clone(),
             replicas: self.desired(),
         });
+        self.report_settled_drift();
         self.set_weight(0);
         self.remove_header_routes();
         let mut retry = false;
@@ -1140,6 +1141,30 @@ impl Planner<'_> {
             ),
         );
         self.set_weight(weight);
+    }
+
+    /// Settled, the canary has no traffic: a weight someone gave it in the routing is set
+    /// back (by the plan's weight 0) and reported. A weight the routing held when last
+    /// observed is the rollout's own, still being written (e.g. a write that failed), not
+    /// drift.
+    fn report_settled_drift(&mut self) {
+        if self.observed.router.granularity != Granularity::Exact {
+            return;
+        }
+        let Some(found) = self.observed.route_weight else {
+            return;
+        };
+        if found == 0 || self.status.effective_weight == Some(found) {
+            return;
+        }
+        self.event(
+            EventType::Warning,
+            "WeightDrift",
+            format!(
+                "the routing gave the canary {found}% while {} (the rollout's weight is 0%): set back to 0%",
+                self.status.phase.as_str()
+            ),
+        );
     }
 
     fn drop_unsuccessful_runs(&mut self) {

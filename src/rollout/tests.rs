@@ -2264,3 +2264,42 @@ fn a_service_scaled_mid_rollout_scales_stable_with_it() {
         settled.actions
     );
 }
+
+#[test]
+fn weight_given_to_a_settled_canary_by_hand_is_set_back_and_reported() {
+    let spec = spec(serde_json::json!({}));
+    // (phase, weight the routing holds, as last observed, drift reported)
+    let table = [
+        (Phase::Promoted, Some(30), Some(0), true),
+        (Phase::Idle, Some(30), None, true),
+        (Phase::RolledBack, Some(100), Some(0), true),
+        // The rollout's own weight still being written (its write failed): not drift.
+        (Phase::Promoted, Some(100), Some(100), false),
+        (Phase::Promoted, Some(0), Some(0), false),
+        (Phase::Idle, None, Some(0), false),
+    ];
+    for (phase, found, last, drift) in table {
+        let status = CanaryStatus {
+            phase,
+            effective_weight: last,
+            ..idle()
+        };
+        let observed = Observed {
+            route_weight: found,
+            ..observed("r1")
+        };
+        let p = plan(&spec, &status, &observed, t(100));
+        assert_eq!(
+            reasons(&p).contains(&"WeightDrift"),
+            drift,
+            "{phase:?} found {found:?} last {last:?}: {:?}",
+            p.events
+        );
+        assert!(
+            p.actions.contains(&Action::SetWeight { weight: 0 }),
+            "{phase:?}: the weight is set back to 0 either way: {:?}",
+            p.actions
+        );
+        assert_eq!(p.status.effective_weight, found.or(last));
+    }
+}

@@ -35,6 +35,11 @@ use crate::api::canary::{GatewayApiRouting, HeaderMatch, HeaderRoute, SUBSET_LAB
 
 const GROUP: &str = "gateway.networking.k8s.io";
 
+/// The kinds of the routes this router manages (the Services it reads or creates change
+/// only through it or their owner): `(group, version, kind)`.
+pub const ROUTE_KINDS: [(&str, &str, &str); 2] =
+    [(GROUP, "v1", "HTTPRoute"), (GROUP, "v1", "GRPCRoute")];
+
 /// Names of the rules the controller adds start with this (a domain it owns, so no user's
 /// rule name can collide).
 const HEADER_RULE_PREFIX: &str = "canary.dev.header.";

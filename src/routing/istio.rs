@@ -34,6 +34,14 @@ pub struct IstioRouter {
     routing: IstioRouting,
 }
 
+/// The kinds of this router's objects: `(group, version, kind)`.
+pub const KINDS: [(&str, &str, &str); 2] = [
+    (GROUP, VERSION, "VirtualService"),
+    (GROUP, VERSION, "DestinationRule"),
+];
+const GROUP: &str = "networking.istio.io";
+const VERSION: &str = "v1";
+
 impl IstioRouter {
     pub fn new(routing: IstioRouting) -> Self {
         Self { routing }
@@ -41,8 +49,8 @@ impl IstioRouter {
 
     fn virtual_service(&self) -> RoutingObject {
         RoutingObject::new(
-            "networking.istio.io",
-            "v1",
+            GROUP,
+            VERSION,
             "VirtualService",
             &self.routing.virtual_service.name,
         )
@@ -50,8 +58,8 @@ impl IstioRouter {
 
     fn destination_rule(&self) -> RoutingObject {
         RoutingObject::new(
-            "networking.istio.io",
-            "v1",
+            GROUP,
+            VERSION,
             "DestinationRule",
             &self.routing.destination_rule.name,
         )

@@ -12,6 +12,7 @@
 
 pub mod gateway_api;
 pub mod istio;
+pub mod ownership;
 pub mod replicas;
 
 use std::collections::BTreeMap;
@@ -175,6 +176,17 @@ pub trait TrafficRouter: Send + Sync {
         read: &Snapshot,
         target_labels: &BTreeMap<String, String>,
     ) -> Result<Vec<RouterWrite>, RouterError>;
+}
+
+/// The kinds of every router's objects: the controller watches them, so that a change made
+/// by hand or by a GitOps sync is seen at once.
+pub fn watched_kinds() -> Vec<GroupVersionKind> {
+    let mut kinds = istio::KINDS.to_vec();
+    kinds.extend_from_slice(&gateway_api::ROUTE_KINDS);
+    kinds
+        .into_iter()
+        .map(|(group, version, kind)| GroupVersionKind::gvk(group, version, kind))
+        .collect()
 }
 
 /// The router `spec` chose.
