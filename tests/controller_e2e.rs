@@ -828,7 +828,9 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
         "other",
         "Ready=False RoutingConflict",
         Duration::from_secs(30),
-        |c| ready_condition(c).is_some_and(|r| r.status == "False" && r.reason == "RoutingConflict"),
+        |c| {
+            ready_condition(c).is_some_and(|r| r.status == "False" && r.reason == "RoutingConflict")
+        },
     )
     .await;
     let message = ready_condition(&refused).unwrap().message;
@@ -840,12 +842,22 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
     let status = refused.status.unwrap();
     assert!(status.claimed_objects.is_empty(), "{status:?}");
     assert_eq!(status.stable_revision, None, "it did nothing: {status:?}");
-    let event = cluster::event_with_reason(&world.ns, "RoutingConflict", Duration::from_secs(10)).await;
-    assert!(event.note.unwrap_or_default().contains("belongs to Canary web"));
+    let event =
+        cluster::event_with_reason(&world.ns, "RoutingConflict", Duration::from_secs(10)).await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("belongs to Canary web")
+    );
     let owner = canaries.get("web").await.unwrap().status.unwrap();
     assert_eq!(
         owner.claimed_objects,
-        ["Deployment/web", "DestinationRule/web", "VirtualService/web"]
+        [
+            "Deployment/web",
+            "DestinationRule/web",
+            "VirtualService/web"
+        ]
     );
     // The copy never took its service over: no managed Deployment, its target untouched.
     let deployments: Api<Deployment> = world.ns.api();
@@ -860,10 +872,7 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
     assert_eq!(canary.status.unwrap().canary_weight, 0);
 
     // Deleting the copy hands back nothing of the original's.
-    canaries
-        .delete("other", &Default::default())
-        .await
-        .unwrap();
+    canaries.delete("other", &Default::default()).await.unwrap();
     cluster::wait_gone(&canaries, "other", Duration::from_secs(30)).await;
     assert_eq!(
         rules.get("web").await.unwrap().data["spec"]["subsets"],
@@ -872,7 +881,11 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
     );
     assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
     let target: Deployment = deployments.get("web").await.unwrap();
-    assert_eq!(target.spec.unwrap().replicas, Some(0), "web's target stays at zero");
+    assert_eq!(
+        target.spec.unwrap().replicas,
+        Some(0),
+        "web's target stays at zero"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -907,8 +920,7 @@ async fn a_refused_canary_takes_over_once_the_owner_is_deleted() {
     let status = taken.status.unwrap();
     assert_eq!(status.claimed_objects.len(), 3, "{status:?}");
     assert_eq!(
-        ready_condition(&canaries.get("web-new").await.unwrap())
-            .map(|r| r.status),
+        ready_condition(&canaries.get("web-new").await.unwrap()).map(|r| r.status),
         Some("True".to_string())
     );
 }
@@ -931,10 +943,15 @@ async fn a_weight_edited_by_hand_while_settled_is_set_back_and_reported_at_once(
         .unwrap();
     let event = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(20)).await;
     let note = event.note.unwrap_or_default();
-    assert!(note.contains("30%") && note.contains("set back to 0%"), "{note}");
-    eventually("the canary's weight back at 0", Duration::from_secs(20), || async {
-        (canary_weight_in_virtual_service(&world.ns).await == 0).then_some(())
-    })
+    assert!(
+        note.contains("30%") && note.contains("set back to 0%"),
+        "{note}"
+    );
+    eventually(
+        "the canary's weight back at 0",
+        Duration::from_secs(20),
+        || async { (canary_weight_in_virtual_service(&world.ns).await == 0).then_some(()) },
+    )
     .await;
     eprintln!(
         "drift set back and reported {:.2}s after the edit",

@@ -530,3 +530,64 @@ async fn the_example_with_created_services_rolls_out_and_hands_the_service_back(
     }
     assert_users_rules_with_weights(&world, 100, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_copied_onto_the_same_route_is_refused_and_settled_drift_is_set_back() {
+    let world = world("gw-owner", json!([{"setWeight": 20}, {"pause": {}}])).await;
+    let canaries: Api<Canary> = world.ns.api();
+    let web = canaries.get("web").await.unwrap();
+    let mut copy = json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "web-copy"},
+        "spec": serde_json::to_value(&web.spec).unwrap(),
+    });
+    copy["spec"]["targetRef"]["name"] = json!("web-copy");
+    create::<Canary>(&canaries, copy).await;
+    let refused = cluster::wait_for(
+        &canaries,
+        "web-copy",
+        "Ready=False RoutingConflict",
+        Duration::from_secs(30),
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|r| r.type_ == "Ready" && r.reason == "RoutingConflict")
+            })
+        },
+    )
+    .await;
+    let message = refused.status.unwrap().message.unwrap_or_default();
+    assert!(
+        message.contains("HTTPRoute web belongs to Canary web"),
+        "{message}"
+    );
+
+    // Settled, a hand edit of the split is set back and reported at once.
+    routes(&world.ns)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::<()>::Json(
+                serde_json::from_value(json!([
+                    {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 70},
+                    {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 30},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .expect("changing the weights by hand");
+    let drift = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(10)).await;
+    let note = drift.note.unwrap_or_default();
+    assert!(note.contains("30%") && note.contains("Idle"), "{note}");
+    at_weight(&world.ns, 0).await;
+
+    // Deleting the copy leaves the route as the owner has it.
+    canaries
+        .delete("web-copy", &Default::default())
+        .await
+        .unwrap();
+    cluster::wait_gone(&canaries, "web-copy", Duration::from_secs(30)).await;
+    assert_users_rules_with_weights(&world, 100, 0).await;
+}

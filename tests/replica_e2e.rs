@@ -378,3 +378,56 @@ async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadli
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_canary_of_the_same_deployment_is_refused_and_its_deletion_changes_nothing() {
+    let world = replica_world("replica-owner", hold_at_ten_percent).await;
+    let canaries: Api<canary::api::canary::Canary> = world.ns.api();
+    let first = canaries.get(NAME).await.unwrap();
+    let copy: canary::api::canary::Canary = serde_json::from_value(json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "order-service-copy"},
+        "spec": serde_json::to_value(&first.spec).unwrap(),
+    }))
+    .unwrap();
+    canaries.create(&Default::default(), &copy).await.unwrap();
+    let refused = cluster::wait_for(
+        &canaries,
+        "order-service-copy",
+        "Ready=False RoutingConflict",
+        Duration::from_secs(30),
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|r| r.type_ == "Ready" && r.reason == "RoutingConflict")
+            })
+        },
+    )
+    .await;
+    let message = refused.status.unwrap().message.unwrap_or_default();
+    assert!(
+        message.contains(&format!("Deployment {NAME} belongs to Canary {NAME}")),
+        "{message}"
+    );
+    // The owner rolls out as before.
+    set_image(&world.ns, "order-service:v1.3.0-canary").await;
+    follow(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
+    let before = split(&world.ns).await.1;
+    canaries
+        .delete("order-service-copy", &Default::default())
+        .await
+        .unwrap();
+    cluster::wait_gone(&canaries, "order-service-copy", Duration::from_secs(30)).await;
+    let target: Deployment = world.ns.api().get(NAME).await.unwrap();
+    assert_eq!(
+        target.spec.unwrap().replicas,
+        Some(0),
+        "the copy's deletion gave the target no replicas back"
+    );
+    let after = split(&world.ns).await.1;
+    assert_eq!(
+        (after.weight, after.canary.0, after.stable.0),
+        (before.weight, before.canary.0, before.stable.0)
+    );
+}

@@ -20,14 +20,14 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
+use kube::core::{DynamicObject, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
-use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{error, info, warn};
 
@@ -648,11 +648,7 @@ async fn routing_changes(
 }
 
 /// The Canaries of `namespace` whose rollout writes `object` (`Kind/name`).
-fn canaries_naming(
-    store: &Store<Canary>,
-    namespace: &str,
-    object: &str,
-) -> Vec<ObjectRef<Canary>> {
+fn canaries_naming(store: &Store<Canary>, namespace: &str, object: &str) -> Vec<ObjectRef<Canary>> {
     store
         .state()
         .into_iter()

@@ -146,7 +146,10 @@ mod tests {
         assert!(conflicts(&a, std::slice::from_ref(&b)).is_empty());
         let refused = conflicts(&b, std::slice::from_ref(&a));
         assert_eq!(
-            refused.iter().map(|c| c.object.as_str()).collect::<Vec<_>>(),
+            refused
+                .iter()
+                .map(|c| c.object.as_str())
+                .collect::<Vec<_>>(),
             [DR, VS]
         );
         assert!(refused.iter().all(|c| c.owner == "web"));
@@ -195,7 +198,10 @@ mod tests {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0].object, VS);
         assert!(refused[0].owner_deleting);
-        assert!(refusal("b", &refused).contains("VirtualService web belongs to Canary a (being deleted)"));
+        assert!(
+            refusal("b", &refused)
+                .contains("VirtualService web belongs to Canary a (being deleted)")
+        );
         // Once gone from the cache, b owns both.
         assert!(conflicts(&b, &[]).is_empty());
     }
