@@ -815,24 +815,8 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
     // Another service, whose Canary was copied from web's: the same VirtualService and
     // DestinationRule.
     rollout::service(&world.ns, "other", 0).await;
-    let web = canaries.get("web").await.unwrap();
-    let mut copy = json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
-        "metadata": {"name": "other"},
-        "spec": serde_json::to_value(&web.spec).unwrap(),
-    });
-    copy["spec"]["targetRef"]["name"] = json!("other");
-    create::<Canary>(&canaries, copy).await;
-    let refused = wait_for(
-        &canaries,
-        "other",
-        "Ready=False RoutingConflict",
-        Duration::from_secs(30),
-        |c| {
-            ready_condition(c).is_some_and(|r| r.status == "False" && r.reason == "RoutingConflict")
-        },
-    )
-    .await;
+    rollout::copy_canary(&world.ns, "web", "other", "other").await;
+    let refused = rollout::refused_as_conflicting(&world.ns, "other").await;
     let message = ready_condition(&refused).unwrap().message;
     assert!(
         message.contains("VirtualService web belongs to Canary web")
@@ -892,22 +876,9 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
 async fn a_refused_canary_takes_over_once_the_owner_is_deleted() {
     let world = world("takeover").await;
     let canaries: Api<Canary> = world.ns.api();
-    let web = canaries.get("web").await.unwrap();
-    let mut copy = json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
-        "metadata": {"name": "web-new"},
-        "spec": serde_json::to_value(&web.spec).unwrap(),
-    });
-    copy["spec"]["targetRef"]["name"] = json!("web");
-    create::<Canary>(&canaries, copy).await;
-    wait_for(
-        &canaries,
-        "web-new",
-        "Ready=False RoutingConflict (same target and routing)",
-        Duration::from_secs(30),
-        |c| ready_condition(c).is_some_and(|r| r.reason == "RoutingConflict"),
-    )
-    .await;
+    // Same target, same routing.
+    rollout::copy_canary(&world.ns, "web", "web-new", "web").await;
+    rollout::refused_as_conflicting(&world.ns, "web-new").await;
     canaries.delete("web", &Default::default()).await.unwrap();
     let started = Instant::now();
     let (taken, timeline) =

@@ -245,6 +245,24 @@ async fn at_weight(ns: &TestNamespace, weight: u64) {
     .await;
 }
 
+/// Sets the split rule's weights as a person or a GitOps sync would.
+async fn set_weights_by_hand(ns: &TestNamespace, stable: u64, canary: u64) {
+    routes(ns)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::<()>::Json(
+                serde_json::from_value(json!([
+                    {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": stable},
+                    {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": canary},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .expect("changing the weights by hand");
+}
+
 /// The controller's header-route rule, if the route has it.
 async fn testers_rule(ns: &TestNamespace) -> Option<Value> {
     route_rules(ns)
@@ -404,20 +422,7 @@ async fn a_weight_changed_behind_the_controllers_back_is_set_back_with_an_event(
     at_weight(&world.ns, 20).await;
     follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
     // Someone (a GitOps sync, a hand edit) sets the split to 50/50.
-    routes(&world.ns)
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::<()>::Json(
-                serde_json::from_value(json!([
-                    {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 50},
-                    {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 50},
-                ]))
-                .unwrap(),
-            ),
-        )
-        .await
-        .expect("changing the weights by hand");
+    set_weights_by_hand(&world.ns, 50, 50).await;
     at_weight(&world.ns, 20).await;
     let drift = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(10)).await;
     assert_eq!(drift.type_.as_deref(), Some("Warning"));
@@ -535,28 +540,8 @@ async fn the_example_with_created_services_rolls_out_and_hands_the_service_back(
 async fn a_canary_copied_onto_the_same_route_is_refused_and_settled_drift_is_set_back() {
     let world = world("gw-owner", json!([{"setWeight": 20}, {"pause": {}}])).await;
     let canaries: Api<Canary> = world.ns.api();
-    let web = canaries.get("web").await.unwrap();
-    let mut copy = json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
-        "metadata": {"name": "web-copy"},
-        "spec": serde_json::to_value(&web.spec).unwrap(),
-    });
-    copy["spec"]["targetRef"]["name"] = json!("web-copy");
-    create::<Canary>(&canaries, copy).await;
-    let refused = cluster::wait_for(
-        &canaries,
-        "web-copy",
-        "Ready=False RoutingConflict",
-        Duration::from_secs(30),
-        |c| {
-            c.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|r| r.type_ == "Ready" && r.reason == "RoutingConflict")
-            })
-        },
-    )
-    .await;
+    rollout::copy_canary(&world.ns, "web", "web-copy", "web-copy").await;
+    let refused = rollout::refused_as_conflicting(&world.ns, "web-copy").await;
     let message = refused.status.unwrap().message.unwrap_or_default();
     assert!(
         message.contains("HTTPRoute web belongs to Canary web"),
@@ -564,20 +549,7 @@ async fn a_canary_copied_onto_the_same_route_is_refused_and_settled_drift_is_set
     );
 
     // Settled, a hand edit of the split is set back and reported at once.
-    routes(&world.ns)
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::<()>::Json(
-                serde_json::from_value(json!([
-                    {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 70},
-                    {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 30},
-                ]))
-                .unwrap(),
-            ),
-        )
-        .await
-        .expect("changing the weights by hand");
+    set_weights_by_hand(&world.ns, 70, 30).await;
     let drift = cluster::event_with_reason(&world.ns, "WeightDrift", Duration::from_secs(10)).await;
     let note = drift.note.unwrap_or_default();
     assert!(note.contains("30%") && note.contains("Idle"), "{note}");

@@ -383,28 +383,8 @@ async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadli
 async fn a_second_canary_of_the_same_deployment_is_refused_and_its_deletion_changes_nothing() {
     let world = replica_world("replica-owner", hold_at_ten_percent).await;
     let canaries: Api<canary::api::canary::Canary> = world.ns.api();
-    let first = canaries.get(NAME).await.unwrap();
-    let copy: canary::api::canary::Canary = serde_json::from_value(json!({
-        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
-        "metadata": {"name": "order-service-copy"},
-        "spec": serde_json::to_value(&first.spec).unwrap(),
-    }))
-    .unwrap();
-    canaries.create(&Default::default(), &copy).await.unwrap();
-    let refused = cluster::wait_for(
-        &canaries,
-        "order-service-copy",
-        "Ready=False RoutingConflict",
-        Duration::from_secs(30),
-        |c| {
-            c.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|r| r.type_ == "Ready" && r.reason == "RoutingConflict")
-            })
-        },
-    )
-    .await;
+    rollout::copy_canary(&world.ns, NAME, "order-service-copy", NAME).await;
+    let refused = rollout::refused_as_conflicting(&world.ns, "order-service-copy").await;
     let message = refused.status.unwrap().message.unwrap_or_default();
     assert!(
         message.contains(&format!("Deployment {NAME} belongs to Canary {NAME}")),

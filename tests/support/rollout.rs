@@ -690,3 +690,38 @@ pub async fn service(ns: &TestNamespace, name: &str, replicas: i32) {
     )
     .await;
 }
+
+/// Creates Canary `name` with Canary `from`'s spec but targeting `target`: a copied manifest.
+pub async fn copy_canary(ns: &TestNamespace, from: &str, name: &str, target: &str) {
+    let canaries: Api<Canary> = ns.api();
+    let original = canaries
+        .get(from)
+        .await
+        .expect("reading the Canary to copy");
+    let mut copy = json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": name},
+        "spec": serde_json::to_value(&original.spec).expect("a spec serialises"),
+    });
+    copy["spec"]["targetRef"]["name"] = json!(target);
+    create::<Canary>(&canaries, copy).await;
+}
+
+/// Waits until Canary `name` is refused for naming what another Canary owns (`Ready=False`,
+/// reason `RoutingConflict`); returns it.
+pub async fn refused_as_conflicting(ns: &TestNamespace, name: &str) -> Canary {
+    crate::cluster::wait_for(
+        &ns.api::<Canary>(),
+        name,
+        "Ready=False RoutingConflict",
+        Duration::from_secs(30),
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|r| {
+                    r.type_ == "Ready" && r.status == "False" && r.reason == "RoutingConflict"
+                })
+            })
+        },
+    )
+    .await
+}
