@@ -432,6 +432,9 @@ impl Planner<'_> {
         if answers.is_empty() {
             return;
         }
+        // Said before what the request caused (`Aborted`, `Paused`…), in the order answered.
+        let said: Vec<Event> = answers.iter().map(request_event).collect();
+        self.events.splice(0..0, said);
         let present = |answer: &RequestStatus| {
             self.observed
                 .requests
@@ -1771,6 +1774,36 @@ pub fn set_condition(
 /// Condition reasons are CamelCase tokens.
 fn reason_token(text: &str) -> String {
     text.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// The event of an answered request: `<Action>Requested` (Normal) naming the request's id
+/// when it was acted on, `RequestRefused` (Warning) with the reason when it was not.
+fn request_event(answer: &RequestStatus) -> Event {
+    let id = &answer.id;
+    if !answer.accepted {
+        return Event {
+            kind: EventType::Warning,
+            reason: "RequestRefused",
+            message: format!("request {id} refused: {}", answer.message),
+        };
+    }
+    let reason = match answer.action {
+        RequestAction::Promote => "PromoteRequested",
+        RequestAction::PromoteFull => "PromoteFullRequested",
+        RequestAction::Pause => "PauseRequested",
+        RequestAction::Resume => "ResumeRequested",
+        RequestAction::Abort => "AbortRequested",
+        RequestAction::Retry => "RetryRequested",
+    };
+    Event {
+        kind: EventType::Normal,
+        reason,
+        message: format!(
+            "{} request {id} accepted: {}",
+            answer.action.as_str(),
+            answer.message
+        ),
+    }
 }
 
 /// Puts the actions in a safe order, one per kind (the last one decided wins): a weight that

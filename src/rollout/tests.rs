@@ -360,7 +360,10 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     );
     assert_eq!(aborted.status.phase, Phase::RolledBack);
     assert_eq!(aborted.status.failed_revision.as_deref(), Some("r2"));
-    assert_eq!(reasons(&aborted), ["Aborted", "RolledBack"]);
+    assert_eq!(
+        reasons(&aborted),
+        ["AbortRequested", "Aborted", "RolledBack"]
+    );
 
     // The same revision is not rolled out again by itself...
     seen.requests = request(RequestAction::Abort, "a1");
@@ -377,7 +380,7 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     seen.requests = request(RequestAction::Retry, "r-1");
     let retried = plan(&s, &later.status, &seen, t(60));
     assert_eq!(retried.status.phase, Phase::Progressing);
-    assert_eq!(reasons(&retried), ["RolloutStarted"]);
+    assert_eq!(reasons(&retried), ["RetryRequested", "RolloutStarted"]);
 }
 
 #[test]
@@ -2263,4 +2266,81 @@ fn a_service_scaled_mid_rollout_scales_stable_with_it() {
         "{:?}",
         settled.actions
     );
+}
+
+#[test]
+fn every_answered_request_leaves_an_event_naming_it() {
+    let s = spec(serde_json::json!({}));
+    // (status, request, expected events in order, what the request's event says)
+    let cases: [(CanaryStatus, RequestAction, &[&str], &str); 6] = [
+        (
+            progressing(1, 10, 0),
+            RequestAction::Promote,
+            &["PromoteRequested"],
+            "promote request q accepted: skipping to the next step",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Pause,
+            &["PauseRequested", "Paused"],
+            "pause request q accepted: paused",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Abort,
+            &["AbortRequested", "Aborted", "RolledBack"],
+            "abort request q accepted: rolling back",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Resume,
+            &["RequestRefused"],
+            "request q refused: resume does not apply: the rollout is not paused",
+        ),
+        (
+            idle(),
+            RequestAction::Pause,
+            &["RequestRefused"],
+            "request q refused: pause does not apply: no rollout is under way",
+        ),
+        (
+            CanaryStatus {
+                phase: Phase::RolledBack,
+                failed_revision: Some("r2".into()),
+                ..idle()
+            },
+            RequestAction::Retry,
+            // The canary is ready: its first weight at once.
+            &["RetryRequested", "RolloutStarted", "WeightChanged"],
+            "retry request q accepted: retrying r2",
+        ),
+    ];
+    for (status, action, expected, message) in cases {
+        // Idle: the target runs stable's revision (nothing to roll out).
+        let target = match status.phase {
+            Phase::Idle => "r1",
+            _ => "r2",
+        };
+        let mut seen = observed(target);
+        seen.canary = Some(ready("r2", 1));
+        seen.requests = request(action, "q");
+        let p = plan(&s, &status, &seen, t(5));
+        assert_eq!(reasons(&p), expected, "{action:?}");
+        assert_eq!(p.events[0].message, message, "{action:?}");
+        let kind = if expected[0] == "RequestRefused" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        assert_eq!(p.events[0].kind, kind, "{action:?}");
+        // Answered once: planning again from the answer says nothing more about it.
+        let again = plan(&s, &p.status, &seen, t(6));
+        assert!(
+            !reasons(&again)
+                .iter()
+                .any(|r| r.ends_with("Requested") || *r == "RequestRefused"),
+            "{action:?}: {:?}",
+            again.events
+        );
+    }
 }
