@@ -650,6 +650,14 @@ impl Planner<'_> {
         self.status.rollout_started_at = Some(self.now_text());
         self.status.step_started_at = Some(self.now_text());
         self.status.steps_fingerprint = Some(steps_fingerprint(&self.spec.rollout_steps()));
+        // The previous rollout's facts are not this one's.
+        self.status.canary_unready_since = None;
+        self.set_condition(
+            "Promoted",
+            false,
+            "RolloutStarted",
+            &format!("{revision} is being rolled out: not promoted yet"),
+        );
         self.set_condition("Ready", true, "Ready", "the spec is valid");
         let message = match &superseded {
             Some(old) => format!(

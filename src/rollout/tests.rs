@@ -2344,3 +2344,66 @@ fn every_answered_request_leaves_an_event_naming_it() {
         );
     }
 }
+
+#[test]
+fn a_new_rollout_does_not_show_the_previous_rollouts_outcome() {
+    let s = spec(serde_json::json!({}));
+    let mut rolled_back = CanaryStatus {
+        phase: Phase::RolledBack,
+        failed_revision: Some("r2".into()),
+        rollback_reason: Some(RollbackReason::ProgressDeadlineExceeded),
+        canary_unready_since: Some(t(0).to_string()),
+        ..idle()
+    };
+    set_condition(
+        &mut rolled_back.conditions,
+        (
+            "Promoted",
+            false,
+            "ProgressDeadlineExceeded",
+            "rolled back r2",
+        ),
+        t(0),
+        Some(1),
+    );
+    let started = plan(&s, &rolled_back, &observed("r3"), t(100));
+    assert_eq!(started.status.phase, Phase::Progressing);
+    let promoted = started
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Promoted")
+        .unwrap();
+    assert_eq!(
+        (
+            promoted.status.as_str(),
+            promoted.reason.as_str(),
+            promoted.message.as_str()
+        ),
+        (
+            "False",
+            "RolloutStarted",
+            "r3 is being rolled out: not promoted yet"
+        )
+    );
+    assert_eq!(started.status.rollback_reason, None);
+    assert_eq!(started.status.failed_revision, None);
+    assert_eq!(started.status.canary_unready_since, None);
+    // A promoted rollout's `Promoted=True` does not carry over either.
+    let mut promoted_before = idle();
+    promoted_before.phase = Phase::Promoted;
+    set_condition(
+        &mut promoted_before.conditions,
+        ("Promoted", true, "Promoted", "promoted r1"),
+        t(0),
+        Some(1),
+    );
+    let next = plan(&s, &promoted_before, &observed("r3"), t(100));
+    let condition = next
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Promoted")
+        .unwrap();
+    assert_eq!(condition.status, "False", "{condition:?}");
+}
