@@ -339,7 +339,14 @@ async fn observe(
             Err(e) => return Err(e),
         }
     } else {
-        (Ok(BTreeMap::new()), BTreeMap::new())
+        // Nothing to measure, but a missing or broken template is said now, not when the next
+        // revision arrives; templates that cannot be read just now are no reason to fail a
+        // reconcile that does not use them.
+        let checked = match resolve_analysis(canary, ctx).await {
+            Ok(Err(problem)) => Err(problem),
+            Ok(Ok(_)) | Err(_) => Ok(BTreeMap::new()),
+        };
+        (checked, BTreeMap::new())
     };
     let measurements = if urgent {
         // Nothing new is started for a rollout about to end; what is in flight is cancelled

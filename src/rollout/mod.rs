@@ -193,9 +193,10 @@ pub fn unsupported_by_router(spec: &CanarySpec, router: Capabilities) -> Option<
     Some(format!("steps[{index}].setHeaderRoute: {why}"))
 }
 
-/// Whether [`plan`] can read `Observed::analysis`: while a rollout is under way, and in a
+/// Whether [`plan`] can act on `Observed::analysis`: while a rollout is under way, and in a
 /// settled phase only if the target runs another revision than stable (a rollout could
-/// start). Otherwise the controller need not fetch and prepare the analysis templates.
+/// start). Otherwise the plan reads it only to say that it is broken (`Ready=False`), so a
+/// template that cannot be read just now need not fail the reconcile.
 pub fn needs_analysis(status: &CanaryStatus, target_revision: Option<&str>) -> bool {
     match status.phase {
         Phase::Idle | Phase::Promoted | Phase::RolledBack => target_revision
@@ -547,6 +548,7 @@ impl Planner<'_> {
     }
 
     fn steady(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        self.check_spec_while_settled();
         let stable = self.status.stable_revision.clone().unwrap_or_default();
         self.actions.push(Action::EnsureStable {
             revision: stable.clone(),
@@ -608,6 +610,35 @@ impl Planner<'_> {
             return false;
         }
         self.start_rollout(target, None)
+    }
+
+    /// With no rollout under way, a spec that could not start one (a template that does not
+    /// exist or cannot run, a step the router cannot serve) is said now, in `Ready`, not
+    /// only once a revision arrives; and `Ready` is true again once it is fixed.
+    fn check_spec_while_settled(&mut self) {
+        let problem = match &self.observed.analysis {
+            Err(problem) => Some(problem.clone()),
+            Ok(_) => unsupported_by_router(self.spec, self.observed.router),
+        };
+        if let Some(problem) = problem {
+            return self.invalid_analysis(problem);
+        }
+        let Some(reported) = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+            .map(|c| c.message.clone())
+        else {
+            return;
+        };
+        if self.status.message.as_deref() == Some(reported.as_str()) {
+            self.status.message = Some(format!(
+                "the spec is valid again; {} serves all traffic",
+                self.spec.stable_name()
+            ));
+        }
+        self.set_condition("Ready", true, "Ready", "the spec is valid");
     }
 
     fn invalid_analysis(&mut self, problem: String) {

@@ -1133,14 +1133,15 @@ fn the_analysis_is_needed_unless_a_settled_canary_runs_the_stable_revision() {
             status.phase
         );
     }
-    // Where it says no, the plan indeed never reads the analysis: an invalid one changes
-    // nothing for a settled Canary on the stable revision.
+    // Where it says no, the plan uses the analysis only to say it is broken: an invalid one
+    // changes nothing that is done for a settled Canary on the stable revision.
     let mut seen = observed("r1");
     seen.analysis = Err("template missing".into());
     let with_invalid = plan(&spec(serde_json::json!({})), &idle(), &seen, t(0));
     let with_valid = plan(&spec(serde_json::json!({})), &idle(), &observed("r1"), t(0));
-    assert_eq!(with_invalid.status, with_valid.status);
     assert_eq!(with_invalid.actions, with_valid.actions);
+    assert_eq!(with_invalid.status.phase, with_valid.status.phase);
+    assert_eq!(reasons(&with_invalid), ["InvalidSpec"]);
 }
 
 #[test]
@@ -2406,4 +2407,48 @@ fn a_new_rollout_does_not_show_the_previous_rollouts_outcome() {
         .find(|c| c.type_ == "Promoted")
         .unwrap();
     assert_eq!(condition.status, "False", "{condition:?}");
+}
+
+#[test]
+fn a_missing_template_is_said_while_settled_and_cleared_once_it_exists() {
+    let s = spec(serde_json::json!({"steps": [
+        {"setWeight": 10},
+        {"analysis": {"templates": [{"templateName": "nope"}]}},
+    ]}));
+    let problem = "AnalysisTemplate shop/nope does not exist: create it or fix templateName (the analysis step step-1, templates[0])";
+    let ready_condition = |status: &CanaryStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    for phase in [Phase::Idle, Phase::Promoted, Phase::RolledBack] {
+        let settled = CanaryStatus { phase, ..idle() };
+        // Nothing to roll out: the target runs stable's revision.
+        let mut seen = observed("r1");
+        seen.analysis = Err(problem.into());
+        let reported = plan(&s, &settled, &seen, t(0));
+        assert_eq!(
+            ready_condition(&reported.status),
+            ("False".into(), "InvalidSpec".into(), problem.into()),
+            "{phase:?}"
+        );
+        assert_eq!(reasons(&reported), ["InvalidSpec"], "{phase:?}");
+        assert_eq!(reported.status.message.as_deref(), Some(problem));
+        assert_eq!(reported.status.phase, phase);
+        // Said once.
+        assert!(plan(&s, &reported.status, &seen, t(10)).events.is_empty());
+        // The template is created: Ready again, and the message no longer says it.
+        seen.analysis = Ok(BTreeMap::new());
+        let fixed = plan(&s, &reported.status, &seen, t(20));
+        assert_eq!(
+            ready_condition(&fixed.status),
+            ("True".into(), "Ready".into(), "the spec is valid".into()),
+            "{phase:?}"
+        );
+        assert_ne!(fixed.status.message.as_deref(), Some(problem));
+        assert!(fixed.events.is_empty(), "{:?}", fixed.events);
+    }
 }
