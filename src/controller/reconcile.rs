@@ -93,7 +93,8 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
 
     let (observed, mut read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
-    info!(
+    // Every reconcile: debug. The decisions among them are logged with their events.
+    debug!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
         weight = plan.status.canary_weight, actions = ?plan.actions,
         events = ?plan.events.iter().map(|e| e.reason).collect::<Vec<_>>(), "planned"
@@ -143,7 +144,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     }
     remove_answered_requests(canary, &stored_status, ctx).await;
     for event in &plan.events {
-        publish(&ctx.recorder, canary, event).await;
+        publish(&ctx.recorder, canary, &plan.status, event).await;
     }
     for measured in &observed.measurements {
         if let Some(phase) = rollout::recorded_phase(&plan.status, measured) {
@@ -202,7 +203,7 @@ async fn report_unappliable(
         reason: CANNOT_APPLY,
         message: problem.to_string(),
     };
-    publish(&ctx.recorder, canary, &event).await;
+    publish(&ctx.recorder, canary, status, &event).await;
 }
 
 /// Reconciles a Canary being deleted, handing the service back to the user's Deployment
@@ -1083,12 +1084,54 @@ async fn write_status(
 /// events of the same reason and action into one series that keeps the first message; so two
 /// `WeightDrift`s about different Deployments would show one message twice. Events of the same
 /// reason and message still merge into a count.
-fn event_action(reason: &str, note: &str) -> String {
+pub(super) fn event_action(reason: &str, note: &str) -> String {
     let hash = crate::workload::fnv1a64(note.as_bytes());
     format!("{reason}-{:08x}", hash >> 32)
 }
 
-async fn publish(recorder: &Recorder, canary: &Canary, event: &rollout::Event) {
+/// Publishes `event` about `canary`, whose status (as planned) is `status`, and logs it: the
+/// controller's log has one line per decision, with the rollout's coordinates.
+pub(super) async fn publish(
+    recorder: &Recorder,
+    canary: &Canary,
+    status: &CanaryStatus,
+    event: &rollout::Event,
+) {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let revision = status
+        .canary_revision
+        .as_deref()
+        .or(status.stable_revision.as_deref())
+        .unwrap_or("");
+    let step = status.step_display.as_deref().unwrap_or("");
+    let weight = status.canary_weight;
+    match event.kind {
+        EventType::Normal => {
+            info!(
+                namespace,
+                canary = name,
+                revision,
+                step,
+                weight,
+                reason = event.reason,
+                "{}",
+                event.message
+            )
+        }
+        EventType::Warning => {
+            warn!(
+                namespace,
+                canary = name,
+                revision,
+                step,
+                weight,
+                reason = event.reason,
+                "{}",
+                event.message
+            )
+        }
+    }
     let note: String = event.message.chars().take(1000).collect();
     let kube_event = KubeEvent {
         type_: match event.kind {
