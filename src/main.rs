@@ -25,7 +25,13 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(cli.log_format);
+    // The controller says what it decides; the other commands print their own results and
+    // keep stderr for warnings.
+    let default_filter = match cli.command {
+        cli::Command::Controller(_) => cli::controller::DEFAULT_LOG,
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,13 +45,29 @@ fn main() -> std::process::ExitCode {
     runtime.block_on(cli::run(cli)).into()
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("CANARY_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = match std::env::var("CANARY_LOG") {
+        Ok(text) if !text.trim().is_empty() => EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: CANARY_LOG={text:?} is not a log filter ({e}); using {default_filter:?} (syntax: `info`, `canary=debug,kube=info`)"
+            );
+            EnvFilter::new(default_filter)
+        }),
+        _ => EnvFilter::new(default_filter),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr());
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colour codes only for a person at a terminal: never into a file, a pipe or a log
+/// collector, and not when `NO_COLOR` is set (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

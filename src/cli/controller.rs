@@ -16,13 +16,15 @@ fn hostname() -> String {
         .unwrap_or_else(|| "canary".into())
 }
 
+/// The controller's log filter unless `CANARY_LOG` says otherwise: one line at start and one
+/// per decision (a weight change, a promotion, a rollback…), none per reconcile.
+pub const DEFAULT_LOG: &str = "warn,canary=info";
+
 /// Watch Canaries and drive every rollout to its end (what the Deployment in deploy/ runs).
 ///
 /// Serves /metrics, /healthz and /readyz on --listen; stops gracefully on SIGTERM.
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example:\n  canary controller --namespace shop --prometheus http://prometheus.monitoring:9090"
-)]
+#[command(after_help = CONTROLLER_HELP)]
 pub struct Args {
     /// Watch only this namespace (default: all).
     #[arg(long, short = 'n', env = "CANARY_NAMESPACE")]
@@ -55,6 +57,20 @@ pub struct Args {
     pub metrics_address_allow: Vec<AllowedAddress>,
 }
 
+const CONTROLLER_HELP: &str = "\
+Logs (stderr):
+  One line when it starts (version, namespaces watched, leader election, metrics address),
+  then one per decision: a rollout started, a weight changed, a promotion, a rollback, an
+  operator's request, a problem with a Canary (once per change of the problem, not at every
+  retry). Colour only when stderr is a terminal and NO_COLOR is unset.
+  CANARY_LOG         what to log, as a tracing EnvFilter: a level (error, warn, info, debug,
+                     trace) and per-module levels, e.g. `info`, `canary=debug`,
+                     `warn,canary=info,kube=debug` (default: warn,canary=info)
+  CANARY_LOG_FORMAT  plain (default) or json (one JSON object per line); same as --log-format
+
+Example:
+  canary controller --namespace shop --prometheus http://prometheus.monitoring:9090";
+
 pub async fn run(args: Args) -> Exit {
     let Args {
         namespace,
@@ -71,6 +87,17 @@ pub async fn run(args: Args) -> Exit {
         identity: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
     });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespaces = namespace.as_deref().unwrap_or("all"),
+        leader_election = %leader_election.as_ref().map_or_else(
+            || "off".to_string(),
+            |l| format!("Lease {}/{} as {}", l.namespace, controller::LEASE_NAME, l.identity)
+        ),
+        metrics = %listen,
+        "canary controller {} started",
+        env!("CARGO_PKG_VERSION"),
+    );
     match controller::run(Config {
         namespace,
         prometheus,

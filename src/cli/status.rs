@@ -292,24 +292,7 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
             })
         })
         .collect();
-    let mut events: Vec<EventView> = events
-        .iter()
-        .map(|e| EventView {
-            time: e
-                .last_timestamp
-                .as_ref()
-                .or(e.first_timestamp.as_ref())
-                .map(|t| t.0.to_string())
-                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
-                .unwrap_or_default(),
-            kind: e.type_.clone().unwrap_or_default(),
-            reason: e.reason.clone().unwrap_or_default(),
-            message: e.message.clone().unwrap_or_default(),
-        })
-        .collect();
-    events.sort_by(|a, b| a.time.cmp(&b.time));
-    let keep = events.len().saturating_sub(8);
-    events.drain(..keep);
+    let events = latest_events(events, EVENTS_SHOWN);
     StatusView {
         namespace: canary.namespace().unwrap_or_default(),
         name: canary.name_any(),
@@ -348,6 +331,51 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
             .collect(),
         events,
     }
+}
+
+/// How many of a Canary's events `status` shows: the latest.
+const EVENTS_SHOWN: usize = 8;
+
+/// When `event` last happened: a repeated event (events.k8s.io `series`, or a core/v1
+/// `count`) is as recent as its last repeat, not its first occurrence.
+fn last_seen(event: &Event) -> Option<Timestamp> {
+    event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0)
+        .or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| event.event_time.as_ref().map(|t| t.0))
+        .or_else(|| event.first_timestamp.as_ref().map(|t| t.0))
+}
+
+/// The `shown` most recent of `events`, oldest first (newest last, as a log reads).
+fn latest_events(events: &[Event], shown: usize) -> Vec<EventView> {
+    let mut events: Vec<(Option<Timestamp>, &Event)> =
+        events.iter().map(|e| (last_seen(e), e)).collect();
+    events.sort_by_key(|(time, _)| *time);
+    let keep = events.len().saturating_sub(shown);
+    events
+        .drain(keep..)
+        .map(|(time, e)| {
+            let count = e
+                .series
+                .as_ref()
+                .and_then(|s| s.count)
+                .or(e.count)
+                .filter(|n| *n > 1);
+            let message = e.message.clone().unwrap_or_default();
+            EventView {
+                time: time.map(|t| t.to_string()).unwrap_or_default(),
+                kind: e.type_.clone().unwrap_or_default(),
+                reason: e.reason.clone().unwrap_or_default(),
+                message: match count {
+                    Some(n) => format!("{message} (×{n})"),
+                    None => message,
+                },
+            }
+        })
+        .collect()
 }
 
 /// `[██████░░░░░░░░░░░░░░] 30%`
@@ -702,6 +730,60 @@ mod tests {
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn event(reason: &str, message: &str, first: i64, last: Option<(i64, i32)>) -> Event {
+        use k8s_openapi::api::core::v1::EventSeries;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        Event {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some("Normal".into()),
+            event_time: Some(MicroTime(at(first))),
+            series: last.map(|(last, count)| EventSeries {
+                count: Some(count),
+                last_observed_time: Some(MicroTime(at(last))),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shows_the_latest_events_by_their_last_repeat_newest_last() {
+        // Two rollouts: the second repeated `0% → 20%` (a series on the first one's event).
+        let mut events = vec![
+            event("RolloutStarted", "rolling out r2", 0, None),
+            event("WeightChanged", "canary weight 0% → 20%", 1, Some((101, 2))),
+            event("WeightChanged", "canary weight 20% → 50%", 10, None),
+            event("Promoted", "promoted r2", 20, None),
+            event("RolloutStarted", "rolling out r3", 100, None),
+            event("WeightChanged", "canary weight 20% → 80%", 110, None),
+        ];
+        // The API server lists them in no particular order.
+        events.reverse();
+        let shown = latest_events(&events, 4);
+        let messages: Vec<&str> = shown.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "promoted r2",
+                "rolling out r3",
+                "canary weight 0% → 20% (×2)",
+                "canary weight 20% → 80%",
+            ]
+        );
+        assert_eq!(shown[2].time, at(101).to_string());
+        // Sub-second times sort by time, not as text ("…:00.5Z" before "…:00Z" as text).
+        let mut close = event("A", "first", 0, None);
+        let mut later = event("B", "second", 0, None);
+        later.event_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at(0) + jiff::SignedDuration::from_millis(500),
+        ));
+        close.event_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at(0),
+        ));
+        let shown = latest_events(&[later, close], 8);
+        assert_eq!(shown[1].message, "second");
     }
 
     #[test]

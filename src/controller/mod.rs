@@ -29,7 +29,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
@@ -80,6 +80,39 @@ pub struct Context {
     /// Every Canary the controller watches, as its cache holds them: who owns which object
     /// is decided from these without a request.
     pub canaries: Store<Canary>,
+    /// The reconcile error last logged per Canary.
+    pub logged_errors: LoggedErrors,
+}
+
+/// The reconcile error last logged for each Canary, so that a problem retried every few
+/// seconds is logged once per change of its message, not at every retry (status and events
+/// say it meanwhile). Forgotten when a reconcile of that Canary succeeds, so the same problem
+/// coming back later is logged again.
+#[derive(Default)]
+pub struct LoggedErrors(Mutex<BTreeMap<(String, String), String>>);
+
+impl LoggedErrors {
+    /// Whether `message` differs from the last one logged for the Canary (remembered now).
+    pub fn is_new(&self, namespace: &str, canary: &str, message: &str) -> bool {
+        let key = (namespace.to_string(), canary.to_string());
+        let mut entries = self.entries();
+        if entries.get(&key).is_some_and(|last| last == message) {
+            return false;
+        }
+        entries.insert(key, message.to_string());
+        true
+    }
+
+    pub fn forget(&self, namespace: &str, canary: &str) {
+        self.entries()
+            .remove(&(namespace.to_string(), canary.to_string()));
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A compare metric of one analysis run of one Canary.
@@ -238,7 +271,13 @@ async fn termination() {
 /// bug; input that could cause one is refused by validation, this is the last line.)
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     match contained(reconcile_contained(canary.clone(), ctx.clone())).await {
-        Ok(result) => result,
+        Ok(result) => {
+            if result.is_ok() {
+                let namespace = canary.namespace().unwrap_or_default();
+                ctx.logged_errors.forget(&namespace, &canary.name_any());
+            }
+            result
+        }
         Err(payload) => {
             let what = panic_message(payload.as_ref());
             let namespace = canary.namespace().unwrap_or_default();
@@ -265,7 +304,7 @@ async fn report_internal_error(canary: &Canary, ctx: &Context, message: &str) {
         type_: kube::runtime::events::EventType::Warning,
         reason: "ReconcileFailed".into(),
         note: Some(message.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        action: reconcile::event_action("ReconcileFailed", message),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
@@ -327,11 +366,21 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeu
         ctx.metrics.reconcile_error(&namespace, &canary.name_any());
         return Requeue::requeue(PANIC_RETRY);
     }
-    if waiting {
-        info!(namespace, canary = canary.name_any(), %error, "deleting");
-    } else {
-        warn!(namespace, canary = canary.name_any(), %error, "reconcile failed; retrying");
-        ctx.metrics.reconcile_error(&namespace, &canary.name_any());
+    let name = canary.name_any();
+    // Once per change of the message: a problem retried every 2 s would otherwise fill the
+    // log (status and events say it meanwhile).
+    let new = ctx
+        .logged_errors
+        .is_new(&namespace, &name, &error.to_string());
+    if !waiting {
+        ctx.metrics.reconcile_error(&namespace, &name);
+    }
+    match (waiting, new) {
+        (true, true) => info!(namespace, canary = name, %error, "deleting"),
+        (false, true) => {
+            warn!(namespace, canary = name, %error, "reconcile failed; retrying (logged again when the error changes)")
+        }
+        (_, false) => debug!(namespace, canary = name, %error, "reconcile failed again; retrying"),
     }
     Requeue::requeue(Duration::from_secs(2))
 }
@@ -377,6 +426,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         measurements,
         liveness: Liveness::default(),
         canaries: store.clone(),
+        logged_errors: LoggedErrors::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -507,8 +557,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile error");
+            match result {
+                // Logged by `error_policy`, once per change.
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "reconcile error"),
             }
         });
     tokio::select! {

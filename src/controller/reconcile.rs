@@ -100,7 +100,8 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
 
     let (observed, mut read) = observe(canary, &status, ctx, now).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
-    info!(
+    // Every reconcile: debug. The decisions among them are logged with their events.
+    debug!(
         namespace, canary = name, phase = plan.status.phase.as_str(),
         weight = plan.status.canary_weight, actions = ?plan.actions,
         events = ?plan.events.iter().map(|e| e.reason).collect::<Vec<_>>(), "planned"
@@ -154,7 +155,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     }
     remove_answered_requests(canary, &stored_status, ctx).await;
     for event in &plan.events {
-        publish(&ctx.recorder, canary, event).await;
+        publish(&ctx.recorder, canary, &plan.status, event).await;
     }
     for measured in &observed.measurements {
         if let Some(phase) = rollout::recorded_phase(&plan.status, measured) {
@@ -291,7 +292,7 @@ async fn report_problem(
             reason,
             message: problem.to_string(),
         };
-        publish(&ctx.recorder, canary, &event).await;
+        publish(&ctx.recorder, canary, status, &event).await;
     }
 }
 
@@ -447,7 +448,14 @@ async fn observe(
             Err(e) => return Err(e),
         }
     } else {
-        (Ok(BTreeMap::new()), BTreeMap::new())
+        // Nothing to measure, but a missing or broken template is said now, not when the next
+        // revision arrives; templates that cannot be read just now are no reason to fail a
+        // reconcile that does not use them.
+        let checked = match resolve_analysis(canary, ctx).await {
+            Ok(Err(problem)) => Err(problem),
+            Ok(Ok(_)) | Err(_) => Ok(BTreeMap::new()),
+        };
+        (checked, BTreeMap::new())
     };
     let measurements = if urgent {
         // Nothing new is started for a rollout about to end; what is in flight is cancelled
@@ -1184,12 +1192,54 @@ async fn write_status(
 /// events of the same reason and action into one series that keeps the first message; so two
 /// `WeightDrift`s about different Deployments would show one message twice. Events of the same
 /// reason and message still merge into a count.
-fn event_action(reason: &str, note: &str) -> String {
+pub(super) fn event_action(reason: &str, note: &str) -> String {
     let hash = crate::workload::fnv1a64(note.as_bytes());
     format!("{reason}-{:08x}", hash >> 32)
 }
 
-async fn publish(recorder: &Recorder, canary: &Canary, event: &rollout::Event) {
+/// Publishes `event` about `canary`, whose status (as planned) is `status`, and logs it: the
+/// controller's log has one line per decision, with the rollout's coordinates.
+pub(super) async fn publish(
+    recorder: &Recorder,
+    canary: &Canary,
+    status: &CanaryStatus,
+    event: &rollout::Event,
+) {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let revision = status
+        .canary_revision
+        .as_deref()
+        .or(status.stable_revision.as_deref())
+        .unwrap_or("");
+    let step = status.step_display.as_deref().unwrap_or("");
+    let weight = status.canary_weight;
+    match event.kind {
+        EventType::Normal => {
+            info!(
+                namespace,
+                canary = name,
+                revision,
+                step,
+                weight,
+                reason = event.reason,
+                "{}",
+                event.message
+            )
+        }
+        EventType::Warning => {
+            warn!(
+                namespace,
+                canary = name,
+                revision,
+                step,
+                weight,
+                reason = event.reason,
+                "{}",
+                event.message
+            )
+        }
+    }
     let note: String = event.message.chars().take(1000).collect();
     let kube_event = KubeEvent {
         type_: match event.kind {

@@ -193,9 +193,10 @@ pub fn unsupported_by_router(spec: &CanarySpec, router: Capabilities) -> Option<
     Some(format!("steps[{index}].setHeaderRoute: {why}"))
 }
 
-/// Whether [`plan`] can read `Observed::analysis`: while a rollout is under way, and in a
+/// Whether [`plan`] can act on `Observed::analysis`: while a rollout is under way, and in a
 /// settled phase only if the target runs another revision than stable (a rollout could
-/// start). Otherwise the controller need not fetch and prepare the analysis templates.
+/// start). Otherwise the plan reads it only to say that it is broken (`Ready=False`), so a
+/// template that cannot be read just now need not fail the reconcile.
 pub fn needs_analysis(status: &CanaryStatus, target_revision: Option<&str>) -> bool {
     match status.phase {
         Phase::Idle | Phase::Promoted | Phase::RolledBack => target_revision
@@ -432,6 +433,9 @@ impl Planner<'_> {
         if answers.is_empty() {
             return;
         }
+        // Said before what the request caused (`Aborted`, `Paused`…), in the order answered.
+        let said: Vec<Event> = answers.iter().map(request_event).collect();
+        self.events.splice(0..0, said);
         let present = |answer: &RequestStatus| {
             self.observed
                 .requests
@@ -544,6 +548,7 @@ impl Planner<'_> {
     }
 
     fn steady(&mut self, target: &TargetState, request: Option<RequestAction>) {
+        self.check_spec_while_settled();
         let stable = self.status.stable_revision.clone().unwrap_or_default();
         self.actions.push(Action::EnsureStable {
             revision: stable.clone(),
@@ -608,6 +613,35 @@ impl Planner<'_> {
         self.start_rollout(target, None)
     }
 
+    /// With no rollout under way, a spec that could not start one (a template that does not
+    /// exist or cannot run, a step the router cannot serve) is said now, in `Ready`, not
+    /// only once a revision arrives; and `Ready` is true again once it is fixed.
+    fn check_spec_while_settled(&mut self) {
+        let problem = match &self.observed.analysis {
+            Err(problem) => Some(problem.clone()),
+            Ok(_) => unsupported_by_router(self.spec, self.observed.router),
+        };
+        if let Some(problem) = problem {
+            return self.invalid_analysis(problem);
+        }
+        let Some(reported) = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+            .map(|c| c.message.clone())
+        else {
+            return;
+        };
+        if self.status.message.as_deref() == Some(reported.as_str()) {
+            self.status.message = Some(format!(
+                "the spec is valid again; {} serves all traffic",
+                self.spec.stable_name()
+            ));
+        }
+        self.set_condition("Ready", true, "Ready", "the spec is valid");
+    }
+
     fn invalid_analysis(&mut self, problem: String) {
         // Reported once per problem: the Ready condition remembers it (the message may be
         // overwritten by what a held rollout says).
@@ -648,6 +682,14 @@ impl Planner<'_> {
         self.status.rollout_started_at = Some(self.now_text());
         self.status.step_started_at = Some(self.now_text());
         self.status.steps_fingerprint = Some(steps_fingerprint(&self.spec.rollout_steps()));
+        // The previous rollout's facts are not this one's.
+        self.status.canary_unready_since = None;
+        self.set_condition(
+            "Promoted",
+            false,
+            "RolloutStarted",
+            &format!("{revision} is being rolled out: not promoted yet"),
+        );
         self.set_condition("Ready", true, "Ready", "the spec is valid");
         let message = match &superseded {
             Some(old) => format!(
@@ -1796,6 +1838,36 @@ pub fn set_condition(
 /// Condition reasons are CamelCase tokens.
 fn reason_token(text: &str) -> String {
     text.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// The event of an answered request: `<Action>Requested` (Normal) naming the request's id
+/// when it was acted on, `RequestRefused` (Warning) with the reason when it was not.
+fn request_event(answer: &RequestStatus) -> Event {
+    let id = &answer.id;
+    if !answer.accepted {
+        return Event {
+            kind: EventType::Warning,
+            reason: "RequestRefused",
+            message: format!("request {id} refused: {}", answer.message),
+        };
+    }
+    let reason = match answer.action {
+        RequestAction::Promote => "PromoteRequested",
+        RequestAction::PromoteFull => "PromoteFullRequested",
+        RequestAction::Pause => "PauseRequested",
+        RequestAction::Resume => "ResumeRequested",
+        RequestAction::Abort => "AbortRequested",
+        RequestAction::Retry => "RetryRequested",
+    };
+    Event {
+        kind: EventType::Normal,
+        reason,
+        message: format!(
+            "{} request {id} accepted: {}",
+            answer.action.as_str(),
+            answer.message
+        ),
+    }
 }
 
 /// Puts the actions in a safe order, one per kind (the last one decided wins): a weight that

@@ -360,7 +360,10 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     );
     assert_eq!(aborted.status.phase, Phase::RolledBack);
     assert_eq!(aborted.status.failed_revision.as_deref(), Some("r2"));
-    assert_eq!(reasons(&aborted), ["Aborted", "RolledBack"]);
+    assert_eq!(
+        reasons(&aborted),
+        ["AbortRequested", "Aborted", "RolledBack"]
+    );
 
     // The same revision is not rolled out again by itself...
     seen.requests = request(RequestAction::Abort, "a1");
@@ -377,7 +380,7 @@ fn abort_puts_all_traffic_on_stable_first_and_is_remembered() {
     seen.requests = request(RequestAction::Retry, "r-1");
     let retried = plan(&s, &later.status, &seen, t(60));
     assert_eq!(retried.status.phase, Phase::Progressing);
-    assert_eq!(reasons(&retried), ["RolloutStarted"]);
+    assert_eq!(reasons(&retried), ["RetryRequested", "RolloutStarted"]);
 }
 
 #[test]
@@ -1130,14 +1133,15 @@ fn the_analysis_is_needed_unless_a_settled_canary_runs_the_stable_revision() {
             status.phase
         );
     }
-    // Where it says no, the plan indeed never reads the analysis: an invalid one changes
-    // nothing for a settled Canary on the stable revision.
+    // Where it says no, the plan uses the analysis only to say it is broken: an invalid one
+    // changes nothing that is done for a settled Canary on the stable revision.
     let mut seen = observed("r1");
     seen.analysis = Err("template missing".into());
     let with_invalid = plan(&spec(serde_json::json!({})), &idle(), &seen, t(0));
     let with_valid = plan(&spec(serde_json::json!({})), &idle(), &observed("r1"), t(0));
-    assert_eq!(with_invalid.status, with_valid.status);
     assert_eq!(with_invalid.actions, with_valid.actions);
+    assert_eq!(with_invalid.status.phase, with_valid.status.phase);
+    assert_eq!(reasons(&with_invalid), ["InvalidSpec"]);
 }
 
 #[test]
@@ -2263,6 +2267,190 @@ fn a_service_scaled_mid_rollout_scales_stable_with_it() {
         "{:?}",
         settled.actions
     );
+}
+
+#[test]
+fn every_answered_request_leaves_an_event_naming_it() {
+    let s = spec(serde_json::json!({}));
+    // (status, request, expected events in order, what the request's event says)
+    let cases: [(CanaryStatus, RequestAction, &[&str], &str); 6] = [
+        (
+            progressing(1, 10, 0),
+            RequestAction::Promote,
+            &["PromoteRequested"],
+            "promote request q accepted: skipping to the next step",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Pause,
+            &["PauseRequested", "Paused"],
+            "pause request q accepted: paused",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Abort,
+            &["AbortRequested", "Aborted", "RolledBack"],
+            "abort request q accepted: rolling back",
+        ),
+        (
+            progressing(1, 10, 0),
+            RequestAction::Resume,
+            &["RequestRefused"],
+            "request q refused: resume does not apply: the rollout is not paused",
+        ),
+        (
+            idle(),
+            RequestAction::Pause,
+            &["RequestRefused"],
+            "request q refused: pause does not apply: no rollout is under way",
+        ),
+        (
+            CanaryStatus {
+                phase: Phase::RolledBack,
+                failed_revision: Some("r2".into()),
+                ..idle()
+            },
+            RequestAction::Retry,
+            // The canary is ready: its first weight at once.
+            &["RetryRequested", "RolloutStarted", "WeightChanged"],
+            "retry request q accepted: retrying r2",
+        ),
+    ];
+    for (status, action, expected, message) in cases {
+        // Idle: the target runs stable's revision (nothing to roll out).
+        let target = match status.phase {
+            Phase::Idle => "r1",
+            _ => "r2",
+        };
+        let mut seen = observed(target);
+        seen.canary = Some(ready("r2", 1));
+        seen.requests = request(action, "q");
+        let p = plan(&s, &status, &seen, t(5));
+        assert_eq!(reasons(&p), expected, "{action:?}");
+        assert_eq!(p.events[0].message, message, "{action:?}");
+        let kind = if expected[0] == "RequestRefused" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        assert_eq!(p.events[0].kind, kind, "{action:?}");
+        // Answered once: planning again from the answer says nothing more about it.
+        let again = plan(&s, &p.status, &seen, t(6));
+        assert!(
+            !reasons(&again)
+                .iter()
+                .any(|r| r.ends_with("Requested") || *r == "RequestRefused"),
+            "{action:?}: {:?}",
+            again.events
+        );
+    }
+}
+
+#[test]
+fn a_new_rollout_does_not_show_the_previous_rollouts_outcome() {
+    let s = spec(serde_json::json!({}));
+    let mut rolled_back = CanaryStatus {
+        phase: Phase::RolledBack,
+        failed_revision: Some("r2".into()),
+        rollback_reason: Some(RollbackReason::ProgressDeadlineExceeded),
+        canary_unready_since: Some(t(0).to_string()),
+        ..idle()
+    };
+    set_condition(
+        &mut rolled_back.conditions,
+        (
+            "Promoted",
+            false,
+            "ProgressDeadlineExceeded",
+            "rolled back r2",
+        ),
+        t(0),
+        Some(1),
+    );
+    let started = plan(&s, &rolled_back, &observed("r3"), t(100));
+    assert_eq!(started.status.phase, Phase::Progressing);
+    let promoted = started
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Promoted")
+        .unwrap();
+    assert_eq!(
+        (
+            promoted.status.as_str(),
+            promoted.reason.as_str(),
+            promoted.message.as_str()
+        ),
+        (
+            "False",
+            "RolloutStarted",
+            "r3 is being rolled out: not promoted yet"
+        )
+    );
+    assert_eq!(started.status.rollback_reason, None);
+    assert_eq!(started.status.failed_revision, None);
+    assert_eq!(started.status.canary_unready_since, None);
+    // A promoted rollout's `Promoted=True` does not carry over either.
+    let mut promoted_before = idle();
+    promoted_before.phase = Phase::Promoted;
+    set_condition(
+        &mut promoted_before.conditions,
+        ("Promoted", true, "Promoted", "promoted r1"),
+        t(0),
+        Some(1),
+    );
+    let next = plan(&s, &promoted_before, &observed("r3"), t(100));
+    let condition = next
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Promoted")
+        .unwrap();
+    assert_eq!(condition.status, "False", "{condition:?}");
+}
+
+#[test]
+fn a_missing_template_is_said_while_settled_and_cleared_once_it_exists() {
+    let s = spec(serde_json::json!({"steps": [
+        {"setWeight": 10},
+        {"analysis": {"templates": [{"templateName": "nope"}]}},
+    ]}));
+    let problem = "AnalysisTemplate shop/nope does not exist: create it or fix templateName (the analysis step step-1, templates[0])";
+    let ready_condition = |status: &CanaryStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    for phase in [Phase::Idle, Phase::Promoted, Phase::RolledBack] {
+        let settled = CanaryStatus { phase, ..idle() };
+        // Nothing to roll out: the target runs stable's revision.
+        let mut seen = observed("r1");
+        seen.analysis = Err(problem.into());
+        let reported = plan(&s, &settled, &seen, t(0));
+        assert_eq!(
+            ready_condition(&reported.status),
+            ("False".into(), "InvalidSpec".into(), problem.into()),
+            "{phase:?}"
+        );
+        assert_eq!(reasons(&reported), ["InvalidSpec"], "{phase:?}");
+        assert_eq!(reported.status.message.as_deref(), Some(problem));
+        assert_eq!(reported.status.phase, phase);
+        // Said once.
+        assert!(plan(&s, &reported.status, &seen, t(10)).events.is_empty());
+        // The template is created: Ready again, and the message no longer says it.
+        seen.analysis = Ok(BTreeMap::new());
+        let fixed = plan(&s, &reported.status, &seen, t(20));
+        assert_eq!(
+            ready_condition(&fixed.status),
+            ("True".into(), "Ready".into(), "the spec is valid".into()),
+            "{phase:?}"
+        );
+        assert_ne!(fixed.status.message.as_deref(), Some(problem));
+        assert!(fixed.events.is_empty(), "{:?}", fixed.events);
+    }
 }
 
 #[test]

@@ -151,11 +151,13 @@ impl TrafficRouter for IstioRouter {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IstioError {
     #[error(
-        "VirtualService {name} has no HTTP route{which}: add one with destinations for subsets {stable} and {canary}"
+        "VirtualService {name} has no HTTP route{which} ({existing}): fix the name in spec.trafficRouting.istio.virtualService.routes, or add the route with destinations for subsets {stable} and {canary}"
     )]
     NoRoute {
         name: String,
         which: String,
+        /// The routes it has, so that a typo shows beside what was meant.
+        existing: String,
         stable: String,
         canary: String,
     },
@@ -238,9 +240,22 @@ fn managed_routes<'a>(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
+        let present: Vec<String> = virtual_service
+            .pointer("/spec/http")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, route)| route_label(i, route))
+            .collect();
+        let existing = match present.is_empty() {
+            true => "it has no HTTP routes".to_string(),
+            false => format!("its HTTP routes: {}", present.join(", ")),
+        };
         return Err(IstioError::NoRoute {
             name,
             which: format!(" named {}", missing.join(", ")),
+            existing,
             stable: stable.clone(),
             canary: canary.clone(),
         });
@@ -618,7 +633,8 @@ mod tests {
         let vs = virtual_service();
         let err = weight_patch(&vs, &routing(&["checkout"]), 10).unwrap_err();
         assert!(
-            err.to_string().contains("no HTTP route named checkout"),
+            err.to_string()
+                .contains("no HTTP route named checkout (its HTTP routes: api, other)"),
             "{err}"
         );
         // A route named for management must carry both subsets.

@@ -346,10 +346,33 @@ pub async fn start_namespaced_controller(ns: &TestNamespace, prometheus: &str) -
 /// once it answers `/healthz`. Another test's process can take a free port before the
 /// controller binds it: a controller that exits at start is started again on another port.
 pub async fn spawn_controller(args: &[&str], env: &[(&str, &str)]) -> (Child, u16) {
+    spawn_controller_logging(args, env, None).await
+}
+
+/// [`spawn_controller`] with its stderr appended to the file `log` (`None`: inherited), and
+/// the log settings of the test's own environment removed, so it logs as by default.
+pub async fn spawn_controller_logging(
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> (Child, u16) {
     const ATTEMPTS: usize = 5;
     for attempt in 1..=ATTEMPTS {
         let port = prometheus::free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_canary"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_canary"));
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("opening the controller's log file");
+            command
+                .stderr(file)
+                .env_remove("CANARY_LOG")
+                .env_remove("CANARY_LOG_FORMAT")
+                .env_remove("NO_COLOR");
+        }
+        let mut child = command
             .arg("controller")
             .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
