@@ -24,6 +24,16 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// A failure as one JSON line for stdout: `{"type":"error","exitCode":N,"message":"..."}`.
+pub fn error_line(failure: &super::cluster::Failure) -> String {
+    serde_json::json!({
+        "type": "error",
+        "exitCode": failure.exit as u8,
+        "message": failure.message,
+    })
+    .to_string()
+}
+
 /// Renders rows as left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let columns = header.len();
@@ -75,6 +85,23 @@ mod tests {
             text,
             "A      LONG HEADER  LAST\nx      y            the end\nwider  z\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::error_line;
+    use crate::cli::Exit;
+    use crate::cli::cluster::Failure;
+
+    #[test]
+    fn a_failure_is_one_json_line() {
+        let line = error_line(&Failure::new(Exit::TimedOut, "no \"answer\"\nin time"));
+        assert!(!line.contains('\n'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["exitCode"], 3);
+        assert_eq!(value["message"], "no \"answer\"\nin time");
     }
 }
 
