@@ -26,12 +26,20 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
 
 /// A failure as one JSON line for stdout: `{"type":"error","exitCode":N,"message":"..."}`.
 pub fn error_line(failure: &super::cluster::Failure) -> String {
-    serde_json::json!({
-        "type": "error",
-        "exitCode": failure.exit as u8,
-        "message": failure.message,
-    })
-    .to_string()
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ErrorLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        exit_code: u8,
+        message: &'a str,
+    }
+    let line = ErrorLine {
+        kind: "error",
+        exit_code: failure.exit as u8,
+        message: &failure.message,
+    };
+    serde_json::to_string(&line).expect("an error line serialises")
 }
 
 /// Renders rows as left-aligned columns separated by two spaces; the last column is not padded.

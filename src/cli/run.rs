@@ -657,9 +657,13 @@ async fn follow(
         }
         let canary = match next {
             Some(Ok(canary)) => canary,
-            // The watcher starts again by itself at the next poll; an API server that is
-            // away is waited for (bounded by --timeout), not taken for a verdict.
-            Some(Err(_)) => continue,
+            // The watcher starts again by itself at the next poll (not in a busy loop); an
+            // API server that is away is waited for (bounded by --timeout), not taken for a
+            // verdict.
+            Some(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             None => match connection.canaries().get_opt(name).await {
                 Ok(Some(canary)) => canary,
                 Ok(None) => {
