@@ -471,7 +471,14 @@ async fn run_wait(ns: &TestNamespace, image: &str, extra: &[&str]) -> (Ran, Dura
     let mut args = vec!["run", "web", "--image", image, "--wait", "--timeout", "10m"];
     args.extend(extra);
     let ran = run(canary(ns, &args)).await;
-    (ran, started.elapsed())
+    let took = started.elapsed();
+    eprintln!(
+        "`canary {}`: exit {:?} after {:.1} s",
+        args.join(" "),
+        ran.code,
+        took.as_secs_f64()
+    );
+    (ran, took)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
