@@ -80,6 +80,25 @@ fn json(ran: &Ran) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\n{}", ran.stdout, ran.stderr))
 }
 
+/// Every line of stdout as JSON (JSON Lines, as `canary run -o json` prints).
+fn json_lines(ran: &Ran) -> Vec<Value> {
+    ran.stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("a line of stdout is not JSON ({e}): {line}\n{}", ran.stderr)
+            })
+        })
+        .collect()
+}
+
+/// The last line of `canary run -o json`: its result.
+fn run_result(ran: &Ran) -> Value {
+    let result = json_lines(ran).pop().expect("a result line");
+    assert_eq!(result["type"], "result", "{}", ran.stdout);
+    result
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_wait_promotes_a_good_image_and_the_json_outputs_carry_the_documented_fields() {
     let world = world("cli-good").await;
@@ -89,7 +108,7 @@ async fn run_wait_promotes_a_good_image_and_the_json_outputs_carry_the_documente
     ))
     .await;
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    let result = json(&ran);
+    let result = run_result(&ran);
     assert_eq!(result["result"], "promoted");
     assert_eq!(result["exitCode"], 0);
     assert_eq!(result["images"], "app=web:2");
@@ -148,6 +167,71 @@ async fn run_wait_promotes_a_good_image_and_the_json_outputs_carry_the_documente
             .contains("nothing to promote: no rollout is under way"),
         "{}",
         refused.stderr
+    );
+    // With -o json the refusal is JSON on stdout too.
+    let refused = run(canary(&world.ns, &["abort", "web", "-o", "json"])).await;
+    assert_eq!(refused.code, Some(2));
+    let error = json(&refused);
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["exitCode"], 2, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to abort: no rollout is under way"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_with_json_output_streams_a_line_per_change_then_the_result() {
+    use tokio::io::AsyncBufReadExt;
+    let world = world("cli-jsonl").await;
+    let mut child = spawn(canary(
+        &world.ns,
+        &["run", "web", "--image", "web:2", "--wait", "-o", "json"],
+    ));
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut lines: Vec<(Duration, Value)> = Vec::new();
+    while let Some(line) = tokio::time::timeout(ROLLOUT_TIMEOUT, stdout.next_line())
+        .await
+        .expect("a line or the end in time")
+        .expect("reading stdout")
+    {
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a line of stdout is not JSON ({e}): {line}"));
+        lines.push((started.elapsed(), value));
+    }
+    let ran = finish(child).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let (result_at, result) = lines.pop().expect("a result line");
+    assert_eq!(result["type"], "result", "{result}");
+    assert_eq!(result["result"], "promoted", "{result}");
+    assert_eq!(result["exitCode"], 0, "{result}");
+    assert!(lines.len() >= 3, "{lines:?}");
+    for (_, progress) in &lines {
+        assert_eq!(progress["type"], "progress", "{progress}");
+        assert_eq!(progress["canary"], "web", "{progress}");
+        assert_eq!(progress["revision"], result["revision"], "{progress}");
+        assert!(
+            progress["time"].is_string() && progress["phase"].is_string(),
+            "{progress}"
+        );
+        assert!(progress["weight"].is_u64(), "{progress}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|(_, p)| p["phase"] == "Progressing" && p["weight"] == 20),
+        "{lines:?}"
+    );
+    // Streamed while waiting, not printed at the end: the first change came seconds before
+    // the verdict (the analysis alone takes over 6 s).
+    let first_at = lines[0].0;
+    assert!(
+        result_at - first_at > Duration::from_secs(3),
+        "first line at {first_at:?}, result at {result_at:?}"
     );
 }
 
@@ -330,7 +414,7 @@ async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues
     ))
     .await;
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    let result = json(&ran);
+    let result = run_result(&ran);
     assert_eq!(result["result"], "paused");
     assert!(
         result["message"]
@@ -373,6 +457,231 @@ async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues
         "{}",
         watched.stdout
     );
+}
+
+// -- run --wait ends as soon as the verdict exists ----------------------------------------
+
+/// Far below `--timeout` (10m in these tests), well above what a verdict takes on a loaded
+/// machine.
+const PROMPT: Duration = Duration::from_secs(30);
+
+/// `canary run web --image IMAGE --wait --timeout 10m EXTRA…`, and how long it took.
+async fn run_wait(ns: &TestNamespace, image: &str, extra: &[&str]) -> (Ran, Duration) {
+    let started = Instant::now();
+    let mut args = vec!["run", "web", "--image", image, "--wait", "--timeout", "10m"];
+    args.extend(extra);
+    let ran = run(canary(ns, &args)).await;
+    let took = started.elapsed();
+    eprintln!(
+        "`canary {}`: exit {:?} after {:.1} s",
+        args.join(" "),
+        ran.code,
+        took.as_secs_f64()
+    );
+    (ran, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_exits_2_at_once_when_the_controller_finds_the_spec_invalid() {
+    let world = world("cli-invalid").await;
+    // (a) The analysis step names a template that does not exist.
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "no-such-template"}]}}]}}),
+    )
+    .await;
+    let (ran, took) = run_wait(&world.ns, "web:2", &[]).await;
+    assert_eq!(ran.code, Some(2), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(took < PROMPT, "took {took:?}");
+    for part in ["spec is invalid", "no-such-template does not exist"] {
+        assert!(ran.stdout.contains(part), "{part}: {}", ran.stdout);
+    }
+
+    // (b) A template whose condition does not compile, with -o json.
+    rollout::create::<canary::api::AnalysisTemplate>(
+        &world.ns.api(),
+        json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "typo"},
+            "spec": {"metrics": [{
+                "name": "success-rate", "interval": "2s", "count": 1,
+                "successCondition": "result[0] >= 0.95 &&",
+                "provider": {"prometheus": {"query": "vector(1)"}},
+            }]},
+        }),
+    )
+    .await;
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "typo"}]}}]}}),
+    )
+    .await;
+    let (ran, took) = run_wait(&world.ns, "web:3", &["-o", "json"]).await;
+    assert_eq!(ran.code, Some(2), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(took < PROMPT, "took {took:?}");
+    let result = run_result(&ran);
+    assert_eq!(result["result"], "invalid", "{result}");
+    assert_eq!(result["exitCode"], 2, "{result}");
+    let message = result["message"].as_str().unwrap();
+    for part in ["template typo", "successCondition"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_back_to_the_stable_image_ends_both_waits_promptly() {
+    let world = world("cli-revert").await;
+    let waiting_for_2 = spawn(canary(
+        &world.ns,
+        &[
+            "run",
+            "web",
+            "--image",
+            "web:2",
+            "--wait",
+            "--timeout",
+            "10m",
+        ],
+    ));
+    at_weight(&world.ns, 20).await;
+    let (ran, took) = run_wait(&world.ns, "web:1", &[]).await;
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(took < PROMPT, "took {took:?}");
+    assert!(
+        ran.stdout
+            .contains("(stable) serves all traffic: the controller rolled back")
+            && ran.stdout.contains("TargetReverted"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(canary_weight_in_virtual_service(&world.ns).await, 0);
+    let started = Instant::now();
+    let superseded = finish(waiting_for_2).await;
+    assert_eq!(
+        superseded.code,
+        Some(5),
+        "{}\n{}",
+        superseded.stdout,
+        superseded.stderr
+    );
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_says_when_no_controller_acknowledges_the_revision() {
+    // The service and its Canary, and no controller.
+    let ns = cluster().namespace("cli-nocontroller").await;
+    rollout::set_up(&ns, "web:1").await;
+    let (ran, took) = run_wait(&ns, "web:2", &["--answer-timeout", "3s"]).await;
+    assert_eq!(ran.code, Some(3), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(took < PROMPT, "took {took:?}");
+    assert!(
+        ran.stdout.contains("no controller acknowledged revision")
+            && ran.stdout.contains("within 3s")
+            && ran.stdout.contains("`canary controller` is running"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_prometheus_rolls_back_as_metrics_unavailable_and_run_wait_exits_4() {
+    let world = world("cli-noprom").await;
+    // The analysis asks a Prometheus that is not there (a closed port).
+    let closed = format!("http://127.0.0.1:{}", prometheus::free_port());
+    let templates: Api<canary::api::AnalysisTemplate> = world.ns.api();
+    let template = templates.get("success-rate").await.unwrap();
+    let mut metric = serde_json::to_value(&template.spec.metrics[0]).unwrap();
+    metric["provider"]["prometheus"]["address"] = json!(closed);
+    metric["initialDelay"] = json!("0s");
+    metric["consecutiveErrorLimit"] = json!(1);
+    templates
+        .patch(
+            "success-rate",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"metrics": [metric]}})),
+        )
+        .await
+        .unwrap();
+    let (ran, took) = run_wait(&world.ns, "web:2", &["-o", "json"]).await;
+    assert_eq!(ran.code, Some(4), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    let result = run_result(&ran);
+    assert_eq!(result["result"], "metricsUnavailable", "{result}");
+    assert!(
+        result["message"]
+            .as_str()
+            .unwrap()
+            .contains("the metrics source was unreachable"),
+        "{result}"
+    );
+    let canaries: Api<Canary> = world.ns.api();
+    let status = canaries.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert_eq!(
+        status.rollback_reason,
+        Some(canary::api::canary::RollbackReason::MetricsUnavailable)
+    );
+    let message = status.message.unwrap_or_default();
+    for part in [closed.as_str(), "is unreachable", "MetricsUnavailable"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    let event = cluster::event_with_reason(&world.ns, "MetricsUnavailable", PROMPT).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    for part in [
+        closed.as_str(),
+        "is unreachable",
+        "not promoted without data",
+    ] {
+        assert!(note.contains(part), "{part}: {note}");
+    }
+}
+
+// -- an unreachable API server -------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_named_and_not_taken_for_a_missing_canary() {
+    // The test kubeconfig, pointed at a port where nothing listens.
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(cluster().kubeconfig()).unwrap();
+    let server = format!("https://127.0.0.1:{}", prometheus::free_port());
+    for named in &mut kubeconfig.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            cluster.server = Some(server.clone());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
+    for args in [
+        vec!["status", "web"],
+        vec!["list"],
+        vec!["run", "web", "--image", "web:2", "--wait"],
+        vec!["promote", "web"],
+    ] {
+        let started = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_canary"));
+        command
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args(["-n", "default", "-o", "json"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let ran = run(command).await;
+        assert_eq!(ran.code, Some(3), "{args:?}: {}{}", ran.stdout, ran.stderr);
+        let expected =
+            format!("cannot reach the Kubernetes API server at {server}: connection refused");
+        assert!(ran.stderr.contains(&expected), "{args:?}: {}", ran.stderr);
+        let error = json(&ran);
+        assert_eq!(error["type"], "error", "{args:?}: {error}");
+        assert_eq!(error["exitCode"], 3, "{args:?}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(&expected),
+            "{args:?}: {error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?}");
+    }
 }
 
 // -- manual requests under contention ------------------------------------------------------

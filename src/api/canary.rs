@@ -478,6 +478,10 @@ pub enum RollbackReason {
     Aborted,
     /// The target went back to the stable revision while the canary was out.
     TargetReverted,
+    /// The analysis ended in Error: `consecutiveErrorLimit` measurements in a row could not
+    /// be taken or judged (the metrics source unreachable, timing out or refusing the query).
+    /// Nothing shows the canary is bad, but it is never promoted without data.
+    MetricsUnavailable,
 }
 
 /// The manual actions of the request annotation.
@@ -649,6 +653,11 @@ pub struct CanaryStatus {
     /// The last revision that was rolled back; it is not rolled out again unless retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_revision: Option<String>,
+    /// The revision of the target's pod template the controller last planned for (rolling it
+    /// out, holding it, or refusing it with the reason in `Ready`): `canary run --wait` knows
+    /// from it that a controller has seen the revision it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
     /// The image(s) of the canary revision, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_images: Option<String>,

@@ -50,6 +50,8 @@ impl Failure {
 pub struct Connection {
     pub client: Client,
     pub namespace: String,
+    /// The API server's URL from the kubeconfig, named when it cannot be reached.
+    pub server: String,
 }
 
 impl KubeArgs {
@@ -97,9 +99,14 @@ impl KubeArgs {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        let server = config.cluster_url.to_string();
         let client = Client::try_from(config)
             .map_err(|e| Failure::invalid(format!("cannot build a Kubernetes client: {e}")))?;
-        Ok(Connection { client, namespace })
+        Ok(Connection {
+            client,
+            namespace,
+            server,
+        })
     }
 }
 
@@ -128,9 +135,63 @@ impl Connection {
                 "no Canary {name} in namespace {}: check the name (`canary list -A`) or pass -n NAMESPACE",
                 self.namespace
             ))),
-            Err(e) => Err(api_failure(&format!("Canary {}/{name}", self.namespace), e)),
+            Err(e) => Err(self.failure(&format!("Canary {}/{name}", self.namespace), e)),
         }
     }
+
+    /// An error of a request about `what`, as an exit code and a sentence: an API server
+    /// that cannot be reached is named, and is not taken for a missing object.
+    pub fn failure(&self, what: &str, error: kube::Error) -> Failure {
+        match unreachable_cause(&error) {
+            Some(cause) => unreachable_server(Some(&self.server), &cause),
+            None => api_failure(what, error),
+        }
+    }
+}
+
+/// Exit 3 (as a timeout: no answer, try again) naming the server and the cause.
+pub fn unreachable_server(server: Option<&str>, cause: &str) -> Failure {
+    let at = server
+        .map(|s| format!(" at {}", s.trim_end_matches('/')))
+        .unwrap_or_default();
+    Failure::new(
+        Exit::TimedOut,
+        format!(
+            "cannot reach the Kubernetes API server{at}: {cause} (check your kubeconfig/context, and that the cluster is up: `kubectl cluster-info`)"
+        ),
+    )
+}
+
+/// Why a request never got an answer from the API server (connection refused, timed out,
+/// a name that does not resolve, a TLS failure), in a few words; None for an answer (an
+/// error status) and for errors of the client itself.
+pub fn unreachable_cause(error: &kube::Error) -> Option<String> {
+    if !matches!(
+        error,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
+    ) {
+        return None;
+    }
+    // The innermost cause says it best ("Connection refused (os error 111)"); an I/O error
+    // on the way names its kind plainly.
+    let mut cause: &dyn std::error::Error = error;
+    let mut innermost = error.to_string();
+    while let Some(source) = cause.source() {
+        cause = source;
+        innermost = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused".to_string()
+            }
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                "the connection timed out".to_string()
+            }
+            _ => cause.to_string(),
+        };
+    }
+    if innermost.contains("deadline has elapsed") || innermost.contains("timed out") {
+        innermost = "no answer in time (timed out)".to_string();
+    }
+    Some(innermost)
 }
 
 /// An API error as an exit code and a sentence naming the object.
@@ -146,6 +207,9 @@ pub fn api_failure(what: &str, error: kube::Error) -> Failure {
         kube::Error::Api(status) => {
             Failure::invalid(format!("the API server refused {what}: {}", status.message))
         }
-        other => Failure::invalid(format!("cannot reach the API server for {what}: {other}")),
+        other => match unreachable_cause(other) {
+            Some(cause) => unreachable_server(None, &cause),
+            None => Failure::invalid(format!("the API request for {what} failed: {other}")),
+        },
     }
 }

@@ -21,7 +21,7 @@ pub enum Exit {
     Failed = 1,
     /// Invalid input, or no such object.
     Invalid = 2,
-    /// Timed out.
+    /// Timed out, or the Kubernetes API server could not be reached.
     TimedOut = 3,
     /// Inconclusive, or the metrics source was unreachable.
     Inconclusive = 4,
@@ -40,7 +40,7 @@ Exit codes (the same for every command):
   0  promoted, passed or ok
   1  rolled back or failed
   2  invalid input or no such object
-  3  timed out
+  3  timed out, or the Kubernetes API server could not be reached
   4  inconclusive, or the metrics source was unreachable
   5  superseded by a newer revision";
 
@@ -58,7 +58,8 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain, env = "CANARY_LOG_FORMAT")]
     pub log_format: LogFormat,
 
-    /// Output for results on stdout: human-readable, or JSON for scripts.
+    /// Output for results on stdout: human-readable, or JSON for scripts (a failure is then
+    /// also a line `{"type":"error","exitCode":N,"message":...}` on stdout).
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
 
@@ -139,6 +140,10 @@ pub async fn run(cli: Cli) -> Exit {
     };
     result.unwrap_or_else(|failure| {
         eprintln!("error: {}", output::terminal_safe(&failure.message));
+        if output == OutputFormat::Json {
+            // A script reading stdout learns of the failure there too, as one JSON line.
+            println!("{}", output::error_line(&failure));
+        }
         failure.exit
     })
 }

@@ -24,6 +24,24 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// A failure as one JSON line for stdout: `{"type":"error","exitCode":N,"message":"..."}`.
+pub fn error_line(failure: &super::cluster::Failure) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ErrorLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        exit_code: u8,
+        message: &'a str,
+    }
+    let line = ErrorLine {
+        kind: "error",
+        exit_code: failure.exit as u8,
+        message: &failure.message,
+    };
+    serde_json::to_string(&line).expect("an error line serialises")
+}
+
 /// Renders rows as left-aligned columns separated by two spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let columns = header.len();
@@ -75,6 +93,23 @@ mod tests {
             text,
             "A      LONG HEADER  LAST\nx      y            the end\nwider  z\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::error_line;
+    use crate::cli::Exit;
+    use crate::cli::cluster::Failure;
+
+    #[test]
+    fn a_failure_is_one_json_line() {
+        let line = error_line(&Failure::new(Exit::TimedOut, "no \"answer\"\nin time"));
+        assert!(!line.contains('\n'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["exitCode"], 3);
+        assert_eq!(value["message"], "no \"answer\"\nin time");
     }
 }
 

@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use serde::Serialize;
 use serde_json::json;
 
-use super::cluster::{Connection, Failure, KubeArgs, api_failure};
+use super::cluster::{Connection, Failure, KubeArgs};
 use super::output::terminal_safe;
 use super::{Exit, OutputFormat};
 use crate::api::canary::{self, Canary, Phase, Request, RequestAction, RequestStatus};
@@ -178,7 +178,7 @@ async fn write_request(
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(|_| ())
-        .map_err(|e| api_failure(&format!("Canary {}/{name}", connection.namespace), e))
+        .map_err(|e| connection.failure(&format!("Canary {}/{name}", connection.namespace), e))
 }
 
 pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Result<Exit, Failure> {
@@ -285,7 +285,8 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
         milliseconds: written.elapsed().as_millis(),
     };
     match output {
-        OutputFormat::Json => println!(
+        // A refusal is the error line (below): stdout holds one JSON document either way.
+        OutputFormat::Json if result.accepted => println!(
             "{}",
             serde_json::to_string_pretty(&result).expect("result serialises")
         ),
@@ -298,7 +299,7 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
             result.weight,
             result.milliseconds
         ),
-        OutputFormat::Human => {}
+        OutputFormat::Human | OutputFormat::Json => {}
     }
     if result.accepted {
         Ok(Exit::Ok)

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use super::cluster::{Connection, Failure, KubeArgs, api_failure};
+use super::cluster::{Connection, Failure, KubeArgs};
 use super::output::{table, terminal_safe, time};
 use super::{Exit, OutputFormat};
 use crate::api::canary::{Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep};
@@ -657,7 +657,7 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
     let canaries = api
         .list(&ListParams::default())
         .await
-        .map_err(|e| api_failure("the Canaries", e))?;
+        .map_err(|e| connection.failure("the Canaries", e))?;
     let now = Timestamp::now();
     let views: Vec<StatusView> = canaries.items.iter().map(|c| view(c, &[], now)).collect();
     match output {

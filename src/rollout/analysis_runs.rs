@@ -514,3 +514,25 @@ pub fn summary(status: &CanaryStatus, name: &str) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// Why run `name` ended in Error, for status and events: each metric in Error with its limit
+/// and its latest error, which names the metrics source and what went wrong.
+pub fn errors(status: &CanaryStatus, name: &str) -> String {
+    let Some(run) = run(status, name) else {
+        return String::new();
+    };
+    run.metrics
+        .iter()
+        .filter(|m| m.phase == AnalysisPhase::Error)
+        .map(|m| {
+            let latest = m
+                .measurements
+                .iter()
+                .rev()
+                .find(|x| x.phase == crate::analysis::MeasurementPhase::Error)
+                .map_or("no error kept", |x| x.reason.as_str());
+            format!("{} ({}): {latest}", m.name, m.message)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

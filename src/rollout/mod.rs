@@ -270,6 +270,7 @@ impl Planner<'_> {
                 ));
             }
         };
+        self.status.target_revision = Some(target.revision.clone());
         if target.replicas > 0 {
             self.status.desired_replicas = Some(target.replicas);
         }
@@ -1516,12 +1517,28 @@ impl Planner<'_> {
                 }
                 name == BACKGROUND
             }
-            AnalysisPhase::Failed | AnalysisPhase::Error => {
+            AnalysisPhase::Failed => {
                 let message = format!("analysis {name} {phase:?}: {summary}");
                 self.event(EventType::Warning, "AnalysisFailed", message.clone());
                 match self.spec.on_analysis_failure.unwrap_or_default() {
                     OnAnalysisFailure::Rollback => {
                         self.begin_rollback(RollbackReason::AnalysisFailed, message)
+                    }
+                    OnAnalysisFailure::Pause => self.pause(PauseReason::AnalysisFailed, message),
+                }
+                false
+            }
+            // Errors are no evidence against the canary, but it is never promoted without
+            // data: the same policy acts, under a reason that says the metrics were missing.
+            AnalysisPhase::Error => {
+                let message = format!(
+                    "analysis {name} could not measure the canary: {}; not promoted without data",
+                    analysis_runs::errors(&self.status, name)
+                );
+                self.event(EventType::Warning, "MetricsUnavailable", message.clone());
+                match self.spec.on_analysis_failure.unwrap_or_default() {
+                    OnAnalysisFailure::Rollback => {
+                        self.begin_rollback(RollbackReason::MetricsUnavailable, message)
                     }
                     OnAnalysisFailure::Pause => self.pause(PauseReason::AnalysisFailed, message),
                 }
@@ -1678,7 +1695,9 @@ impl Planner<'_> {
         let event_reason = match reason {
             RollbackReason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
             RollbackReason::Aborted => "Aborted",
-            RollbackReason::AnalysisFailed | RollbackReason::TargetReverted => "RollingBack",
+            RollbackReason::AnalysisFailed
+            | RollbackReason::TargetReverted
+            | RollbackReason::MetricsUnavailable => "RollingBack",
         };
         self.event(EventType::Warning, event_reason, message.clone());
         analysis_runs::stop_measuring(&mut self.status, "the canary was rolled back");
@@ -1714,10 +1733,21 @@ impl Planner<'_> {
             .status
             .rollback_reason
             .unwrap_or(RollbackReason::Aborted);
-        let message = format!(
-            "rolled back {} ({reason:?}); stable {stable} serves all traffic",
-            failed.as_deref().unwrap_or("the canary")
-        );
+        let failed_name = failed.as_deref().unwrap_or("the canary");
+        let message = match reason {
+            // The cause (which metrics source, what error) stays in view: it is not the
+            // canary's fault, and it is what to fix before `canary retry`.
+            RollbackReason::MetricsUnavailable => format!(
+                "rolled back {failed_name} ({reason:?}: {}); stable {stable} serves all traffic",
+                self.status
+                    .message
+                    .as_deref()
+                    .unwrap_or("the analysis could not measure")
+            ),
+            _ => format!(
+                "rolled back {failed_name} ({reason:?}); stable {stable} serves all traffic"
+            ),
+        };
         self.event(EventType::Warning, "RolledBack", message.clone());
         self.status.failed_revision = failed;
         self.status.current_step_index = None;

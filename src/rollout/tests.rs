@@ -638,7 +638,7 @@ fn analysis_outcomes_follow_the_policy() {
             "rollback",
             vec![Error, Error, Error],
             Phase::RolledBack,
-            vec!["AnalysisFailed", "RollingBack", "RolledBack"],
+            vec!["MetricsUnavailable", "RollingBack", "RolledBack"],
         ),
     ];
     for (policy, phases, expected, expected_reasons) in cases {
@@ -663,6 +663,102 @@ fn analysis_outcomes_follow_the_policy() {
             );
         }
     }
+}
+
+/// Drives an analysis step whose every measurement is the error `reason`.
+fn drive_errors(on_failure: &str, reason: &str) -> Vec<Plan> {
+    let s = analysis_spec(on_failure);
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = definitions("step-1", 2);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let mut plans = Vec::new();
+    for i in 0..3 {
+        let mut m = measurement("step-1", 10 * i, MeasurementPhase::Error);
+        m.measurement.value = None;
+        m.measurement.reason = reason.into();
+        seen.measurements = vec![m];
+        let p = plan(&s, &status, &seen, t(10 * i + 1));
+        status = p.status.clone();
+        plans.push(p);
+    }
+    plans
+}
+
+#[test]
+fn an_unreachable_metrics_source_rolls_back_as_metrics_unavailable_not_as_a_bad_canary() {
+    let unreachable = "Prometheus at http://127.0.0.1:9 is unreachable: connection refused; check the address and that Prometheus is running";
+    // (policy, phase, rollback reason, pause reason, events of the last plan)
+    let cases = [
+        (
+            "rollback",
+            Phase::RolledBack,
+            Some(RollbackReason::MetricsUnavailable),
+            None,
+            vec!["MetricsUnavailable", "RollingBack", "RolledBack"],
+        ),
+        (
+            "pause",
+            Phase::Paused,
+            None,
+            Some(PauseReason::AnalysisFailed),
+            vec!["MetricsUnavailable", "Paused"],
+        ),
+    ];
+    for (policy, phase, rollback, pause, events) in cases {
+        let plans = drive_errors(policy, unreachable);
+        let last = plans.last().unwrap();
+        assert!(
+            plans[..2]
+                .iter()
+                .all(|p| p.status.phase == Phase::Progressing),
+            "{policy}: errors within consecutiveErrorLimit are retried"
+        );
+        assert_eq!(last.status.phase, phase, "{policy}");
+        assert_eq!(last.status.rollback_reason, rollback, "{policy}");
+        assert_eq!(last.status.pause_reason, pause, "{policy}");
+        assert_eq!(reasons(last), events, "{policy}");
+        let event = last
+            .events
+            .iter()
+            .find(|e| e.reason == "MetricsUnavailable")
+            .unwrap();
+        assert_eq!(event.kind, EventType::Warning);
+        // The event and the final status name the source and the error, and the metric.
+        for text in [&event.message, last.status.message.as_ref().unwrap()] {
+            for part in [
+                "http://127.0.0.1:9",
+                "connection refused",
+                "success-rate",
+                "not promoted without data",
+            ] {
+                assert!(text.contains(part), "{policy}: {part:?} in {text:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn status_names_the_target_revision_the_controller_planned_for_even_when_it_refuses_it() {
+    let s = analysis_spec("rollback");
+    let mut seen = observed("r2");
+    seen.analysis = Err("AnalysisTemplate ns/success does not exist: create it".into());
+    let refused = plan(&s, &idle(), &seen, t(0));
+    assert_eq!(refused.status.phase, Phase::Idle);
+    assert_eq!(refused.status.canary_revision, None);
+    assert_eq!(refused.status.target_revision.as_deref(), Some("r2"));
+    let ready = refused
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    let at_rest = plan(&s, &idle(), &observed("r1"), t(0));
+    assert_eq!(at_rest.status.target_revision.as_deref(), Some("r1"));
 }
 
 #[test]
