@@ -75,6 +75,22 @@ async fn notes(ns: &TestNamespace, name: &str, reason: &str) -> Vec<String> {
     found.into_iter().filter_map(|e| e.note).collect()
 }
 
+/// The note of the first event of `reason` about Canary `name` that contains `text`, waited
+/// for (events are published after the status write that says the same).
+async fn note_containing(ns: &TestNamespace, name: &str, reason: &str, text: &str) -> String {
+    eventually(
+        &format!("a {reason} event saying {text:?}"),
+        Duration::from_secs(15),
+        || async {
+            notes(ns, name, reason)
+                .await
+                .into_iter()
+                .find(|n| n.contains(text))
+        },
+    )
+    .await
+}
+
 fn condition(canary: &Canary, kind: &str) -> Option<Condition> {
     canary
         .status
@@ -134,24 +150,10 @@ async fn every_decision_and_every_request_is_its_own_event_and_status_shows_the_
     // An operator's promote is an event naming the request.
     request(&ns, "e2e-promote", "promote").await;
     follow_until(&ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
-    let promotes = notes(&ns, "web", "PromoteRequested").await;
-    assert!(
-        promotes.iter().any(|n| n.contains("e2e-promote")),
-        "{promotes:?}"
-    );
+    note_containing(&ns, "web", "PromoteRequested", "e2e-promote").await;
     // A refused one is a Warning saying why.
     request(&ns, "e2e-pause", "pause").await;
-    let refused = eventually(
-        "a RequestRefused event",
-        Duration::from_secs(15),
-        || async {
-            notes(&ns, "web", "RequestRefused")
-                .await
-                .into_iter()
-                .find(|n| n.contains("e2e-pause"))
-        },
-    )
-    .await;
+    let refused = note_containing(&ns, "web", "RequestRefused", "e2e-pause").await;
     assert!(refused.contains("no rollout is under way"), "{refused}");
 
     // `canary status` shows the latest events, newest last: rollout 2's, by their last time
@@ -221,11 +223,8 @@ async fn every_decision_and_every_request_is_its_own_event_and_status_shows_the_
         "{ready:?}"
     );
     assert_eq!(canary.status.as_ref().unwrap().phase, Phase::Promoted);
-    let reported = notes(&ns, "web", "InvalidSpec").await;
-    assert!(
-        reported.iter().any(|n| n.contains("created-later")),
-        "{reported:?}"
-    );
+    // The event follows the status write that says it.
+    note_containing(&ns, "web", "InvalidSpec", "created-later").await;
     create_success_rate_template(&ns, "created-later", Some(3)).await;
     wait_for(
         &api,
