@@ -248,7 +248,9 @@ fn unknown_field(path: &str) -> Note {
     )
 }
 
-/// The CRD's `x-kubernetes-validations` rules, evaluated here as the API server would.
+/// The CRD's schema (types, bounds, enums, patterns, required fields) and its
+/// `x-kubernetes-validations` rules, evaluated here as the API server would, on the CRD the
+/// Rust types generate.
 fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
     let crd = K::crd();
     let Some(schema) = crd.spec.versions[0]
@@ -259,14 +261,19 @@ fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
     else {
         return Vec::new();
     };
-    match kube::core::cel::Validator::new().validate(&schema, value, None) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .into_vec()
-            .into_iter()
-            .map(|e| error(e.field_path.clone(), e.message.clone()))
-            .collect(),
+    let mut notes: Vec<Note> = crate::api::schema_validation::violations(&schema, value)
+        .into_iter()
+        .map(|v| error(v.field, v.message))
+        .collect();
+    if let Err(errors) = kube::core::cel::Validator::new().validate(&schema, value, None) {
+        notes.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .map(|e| error(e.field_path.clone(), e.message.clone())),
+        );
     }
+    notes
 }
 
 /// The spec as a `canary.dev` resource, for `canary validate --convert`.
