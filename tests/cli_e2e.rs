@@ -634,3 +634,72 @@ async fn a_burst_of_concurrent_requests_loses_none() {
 
     eprintln!("\nmanual requests under contention:\n{}", report.join("\n"));
 }
+
+// -- one step number everywhere ------------------------------
+
+/// The columns `kubectl get cnry web` shows, by name: the printer columns of the CRD the code
+/// generates (what `scripts/cluster crds` installs), their JSONPaths read from the Canary as
+/// the API server stores it. (Read here rather than from the server's Table so the test does
+/// not depend on which CRD version the shared test cluster has installed.)
+async fn printer_columns(ns: &TestNamespace) -> BTreeMap<String, String> {
+    use kube::CustomResourceExt;
+    let stored = serde_json::to_value(ns.api::<Canary>().get("web").await.unwrap()).unwrap();
+    let crd = serde_json::to_value(Canary::crd()).unwrap();
+    crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|column| {
+            let path = column["jsonPath"].as_str().unwrap().replace('.', "/");
+            let cell = match stored.pointer(&path) {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (column["name"].as_str().unwrap().to_string(), cell)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_reads_as_one_step_number_everywhere() {
+    let world = world("cli-step").await;
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}]}}),
+    )
+    .await;
+    set_image(&world.ns, "web:2").await;
+    let (gate, _) = follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
+    let gate = gate.status.unwrap();
+    let revision = gate.canary_revision.unwrap();
+
+    // The second of three steps, as people count: the same in every view.
+    let human = run(canary(&world.ns, &["status", "web"])).await;
+    assert!(
+        human.stdout.contains("step       2/3 pause until promoted"),
+        "{}",
+        human.stdout
+    );
+    let view = json(&run(canary(&world.ns, &["status", "web", "-o", "json"])).await);
+    assert_eq!(view["step"]["display"], "2/3", "{view}");
+    assert_eq!(view["step"]["number"], 2, "{view}");
+    assert_eq!(view["step"]["currentStepIndex"], 1, "{view}");
+    let columns = printer_columns(&world.ns).await;
+    assert_eq!(columns["Step"], "2/3", "{columns:?}");
+    assert_eq!(columns["Revision"], revision, "{columns:?}");
+
+    let promote = run(canary(&world.ns, &["promote", "web"])).await;
+    assert_eq!(
+        promote.code,
+        Some(0),
+        "{}{}",
+        promote.stdout,
+        promote.stderr
+    );
+    follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    // Nothing in flight: the revision column shows what runs, not an empty cell.
+    let columns = printer_columns(&world.ns).await;
+    assert_eq!(columns["Revision"], revision, "{columns:?}");
+    assert_eq!(columns["Step"], "", "{columns:?}");
+}

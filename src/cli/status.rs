@@ -13,7 +13,9 @@ use serde::Serialize;
 use super::cluster::{Connection, Failure, KubeArgs, api_failure};
 use super::output::{table, terminal_safe, time};
 use super::{Exit, OutputFormat};
-use crate::api::canary::{Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep};
+use crate::api::canary::{
+    Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep, step_display,
+};
 
 /// Show a rollout: phase, revision, step, weight, each metric's latest verdict and why, the
 /// next action and when, and recent events.
@@ -95,9 +97,16 @@ pub struct StatusView {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
-    /// Zero-based index of the current step.
-    pub index: u32,
+    /// `4/6`: the step under way counted from 1, as `kubectl get cnry` and events say it.
+    pub display: String,
+    /// The step under way counted from 1 (`4` of `4/6`).
+    pub number: u32,
     pub total: u32,
+    /// `status.currentStepIndex`, counted from 0 (`3` for `4/6`), as `promote@<index>` names it.
+    pub current_step_index: u32,
+    /// The same as `currentStepIndex`, kept because the JSON shape only grows within
+    /// `v1alpha1`; deprecated: it reads as a step number and is not one.
+    pub index: u32,
     pub description: String,
 }
 
@@ -267,8 +276,11 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
     let status = canary.status.clone().unwrap_or_default();
     let steps = canary.spec.rollout_steps();
     let step = status.current_step_index.map(|index| StepView {
-        index,
+        display: step_display(index, steps.len()),
+        number: (index.saturating_add(1)).min(steps.len() as u32),
         total: steps.len() as u32,
+        current_step_index: index,
+        index,
         description: steps
             .get(index as usize)
             .map(describe_step)
@@ -407,12 +419,7 @@ pub fn render(view: &StatusView) -> String {
             .unwrap_or_default();
         field(
             "step",
-            format!(
-                "{}/{} {}{elapsed}",
-                (step.index + 1).min(step.total),
-                step.total,
-                step.description
-            ),
+            format!("{} {}{elapsed}", step.display, step.description),
         );
     }
     field("message", view.message.clone().unwrap_or_default());
@@ -493,7 +500,7 @@ pub fn line(view: &StatusView, now: Timestamp) -> String {
     let step = view
         .step
         .as_ref()
-        .map(|s| format!(" step {}/{}", (s.index + 1).min(s.total), s.total))
+        .map(|s| format!(" step {}", s.display))
         .unwrap_or_default();
     format!(
         "{} {}/{} {:?} {}%{}{step}: {}",
@@ -651,7 +658,7 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
                         format!("{}%{}", v.weight, in_effect(v)),
                         v.step
                             .as_ref()
-                            .map(|s| format!("{}/{}", (s.index + 1).min(s.total), s.total))
+                            .map(|s| s.display.clone())
                             .unwrap_or_else(|| "-".into()),
                         v.canary_revision
                             .clone()
@@ -877,6 +884,32 @@ mod tests {
         assert_eq!(weight_bar(0), "[░░░░░░░░░░░░░░░░░░░░] 0%");
         assert_eq!(weight_bar(100), "[████████████████████] 100%");
         assert_eq!(weight_bar(50), "[██████████░░░░░░░░░░] 50%");
+    }
+
+    #[test]
+    fn the_step_reads_the_same_in_text_lines_and_json() {
+        let status = CanaryStatus {
+            phase: Phase::Paused,
+            pause_reason: Some(PauseReason::Step),
+            current_step_index: Some(3),
+            ..Default::default()
+        };
+        let v = view(&canary(status), &[], at(0));
+        assert!(
+            render(&v).contains("step       4/4 pause until promoted"),
+            "{}",
+            render(&v)
+        );
+        assert!(
+            line(&v, at(0)).contains(" step 4/4:"),
+            "{}",
+            line(&v, at(0))
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["step"]["display"], "4/4");
+        assert_eq!(json["step"]["number"], 4);
+        assert_eq!(json["step"]["currentStepIndex"], 3);
+        assert_eq!(json["step"]["index"], 3, "kept for scripts that read it");
     }
 
     #[test]
