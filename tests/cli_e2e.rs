@@ -635,7 +635,7 @@ async fn a_burst_of_concurrent_requests_loses_none() {
     eprintln!("\nmanual requests under contention:\n{}", report.join("\n"));
 }
 
-// -- one step number everywhere ------------------------------
+// -- one step number everywhere; resume and promote at a gate ------------------------------
 
 /// The columns `kubectl get cnry web` shows, by name: the printer columns of the CRD the code
 /// generates (what `scripts/cluster crds` installs), their JSONPaths read from the Canary as
@@ -662,7 +662,7 @@ async fn printer_columns(ns: &TestNamespace) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gate_reads_as_one_step_number_everywhere() {
+async fn a_gate_reads_as_one_step_number_everywhere_and_only_promote_passes_it() {
     let world = world("cli-step").await;
     patch_canary(
         &world.ns,
@@ -688,6 +688,24 @@ async fn a_gate_reads_as_one_step_number_everywhere() {
     let columns = printer_columns(&world.ns).await;
     assert_eq!(columns["Step"], "2/3", "{columns:?}");
     assert_eq!(columns["Revision"], revision, "{columns:?}");
+
+    // `resume` does not open an approval gate: refused, and it says what does.
+    let resume = run(canary(&world.ns, &["resume", "web"])).await;
+    assert_eq!(resume.code, Some(2), "{}{}", resume.stdout, resume.stderr);
+    assert!(
+        resume.stderr.contains("approval gate (pause step 2/3)")
+            && resume
+                .stderr
+                .contains(&format!("canary promote web -n {}", world.ns.name)),
+        "{}",
+        resume.stderr
+    );
+    let after = status(&world.ns).await;
+    assert_eq!(
+        (after.phase, after.current_step_index),
+        (Phase::Paused, Some(1)),
+        "the gate stays closed"
+    );
 
     let promote = run(canary(&world.ns, &["promote", "web"])).await;
     assert_eq!(

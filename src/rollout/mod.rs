@@ -777,18 +777,24 @@ impl Planner<'_> {
                 RequestAction::Resume if self.status.phase != Phase::Paused => {
                     self.refuse(action, "the rollout is not paused")
                 }
+                // One meaning each: `promote` passes an approval gate, `resume` undoes a
+                // pause (a request's or an analysis verdict's); a gate stays closed.
+                RequestAction::Resume if self.status.pause_reason == Some(PauseReason::Step) => {
+                    let step = self.step_text();
+                    self.refuse(
+                        action,
+                        &format!(
+                            "the rollout waits at an approval gate (pause step {step}): `canary promote` passes it; resume continues after `canary pause` or a paused analysis"
+                        ),
+                    )
+                }
                 RequestAction::Resume => {
                     self.answer_request(true, "resumed".into());
-                    let step_pause = self.status.pause_reason == Some(PauseReason::Step);
                     self.status.phase = Phase::Progressing;
                     self.status.pause_reason = None;
                     // Resuming a failed or inconclusive analysis starts it afresh.
                     self.drop_unsuccessful_runs();
-                    if step_pause {
-                        self.advance_step();
-                    } else {
-                        self.status.step_started_at = Some(self.now_text());
-                    }
+                    self.status.step_started_at = Some(self.now_text());
                 }
                 RequestAction::Retry => self.refuse(action, "a rollout is under way"),
             }

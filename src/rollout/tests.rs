@@ -737,6 +737,53 @@ fn pause_and_resume_by_request() {
 }
 
 #[test]
+fn resume_does_not_open_an_approval_gate_promote_does() {
+    let s = spec(serde_json::json!({}));
+    // At the `pause: {}` step (index 3 of 4).
+    let gate = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Step),
+        ..progressing(3, 50, 0)
+    };
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    seen.requests = request(RequestAction::Resume, "r");
+    let refused = plan(&s, &gate, &seen, t(100));
+    let answer = refused.status.last_request.clone().unwrap();
+    assert!(!answer.accepted, "{answer:?}");
+    assert!(
+        answer
+            .message
+            .contains("resume does not apply: the rollout waits at an approval gate (pause step 4/4): `canary promote` passes it"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(refused.status.phase, Phase::Paused, "the gate stays closed");
+    assert_eq!(refused.status.pause_reason, Some(PauseReason::Step));
+    assert_eq!(refused.status.current_step_index, Some(3));
+    // Planned again with the answered request still annotated: still closed.
+    let again = plan(&s, &refused.status, &seen, t(200));
+    assert_eq!(
+        (again.status.phase, again.status.current_step_index),
+        (Phase::Paused, Some(3))
+    );
+    // Promote passes it.
+    seen.requests = request(RequestAction::Promote, "p");
+    let passed = plan(&s, &again.status, &seen, t(300));
+    assert!(passed.status.last_request.unwrap().accepted);
+    assert_eq!(passed.status.phase, Phase::Promoting);
+    // Resume still ends a pause asked for by `canary pause`.
+    let manual = CanaryStatus {
+        pause_reason: Some(PauseReason::Manual),
+        ..gate
+    };
+    seen.requests = request(RequestAction::Resume, "r2");
+    let resumed = plan(&s, &manual, &seen, t(100));
+    assert!(resumed.status.last_request.unwrap().accepted);
+    assert_ne!(resumed.status.pause_reason, Some(PauseReason::Manual));
+}
+
+#[test]
 fn the_step_is_counted_from_one_and_the_revision_is_never_empty() {
     // (index, steps, shown)
     for (index, total, shown) in [(0, 6, "1/6"), (3, 6, "4/6"), (5, 6, "6/6"), (6, 6, "6/6")] {
