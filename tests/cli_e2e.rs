@@ -673,6 +673,7 @@ async fn a_gate_reads_as_one_step_number_everywhere_and_only_promote_passes_it()
     let (gate, _) = follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
     let gate = gate.status.unwrap();
     let revision = gate.canary_revision.unwrap();
+    let stable = gate.stable_revision.unwrap();
 
     // The second of three steps, as people count: the same in every view.
     let human = run(canary(&world.ns, &["status", "web"])).await;
@@ -681,7 +682,52 @@ async fn a_gate_reads_as_one_step_number_everywhere_and_only_promote_passes_it()
         "{}",
         human.stdout
     );
+    // The resource tree, from the real Deployments, ReplicaSets and routing objects.
+    for part in [
+        format!("Deployment web (target)  rev {revision}  0 pods (template only)  app=web:2"),
+        format!("├─ Deployment web-stable (stable)  rev {stable}  2/2 ready  app=web:1"),
+        format!("├─ Deployment web-canary (canary)  rev {revision}  1/1 ready  app=web:2"),
+        "│  └─ ReplicaSet web-stable-".into(),
+        "│  └─ ReplicaSet web-canary-".into(),
+        "├─ routing istio: canary 20%, stable 80%".into(),
+        "│  ├─ VirtualService web".into(),
+        "│  └─ DestinationRule web".into(),
+        "   ✓ 1/3 setWeight 20%".into(),
+        "   ▶ 2/3 pause until promoted".into(),
+        "   · 3/3 setWeight 50%".into(),
+    ] {
+        assert!(
+            human.stdout.contains(&part),
+            "missing {part:?} in:\n{}",
+            human.stdout
+        );
+    }
+    let tree_lines = human
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("  resources"))
+        .take_while(|l| !l.starts_with("  conditions"));
+    for line in tree_lines {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}"
+        );
+    }
     let view = json(&run(canary(&world.ns, &["status", "web", "-o", "json"])).await);
+    let tree = &view["tree"];
+    assert_eq!(tree["deployments"][1]["name"], "web-stable", "{tree}");
+    assert_eq!(tree["deployments"][1]["ready"], 2, "{tree}");
+    assert_eq!(
+        tree["deployments"][2]["revision"],
+        revision.as_str(),
+        "{tree}"
+    );
+    assert!(
+        tree["deployments"][2]["replicaSets"][0]["podTemplateHash"].is_string(),
+        "{tree}"
+    );
+    assert_eq!(tree["routing"]["canaryWeight"], 20, "{tree}");
+    assert_eq!(tree["steps"][1]["state"], "current", "{tree}");
     assert_eq!(view["step"]["display"], "2/3", "{view}");
     assert_eq!(view["step"]["number"], 2, "{view}");
     assert_eq!(view["step"]["currentStepIndex"], 1, "{view}");

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crds;
 pub mod output;
 pub mod request;
+pub mod resource_tree;
 pub mod run;
 pub mod status;
 pub mod validate;

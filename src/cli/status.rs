@@ -18,7 +18,8 @@ use crate::api::canary::{
 };
 
 /// Show a rollout: phase, revision, step, weight, each metric's latest verdict and why, the
-/// next action and when, and recent events.
+/// next action and when, recent events, and the resource tree (Deployments, ReplicaSets and
+/// ready pods of each version, the routing objects, the steps with where the rollout is).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Examples:
@@ -92,6 +93,9 @@ pub struct StatusView {
     pub metrics: Vec<MetricView>,
     pub conditions: Vec<ConditionView>,
     pub events: Vec<EventView>,
+    /// The Deployments, ReplicaSets, routing objects and steps (`canary status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<super::resource_tree::ResourceTree>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -151,7 +155,7 @@ pub fn is_settled(phase: Phase) -> bool {
     )
 }
 
-fn describe_step(step: &RolloutStep) -> String {
+pub fn describe_step(step: &RolloutStep) -> String {
     match step {
         RolloutStep::SetWeight(w) => format!("setWeight {w}%"),
         RolloutStep::Pause(Some(d)) => format!("pause {d}"),
@@ -359,6 +363,7 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
             })
             .collect(),
         events,
+        tree: None,
     }
 }
 
@@ -424,6 +429,13 @@ pub fn render(view: &StatusView) -> String {
     }
     field("message", view.message.clone().unwrap_or_default());
     field("next", view.next.clone());
+    if let Some(tree) = &view.tree {
+        out.push_str(&format!(
+            "  resources\n    Canary {}/{}\n",
+            view.namespace, view.name
+        ));
+        out.push_str(&super::resource_tree::render(tree, "    "));
+    }
     if !view.metrics.is_empty() {
         out.push_str("  metrics\n");
         let rows: Vec<Vec<String>> = view
@@ -533,7 +545,9 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
     let canary = connection.canary(&args.name).await?;
     if !args.watch {
         let events = events_of(&connection, &args.name).await;
-        print_view(&view(&canary, &events, Timestamp::now()), output);
+        let mut current = view(&canary, &events, Timestamp::now());
+        current.tree = Some(tree_of(&connection, &canary).await);
+        print_view(&current, output);
         return Ok(Exit::Ok);
     }
     watch(
@@ -543,6 +557,11 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
         output,
     )
     .await
+}
+
+async fn tree_of(connection: &Connection, canary: &Canary) -> super::resource_tree::ResourceTree {
+    let fetched = super::resource_tree::fetch(connection, canary).await;
+    super::resource_tree::build(canary, &fetched)
 }
 
 fn print_view(view: &StatusView, output: OutputFormat) {
