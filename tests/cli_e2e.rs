@@ -245,45 +245,191 @@ async fn abort_from_another_process_ends_the_wait_with_1_and_stable_gets_all_tra
     );
 }
 
+/// The lines a running child prints on stdout, collected as they come.
+#[derive(Clone, Default)]
+struct PrintedLines(Arc<Mutex<Vec<String>>>);
+
+impl PrintedLines {
+    fn follow(child: &mut Child) -> PrintedLines {
+        use tokio::io::AsyncBufReadExt;
+        let printed = PrintedLines::default();
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let collector = printed.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collector.0.lock().unwrap().push(line);
+            }
+        });
+        printed
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a line containing `text`.
+    async fn wait_for(&self, text: &str) {
+        eventually(
+            &format!("a line with {text:?} (printed so far: {:?})", self.all()),
+            ROLLOUT_TIMEOUT,
+            || async { self.all().iter().any(|l| l.contains(text)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// Asserts that `child` is still running for `how_long` (checked every 100 ms).
+async fn still_running(child: &mut Child, how_long: Duration, what: &str) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        let exited = child.try_wait().expect("checking the child");
+        assert!(exited.is_none(), "{what}: it exited with {exited:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_watch_prints_one_line_per_change_and_ends_with_the_rollout() {
+async fn status_watch_stays_live_until_interrupted_and_exit_on_settle_ends_with_the_rollout() {
     let world = world("cli-watch").await;
-    let watching = spawn(canary(
+    // For scripts: --exit-on-settle on a settled Canary ends at once, 0.
+    let idle = run(canary(
         &world.ns,
-        &["status", "web", "--watch", "--timeout", "2m"],
-    ));
-    // Idle is settled: a watch started before the rollout ends at once.
-    let idle = finish(watching).await;
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "2m",
+        ],
+    ))
+    .await;
     assert_eq!(idle.code, Some(0), "{}\n{}", idle.stdout, idle.stderr);
     assert_eq!(idle.stdout.lines().count(), 1, "{}", idle.stdout);
 
-    set_image(&world.ns, "web:2").await;
-    at_weight(&world.ns, 20).await;
-    let watching = spawn(canary(
-        &world.ns,
-        &["status", "web", "--watch", "--timeout", "2m"],
-    ));
-    let ran = finish(watching).await;
-    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert!(lines.len() >= 3, "{}", ran.stdout);
+    // Without it, a watch started while nothing is in flight keeps watching (not a terminal:
+    // one line per change).
+    let mut watching = spawn(canary(&world.ns, &["status", "web", "--watch"]));
+    let printed = PrintedLines::follow(&mut watching);
+    printed.wait_for(" Idle 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(2),
+        "a watch of an idle Canary",
+    )
+    .await;
+
+    // On a terminal (a pseudo-terminal from util-linux `script`): the whole view with its
+    // resource tree, redrawn every second though nothing changed.
+    let mut terminal = Command::new("script");
+    terminal
+        .args(["-qfec"])
+        .arg(format!(
+            "'{}' status web --watch --kubeconfig '{}' -n {}",
+            env!("CARGO_BIN_EXE_canary"),
+            cluster().kubeconfig().display(),
+            world.ns.name
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut terminal = spawn(terminal);
+    let drawn = PrintedLines::follow(&mut terminal);
+    let redraws = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("watching, "))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    eventually(
+        "three redraws of the terminal view",
+        ROLLOUT_TIMEOUT,
+        || async { (redraws(&drawn.all()) >= 3).then_some(()) },
+    )
+    .await;
+    let screen = drawn.all().join("\n");
+    assert!(screen.contains("\x1b[H\x1b[2J"), "{screen}");
     assert!(
-        lines.last().unwrap().contains("Promoted 0%"),
-        "{}",
-        ran.stdout
+        screen.contains("├─ Deployment web-stable (stable)"),
+        "{screen}"
     );
+    drop(terminal);
+
+    set_image(&world.ns, "web:2").await;
+    follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    printed.wait_for(" Promoted 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(2),
+        "a watch after the rollout settled",
+    )
+    .await;
+
+    // The next change is printed too; meanwhile a script's watch ends with its rollout: 1
+    // when it is rolled back.
+    set_image(&world.ns, "web:3").await;
+    at_weight(&world.ns, 20).await;
+    let settling = spawn(canary(
+        &world.ns,
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "2m",
+        ],
+    ));
+    let abort = run(canary(&world.ns, &["abort", "web"])).await;
+    assert_eq!(abort.code, Some(0), "{}{}", abort.stdout, abort.stderr);
+    let settled = finish(settling).await;
+    assert_eq!(
+        settled.code,
+        Some(1),
+        "{}\n{}",
+        settled.stdout,
+        settled.stderr
+    );
+    assert!(
+        settled
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("RolledBack 0%"),
+        "{}",
+        settled.stdout
+    );
+    printed.wait_for(" RolledBack 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(1),
+        "a watch after a rollback",
+    )
+    .await;
+
+    // Ctrl-C ends it cleanly.
+    signal(&watching.id().unwrap().to_string(), "-INT");
+    let exit = tokio::time::timeout(Duration::from_secs(10), watching.wait())
+        .await
+        .expect("the watch ended on SIGINT")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{:?}", printed.all());
+
+    let lines = printed.all();
     for pair in lines.windows(2) {
         let rest = |l: &str| l.split_once(' ').map(|(_, r)| r.to_string());
         assert_ne!(
-            rest(pair[0]),
-            rest(pair[1]),
-            "a line per change, not per event: {}",
-            ran.stdout
+            rest(&pair[0]),
+            rest(&pair[1]),
+            "a line per change, not per event or second: {lines:#?}"
         );
     }
     assert!(
-        !ran.stdout.contains('\x1b'),
-        "no terminal control codes in logs"
+        !lines.iter().any(|l| l.contains('\x1b')),
+        "no terminal control codes in logs: {lines:#?}"
     );
 }
 
@@ -358,7 +504,14 @@ async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues
     );
     let watched = run(canary(
         &world.ns,
-        &["status", "web", "--watch", "--timeout", "1m"],
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "1m",
+        ],
     ))
     .await;
     assert_eq!(
