@@ -435,6 +435,7 @@ fn refuses_the_canaries_the_api_server_refuses_naming_the_field() {
             text.contains(&format!("Canary web: error: {expected}")),
             "{name}: expected {expected:?} in:\n{text}"
         );
+        assert_eq!(text.lines().count(), 1, "{name}: said once:\n{text}");
     }
 }
 

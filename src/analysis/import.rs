@@ -150,6 +150,9 @@ fn check_canary(value: Value) -> Vec<Note> {
     let parsed: Result<crate::api::canary::CanarySpec, _> =
         serde_ignored::deserialize(spec, |path| unknown.push(path.to_string()));
     match parsed {
+        // The schema's finding names the field; the reader's first error would say it again,
+        // less precisely ("spec: unknown variant").
+        Err(_) if !notes.is_empty() => {}
         Err(e) => notes.push(error("spec", e.to_string())),
         Ok(spec) => {
             let router = crate::routing::capabilities_of(&spec);
@@ -266,10 +269,14 @@ fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
         .map(|v| error(v.field, v.message))
         .collect();
     if let Err(errors) = kube::core::cel::Validator::new().validate(&schema, value, None) {
+        // A rule on a field that already breaks the schema (a duration that is no duration)
+        // can only fail to evaluate; the schema's finding says why.
+        let broken: Vec<String> = notes.iter().map(|n| n.field.clone()).collect();
         notes.extend(
             errors
                 .into_vec()
                 .into_iter()
+                .filter(|e| !broken.contains(&e.field_path))
                 .map(|e| error(e.field_path.clone(), e.message.clone())),
         );
     }
