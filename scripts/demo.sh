@@ -122,7 +122,7 @@ controller_port=$(free_port)
     --listen "127.0.0.1:$controller_port" >"$work/controller.log" 2>&1 &
 pids+=($!)
 wait_for_url "http://127.0.0.1:$controller_port/readyz"
-"$canary" status "$service" -n "$namespace" --watch --timeout 2m >/dev/null
+"$canary" status "$service" -n "$namespace" --watch --exit-on-settle --timeout 2m >/dev/null
 "$canary" status "$service" -n "$namespace"
 
 echo

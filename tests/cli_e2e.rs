@@ -329,45 +329,191 @@ async fn abort_from_another_process_ends_the_wait_with_1_and_stable_gets_all_tra
     );
 }
 
+/// The lines a running child prints on stdout, collected as they come.
+#[derive(Clone, Default)]
+struct PrintedLines(Arc<Mutex<Vec<String>>>);
+
+impl PrintedLines {
+    fn follow(child: &mut Child) -> PrintedLines {
+        use tokio::io::AsyncBufReadExt;
+        let printed = PrintedLines::default();
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let collector = printed.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collector.0.lock().unwrap().push(line);
+            }
+        });
+        printed
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a line containing `text`.
+    async fn wait_for(&self, text: &str) {
+        eventually(
+            &format!("a line with {text:?} (printed so far: {:?})", self.all()),
+            ROLLOUT_TIMEOUT,
+            || async { self.all().iter().any(|l| l.contains(text)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// Asserts that `child` is still running for `how_long` (checked every 100 ms).
+async fn still_running(child: &mut Child, how_long: Duration, what: &str) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        let exited = child.try_wait().expect("checking the child");
+        assert!(exited.is_none(), "{what}: it exited with {exited:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_watch_prints_one_line_per_change_and_ends_with_the_rollout() {
+async fn status_watch_stays_live_until_interrupted_and_exit_on_settle_ends_with_the_rollout() {
     let world = world("cli-watch").await;
-    let watching = spawn(canary(
+    // For scripts: --exit-on-settle on a settled Canary ends at once, 0.
+    let idle = run(canary(
         &world.ns,
-        &["status", "web", "--watch", "--timeout", "2m"],
-    ));
-    // Idle is settled: a watch started before the rollout ends at once.
-    let idle = finish(watching).await;
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "2m",
+        ],
+    ))
+    .await;
     assert_eq!(idle.code, Some(0), "{}\n{}", idle.stdout, idle.stderr);
     assert_eq!(idle.stdout.lines().count(), 1, "{}", idle.stdout);
 
-    set_image(&world.ns, "web:2").await;
-    at_weight(&world.ns, 20).await;
-    let watching = spawn(canary(
-        &world.ns,
-        &["status", "web", "--watch", "--timeout", "2m"],
-    ));
-    let ran = finish(watching).await;
-    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert!(lines.len() >= 3, "{}", ran.stdout);
+    // Without it, a watch started while nothing is in flight keeps watching (not a terminal:
+    // one line per change).
+    let mut watching = spawn(canary(&world.ns, &["status", "web", "--watch"]));
+    let printed = PrintedLines::follow(&mut watching);
+    printed.wait_for(" Idle 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(2),
+        "a watch of an idle Canary",
+    )
+    .await;
+
+    // On a terminal (a pseudo-terminal from util-linux `script`): the whole view with its
+    // resource tree, redrawn every second though nothing changed.
+    let mut terminal = Command::new("script");
+    terminal
+        .args(["-qfec"])
+        .arg(format!(
+            "'{}' status web --watch --kubeconfig '{}' -n {}",
+            env!("CARGO_BIN_EXE_canary"),
+            cluster().kubeconfig().display(),
+            world.ns.name
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut terminal = spawn(terminal);
+    let drawn = PrintedLines::follow(&mut terminal);
+    let redraws = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("watching, "))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    eventually(
+        "three redraws of the terminal view",
+        ROLLOUT_TIMEOUT,
+        || async { (redraws(&drawn.all()) >= 3).then_some(()) },
+    )
+    .await;
+    let screen = drawn.all().join("\n");
+    assert!(screen.contains("\x1b[H\x1b[2J"), "{screen}");
     assert!(
-        lines.last().unwrap().contains("Promoted 0%"),
-        "{}",
-        ran.stdout
+        screen.contains("├─ Deployment web-stable (stable)"),
+        "{screen}"
     );
+    drop(terminal);
+
+    set_image(&world.ns, "web:2").await;
+    follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    printed.wait_for(" Promoted 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(2),
+        "a watch after the rollout settled",
+    )
+    .await;
+
+    // The next change is printed too; meanwhile a script's watch ends with its rollout: 1
+    // when it is rolled back.
+    set_image(&world.ns, "web:3").await;
+    at_weight(&world.ns, 20).await;
+    let settling = spawn(canary(
+        &world.ns,
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "2m",
+        ],
+    ));
+    let abort = run(canary(&world.ns, &["abort", "web"])).await;
+    assert_eq!(abort.code, Some(0), "{}{}", abort.stdout, abort.stderr);
+    let settled = finish(settling).await;
+    assert_eq!(
+        settled.code,
+        Some(1),
+        "{}\n{}",
+        settled.stdout,
+        settled.stderr
+    );
+    assert!(
+        settled
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("RolledBack 0%"),
+        "{}",
+        settled.stdout
+    );
+    printed.wait_for(" RolledBack 0%").await;
+    still_running(
+        &mut watching,
+        Duration::from_secs(1),
+        "a watch after a rollback",
+    )
+    .await;
+
+    // Ctrl-C ends it cleanly.
+    signal(&watching.id().unwrap().to_string(), "-INT");
+    let exit = tokio::time::timeout(Duration::from_secs(10), watching.wait())
+        .await
+        .expect("the watch ended on SIGINT")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{:?}", printed.all());
+
+    let lines = printed.all();
     for pair in lines.windows(2) {
         let rest = |l: &str| l.split_once(' ').map(|(_, r)| r.to_string());
         assert_ne!(
-            rest(pair[0]),
-            rest(pair[1]),
-            "a line per change, not per event: {}",
-            ran.stdout
+            rest(&pair[0]),
+            rest(&pair[1]),
+            "a line per change, not per event or second: {lines:#?}"
         );
     }
     assert!(
-        !ran.stdout.contains('\x1b'),
-        "no terminal control codes in logs"
+        !lines.iter().any(|l| l.contains('\x1b')),
+        "no terminal control codes in logs: {lines:#?}"
     );
 }
 
@@ -442,7 +588,14 @@ async fn a_manual_gate_ends_run_wait_with_success_on_pause_and_promote_continues
     );
     let watched = run(canary(
         &world.ns,
-        &["status", "web", "--watch", "--timeout", "1m"],
+        &[
+            "status",
+            "web",
+            "--watch",
+            "--exit-on-settle",
+            "--timeout",
+            "1m",
+        ],
     ))
     .await;
     assert_eq!(
@@ -942,4 +1095,137 @@ async fn a_burst_of_concurrent_requests_loses_none() {
     );
 
     eprintln!("\nmanual requests under contention:\n{}", report.join("\n"));
+}
+
+// -- one step number everywhere; resume and promote at a gate ------------------------------
+
+/// The columns `kubectl get cnry web` shows, by name: the printer columns of the CRD the code
+/// generates (what `scripts/cluster crds` installs), their JSONPaths read from the Canary as
+/// the API server stores it. (Read here rather than from the server's Table so the test does
+/// not depend on which CRD version the shared test cluster has installed.)
+async fn printer_columns(ns: &TestNamespace) -> BTreeMap<String, String> {
+    use kube::CustomResourceExt;
+    let stored = serde_json::to_value(ns.api::<Canary>().get("web").await.unwrap()).unwrap();
+    let crd = serde_json::to_value(Canary::crd()).unwrap();
+    crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|column| {
+            let path = column["jsonPath"].as_str().unwrap().replace('.', "/");
+            let cell = match stored.pointer(&path) {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (column["name"].as_str().unwrap().to_string(), cell)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_reads_as_one_step_number_everywhere_and_only_promote_passes_it() {
+    let world = world("cli-step").await;
+    patch_canary(
+        &world.ns,
+        json!({"spec": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}]}}),
+    )
+    .await;
+    set_image(&world.ns, "web:2").await;
+    let (gate, _) = follow_until(&world.ns, Phase::Paused, ROLLOUT_TIMEOUT).await;
+    let gate = gate.status.unwrap();
+    let revision = gate.canary_revision.unwrap();
+    let stable = gate.stable_revision.unwrap();
+
+    // The second of three steps, as people count: the same in every view.
+    let human = run(canary(&world.ns, &["status", "web"])).await;
+    assert!(
+        human.stdout.contains("step       2/3 pause until promoted"),
+        "{}",
+        human.stdout
+    );
+    // The resource tree, from the real Deployments, ReplicaSets and routing objects.
+    for part in [
+        format!("Deployment web (target)  rev {revision}  0 pods (template only)  app=web:2"),
+        format!("├─ Deployment web-stable (stable)  rev {stable}  2/2 ready  app=web:1"),
+        format!("├─ Deployment web-canary (canary)  rev {revision}  1/1 ready  app=web:2"),
+        "│  └─ ReplicaSet web-stable-".into(),
+        "│  └─ ReplicaSet web-canary-".into(),
+        "├─ routing istio: canary 20%, stable 80%".into(),
+        "│  ├─ VirtualService web".into(),
+        "│  └─ DestinationRule web".into(),
+        "   ✓ 1/3 setWeight 20%".into(),
+        "   ▶ 2/3 pause until promoted".into(),
+        "   · 3/3 setWeight 50%".into(),
+    ] {
+        assert!(
+            human.stdout.contains(&part),
+            "missing {part:?} in:\n{}",
+            human.stdout
+        );
+    }
+    let tree_lines = human
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("  resources"))
+        .take_while(|l| !l.starts_with("  conditions"));
+    for line in tree_lines {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}"
+        );
+    }
+    let view = json(&run(canary(&world.ns, &["status", "web", "-o", "json"])).await);
+    let tree = &view["tree"];
+    assert_eq!(tree["deployments"][1]["name"], "web-stable", "{tree}");
+    assert_eq!(tree["deployments"][1]["ready"], 2, "{tree}");
+    assert_eq!(
+        tree["deployments"][2]["revision"],
+        revision.as_str(),
+        "{tree}"
+    );
+    assert!(
+        tree["deployments"][2]["replicaSets"][0]["podTemplateHash"].is_string(),
+        "{tree}"
+    );
+    assert_eq!(tree["routing"]["canaryWeight"], 20, "{tree}");
+    assert_eq!(tree["steps"][1]["state"], "current", "{tree}");
+    assert_eq!(view["step"]["display"], "2/3", "{view}");
+    assert_eq!(view["step"]["number"], 2, "{view}");
+    assert_eq!(view["step"]["currentStepIndex"], 1, "{view}");
+    let columns = printer_columns(&world.ns).await;
+    assert_eq!(columns["Step"], "2/3", "{columns:?}");
+    assert_eq!(columns["Revision"], revision, "{columns:?}");
+
+    // `resume` does not open an approval gate: refused, and it says what does.
+    let resume = run(canary(&world.ns, &["resume", "web"])).await;
+    assert_eq!(resume.code, Some(2), "{}{}", resume.stdout, resume.stderr);
+    assert!(
+        resume.stderr.contains("approval gate (pause step 2/3)")
+            && resume
+                .stderr
+                .contains(&format!("canary promote web -n {}", world.ns.name)),
+        "{}",
+        resume.stderr
+    );
+    let after = status(&world.ns).await;
+    assert_eq!(
+        (after.phase, after.current_step_index),
+        (Phase::Paused, Some(1)),
+        "the gate stays closed"
+    );
+
+    let promote = run(canary(&world.ns, &["promote", "web"])).await;
+    assert_eq!(
+        promote.code,
+        Some(0),
+        "{}{}",
+        promote.stdout,
+        promote.stderr
+    );
+    follow_until(&world.ns, Phase::Promoted, ROLLOUT_TIMEOUT).await;
+    // Nothing in flight: the revision column shows what runs, not an empty cell.
+    let columns = printer_columns(&world.ns).await;
+    assert_eq!(columns["Revision"], revision, "{columns:?}");
+    assert_eq!(columns["Step"], "", "{columns:?}");
 }

@@ -2,6 +2,8 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use cli::{canary, stdout};
 
@@ -299,5 +301,175 @@ fn explains_a_canary_with_two_routers_or_none_that_fits_its_steps() {
     ] {
         let output = canary(&["validate", write(file, &spec).to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(0), "{file}: {}", stdout(&output));
+    }
+}
+
+// -- Canaries: the CRD's schema and CEL rules, as the API server runs them -------------------
+
+/// A valid Canary with `change` merged into its spec (`null` removes a field).
+fn canary_document(change: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "targetRef": {"name": "web"},
+        "service": {"port": 8080},
+        "trafficRouting": {"istio": {
+            "virtualService": {"name": "web"}, "destinationRule": {"name": "web"},
+        }},
+        "steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}}, {"setWeight": 50}],
+    });
+    for (key, value) in change.as_object().unwrap() {
+        if value.is_null() {
+            spec.as_object_mut().unwrap().remove(key);
+        } else {
+            spec[key] = value.clone();
+        }
+    }
+    serde_json::json!({
+        "apiVersion": "canary.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "web"},
+        "spec": spec,
+    })
+}
+
+/// Bad Canaries: (name, spec change, what `canary validate` says, what the API server's
+/// refusal names — `None` when only the local check is asserted).
+fn bad_canaries() -> Vec<(
+    &'static str,
+    serde_json::Value,
+    &'static str,
+    Option<&'static str>,
+)> {
+    use serde_json::json;
+    vec![
+        (
+            "a weight over 100",
+            json!({"steps": [{"setWeight": 150}]}),
+            "spec.steps[0].setWeight: must be at most 100 (is 150)",
+            Some("spec.steps[0].setWeight"),
+        ),
+        (
+            "two routers",
+            json!({"trafficRouting": {
+                "istio": {"virtualService": {"name": "web"}, "destinationRule": {"name": "web"}},
+                "gatewayAPI": {"httpRoute": "web", "stableService": "s", "canaryService": "c"},
+            }}),
+            "spec.trafficRouting: trafficRouting names exactly one router",
+            Some("trafficRouting names exactly one router"),
+        ),
+        (
+            "pause and setWeight in one step",
+            json!({"steps": [{"setWeight": 10, "pause": {}}]}),
+            "spec.steps: each step has exactly one of setWeight, pause, analysis or setHeaderRoute",
+            Some("each step has exactly one of"),
+        ),
+        (
+            "decreasing weights",
+            json!({"steps": [{"setWeight": 50}, {"setWeight": 10}]}),
+            "spec.steps: setWeight steps must not decrease",
+            Some("setWeight steps must not decrease"),
+        ),
+        (
+            "port 0",
+            json!({"service": {"port": 0}}),
+            "spec.service.port: must be at least 1 (is 0)",
+            Some("spec.service.port"),
+        ),
+        (
+            "a progress deadline under 10 s",
+            json!({"progressDeadlineSeconds": 5}),
+            "spec.progressDeadlineSeconds: must be at least 10 (is 5)",
+            Some("spec.progressDeadlineSeconds"),
+        ),
+        (
+            "65 steps",
+            json!({"steps": (0..65).map(|_| json!({"setWeight": 10})).collect::<Vec<_>>()}),
+            "spec.steps: must have at most 64 items (has 65)",
+            Some("spec.steps"),
+        ),
+        (
+            "no targetRef",
+            json!({"targetRef": null}),
+            "spec.targetRef: is required",
+            Some("spec.targetRef"),
+        ),
+        (
+            "an empty target name",
+            json!({"targetRef": {"name": ""}}),
+            "spec.targetRef.name: must be at least 1 characters long (is 0)",
+            Some("spec.targetRef.name"),
+        ),
+        (
+            "an unknown failure policy",
+            json!({"onAnalysisFailure": "explode"}),
+            "spec.onAnalysisFailure: unsupported value \"explode\": use one of \"rollback\", \"pause\"",
+            None,
+        ),
+        (
+            "a duration in words",
+            json!({"steps": [{"setWeight": 10}, {"pause": {"duration": "5 minutes"}}]}),
+            "spec.steps[1].pause.duration: \"5 minutes\" does not match the pattern",
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn refuses_the_canaries_the_api_server_refuses_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, document: &serde_json::Value| {
+        let path = dir.path().join(format!("{}.yaml", name.replace(' ', "-")));
+        std::fs::write(&path, serde_json::to_string_pretty(document).unwrap()).unwrap();
+        canary(&["validate", path.to_str().unwrap()])
+    };
+    let good = check("good", &canary_document(serde_json::json!({})));
+    assert_eq!(good.status.code(), Some(0), "{}", stdout(&good));
+    assert!(
+        stdout(&good).contains("Canary web: ok"),
+        "{}",
+        stdout(&good)
+    );
+    for (name, change, expected, _) in bad_canaries() {
+        let output = check(name, &canary_document(change));
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {text}");
+        assert!(
+            text.contains(&format!("Canary web: error: {expected}")),
+            "{name}: expected {expected:?} in:\n{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{name}: said once:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_the_same_canaries() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let ns = cluster::cluster().namespace("validate-agree").await;
+    let resource =
+        ApiResource::from_gvk(&GroupVersionKind::gvk("canary.dev", "v1alpha1", "Canary"));
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let create = |document: serde_json::Value| {
+        let api = api.clone();
+        let dry_run = dry_run.clone();
+        async move {
+            let object: DynamicObject = serde_json::from_value(document).unwrap();
+            api.create(&dry_run, &object).await
+        }
+    };
+    create(canary_document(serde_json::json!({})))
+        .await
+        .expect("the API server accepts the valid Canary");
+    for (name, change, _, refusal) in bad_canaries() {
+        let Some(refusal) = refusal else { continue };
+        let error = create(canary_document(change))
+            .await
+            .expect_err(&format!("the API server accepted {name}"));
+        assert!(
+            error.to_string().contains(refusal),
+            "{name}: the API server said {error}"
+        );
     }
 }

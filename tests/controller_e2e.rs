@@ -241,7 +241,7 @@ async fn a_restarted_controller_continues_the_rollout_from_its_step() {
         timeline.join("\n")
     );
     assert!(
-        !timeline.iter().any(|l| l.contains("step=0/")),
+        !timeline.iter().any(|l| l.contains("step=1/")),
         "the rollout did not start over: {timeline:#?}"
     );
     let status = canary.status.unwrap();

@@ -150,6 +150,9 @@ fn check_canary(value: Value) -> Vec<Note> {
     let parsed: Result<crate::api::canary::CanarySpec, _> =
         serde_ignored::deserialize(spec, |path| unknown.push(path.to_string()));
     match parsed {
+        // The schema's finding names the field; the reader's first error would say it again,
+        // less precisely ("spec: unknown variant").
+        Err(_) if !notes.is_empty() => {}
         Err(e) => notes.push(error("spec", e.to_string())),
         Ok(spec) => {
             let router = crate::routing::capabilities_of(&spec);
@@ -248,7 +251,9 @@ fn unknown_field(path: &str) -> Note {
     )
 }
 
-/// The CRD's `x-kubernetes-validations` rules, evaluated here as the API server would.
+/// The CRD's schema (types, bounds, enums, patterns, required fields) and its
+/// `x-kubernetes-validations` rules, evaluated here as the API server would, on the CRD the
+/// Rust types generate.
 fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
     let crd = K::crd();
     let Some(schema) = crd.spec.versions[0]
@@ -259,14 +264,23 @@ fn crd_rule_violations<K: kube::CustomResourceExt>(value: &Value) -> Vec<Note> {
     else {
         return Vec::new();
     };
-    match kube::core::cel::Validator::new().validate(&schema, value, None) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .into_vec()
-            .into_iter()
-            .map(|e| error(e.field_path.clone(), e.message.clone()))
-            .collect(),
+    let mut notes: Vec<Note> = crate::api::schema_validation::violations(&schema, value)
+        .into_iter()
+        .map(|v| error(v.field, v.message))
+        .collect();
+    if let Err(errors) = kube::core::cel::Validator::new().validate(&schema, value, None) {
+        // A rule on a field that already breaks the schema (a duration that is no duration)
+        // can only fail to evaluate; the schema's finding says why.
+        let broken: Vec<String> = notes.iter().map(|n| n.field.clone()).collect();
+        notes.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .filter(|e| !broken.contains(&e.field_path))
+                .map(|e| error(e.field_path.clone(), e.message.clone())),
+        );
     }
+    notes
 }
 
 /// The spec as a `canary.dev` resource, for `canary validate --convert`.

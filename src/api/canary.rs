@@ -41,7 +41,7 @@ pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: u32 = 30;
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"Effective","type":"integer","jsonPath":".status.effectiveWeight"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.stepDisplay"}"#,
-    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.canaryRevision"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!(has(self.steps) && (has(self.stepWeight) || has(self.maxWeight) || has(self.interval)))").message("use either steps or the stepWeight/maxWeight/interval shorthand, not both"))]
@@ -335,6 +335,14 @@ pub enum OnAnalysisFailure {
     #[default]
     Rollback,
     Pause,
+}
+
+/// The one way a step is shown to people (CLI, JSON's `step.display`, `kubectl get`, events):
+/// counted from 1, `4/6` being the fourth of six steps, at `status.currentStepIndex` 3. Past
+/// the last step (the background analysis concluding before promotion) it stays `6/6`.
+pub fn step_display(index: u32, total: usize) -> String {
+    let number = (u64::from(index) + 1).min(total as u64);
+    format!("{number}/{total}")
 }
 
 /// A rollout step after the shorthand is expanded.
@@ -663,9 +671,14 @@ pub struct CanaryStatus {
     pub canary_images: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step_index: Option<u32>,
-    /// `2/8` for people and `kubectl get`.
+    /// The step under way for people and `kubectl get`, counted from 1: `4/6` is the fourth
+    /// of six steps (`currentStepIndex` 3), as the CLI and events say it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_display: Option<String>,
+    /// The revision the Canary is about, for `kubectl get`: the canary's while a rollout is
+    /// under way, otherwise stable's (never empty once initialized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// The share of traffic (0–100) the rollout gives the canary.
     #[serde(default)]
     pub canary_weight: u8,

@@ -3,6 +3,7 @@
 pub mod analysis_template;
 pub mod canary;
 pub mod duration;
+pub mod schema_validation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

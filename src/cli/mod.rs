@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crds;
 pub mod output;
 pub mod request;
+pub mod resource_tree;
 pub mod run;
 pub mod status;
 pub mod validate;
@@ -75,7 +76,9 @@ pub enum Command {
     Promote(request::PromoteArgs),
     /// Hold the rollout where it is (traffic and pods stay), until `canary resume`.
     Pause(request::Args),
-    /// Continue a paused rollout (a failed or inconclusive analysis starts afresh).
+    /// Undo `canary pause`, or continue after a failed or inconclusive analysis paused the
+    /// rollout (that analysis starts afresh). A `pause: {}` step is an approval gate:
+    /// `canary promote` passes it, resume is refused there.
     Resume(request::Args),
     /// All traffic back to stable at once, then roll back.
     Abort(request::Args),

@@ -302,13 +302,24 @@ pub async fn run(action: RequestAction, args: Args, output: OutputFormat) -> Res
         OutputFormat::Human | OutputFormat::Json => {}
     }
     if result.accepted {
-        Ok(Exit::Ok)
-    } else {
-        Err(Failure::invalid(format!(
-            "the controller refused: {}",
-            result.message
-        )))
+        return Ok(Exit::Ok);
     }
+    // At an approval gate, say the command that passes it, with this Canary's name.
+    let gate = action == RequestAction::Resume
+        && status.phase == Phase::Paused
+        && status.pause_reason == Some(canary::PauseReason::Step);
+    let hint = if gate {
+        format!(
+            "; to pass the gate: canary promote {name} -n {}",
+            connection.namespace
+        )
+    } else {
+        String::new()
+    };
+    Err(Failure::invalid(format!(
+        "the controller refused: {}{hint}",
+        result.message
+    )))
 }
 
 /// The next version of the Canary from the watch, or `None` at `deadline`.

@@ -13,27 +13,39 @@ use serde::Serialize;
 use super::cluster::{Connection, Failure, KubeArgs};
 use super::output::{table, terminal_safe, time};
 use super::{Exit, OutputFormat};
-use crate::api::canary::{Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep};
+use crate::api::canary::{
+    Canary, CanarySpec, CanaryStatus, PauseReason, Phase, RolloutStep, step_display,
+};
 
 /// Show a rollout: phase, revision, step, weight, each metric's latest verdict and why, the
-/// next action and when, and recent events.
+/// next action and when, recent events, and the resource tree (Deployments, ReplicaSets and
+/// ready pods of each version, the routing objects, the steps with where the rollout is).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Examples:
   canary status web -n shop
-  canary status web --watch            # redraws; one line per change when not a terminal
+  canary status web --watch                    # live until Ctrl-C
+  canary status web --watch --exit-on-settle   # for scripts: ends with the rollout
   canary status web -o json
 
-With --watch it exits when the rollout ends: 0 promoted (or nothing to do), 1 rolled back or
-failed, 3 on --timeout.")]
+Steps are counted from 1 everywhere: `step 4/6` is the fourth of six (status.currentStepIndex 3).
+
+--watch keeps watching until interrupted (Ctrl-C exits 0). On a terminal it redraws every
+second (countdowns stay live) and on every change of the Canary or its events; otherwise
+(CI logs, -o json) it prints one line (or JSON object) per change. With --exit-on-settle it
+exits when the rollout settles: 0 promoted (or nothing to do), 1 rolled back or failed; with
+--timeout, 3 once that has passed.")]
 pub struct Args {
     /// The Canary.
     pub name: String,
-    /// Follow changes until the rollout ends.
+    /// Follow changes until interrupted (or, with --exit-on-settle, until the rollout settles).
     #[arg(short, long)]
     pub watch: bool,
+    /// With --watch: exit when the rollout settles (Idle, Promoted: 0; RolledBack, Failed: 1).
+    #[arg(long, requires = "watch")]
+    pub exit_on_settle: bool,
     /// With --watch: give up after this long (exit 3).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", requires = "watch")]
     pub timeout: Option<crate::api::Duration>,
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -90,14 +102,24 @@ pub struct StatusView {
     pub metrics: Vec<MetricView>,
     pub conditions: Vec<ConditionView>,
     pub events: Vec<EventView>,
+    /// The Deployments, ReplicaSets, routing objects and steps (`canary status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<super::resource_tree::ResourceTree>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
-    /// Zero-based index of the current step.
-    pub index: u32,
+    /// `4/6`: the step under way counted from 1, as `kubectl get cnry` and events say it.
+    pub display: String,
+    /// The step under way counted from 1 (`4` of `4/6`).
+    pub number: u32,
     pub total: u32,
+    /// `status.currentStepIndex`, counted from 0 (`3` for `4/6`), as `promote@<index>` names it.
+    pub current_step_index: u32,
+    /// The same as `currentStepIndex`, kept because the JSON shape only grows within
+    /// `v1alpha1`; deprecated: it reads as a step number and is not one.
+    pub index: u32,
     pub description: String,
 }
 
@@ -142,7 +164,7 @@ pub fn is_settled(phase: Phase) -> bool {
     )
 }
 
-fn describe_step(step: &RolloutStep) -> String {
+pub fn describe_step(step: &RolloutStep) -> String {
     match step {
         RolloutStep::SetWeight(w) => format!("setWeight {w}%"),
         RolloutStep::Pause(Some(d)) => format!("pause {d}"),
@@ -267,8 +289,11 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
     let status = canary.status.clone().unwrap_or_default();
     let steps = canary.spec.rollout_steps();
     let step = status.current_step_index.map(|index| StepView {
-        index,
+        display: step_display(index, steps.len()),
+        number: (index.saturating_add(1)).min(steps.len() as u32),
         total: steps.len() as u32,
+        current_step_index: index,
+        index,
         description: steps
             .get(index as usize)
             .map(describe_step)
@@ -330,6 +355,7 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
             })
             .collect(),
         events,
+        tree: None,
     }
 }
 
@@ -435,16 +461,18 @@ pub fn render(view: &StatusView) -> String {
             .unwrap_or_default();
         field(
             "step",
-            format!(
-                "{}/{} {}{elapsed}",
-                (step.index + 1).min(step.total),
-                step.total,
-                step.description
-            ),
+            format!("{} {}{elapsed}", step.display, step.description),
         );
     }
     field("message", view.message.clone().unwrap_or_default());
     field("next", view.next.clone());
+    if let Some(tree) = &view.tree {
+        out.push_str(&format!(
+            "  resources\n    Canary {}/{}\n",
+            view.namespace, view.name
+        ));
+        out.push_str(&super::resource_tree::render(tree, "    "));
+    }
     if !view.metrics.is_empty() {
         out.push_str("  metrics\n");
         let rows: Vec<Vec<String>> = view
@@ -521,7 +549,7 @@ pub fn line(view: &StatusView, now: Timestamp) -> String {
     let step = view
         .step
         .as_ref()
-        .map(|s| format!(" step {}/{}", (s.index + 1).min(s.total), s.total))
+        .map(|s| format!(" step {}", s.display))
         .unwrap_or_default();
     format!(
         "{} {}/{} {:?} {}%{}{step}: {}",
@@ -554,16 +582,29 @@ pub async fn run(args: Args, output: OutputFormat) -> Result<Exit, Failure> {
     let canary = connection.canary(&args.name).await?;
     if !args.watch {
         let events = events_of(&connection, &args.name).await;
-        print_view(&view(&canary, &events, Timestamp::now()), output);
+        let mut current = view(&canary, &events, Timestamp::now());
+        current.tree = Some(tree_of(&connection, &canary).await);
+        print_view(&current, output);
         return Ok(Exit::Ok);
     }
+    let mode = match output {
+        OutputFormat::Json => WatchMode::Json,
+        OutputFormat::Human if std::io::stdout().is_terminal() => WatchMode::Terminal,
+        OutputFormat::Human => WatchMode::Lines,
+    };
     watch(
         &connection,
         &args.name,
+        mode,
+        args.exit_on_settle,
         args.timeout.map(|d| d.as_std()),
-        output,
     )
     .await
+}
+
+async fn tree_of(connection: &Connection, canary: &Canary) -> super::resource_tree::ResourceTree {
+    let fetched = super::resource_tree::fetch(connection, canary).await;
+    super::resource_tree::build(canary, &fetched)
 }
 
 fn print_view(view: &StatusView, output: OutputFormat) {
@@ -576,74 +617,204 @@ fn print_view(view: &StatusView, output: OutputFormat) {
     }
 }
 
-/// Follows a Canary until its rollout settles: redraws on a terminal, one line (or one JSON
-/// object) per change otherwise.
+/// How a watch shows what it sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// A terminal: the whole view, redrawn in place.
+    Terminal,
+    /// Logs: one line per change.
+    Lines,
+    /// Scripts: one JSON object per change, one per line.
+    Json,
+}
+
+/// Something a watch prints, and what it is compared with next time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub text: String,
+    /// What makes two frames the same: on a terminal the whole view with its clock (so it is
+    /// redrawn every second, countdowns included), in logs the change line without its
+    /// timestamp.
+    pub key: String,
+}
+
+/// What a watch prints for `view` at `now`, given the key of the last frame it printed;
+/// `None` when that would say nothing new. Called on every change of the Canary or its
+/// events and, on a terminal, every second.
+pub fn watch_frame(
+    mode: WatchMode,
+    last_key: Option<&str>,
+    view: &StatusView,
+    now: Timestamp,
+) -> Option<Frame> {
+    let change_line = line(view, now);
+    let change_key = change_line
+        .split_once(' ')
+        .map_or(change_line.as_str(), |(_, rest)| rest)
+        .to_string();
+    let frame = match mode {
+        WatchMode::Terminal => {
+            let text = format!(
+                "\x1b[H\x1b[2J{}\n  watching, {}: Ctrl-C to stop\n",
+                terminal_safe(&render(view)),
+                time(now)
+            );
+            Frame {
+                key: text.clone(),
+                text,
+            }
+        }
+        WatchMode::Lines => Frame {
+            text: format!("{}\n", terminal_safe(&change_line)),
+            key: change_key,
+        },
+        WatchMode::Json => Frame {
+            text: format!(
+                "{}\n",
+                serde_json::to_string(view).expect("view serialises")
+            ),
+            key: change_key,
+        },
+    };
+    (last_key != Some(frame.key.as_str())).then_some(frame)
+}
+
+/// How a watch ends once the rollout is in `phase`: with --exit-on-settle, when it settled
+/// (0 promoted or nothing to do, 1 rolled back or failed); otherwise it goes on.
+pub fn watch_exit(exit_on_settle: bool, phase: Phase) -> Option<Exit> {
+    if !exit_on_settle || !is_settled(phase) {
+        return None;
+    }
+    Some(match phase {
+        Phase::RolledBack | Phase::Failed => Exit::Failed,
+        _ => Exit::Ok,
+    })
+}
+
+/// How often a terminal view is redrawn (its countdowns), and how often its resource tree is
+/// read again (ready pods change without the Canary changing).
+const REDRAW: Duration = Duration::from_secs(1);
+const TREE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Follows a Canary until interrupted (or, with `exit_on_settle`, until its rollout
+/// settles): redraws on a terminal, one line (or one JSON object) per change otherwise.
 async fn watch(
     connection: &Connection,
     name: &str,
+    mode: WatchMode,
+    exit_on_settle: bool,
     timeout: Option<Duration>,
-    output: OutputFormat,
 ) -> Result<Exit, Failure> {
-    let interactive = std::io::stdout().is_terminal() && output == OutputFormat::Human;
-    let mut stream = std::pin::pin!(connection.watch_canary(name));
+    use futures::future::Either;
+    let interactive = mode == WatchMode::Terminal;
+    // The tree is part of what a terminal and JSON show; log lines say only what changed.
+    let with_tree = mode != WatchMode::Lines;
+    let mut canaries = std::pin::pin!(connection.watch_canary(name));
+    let mut event_changes = if interactive {
+        Either::Left(event_changes(connection, name))
+    } else {
+        Either::Right(futures::stream::pending())
+    };
+    let mut redraw = tokio::time::interval(REDRAW);
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut last_line = String::new();
-    loop {
-        let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    return Err(Failure::new(
-                        Exit::TimedOut,
-                        format!("{name} did not settle within the timeout"),
-                    ));
-                }
-            },
-            None => stream.next().await,
-        };
-        let canary = match next {
-            Some(Ok(canary)) => canary,
-            Some(Err(e)) => {
-                return Err(Failure::invalid(format!("watching Canary {name}: {e}")));
-            }
-            None => {
-                return Err(Failure::invalid(format!(
-                    "the watch of Canary {name} ended"
-                )));
-            }
-        };
-        let now = Timestamp::now();
-        let events = if interactive {
-            events_of(connection, name).await
-        } else {
-            Vec::new()
-        };
-        let current = view(&canary, &events, now);
-        let this_line = line(&current, now);
-        let changed = !same_change(&this_line, &last_line);
-        if changed || interactive {
-            match (output, interactive) {
-                (OutputFormat::Json, _) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&current).expect("view serialises")
-                    )
-                }
-                (OutputFormat::Human, true) => {
-                    print!("\x1b[H\x1b[2J{}", terminal_safe(&render(&current)));
-                }
-                (OutputFormat::Human, false) => println!("{}", terminal_safe(&this_line)),
-            }
-            let _ = std::io::stdout().flush();
-            last_line = this_line;
+    let timed_out = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
         }
-        if is_settled(current.phase) {
-            return Ok(match current.phase {
-                Phase::RolledBack | Phase::Failed => Exit::Failed,
-                _ => Exit::Ok,
-            });
+    };
+    let mut timed_out = std::pin::pin!(timed_out);
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut canary: Option<Canary> = None;
+    let mut events = Vec::new();
+    let mut tree = None;
+    let mut tree_read_at = tokio::time::Instant::now();
+    let mut last_key: Option<String> = None;
+    let mut last_problem = String::new();
+    loop {
+        // What woke the watch: a new version of the Canary, a change of its events, a tick.
+        let mut refresh_tree = false;
+        tokio::select! {
+            next = canaries.next() => {
+                match next {
+                    Some(Ok(next)) => canary = Some(next),
+                    // The watcher starts again by itself (an API server restart, an expired
+                    // resourceVersion): said once, and the watch goes on.
+                    Some(Err(e)) => {
+                        let problem = format!("watching Canary {name}: {e}; retrying");
+                        if problem != last_problem {
+                            eprintln!("warning: {}", terminal_safe(&problem));
+                            last_problem = problem;
+                        }
+                        tokio::time::sleep(REDRAW).await;
+                        continue;
+                    }
+                    None => {
+                        return Err(Failure::invalid(format!("the watch of Canary {name} ended")));
+                    }
+                }
+                last_problem.clear();
+                refresh_tree = with_tree;
+                if interactive {
+                    events = events_of(connection, name).await;
+                }
+            }
+            Some(()) = event_changes.next() => {
+                events = events_of(connection, name).await;
+            }
+            _ = redraw.tick(), if interactive => {
+                refresh_tree = tree_read_at.elapsed() >= TREE_REFRESH;
+            }
+            _ = &mut timed_out => {
+                return Err(Failure::new(
+                    Exit::TimedOut,
+                    format!("{name} did not settle within the timeout"),
+                ));
+            }
+            _ = &mut interrupted => return Ok(Exit::Ok),
+        }
+        let Some(canary) = &canary else { continue };
+        if refresh_tree || (with_tree && tree.is_none()) {
+            tree = Some(tree_of(connection, canary).await);
+            tree_read_at = tokio::time::Instant::now();
+        }
+        let now = Timestamp::now();
+        let mut current = view(canary, &events, now);
+        current.tree = tree.clone();
+        if let Some(frame) = watch_frame(mode, last_key.as_deref(), &current, now) {
+            print!("{}", frame.text);
+            let _ = std::io::stdout().flush();
+            last_key = Some(frame.key);
+        }
+        if let Some(exit) = watch_exit(exit_on_settle, current.phase) {
+            return Ok(exit);
         }
     }
+}
+
+/// A signal for every change of the Canary's events (the watch re-lists them then).
+fn event_changes(
+    connection: &Connection,
+    name: &str,
+) -> impl futures::Stream<Item = ()> + Unpin + use<> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Event> = Api::namespaced(connection.client.clone(), &connection.namespace);
+    let selector = format!("involvedObject.kind=Canary,involvedObject.name={name}");
+    Box::pin(
+        watcher(api, watcher::Config::default().fields(&selector))
+            .default_backoff()
+            .filter_map(|event| {
+                futures::future::ready(match event {
+                    Ok(
+                        watcher::Event::Apply(_)
+                        | watcher::Event::Delete(_)
+                        | watcher::Event::InitDone,
+                    ) => Some(()),
+                    _ => None,
+                })
+            }),
+    )
 }
 
 /// One row per Canary.
@@ -679,7 +850,7 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
                         format!("{}%{}", v.weight, in_effect(v)),
                         v.step
                             .as_ref()
-                            .map(|s| format!("{}/{}", (s.index + 1).min(s.total), s.total))
+                            .map(|s| s.display.clone())
                             .unwrap_or_else(|| "-".into()),
                         v.canary_revision
                             .clone()
@@ -959,6 +1130,144 @@ mod tests {
         assert_eq!(weight_bar(0), "[░░░░░░░░░░░░░░░░░░░░] 0%");
         assert_eq!(weight_bar(100), "[████████████████████] 100%");
         assert_eq!(weight_bar(50), "[██████████░░░░░░░░░░] 50%");
+    }
+
+    #[test]
+    fn a_watch_redraws_a_terminal_every_second_and_logs_each_change_once() {
+        let paused_at = |phase: Phase, message: &str| CanaryStatus {
+            phase,
+            stable_revision: Some("r1".into()),
+            canary_revision: Some("r2".into()),
+            canary_weight: 20,
+            current_step_index: Some(1),
+            step_started_at: Some(at(0).to_string()),
+            message: Some(message.into()),
+            ..Default::default()
+        };
+        let holding = canary(paused_at(Phase::Progressing, "holding"));
+        // (mode, what was drawn last: status and time, now: status and time, prints, contains)
+        let cases: Vec<(
+            WatchMode,
+            Option<(&Canary, i64)>,
+            (&Canary, i64),
+            bool,
+            &str,
+        )> = vec![
+            (
+                WatchMode::Terminal,
+                None,
+                (&holding, 15),
+                true,
+                "next step in 45s",
+            ),
+            // The same status a second later: the countdown moved, so the view is redrawn.
+            (
+                WatchMode::Terminal,
+                Some((&holding, 15)),
+                (&holding, 16),
+                true,
+                "next step in 44s",
+            ),
+            (
+                WatchMode::Terminal,
+                Some((&holding, 16)),
+                (&holding, 16),
+                false,
+                "",
+            ),
+            (
+                WatchMode::Lines,
+                None,
+                (&holding, 15),
+                true,
+                "Progressing 20% step 2/4: holding",
+            ),
+            // Logs get a line per change, not per second.
+            (
+                WatchMode::Lines,
+                Some((&holding, 15)),
+                (&holding, 16),
+                false,
+                "",
+            ),
+            (
+                WatchMode::Json,
+                Some((&holding, 15)),
+                (&holding, 16),
+                false,
+                "",
+            ),
+        ];
+        for (mode, last, (now_canary, now), prints, contains) in cases {
+            let last_key = last.map(|(c, t)| {
+                watch_frame(mode, None, &view(c, &[], at(t)), at(t))
+                    .unwrap()
+                    .key
+            });
+            let frame = watch_frame(
+                mode,
+                last_key.as_deref(),
+                &view(now_canary, &[], at(now)),
+                at(now),
+            );
+            assert_eq!(frame.is_some(), prints, "{mode:?} at {now}: {frame:?}");
+            if let Some(frame) = frame {
+                assert!(frame.text.contains(contains), "{mode:?}: {}", frame.text);
+                match mode {
+                    WatchMode::Terminal => assert!(frame.text.starts_with("\x1b[H\x1b[2J")),
+                    _ => assert!(!frame.text.contains('\x1b') && frame.text.ends_with('\n')),
+                }
+            }
+        }
+        // A change of the status prints in every mode.
+        let promoted = canary(paused_at(Phase::Promoted, "promoted r2"));
+        for mode in [WatchMode::Terminal, WatchMode::Lines, WatchMode::Json] {
+            let last = watch_frame(mode, None, &view(&holding, &[], at(15)), at(15)).unwrap();
+            let next = watch_frame(mode, Some(&last.key), &view(&promoted, &[], at(15)), at(15));
+            assert!(
+                next.is_some_and(|f| f.text.contains("promoted r2")),
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_watch_ends_on_settling_only_when_asked() {
+        for phase in Phase::ALL {
+            assert_eq!(watch_exit(false, phase), None, "{phase:?}");
+            let expected = match phase {
+                Phase::Idle | Phase::Promoted => Some(Exit::Ok),
+                Phase::RolledBack | Phase::Failed => Some(Exit::Failed),
+                _ => None,
+            };
+            assert_eq!(watch_exit(true, phase), expected, "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn the_step_reads_the_same_in_text_lines_and_json() {
+        let status = CanaryStatus {
+            phase: Phase::Paused,
+            pause_reason: Some(PauseReason::Step),
+            current_step_index: Some(3),
+            ..Default::default()
+        };
+        let v = view(&canary(status), &[], at(0));
+        assert!(
+            render(&v).contains("step       4/4 pause until promoted"),
+            "{}",
+            render(&v)
+        );
+        assert!(
+            line(&v, at(0)).contains(" step 4/4:"),
+            "{}",
+            line(&v, at(0))
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["step"]["display"], "4/4");
+        assert_eq!(json["step"]["number"], 4);
+        assert_eq!(json["step"]["currentStepIndex"], 3);
+        assert_eq!(json["step"]["index"], 3, "kept for scripts that read it");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::analysis::assessment::AnalysisPhase;
 use crate::api::canary::{
     CanarySpec, CanaryStatus, HeaderRoute, OnAnalysisFailure, PauseReason, Phase, Request,
-    RequestAction, RequestStatus, RollbackReason, RolloutStep,
+    RequestAction, RequestStatus, RollbackReason, RolloutStep, step_display,
 };
 use crate::api::duration::later;
 use crate::routing::{Capabilities, Granularity};
@@ -318,6 +318,15 @@ impl Planner<'_> {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
+    /// The current step as people read it (`4/6`).
+    fn step_text(&self) -> String {
+        self.step_text_of(self.status.current_step_index.unwrap_or(0))
+    }
+
+    fn step_text_of(&self, index: u32) -> String {
+        step_display(index, self.spec.rollout_steps().len())
+    }
+
     fn since(&self, at: &Option<String>) -> Option<SignedDuration> {
         Some(self.now.duration_since(analysis_runs::parse(at)?))
     }
@@ -386,17 +395,18 @@ impl Planner<'_> {
         let Some(step) = request.step.filter(|step| under_way && *step != current) else {
             return false;
         };
+        let (asked, now_at) = (self.step_text_of(step), self.step_text());
         let (accepted, message) = if step < current {
             (
                 true,
                 format!(
-                    "step {step} was already finished by another request; the rollout is at step {current}: promote again to finish that one"
+                    "step {asked} was already finished by another request; the rollout is at step {now_at}: promote again to finish that one"
                 ),
             )
         } else {
             (
                 false,
-                format!("promote does not apply: the rollout is at step {current}, not {step}"),
+                format!("promote does not apply: the rollout is at step {now_at}, not {asked}"),
             )
         };
         self.answered.push(RequestStatus {
@@ -811,18 +821,24 @@ impl Planner<'_> {
                 RequestAction::Resume if self.status.phase != Phase::Paused => {
                     self.refuse(action, "the rollout is not paused")
                 }
+                // One meaning each: `promote` passes an approval gate, `resume` undoes a
+                // pause (a request's or an analysis verdict's); a gate stays closed.
+                RequestAction::Resume if self.status.pause_reason == Some(PauseReason::Step) => {
+                    let step = self.step_text();
+                    self.refuse(
+                        action,
+                        &format!(
+                            "the rollout waits at an approval gate (pause step {step}): `canary promote` passes it; resume continues after `canary pause` or a paused analysis"
+                        ),
+                    )
+                }
                 RequestAction::Resume => {
                     self.answer_request(true, "resumed".into());
-                    let step_pause = self.status.pause_reason == Some(PauseReason::Step);
                     self.status.phase = Phase::Progressing;
                     self.status.pause_reason = None;
                     // Resuming a failed or inconclusive analysis starts it afresh.
                     self.drop_unsuccessful_runs();
-                    if step_pause {
-                        self.advance_step();
-                    } else {
-                        self.status.step_started_at = Some(self.now_text());
-                    }
+                    self.status.step_started_at = Some(self.now_text());
                 }
                 RequestAction::Retry => self.refuse(action, "a rollout is under way"),
             }
@@ -892,7 +908,7 @@ impl Planner<'_> {
                 self.status.message = Some(format!(
                     "suspended at {}% (step {}): spec.suspend holds the rollout{waiting}",
                     self.status.canary_weight,
-                    self.status.step_display.as_deref().unwrap_or("-")
+                    self.step_text()
                 ));
             }
             return;
@@ -1092,7 +1108,7 @@ impl Planner<'_> {
                 return;
             }
             let index = self.status.current_step_index.unwrap_or(0) as usize;
-            self.status.step_display = Some(format!("{}/{}", index.min(steps.len()), steps.len()));
+            self.status.step_display = Some(self.step_text());
             if !self.background_analysis_ok(index) {
                 return;
             }
@@ -1137,7 +1153,7 @@ impl Planner<'_> {
             "StepsChanged",
             format!(
                 "the steps changed at step {}: starting again from the first step",
-                self.status.current_step_index.unwrap_or(0)
+                self.step_text()
             ),
         );
         self.status.current_step_index = Some(0);
@@ -1824,6 +1840,17 @@ impl Planner<'_> {
 
     fn finish(mut self) -> Plan {
         self.status.effective_weight = self.effective_weight();
+        // Derived here, once, so every path writes them the same way.
+        let total = self.spec.rollout_steps().len();
+        self.status.step_display = self
+            .status
+            .current_step_index
+            .map(|index| step_display(index, total));
+        self.status.revision = self
+            .status
+            .canary_revision
+            .clone()
+            .or_else(|| self.status.stable_revision.clone());
         Plan {
             actions: order_actions(self.actions),
             status: self.status,

@@ -836,6 +836,73 @@ fn pause_and_resume_by_request() {
 }
 
 #[test]
+fn resume_does_not_open_an_approval_gate_promote_does() {
+    let s = spec(serde_json::json!({}));
+    // At the `pause: {}` step (index 3 of 4).
+    let gate = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Step),
+        ..progressing(3, 50, 0)
+    };
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 2));
+    seen.requests = request(RequestAction::Resume, "r");
+    let refused = plan(&s, &gate, &seen, t(100));
+    let answer = refused.status.last_request.clone().unwrap();
+    assert!(!answer.accepted, "{answer:?}");
+    assert!(
+        answer
+            .message
+            .contains("resume does not apply: the rollout waits at an approval gate (pause step 4/4): `canary promote` passes it"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(refused.status.phase, Phase::Paused, "the gate stays closed");
+    assert_eq!(refused.status.pause_reason, Some(PauseReason::Step));
+    assert_eq!(refused.status.current_step_index, Some(3));
+    // Planned again with the answered request still annotated: still closed.
+    let again = plan(&s, &refused.status, &seen, t(200));
+    assert_eq!(
+        (again.status.phase, again.status.current_step_index),
+        (Phase::Paused, Some(3))
+    );
+    // Promote passes it.
+    seen.requests = request(RequestAction::Promote, "p");
+    let passed = plan(&s, &again.status, &seen, t(300));
+    assert!(passed.status.last_request.unwrap().accepted);
+    assert_eq!(passed.status.phase, Phase::Promoting);
+    // Resume still ends a pause asked for by `canary pause`.
+    let manual = CanaryStatus {
+        pause_reason: Some(PauseReason::Manual),
+        ..gate
+    };
+    seen.requests = request(RequestAction::Resume, "r2");
+    let resumed = plan(&s, &manual, &seen, t(100));
+    assert!(resumed.status.last_request.unwrap().accepted);
+    assert_ne!(resumed.status.pause_reason, Some(PauseReason::Manual));
+}
+
+#[test]
+fn the_step_is_counted_from_one_and_the_revision_is_never_empty() {
+    // (index, steps, shown)
+    for (index, total, shown) in [(0, 6, "1/6"), (3, 6, "4/6"), (5, 6, "6/6"), (6, 6, "6/6")] {
+        assert_eq!(step_display(index, total), shown, "{index} of {total}");
+    }
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    // At the timed pause, index 1 of 4.
+    let p = plan(&s, &progressing(1, 10, 0), &seen, t(5));
+    assert_eq!(p.status.current_step_index, Some(1));
+    assert_eq!(p.status.step_display.as_deref(), Some("2/4"));
+    assert_eq!(p.status.revision.as_deref(), Some("r2"), "the canary's");
+    // Nothing in flight: no step, and the revision is stable's.
+    let at_rest = plan(&s, &idle(), &observed("r1"), t(5));
+    assert_eq!(at_rest.status.step_display, None);
+    assert_eq!(at_rest.status.revision.as_deref(), Some("r1"), "stable's");
+}
+
+#[test]
 fn a_missing_template_touches_no_traffic() {
     let s = spec(serde_json::json!({"analysis": {"templates": [{"templateName": "nope"}]}}));
     let mut seen = observed("r2");
@@ -1946,8 +2013,9 @@ fn requests_pending_together_are_all_answered_and_the_same_thing_is_done_once() 
                     "skipping to the next step (2 promote requests",
                 ),
                 ("now-2", true, "skipping to the next step"),
-                ("late", true, "step 1 was already finished"),
-                ("ahead", false, "the rollout is at step 3, not 5"),
+                // Said as people count steps, from 1 (index 1 is step 2/6).
+                ("late", true, "step 2/6 was already finished"),
+                ("ahead", false, "the rollout is at step 4/6, not 6/6"),
             ],
             phase: Phase::Progressing,
             step: Some(4),
