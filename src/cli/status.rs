@@ -33,8 +33,9 @@ Steps are counted from 1 everywhere: `step 4/6` is the fourth of six (status.cur
 --watch keeps watching until interrupted (Ctrl-C exits 0). On a terminal it redraws every
 second (countdowns stay live) and on every change of the Canary or its events; otherwise
 (CI logs, -o json) it prints one line (or JSON object) per change. With --exit-on-settle it
-exits when the rollout settles: 0 promoted (or nothing to do), 1 rolled back or failed; with
---timeout, 3 once that has passed.")]
+exits when the rollout settles: 0 promoted (or nothing to do), 1 rolled back or failed, 4
+rolled back because the metrics source was unreachable; with --timeout, 3 once that has
+passed.")]
 pub struct Args {
     /// The Canary.
     pub name: String,
@@ -681,12 +682,20 @@ pub fn watch_frame(
 
 /// How a watch ends once the rollout is in `phase`: with --exit-on-settle, when it settled
 /// (0 promoted or nothing to do, 1 rolled back or failed); otherwise it goes on.
-pub fn watch_exit(exit_on_settle: bool, phase: Phase) -> Option<Exit> {
+pub fn watch_exit(
+    exit_on_settle: bool,
+    phase: Phase,
+    rollback_reason: Option<crate::api::canary::RollbackReason>,
+) -> Option<Exit> {
     if !exit_on_settle || !is_settled(phase) {
         return None;
     }
-    Some(match phase {
-        Phase::RolledBack | Phase::Failed => Exit::Failed,
+    Some(match (phase, rollback_reason) {
+        // As `canary run --wait`: no data is not a bad canary.
+        (Phase::RolledBack, Some(crate::api::canary::RollbackReason::MetricsUnavailable)) => {
+            Exit::Inconclusive
+        }
+        (Phase::RolledBack | Phase::Failed, _) => Exit::Failed,
         _ => Exit::Ok,
     })
 }
@@ -787,7 +796,7 @@ async fn watch(
             let _ = std::io::stdout().flush();
             last_key = Some(frame.key);
         }
-        if let Some(exit) = watch_exit(exit_on_settle, current.phase) {
+        if let Some(exit) = watch_exit(exit_on_settle, current.phase, current.rollback_reason) {
             return Ok(exit);
         }
     }
@@ -1233,15 +1242,29 @@ mod tests {
 
     #[test]
     fn a_watch_ends_on_settling_only_when_asked() {
+        use crate::api::canary::RollbackReason;
         for phase in Phase::ALL {
-            assert_eq!(watch_exit(false, phase), None, "{phase:?}");
+            assert_eq!(watch_exit(false, phase, None), None, "{phase:?}");
             let expected = match phase {
                 Phase::Idle | Phase::Promoted => Some(Exit::Ok),
                 Phase::RolledBack | Phase::Failed => Some(Exit::Failed),
                 _ => None,
             };
-            assert_eq!(watch_exit(true, phase), expected, "{phase:?}");
+            assert_eq!(watch_exit(true, phase, None), expected, "{phase:?}");
         }
+        let reason = Some(RollbackReason::MetricsUnavailable);
+        assert_eq!(
+            watch_exit(true, Phase::RolledBack, reason),
+            Some(Exit::Inconclusive)
+        );
+        assert_eq!(
+            watch_exit(
+                true,
+                Phase::RolledBack,
+                Some(RollbackReason::AnalysisFailed)
+            ),
+            Some(Exit::Failed)
+        );
     }
 
     #[test]
