@@ -843,6 +843,27 @@ async fn a_copied_canary_naming_the_same_routing_is_refused_and_changes_nothing(
             "VirtualService/web"
         ]
     );
+    // CI rolling out through the copy hears at once why nothing happens.
+    let started = Instant::now();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary"))
+        .args([
+            "run",
+            "other",
+            "--image",
+            "other:2",
+            "--wait",
+            "--timeout",
+            "5m",
+        ])
+        .args(["-n", &world.ns.name, "--kubeconfig"])
+        .arg(cluster::cluster().kubeconfig())
+        .output()
+        .await
+        .expect("running canary run");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("belongs to Canary web"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{said}");
     // The copy never took its service over: no managed Deployment, its target untouched.
     let deployments: Api<Deployment> = world.ns.api();
     assert!(deployments.get_opt("other-stable").await.unwrap().is_none());

@@ -465,6 +465,22 @@ fn read(status: &CanaryStatus, followed: &Followed) -> Reading {
         }
         _ => {}
     }
+    // Another Canary owns what this one names: the controller changes nothing for it, for
+    // any revision, until that is resolved.
+    if let Some(conflict) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "RoutingConflict")
+    {
+        return verdict(
+            Exit::Invalid,
+            "invalid",
+            format!(
+                "the controller does not roll out revision {revision}: {}",
+                conflict.message
+            ),
+        );
+    }
     // The controller planned for this revision and found the spec unusable (a missing
     // template, a condition that does not compile, …): that is its answer until the spec
     // changes.
@@ -819,6 +835,21 @@ mod tests {
         // (case, status, exit code, result word, words in the message); None: no verdict yet.
         let cases: Vec<(&str, CanaryStatus, Option<(Exit, &str, &str)>)> = vec![
             ("no controller has seen it", base.clone(), None),
+            (
+                "another Canary owns its routing",
+                CanaryStatus {
+                    phase: Phase::Initializing,
+                    stable_revision: None,
+                    conditions: vec![condition(
+                        "Ready",
+                        "False",
+                        "RoutingConflict",
+                        "VirtualService web belongs to Canary web-old",
+                    )],
+                    ..base.clone()
+                },
+                Some((Exit::Invalid, "invalid", "belongs to Canary web-old")),
+            ),
             (
                 "promoted",
                 CanaryStatus {
