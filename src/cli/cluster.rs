@@ -127,6 +127,25 @@ impl Connection {
         kube::runtime::watcher(self.canaries(), config).applied_objects()
     }
 
+    /// Every change of one Deployment (its deletion too), as it happens; retried with
+    /// backoff when the API server is away.
+    pub fn watch_deployment(
+        &self,
+        name: &str,
+    ) -> impl futures::Stream<
+        Item = Result<
+            kube::runtime::watcher::Event<k8s_openapi::api::apps::v1::Deployment>,
+            kube::runtime::watcher::Error,
+        >,
+    > + use<> {
+        use kube::runtime::WatchStreamExt;
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        kube::runtime::watcher(api, config).default_backoff()
+    }
+
     /// The Canary, or exit 2 saying it does not exist (or cannot be read).
     pub async fn canary(&self, name: &str) -> Result<Canary, Failure> {
         match self.canaries().get_opt(name).await {
@@ -143,21 +162,19 @@ impl Connection {
     /// that cannot be reached is named, and is not taken for a missing object.
     pub fn failure(&self, what: &str, error: kube::Error) -> Failure {
         match unreachable_cause(&error) {
-            Some(cause) => unreachable_server(Some(&self.server), &cause),
+            Some(cause) => unreachable_server(&self.server, &cause),
             None => api_failure(what, error),
         }
     }
 }
 
 /// Exit 3 (as a timeout: no answer, try again) naming the server and the cause.
-pub fn unreachable_server(server: Option<&str>, cause: &str) -> Failure {
-    let at = server
-        .map(|s| format!(" at {}", s.trim_end_matches('/')))
-        .unwrap_or_default();
+fn unreachable_server(server: &str, cause: &str) -> Failure {
+    let server = server.trim_end_matches('/');
     Failure::new(
         Exit::TimedOut,
         format!(
-            "cannot reach the Kubernetes API server{at}: {cause} (check your kubeconfig/context, and that the cluster is up: `kubectl cluster-info`)"
+            "cannot reach the Kubernetes API server at {server}: {cause} (check your kubeconfig/context, and that the cluster is up: `kubectl cluster-info`)"
         ),
     )
 }
@@ -165,7 +182,7 @@ pub fn unreachable_server(server: Option<&str>, cause: &str) -> Failure {
 /// Why a request never got an answer from the API server (connection refused, timed out,
 /// a name that does not resolve, a TLS failure), in a few words; None for an answer (an
 /// error status) and for errors of the client itself.
-pub fn unreachable_cause(error: &kube::Error) -> Option<String> {
+fn unreachable_cause(error: &kube::Error) -> Option<String> {
     if !matches!(
         error,
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
@@ -194,8 +211,9 @@ pub fn unreachable_cause(error: &kube::Error) -> Option<String> {
     Some(innermost)
 }
 
-/// An API error as an exit code and a sentence naming the object.
-pub fn api_failure(what: &str, error: kube::Error) -> Failure {
+/// An error the API server answered (or one of the client itself) as an exit code and a
+/// sentence naming the object; see [`Connection::failure`].
+fn api_failure(what: &str, error: kube::Error) -> Failure {
     match &error {
         kube::Error::Api(status) if status.code == 403 => Failure::invalid(format!(
             "no access to {what}: {}; ask for RBAC permission (see deploy/rbac.yaml for what the controller needs)",
@@ -207,9 +225,6 @@ pub fn api_failure(what: &str, error: kube::Error) -> Failure {
         kube::Error::Api(status) => {
             Failure::invalid(format!("the API server refused {what}: {}", status.message))
         }
-        other => match unreachable_cause(other) {
-            Some(cause) => unreachable_server(None, &cause),
-            None => Failure::invalid(format!("the API request for {what} failed: {other}")),
-        },
+        other => Failure::invalid(format!("the API request for {what} failed: {other}")),
     }
 }

@@ -586,6 +586,9 @@ struct ProgressLine<'a> {
     message: Option<&'a str>,
 }
 
+/// How long a Canary's watch may stay quiet before `run --wait` reads it once to be sure.
+const QUIET_CANARY_CHECK: Duration = Duration::from_secs(5);
+
 /// The bounds of a wait.
 #[derive(Clone, Copy)]
 struct Bounds {
@@ -606,8 +609,10 @@ async fn follow(
 ) -> Result<Outcome, Failure> {
     let Followed { name, revision, .. } = *followed;
     let namespace = &connection.namespace;
-    let deployments: Api<Deployment> = Api::namespaced(connection.client.clone(), namespace);
     let mut stream = std::pin::pin!(connection.watch_canary(name));
+    // The target is watched too: a newer revision of it supersedes ours, whatever the Canary
+    // shows yet.
+    let mut target_changes = std::pin::pin!(connection.watch_deployment(target));
     let started = tokio::time::Instant::now();
     let deadline = started + bounds.verdict;
     let answer_deadline = started + bounds.answer;
@@ -616,12 +621,10 @@ async fn follow(
     let mut last_note = None;
     // The last time the API server could not be reached, to say so if that is why we time out.
     let mut unreachable: Option<Failure> = None;
+    // When the Canary was last seen: a quiet watch is checked by a read now and then (a
+    // deletion missed while the watch was away).
+    let mut last_seen = started;
     loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            // Look at the target and the clock too, even when the Canary does not change.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => None,
-        };
         let now_instant = tokio::time::Instant::now();
         if now_instant >= deadline {
             let why = unreachable
@@ -646,31 +649,48 @@ async fn follow(
                 ),
             });
         }
-        // A newer revision of the target supersedes ours, whatever the Canary shows yet.
-        match deployments.get_opt(target).await {
-            Ok(Some(current)) => match revision_of(&current) {
-                Ok(current_revision) if current_revision != revision => {
-                    return Ok(Outcome {
-                        exit: Exit::Superseded,
-                        result: "superseded",
-                        message: format!(
-                            "revision {revision} was superseded by {current_revision} (Deployment {target} changed again)"
-                        ),
-                    });
+        let next = tokio::select! {
+            next = stream.next() => next,
+            change = target_changes.next() => {
+                use kube::runtime::watcher::{Error as WatchError, Event};
+                match change {
+                    Some(Ok(Event::Apply(current) | Event::InitApply(current))) => {
+                        let current_revision = revision_of(&current)?;
+                        if current_revision != revision {
+                            return Ok(Outcome {
+                                exit: Exit::Superseded,
+                                result: "superseded",
+                                message: format!(
+                                    "revision {revision} was superseded by {current_revision} (Deployment {target} changed again)"
+                                ),
+                            });
+                        }
+                    }
+                    Some(Ok(Event::Delete(_))) => {
+                        return Err(Failure::invalid(format!(
+                            "Deployment {namespace}/{target} was deleted while following revision {revision}"
+                        )));
+                    }
+                    Some(Err(
+                        WatchError::InitialListFailed(e)
+                        | WatchError::WatchStartFailed(e)
+                        | WatchError::WatchFailed(e),
+                    )) => match connection.failure(&format!("Deployment {namespace}/{target}"), e) {
+                        f if f.exit == Exit::TimedOut => unreachable = Some(f),
+                        f => return Err(f),
+                    },
+                    _ => {}
                 }
-                Ok(_) => {}
-                Err(problem) => return Err(problem),
-            },
-            Ok(None) => {
-                return Err(Failure::invalid(format!(
-                    "Deployment {namespace}/{target} was deleted while following revision {revision}"
-                )));
+                continue;
             }
-            Err(e) => match connection.failure(&format!("Deployment {namespace}/{target}"), e) {
-                f if f.exit == Exit::TimedOut => unreachable = Some(f),
-                f => return Err(f),
-            },
-        }
+            // The clock (deadlines), and now and then a read of a quiet Canary.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if last_seen.elapsed() < QUIET_CANARY_CHECK {
+                    continue;
+                }
+                None
+            }
+        };
         let canary = match next {
             Some(Ok(canary)) => canary,
             // The watcher starts again by itself at the next poll (not in a busy loop); an
@@ -698,6 +718,7 @@ async fn follow(
             },
         };
         unreachable = None;
+        last_seen = tokio::time::Instant::now();
         let now = Timestamp::now();
         let current = view(&canary, &[], now);
         let this_line = line(&current, now);
