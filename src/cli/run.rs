@@ -467,11 +467,13 @@ fn read(status: &CanaryStatus, followed: &Followed) -> Reading {
     }
     // Another Canary owns what this one names: the controller changes nothing for it, for
     // any revision, until that is resolved.
-    if let Some(conflict) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "RoutingConflict")
-    {
+    let not_ready = |reason: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)
+    };
+    if let Some(conflict) = not_ready("RoutingConflict") {
         return verdict(
             Exit::Invalid,
             "invalid",
@@ -485,10 +487,7 @@ fn read(status: &CanaryStatus, followed: &Followed) -> Reading {
     // template, a condition that does not compile, …): that is its answer until the spec
     // changes.
     if is(&status.target_revision)
-        && let Some(invalid) = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "InvalidSpec")
+        && let Some(invalid) = not_ready("InvalidSpec")
     {
         let held = if is(&status.canary_revision) {
             format!(

@@ -691,7 +691,7 @@ async fn routing_changes(
             })
             .flat_map(move |object| {
                 let namespace = object.namespace().unwrap_or_default();
-                let name = format!("{kind}/{}", object.name_any());
+                let name = crate::routing::ownership::object_key(&kind, &object.name_any());
                 futures::stream::iter(canaries_naming(&store, &namespace, &name))
             });
         streams.push(changes.boxed());

@@ -176,13 +176,14 @@ const CANNOT_APPLY: &str = "CannotApply";
 /// The Ready reason of a Canary that names what another Canary owns.
 const ROUTING_CONFLICT: &str = "RoutingConflict";
 
-/// The other Canaries of `canary`'s namespace, as the cache holds them.
+/// The Canaries of `canary`'s namespace, as the cache holds them ([`ownership::conflicts`]
+/// leaves the Canary itself out).
 fn namespace_peers(canary: &Canary, ctx: &Context) -> Vec<Claimant> {
     let namespace = canary.namespace();
     ctx.canaries
         .state()
         .iter()
-        .filter(|c| c.namespace() == namespace && c.name_any() != canary.name_any())
+        .filter(|c| c.namespace() == namespace)
         .map(|c| Claimant::of(c))
         .collect()
 }
@@ -200,16 +201,8 @@ async fn refuse_shared(
     ctx: &Context,
 ) -> Result<Option<Duration>, Error> {
     let problem = ownership::refusal(&claimant.name, conflicts);
-    // It keeps only what it still wants and nobody else owns (the loser of a simultaneous
-    // claim lets go, so that exactly one owner remains).
-    let kept: Vec<String> = claimant
-        .holds
-        .iter()
-        .filter(|o| claimant.wants.contains(*o) && !conflicts.iter().any(|c| &c.object == *o))
-        .cloned()
-        .collect();
     let mut released = status.clone();
-    released.claimed_objects = kept;
+    released.claimed_objects = ownership::kept_when_refused(claimant, conflicts);
     report_problem(
         canary,
         status,
@@ -321,7 +314,9 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     let ours = |writes: Vec<RouterWrite>| -> Vec<RouterWrite> {
         writes
             .into_iter()
-            .filter(|w| !foreign.contains(&format!("{}/{}", w.object().kind, w.object().name)))
+            .filter(|w| {
+                !foreign.contains(&ownership::object_key(&w.object().kind, &w.object().name))
+            })
             .collect()
     };
     let router = routing::router_for(&canary.spec);
@@ -340,7 +335,10 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
         .as_ref()
         .and_then(|s| s.desired_replicas)
         .unwrap_or(1);
-    let target = if foreign.contains(&format!("Deployment/{}", canary.spec.target_ref.name)) {
+    let target = if foreign.contains(&ownership::object_key(
+        "Deployment",
+        &canary.spec.target_ref.name,
+    )) {
         None
     } else {
         deployments.get_opt(&canary.spec.target_ref.name).await?
@@ -1207,38 +1205,27 @@ pub(super) async fn publish(
 ) {
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
-    let revision = status
-        .canary_revision
-        .as_deref()
-        .or(status.stable_revision.as_deref())
-        .unwrap_or("");
+    let revision = status.revision.as_deref().unwrap_or("");
     let step = status.step_display.as_deref().unwrap_or("");
     let weight = status.canary_weight;
+    // One line per decision, at the event's level (tracing wants the level as a constant).
+    macro_rules! decision {
+        ($level:ident) => {
+            $level!(
+                namespace,
+                canary = name,
+                revision,
+                step,
+                weight,
+                reason = event.reason,
+                "{}",
+                event.message
+            )
+        };
+    }
     match event.kind {
-        EventType::Normal => {
-            info!(
-                namespace,
-                canary = name,
-                revision,
-                step,
-                weight,
-                reason = event.reason,
-                "{}",
-                event.message
-            )
-        }
-        EventType::Warning => {
-            warn!(
-                namespace,
-                canary = name,
-                revision,
-                step,
-                weight,
-                reason = event.reason,
-                "{}",
-                event.message
-            )
-        }
+        EventType::Normal => decision!(info),
+        EventType::Warning => decision!(warn),
     }
     let note: String = event.message.chars().take(1000).collect();
     let kube_event = KubeEvent {

@@ -61,14 +61,19 @@ impl Claimant {
 /// The objects a Canary's rollout writes (its target Deployment, whose replicas it sets, and
 /// its router's objects), as `Kind/name`, the form `status.claimedObjects` lists.
 pub fn wanted_objects(canary: &Canary) -> BTreeSet<String> {
-    let mut objects = BTreeSet::from([format!("Deployment/{}", canary.spec.target_ref.name)]);
+    let mut objects = BTreeSet::from([object_key("Deployment", &canary.spec.target_ref.name)]);
     objects.extend(
         router_for(&canary.spec)
             .objects()
             .into_iter()
-            .map(|o| format!("{}/{}", o.kind, o.name)),
+            .map(|o| object_key(&o.kind, &o.name)),
     );
     objects
+}
+
+/// How an object is named in claims: `Kind/name`.
+pub fn object_key(kind: &str, name: &str) -> String {
+    format!("{kind}/{name}")
 }
 
 /// An object another Canary owns.
@@ -100,6 +105,16 @@ pub fn conflicts(me: &Claimant, others: &[Claimant]) -> Vec<Conflict> {
         }
     }
     found
+}
+
+/// What a refused Canary still claims: what it holds, still wants and nobody else owns (the
+/// loser of a simultaneous claim lets go, so that exactly one owner remains).
+pub fn kept_when_refused(me: &Claimant, conflicts: &[Conflict]) -> Vec<String> {
+    me.holds
+        .iter()
+        .filter(|o| me.wants.contains(*o) && !conflicts.iter().any(|c| &c.object == *o))
+        .cloned()
+        .collect()
 }
 
 /// What a refused Canary says: which objects, whose, and what to do.
@@ -179,6 +194,14 @@ mod tests {
                 "a holds {a_holds}, b holds {b_holds}, a older {a_older}"
             );
         }
+    }
+
+    #[test]
+    fn the_loser_of_a_simultaneous_claim_lets_go_of_what_it_lost_only() {
+        let a = claimant("a", 1, &[VS, DR], &[VS, DR]);
+        let b = claimant("b", 2, &[VS, "Deployment/b"], &[VS, "Deployment/b"]);
+        let refused = conflicts(&b, std::slice::from_ref(&a));
+        assert_eq!(kept_when_refused(&b, &refused), ["Deployment/b"]);
     }
 
     #[test]
