@@ -98,8 +98,16 @@ pub fn target_state(target: &Deployment) -> Result<TargetState, String> {
             "Deployment {name}'s pod template already has the label {SUBSET_LABEL}, which the controller sets: remove it"
         ));
     }
-    let images = spec
-        .template
+    Ok(TargetState {
+        revision: template_revision(&spec.template),
+        replicas: spec.replicas.unwrap_or(1),
+        images: template_images(&spec.template),
+    })
+}
+
+/// A pod template's images as people read them: `container=image,…`.
+pub fn template_images(template: &PodTemplateSpec) -> String {
+    template
         .spec
         .as_ref()
         .map(|p| {
@@ -109,12 +117,7 @@ pub fn target_state(target: &Deployment) -> Result<TargetState, String> {
                 .collect::<Vec<_>>()
                 .join(",")
         })
-        .unwrap_or_default();
-    Ok(TargetState {
-        revision: template_revision(&spec.template),
-        replicas: spec.replicas.unwrap_or(1),
-        images,
-    })
+        .unwrap_or_default()
 }
 
 /// The managed Deployment for `subset`, running `template` (of `revision`) with `replicas`,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::cluster::Connection;
 use crate::api::canary::{Canary, Phase, SUBSET_LABEL, step_display};
 use crate::routing::{Snapshot, router_for};
-use crate::workload::{template_revision, workload_state};
+use crate::workload::{template_images, template_revision, workload_state};
 
 /// The longest line [`render`] writes, its indent included: a 100-column terminal.
 pub const WIDTH: usize = 100;
@@ -118,22 +118,6 @@ pub struct Fetched {
     pub unreadable: Vec<String>,
 }
 
-fn images_of(deployment: &Deployment) -> String {
-    deployment
-        .spec
-        .as_ref()
-        .map(|s| {
-            s.template
-                .spec
-                .iter()
-                .flat_map(|p| &p.containers)
-                .map(|c| format!("{}={}", c.name, c.image.as_deref().unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
-}
-
 fn deployment_node(
     role: Role,
     name: String,
@@ -181,7 +165,11 @@ fn deployment_node(
         name,
         exists: true,
         revision,
-        images: images_of(deployment),
+        images: deployment
+            .spec
+            .as_ref()
+            .map(|s| template_images(&s.template))
+            .unwrap_or_default(),
         desired: state.replicas,
         ready: state.ready_replicas,
         replica_sets: sets,
@@ -213,11 +201,6 @@ pub fn build(canary: &Canary, fetched: &Fetched) -> ResourceTree {
         ),
     ];
     let router = router_for(spec);
-    let router_name = match &spec.traffic_routing {
-        Some(r) if r.istio.is_some() => "istio",
-        Some(r) if r.gateway_api.is_some() => "gatewayAPI",
-        _ => "replicas",
-    };
     let objects: Vec<RoutingObjectNode> = router
         .objects()
         .iter()
@@ -254,7 +237,7 @@ pub fn build(canary: &Canary, fetched: &Fetched) -> ResourceTree {
     ResourceTree {
         deployments,
         routing: RoutingNode {
-            router: router_name.into(),
+            router: router.name().into(),
             objects,
             canary_weight,
             problem,

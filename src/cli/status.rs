@@ -42,7 +42,8 @@ pub struct Args {
     /// Follow changes until interrupted (or, with --exit-on-settle, until the rollout settles).
     #[arg(short, long)]
     pub watch: bool,
-    /// With --watch: exit when the rollout settles (Idle, Promoted: 0; RolledBack, Failed: 1).
+    /// With --watch: exit when the rollout settles (Idle, Promoted: 0; RolledBack, Failed: 1;
+    /// rolled back because the metrics source was unreachable: 4).
     #[arg(long, requires = "watch")]
     pub exit_on_settle: bool,
     /// With --watch: give up after this long (exit 3).
@@ -681,7 +682,8 @@ pub fn watch_frame(
 }
 
 /// How a watch ends once the rollout is in `phase`: with --exit-on-settle, when it settled
-/// (0 promoted or nothing to do, 1 rolled back or failed); otherwise it goes on.
+/// (0 promoted or nothing to do, 1 rolled back or failed, 4 rolled back for want of metrics);
+/// otherwise it goes on.
 pub fn watch_exit(
     exit_on_settle: bool,
     phase: Phase,

@@ -464,6 +464,10 @@ fn is_canary_owner(owner: &Value) -> bool {
 }
 
 impl TrafficRouter for GatewayApiRouter {
+    fn name(&self) -> &'static str {
+        "gatewayAPI"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             granularity: Granularity::Exact,

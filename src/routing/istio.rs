@@ -80,6 +80,10 @@ impl From<IstioError> for RouterError {
 }
 
 impl TrafficRouter for IstioRouter {
+    fn name(&self) -> &'static str {
+        "istio"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             granularity: Granularity::Exact,

@@ -138,6 +138,9 @@ pub struct Workload {
 /// A router: where one Canary's split lives. Everything is computed from a [`Snapshot`] of
 /// [`Self::objects`]; an implementation does no I/O.
 pub trait TrafficRouter: Send + Sync {
+    /// How the spec names it (`istio`, `gatewayAPI`; `replicas` without `trafficRouting`).
+    fn name(&self) -> &'static str;
+
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
 

@@ -16,6 +16,10 @@ use crate::api::canary::HeaderRoute;
 pub struct ReplicaRouter;
 
 impl TrafficRouter for ReplicaRouter {
+    fn name(&self) -> &'static str {
+        "replicas"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             granularity: Granularity::Replicas,
