@@ -1841,11 +1841,10 @@ impl Planner<'_> {
     fn finish(mut self) -> Plan {
         self.status.effective_weight = self.effective_weight();
         // Derived here, once, so every path writes them the same way.
-        let total = self.spec.rollout_steps().len();
         self.status.step_display = self
             .status
             .current_step_index
-            .map(|index| step_display(index, total));
+            .map(|index| self.step_text_of(index));
         self.status.revision = self
             .status
             .canary_revision
