@@ -105,6 +105,16 @@ fn progressing(step: u32, weight: u8, step_started: i64) -> CanaryStatus {
     }
 }
 
+/// The Ready condition's status, reason and message (empty when there is none).
+fn ready_condition(status: &CanaryStatus) -> (String, String, String) {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
 fn reasons(plan: &Plan) -> Vec<&'static str> {
     plan.events.iter().map(|e| e.reason).collect()
 }
@@ -747,16 +757,8 @@ fn status_names_the_target_revision_the_controller_planned_for_even_when_it_refu
     assert_eq!(refused.status.phase, Phase::Idle);
     assert_eq!(refused.status.canary_revision, None);
     assert_eq!(refused.status.target_revision.as_deref(), Some("r2"));
-    let ready = refused
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InvalidSpec")
-    );
+    let (ready, reason, _) = ready_condition(&refused.status);
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     let at_rest = plan(&s, &idle(), &observed("r1"), t(0));
     assert_eq!(at_rest.status.target_revision.as_deref(), Some("r1"));
 }
@@ -921,16 +923,8 @@ fn a_missing_template_touches_no_traffic() {
             .iter()
             .any(|a| matches!(a, Action::SetWeight { weight } if *weight > 0))
     );
-    let ready = p
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "InvalidSpec")
-    );
+    let (ready, reason, _) = ready_condition(&p.status);
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     // The event is not repeated at every reconcile.
     assert!(plan(&s, &p.status, &seen, t(10)).events.is_empty());
 }
@@ -2580,14 +2574,6 @@ fn a_missing_template_is_said_while_settled_and_cleared_once_it_exists() {
         {"analysis": {"templates": [{"templateName": "nope"}]}},
     ]}));
     let problem = "AnalysisTemplate shop/nope does not exist: create it or fix templateName (the analysis step step-1, templates[0])";
-    let ready_condition = |status: &CanaryStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-            .unwrap_or_default()
-    };
     for phase in [Phase::Idle, Phase::Promoted, Phase::RolledBack] {
         let settled = CanaryStatus { phase, ..idle() };
         // Nothing to roll out: the target runs stable's revision.
