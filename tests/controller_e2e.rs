@@ -312,14 +312,30 @@ async fn invalid_canaries_are_rejected_or_touch_no_traffic() {
         ]}}),
     )
     .await;
-    set_image(&world.ns, "web:2").await;
-    let canary = wait_for(&api, "web", "Ready=False", Duration::from_secs(30), |c| {
+    let invalid = |c: &Canary| {
         c.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "False")
         })
-    })
+    };
+    // Seen while settled first: otherwise the image change may be reconciled from a cache
+    // that still holds the valid spec, and that rollout rightly starts.
+    let settled = wait_for(&api, "web", "Ready=False", Duration::from_secs(30), invalid).await;
+    let stable_revision = settled.status.unwrap().stable_revision;
+    set_image(&world.ns, "web:2").await;
+    let canary = wait_for(
+        &api,
+        "web",
+        "the new revision seen, still Ready=False",
+        Duration::from_secs(30),
+        |c| {
+            invalid(c)
+                && c.status.as_ref().is_some_and(|s| {
+                    s.target_revision.is_some() && s.target_revision != stable_revision
+                })
+        },
+    )
     .await;
     let status = canary.status.unwrap();
     let ready = status
