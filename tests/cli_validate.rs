@@ -404,6 +404,18 @@ fn bad_canaries() -> Vec<(
             None,
         ),
         (
+            "blue-green beside steps",
+            json!({"strategy": {"blueGreen": {"activeService": "web"}}}),
+            "spec: strategy.blueGreen switches Services instead of walking steps: remove steps",
+            Some("strategy.blueGreen switches Services instead of walking steps"),
+        ),
+        (
+            "blue-green without an active Service",
+            json!({"steps": null, "trafficRouting": null, "strategy": {"blueGreen": {"previewService": "web-preview"}}}),
+            "spec.strategy.blueGreen.activeService: is required",
+            Some("spec.strategy.blueGreen.activeService"),
+        ),
+        (
             "a duration in words",
             json!({"steps": [{"setWeight": 10}, {"pause": {"duration": "5 minutes"}}]}),
             "spec.steps[1].pause.duration: \"5 minutes\" does not match the pattern",

@@ -45,7 +45,8 @@ pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: u32 = 30;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!(has(self.steps) && (has(self.stepWeight) || has(self.maxWeight) || has(self.interval)))").message("use either steps or the stepWeight/maxWeight/interval shorthand, not both"))]
-#[x_kube(validation = Rule::new("has(self.steps) || (has(self.stepWeight) && has(self.maxWeight))").message("give steps, or stepWeight and maxWeight"))]
+#[x_kube(validation = Rule::new("has(self.steps) || (has(self.stepWeight) && has(self.maxWeight)) || (has(self.strategy) && has(self.strategy.blueGreen))").message("give steps, or stepWeight and maxWeight, or strategy.blueGreen"))]
+#[x_kube(validation = Rule::new("!has(self.strategy) || !has(self.strategy.blueGreen) || [has(self.steps), has(self.stepWeight), has(self.maxWeight), has(self.interval), has(self.trafficRouting), has(self.analysis)].all(x, !x)").message("strategy.blueGreen switches Services instead of walking steps: remove steps, stepWeight, maxWeight, interval, trafficRouting and analysis (use blueGreen.prePromotionAnalysis and postPromotionAnalysis)"))]
 #[x_kube(validation = Rule::new("!has(self.stepWeight) || !has(self.maxWeight) || self.stepWeight <= self.maxWeight").message("stepWeight must not be greater than maxWeight"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -57,6 +58,11 @@ pub struct CanarySpec {
     /// Service selects both versions and a weight is the canary's share of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_routing: Option<TrafficRouting>,
+    /// How a revision moves. Absent: canary, by `steps` (or the stepWeight shorthand) over the
+    /// router of `trafficRouting`. `blueGreen`: the new revision comes up in full behind a
+    /// preview Service, and the active Service is switched to it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
     /// The rollout, step by step. Each step is exactly one of setWeight, pause, analysis,
     /// setHeaderRoute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +149,57 @@ pub struct TrafficRouting {
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway_api: Option<GatewayApiRouting>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    /// Blue-green: two full environments, and a switch between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
+}
+
+/// Blue-green, as Argo Rollouts names it. The new revision runs in `<target>-canary` behind
+/// the preview Service; promotion points the active Service's selector at it in one write
+/// (only once every pod it needs is ready); a failing post-promotion analysis or an abort
+/// points it back at `<target>-stable`, which keeps the previous revision at full size until
+/// the rollout is over.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreen {
+    /// The Service production traffic goes through; the controller adds
+    /// `canary.dev/subset: stable | canary` to its selector.
+    #[schemars(length(min = 1, max = 63))]
+    pub active_service: String,
+    /// A Service that always selects the new revision's pods (`canary.dev/subset: canary`),
+    /// for tests and the pre-promotion analysis before it gets production traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub preview_service: Option<String>,
+    /// Switch as soon as the preview is ready and the pre-promotion analysis passed (after
+    /// `autoPromotionSeconds`, if given). `false`: wait for `canary promote`. Default true.
+    #[serde(default = "default_true")]
+    pub auto_promotion_enabled: bool,
+    /// With auto-promotion, how long the preview is held before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub auto_promotion_seconds: Option<u32>,
+    /// Pods of the preview before the switch (default: the service's size). It is scaled to
+    /// the service's size, and ready, before the active Service points at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub preview_replica_count: Option<i32>,
+    /// Analysis of the preview that must pass before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<StepAnalysis>,
+    /// Analysis after the switch, while the previous revision is still running: a failure
+    /// switches back at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<StepAnalysis>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -358,6 +415,9 @@ impl CanarySpec {
     /// The steps to walk: the explicit ones, or the shorthand expanded into
     /// `setWeight: n·stepWeight` + `pause: interval` pairs up to `maxWeight`.
     pub fn rollout_steps(&self) -> Vec<RolloutStep> {
+        if let Some(blue_green) = self.blue_green() {
+            return blue_green.rollout_steps(self.scale_down_delay());
+        }
         if let Some(steps) = &self.steps {
             return steps
                 .iter()
@@ -387,7 +447,7 @@ impl CanarySpec {
     }
 
     /// Every template the Canary's analysis refers to: the background analysis' and the
-    /// analysis steps'.
+    /// analysis steps' (blue-green's pre- and post-promotion analyses included).
     pub fn template_refs(&self) -> Vec<&TemplateRef> {
         let background = self.analysis.iter().flat_map(|a| &a.templates);
         let steps = self
@@ -396,7 +456,18 @@ impl CanarySpec {
             .flatten()
             .filter_map(|s| s.analysis.as_ref())
             .flat_map(|a| &a.templates);
-        background.chain(steps).collect()
+        let blue_green = self
+            .blue_green()
+            .into_iter()
+            .flat_map(|b| [&b.pre_promotion_analysis, &b.post_promotion_analysis])
+            .flatten()
+            .flat_map(|a| &a.templates);
+        background.chain(steps).chain(blue_green).collect()
+    }
+
+    /// The blue-green strategy, if the spec chose it.
+    pub fn blue_green(&self) -> Option<&BlueGreen> {
+        self.strategy.as_ref()?.blue_green.as_ref()
     }
 
     pub fn scale_down_delay(&self) -> Duration {
@@ -419,6 +490,36 @@ impl CanarySpec {
 
     pub fn canary_name(&self) -> String {
         format!("{}-canary", self.target_ref.name)
+    }
+}
+
+impl BlueGreen {
+    /// Blue-green as steps of the one rollout state machine: the preview ready at its size
+    /// without production traffic (weight 0), the pre-promotion analysis of the preview, the
+    /// approval gate (or the auto-promotion wait), the switch (weight 100: the active Service
+    /// selects the new revision), the post-promotion analysis, and a hold of the scale-down
+    /// delay during which the previous revision still runs at full size, so an abort
+    /// switches back at once; then promotion (stable takes the new revision).
+    pub fn rollout_steps(&self, scale_down_delay: Duration) -> Vec<RolloutStep> {
+        let mut steps = vec![RolloutStep::SetWeight(0)];
+        if let Some(analysis) = &self.pre_promotion_analysis {
+            steps.push(RolloutStep::Analysis(analysis.clone()));
+        }
+        match (self.auto_promotion_enabled, self.auto_promotion_seconds) {
+            (false, _) => steps.push(RolloutStep::Pause(None)),
+            (true, Some(seconds)) => steps.push(RolloutStep::Pause(Some(Duration::from_secs(
+                u64::from(seconds),
+            )))),
+            (true, None) => {}
+        }
+        steps.push(RolloutStep::SetWeight(100));
+        if let Some(analysis) = &self.post_promotion_analysis {
+            steps.push(RolloutStep::Analysis(analysis.clone()));
+        }
+        if !scale_down_delay.is_zero() {
+            steps.push(RolloutStep::Pause(Some(scale_down_delay)));
+        }
+        steps
     }
 }
 

@@ -229,7 +229,7 @@ pub fn build(canary: &Canary, fetched: &Fetched) -> ResourceTree {
             };
             StepNode {
                 display: step_display(i, total),
-                description: super::status::describe_step(step),
+                description: super::status::describe_step_of(spec, i as usize, step),
                 state,
             }
         })

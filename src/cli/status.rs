@@ -166,6 +166,36 @@ pub fn is_settled(phase: Phase) -> bool {
     )
 }
 
+/// A step of `spec` as people read it: blue-green's steps by what they do to the Services.
+pub fn describe_step_of(spec: &CanarySpec, index: usize, step: &RolloutStep) -> String {
+    let Some(blue_green) = spec.blue_green() else {
+        return describe_step(step);
+    };
+    let switched = spec.rollout_steps()[..index]
+        .iter()
+        .any(|s| *s == RolloutStep::SetWeight(100));
+    match step {
+        RolloutStep::SetWeight(0) => format!(
+            "preview: the new revision ready behind {}",
+            blue_green
+                .preview_service
+                .as_deref()
+                .unwrap_or("no preview Service")
+        ),
+        RolloutStep::SetWeight(_) => {
+            format!("switch {} to the new revision", blue_green.active_service)
+        }
+        RolloutStep::Analysis(_) if switched => format!("post-promotion {}", describe_step(step)),
+        RolloutStep::Analysis(_) => format!("pre-promotion {}", describe_step(step)),
+        RolloutStep::Pause(Some(d)) if switched => {
+            format!("hold {d}: the previous revision still runs, for an instant switch back")
+        }
+        RolloutStep::Pause(Some(d)) => format!("auto-promotion in {d}"),
+        RolloutStep::Pause(None) => "wait for `canary promote` to switch".into(),
+        RolloutStep::SetHeaderRoute(_) => describe_step(step),
+    }
+}
+
 pub fn describe_step(step: &RolloutStep) -> String {
     match step {
         RolloutStep::SetWeight(w) => format!("setWeight {w}%"),
@@ -241,6 +271,13 @@ pub fn next_action(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> 
             let steps = spec.rollout_steps();
             let index = status.current_step_index.unwrap_or(0) as usize;
             match steps.get(index) {
+                Some(RolloutStep::SetWeight(100)) if spec.blue_green().is_some() => format!(
+                    "switching {} to the new revision once all its pods are ready",
+                    spec.blue_green().map_or("", |b| b.active_service.as_str())
+                ),
+                Some(RolloutStep::SetWeight(0)) if spec.blue_green().is_some() => {
+                    "waiting for the preview's pods to be ready".into()
+                }
                 Some(RolloutStep::SetWeight(w)) => {
                     format!("moving {w}% of the traffic to the canary once its pods are ready")
                 }
@@ -298,7 +335,7 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
         index,
         description: steps
             .get(index as usize)
-            .map(describe_step)
+            .map(|step| describe_step_of(&canary.spec, index as usize, step))
             .unwrap_or_else(|| "all steps done".into()),
     });
     let metrics = status

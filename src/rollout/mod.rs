@@ -189,6 +189,7 @@ pub fn unsupported_by_router(spec: &CanarySpec, router: Capabilities) -> Option<
         Granularity::Exact => {
             "the router of spec.trafficRouting cannot route by header; remove the step"
         }
+        Granularity::Switch => "blue-green switches Services, which cannot route by header",
     };
     Some(format!("steps[{index}].setHeaderRoute: {why}"))
 }
@@ -859,7 +860,7 @@ impl Planner<'_> {
             return;
         }
         match self.observed.router.granularity {
-            Granularity::Exact => self.correct_weight_drift(),
+            Granularity::Exact | Granularity::Switch => self.correct_weight_drift(),
             Granularity::Replicas => self.report_replica_drift(),
         }
         // Measurements are recorded while paused too: a canary waiting for approval keeps
@@ -943,6 +944,12 @@ impl Planner<'_> {
     fn canary_pods(&self, weight: u8) -> i32 {
         match self.observed.router.granularity {
             Granularity::Exact => canary_replicas(self.desired(), weight),
+            // Blue-green: the preview may be smaller; it is the whole service once switched
+            // to (and before: the switch waits for it at full size).
+            Granularity::Switch => match (weight, self.spec.blue_green()) {
+                (0, Some(b)) => b.preview_replica_count.unwrap_or(self.desired()),
+                _ => self.desired(),
+            },
             Granularity::Replicas => replica_split(self.desired(), weight).0,
         }
     }
@@ -950,7 +957,7 @@ impl Planner<'_> {
     /// Stable's pods while the canary has `weight`.
     fn stable_pods(&self, weight: u8) -> i32 {
         match self.observed.router.granularity {
-            Granularity::Exact => self.desired(),
+            Granularity::Exact | Granularity::Switch => self.desired(),
             Granularity::Replicas => replica_split(self.desired(), weight).1,
         }
     }
@@ -1207,7 +1214,7 @@ impl Planner<'_> {
     /// observed is the rollout's own, still being written (e.g. a write that failed), not
     /// drift.
     fn report_settled_drift(&mut self) {
-        if self.observed.router.granularity != Granularity::Exact {
+        if self.observed.router.granularity == Granularity::Replicas {
             return;
         }
         let Some(found) = self.observed.route_weight else {
@@ -1266,16 +1273,29 @@ impl Planner<'_> {
             return false;
         }
         let wanted = self.ensure_canary_at(weight);
+        let canary = self.spec.canary_name();
+        let active = self.spec.blue_green().map(|b| b.active_service.clone());
         if !self.canary_ready_for(weight) {
-            self.status.message = Some(format!(
-                "waiting for {} ready canary pods before sending it {weight}% of the traffic",
-                wanted
-            ));
+            self.status.message = Some(match (&active, weight) {
+                (Some(_), 0) => {
+                    format!("waiting for {wanted} ready pods of the preview ({canary})")
+                }
+                (Some(active), _) => format!(
+                    "waiting for {wanted} ready pods of {canary} before switching {active} to it"
+                ),
+                (None, _) => format!(
+                    "waiting for {wanted} ready canary pods before sending it {weight}% of the traffic"
+                ),
+            });
             self.requeue_in(WAIT_RECHECK);
             return false;
         }
         self.change_weight(weight);
-        self.status.message = Some(format!("canary at {weight}%"));
+        self.status.message = Some(match (&active, weight) {
+            (Some(_), 0) => format!("the preview ({canary}) is ready"),
+            (Some(active), _) => format!("{active} switched to the new revision ({canary})"),
+            (None, _) => format!("canary at {weight}%"),
+        });
         true
     }
 
@@ -1333,10 +1353,19 @@ impl Planner<'_> {
     /// Moves the canary's traffic to `weight`, with an event when that is a change.
     fn change_weight(&mut self, weight: u8) {
         if self.status.canary_weight != weight {
+            let switched = match self.spec.blue_green() {
+                Some(b) if weight == 100 => {
+                    format!("{} switched to the new revision: ", b.active_service)
+                }
+                _ => String::new(),
+            };
             self.event(
                 EventType::Normal,
                 "WeightChanged",
-                format!("canary weight {}% → {weight}%", self.status.canary_weight),
+                format!(
+                    "{switched}canary weight {}% → {weight}%",
+                    self.status.canary_weight
+                ),
             );
         }
         self.set_weight(weight);
@@ -1814,7 +1843,9 @@ impl Planner<'_> {
         match self.observed.router.granularity {
             // As read (a weight this plan sets shows at the next reconcile, which its status
             // write brings); unreadable now: as last observed.
-            Granularity::Exact => self.observed.route_weight.or(self.status.effective_weight),
+            Granularity::Exact | Granularity::Switch => {
+                self.observed.route_weight.or(self.status.effective_weight)
+            }
             Granularity::Replicas => {
                 let ready = |w: &Option<WorkloadState>| w.as_ref().map_or(0, |w| w.ready_replicas);
                 let canary = if self.status.canary_revision.is_some() {
@@ -1952,6 +1983,8 @@ fn order_actions(actions: Vec<Action>) -> Vec<Action> {
     }
 }
 
+#[cfg(test)]
+mod blue_green_tests;
 #[cfg(test)]
 mod router_tests;
 #[cfg(test)]

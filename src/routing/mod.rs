@@ -14,6 +14,7 @@ pub mod gateway_api;
 pub mod istio;
 pub mod ownership;
 pub mod replicas;
+pub mod service_switch;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,10 @@ pub enum Granularity {
     /// The canary's share of the pods behind one Service: stable gives up the pods the
     /// canary gets, and a weight is as fine as the service's size allows.
     Replicas,
+    /// All or nothing (blue-green): 0 or 100, by which version a Service selects. The
+    /// canary's pods are extra to stable's and run at the service's full size before they
+    /// get the traffic.
+    Switch,
 }
 
 /// What a router can do, for the rollout to plan with.
@@ -186,6 +191,8 @@ pub trait TrafficRouter: Send + Sync {
 pub fn watched_kinds() -> Vec<GroupVersionKind> {
     let mut kinds = istio::KINDS.to_vec();
     kinds.extend_from_slice(&gateway_api::ROUTE_KINDS);
+    // Not Services (blue-green's, Gateway API's): the controller may not list or watch every
+    // Service of the cluster; a hand edit of a selector is set back at the next reconcile.
     kinds
         .into_iter()
         .map(|(group, version, kind)| GroupVersionKind::gvk(group, version, kind))
@@ -194,6 +201,10 @@ pub fn watched_kinds() -> Vec<GroupVersionKind> {
 
 /// The router `spec` chose.
 pub fn router_for(spec: &CanarySpec) -> Box<dyn TrafficRouter> {
+    if let Some(blue_green) = spec.blue_green() {
+        // The CRD admits no trafficRouting beside it.
+        return Box::new(service_switch::ServiceSwitchRouter::new(blue_green.clone()));
+    }
     match &spec.traffic_routing {
         // The CRD admits exactly one router; `trafficRouting: {}` (from before the rule)
         // splits by replicas, as without it.

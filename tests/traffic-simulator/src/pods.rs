@@ -3,7 +3,8 @@
 //! The pods are the weights. No proxy reports these requests; the application does, so they
 //! are counted in an app's own metrics by pod, as the Prometheus client libraries name them
 //! (`http_requests_total{code, method}` and the `http_request_duration_seconds` histogram),
-//! with the `namespace` and `pod` labels Prometheus' Kubernetes discovery adds.
+//! with the `namespace`, `service` and `pod` labels Prometheus' Kubernetes endpoints discovery
+//! adds.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,10 @@ impl fmt::Display for ServiceRef {
 pub struct ReadyPod {
     pub name: String,
     pub namespace: String,
+    /// The Service it was reached through: Prometheus' endpoints discovery labels an app's
+    /// series with it (`service`), so the same pod behind two Services (blue-green's active
+    /// and preview) is counted per Service.
+    pub service: String,
     /// The Deployment that runs it (its ReplicaSet's owner), else the ReplicaSet or other
     /// owner, else the pod itself: `PUT /workloads/<workload>` changes its behaviour.
     pub workload: String,
@@ -82,6 +87,7 @@ impl ServiceRef {
             .map(|pod| ReadyPod {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 namespace: self.namespace.clone(),
+                service: self.name.clone(),
                 workload: workload_of(pod),
             })
             .collect();
@@ -146,6 +152,7 @@ pub fn workload_of(pod: &Pod) -> String {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub namespace: String,
+    pub service: String,
     pub pod: String,
     pub method: String,
     pub code: String,
@@ -155,6 +162,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub namespace: String,
+    pub service: String,
     pub pod: String,
     pub method: String,
 }
@@ -236,6 +244,7 @@ impl PodTraffic {
                 .unwrap_or(0);
             let histogram = self.durations.get_or_create(&DurationLabels {
                 namespace: pod.namespace.clone(),
+                service: pod.service.clone(),
                 pod: pod.name.clone(),
                 method: "GET".to_string(),
             });
@@ -246,6 +255,7 @@ impl PodTraffic {
                 self.requests
                     .get_or_create(&RequestLabels {
                         namespace: pod.namespace.clone(),
+                        service: pod.service.clone(),
                         pod: pod.name.clone(),
                         method: "GET".to_string(),
                         code: code.to_string(),
@@ -277,6 +287,7 @@ mod tests {
         ReadyPod {
             name: name.to_string(),
             namespace: "shop".to_string(),
+            service: "web".to_string(),
             workload: workload.to_string(),
         }
     }
@@ -368,9 +379,9 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         for needle in [
-            "http_requests_total{namespace=\"shop\",pod=\"web-abc-1\",method=\"GET\",code=\"200\"}",
+            "http_requests_total{namespace=\"shop\",service=\"web\",pod=\"web-abc-1\",method=\"GET\",code=\"200\"}",
             "code=\"503\"",
-            "http_request_duration_seconds_bucket{le=\"0.025\",namespace=\"shop\",pod=\"web-abc-1\",method=\"GET\"}",
+            "http_request_duration_seconds_bucket{le=\"0.025\",namespace=\"shop\",service=\"web\",pod=\"web-abc-1\",method=\"GET\"}",
             "http_request_duration_seconds_count{",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
