@@ -352,3 +352,59 @@ async fn aborted_mid_preview_and_released_the_services_are_as_written() {
     let target = deployments.get(NAME).await.unwrap();
     assert_eq!(target.spec.and_then(|s| s.replicas), Some(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_exits_with_the_verdict_and_a_failing_preview_is_never_switched_to() {
+    let world = world("bluegreen-run", |canary| {
+        canary["spec"]["strategy"]["blueGreen"]["autoPromotionEnabled"] = json!(true);
+        canary["spec"]["scaleDownDelaySeconds"] = json!(2);
+    })
+    .await;
+    let kubeconfig = cluster().kubeconfig().to_string_lossy().into_owned();
+    let run = |image: &'static str| {
+        let (ns, kubeconfig) = (world.ns.name.clone(), kubeconfig.clone());
+        tokio::task::spawn_blocking(move || {
+            cli::canary(&[
+                "run",
+                NAME,
+                "--image",
+                image,
+                "--wait",
+                "--timeout",
+                "3m",
+                "-n",
+                &ns,
+                "--kubeconfig",
+                &kubeconfig,
+            ])
+        })
+    };
+    let promoted = run("api-server:5.0.0").await.unwrap();
+    assert_eq!(
+        promoted.status.code(),
+        Some(0),
+        "{}",
+        cli::all_output(&promoted)
+    );
+    assert_eq!(target_image(&world.ns, STABLE).await, "api-server:5.0.0");
+
+    // A revision that fails behind the preview Service: rolled back before any switch.
+    world.simulator.set_error_rate(CANARY, 0.5).await;
+    let rolled_back = run("api-server:6.0.0").await.unwrap();
+    assert_eq!(
+        rolled_back.status.code(),
+        Some(1),
+        "{}",
+        cli::all_output(&rolled_back)
+    );
+    let switches = replicas::event_notes(&world.ns, "WeightChanged")
+        .await
+        .into_iter()
+        .filter(|n| n.contains("switched to the new revision"))
+        .count();
+    assert_eq!(switches, 1, "only the healthy revision was switched to");
+    let canary: Api<Canary> = world.ns.api();
+    let canary = canary.get(NAME).await.unwrap();
+    assert_eq!(run_phase(&canary, "step-1"), Some(AnalysisPhase::Failed));
+    assert_eq!(target_image(&world.ns, STABLE).await, "api-server:5.0.0");
+}

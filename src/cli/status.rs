@@ -171,8 +171,10 @@ pub fn describe_step_of(spec: &CanarySpec, index: usize, step: &RolloutStep) -> 
     let Some(blue_green) = spec.blue_green() else {
         return describe_step(step);
     };
-    let switched = spec.rollout_steps()[..index]
+    let switched = spec
+        .rollout_steps()
         .iter()
+        .take(index)
         .any(|s| *s == RolloutStep::SetWeight(100));
     match step {
         RolloutStep::SetWeight(0) => format!(
@@ -949,6 +951,46 @@ mod tests {
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn blue_green_steps_are_said_by_what_they_do_to_the_services() {
+        let spec: CanarySpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"name": "api"}, "service": {"port": 3000},
+            "strategy": {"blueGreen": {
+                "activeService": "api-active", "previewService": "api-preview",
+                "autoPromotionEnabled": false,
+                "prePromotionAnalysis": {"templates": [{"templateName": "success-rate"}]},
+                "postPromotionAnalysis": {"templates": [{"templateName": "success-rate"}]},
+            }},
+        }))
+        .unwrap();
+        let said: Vec<String> = spec
+            .rollout_steps()
+            .iter()
+            .enumerate()
+            .map(|(i, step)| describe_step_of(&spec, i, step))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "preview: the new revision ready behind api-preview",
+                "pre-promotion analysis success-rate",
+                "wait for `canary promote` to switch",
+                "switch api-active to the new revision",
+                "post-promotion analysis success-rate",
+                "hold 30s: the previous revision still runs, for an instant switch back",
+            ]
+        );
+        let status = CanaryStatus {
+            phase: Phase::Progressing,
+            current_step_index: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_action(&spec, &status, at(0)),
+            "switching api-active to the new revision once all its pods are ready"
+        );
     }
 
     fn event(reason: &str, message: &str, first: i64, last: Option<(i64, i32)>) -> Event {
