@@ -186,6 +186,19 @@ pub trait TrafficRouter: Send + Sync {
     ) -> Result<Vec<RouterWrite>, RouterError>;
 }
 
+/// `set_header_routes` of a router that cannot route by header: no routes is nothing to do;
+/// any route is refused saying `why`.
+pub fn without_header_routes(
+    routes: &[HeaderRoute],
+    why: &str,
+) -> Result<Vec<RouterWrite>, RouterError> {
+    if routes.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Err(RouterError::Unusable(why.into()))
+    }
+}
+
 /// The kinds of every router's objects: the controller watches them, so that a change made
 /// by hand or by a GitOps sync is seen at once.
 pub fn watched_kinds() -> Vec<GroupVersionKind> {

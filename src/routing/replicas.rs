@@ -53,12 +53,10 @@ impl TrafficRouter for ReplicaRouter {
         _read: &Snapshot,
         routes: &[HeaderRoute],
     ) -> Result<Vec<RouterWrite>, RouterError> {
-        if routes.is_empty() {
-            return Ok(Vec::new());
-        }
-        Err(RouterError::Unusable(
-            "without spec.trafficRouting the split is by replicas behind one Service, which cannot route by header: use istio or gatewayAPI for setHeaderRoute".into(),
-        ))
+        super::without_header_routes(
+            routes,
+            "without spec.trafficRouting the split is by replicas behind one Service, which cannot route by header: use istio or gatewayAPI for setHeaderRoute",
+        )
     }
 
     fn release(

@@ -162,12 +162,10 @@ impl TrafficRouter for ServiceSwitchRouter {
         _read: &Snapshot,
         routes: &[HeaderRoute],
     ) -> Result<Vec<RouterWrite>, RouterError> {
-        if routes.is_empty() {
-            return Ok(Vec::new());
-        }
-        Err(RouterError::Unusable(
-            "blue-green switches Services, which cannot route by header".into(),
-        ))
+        super::without_header_routes(
+            routes,
+            "blue-green switches Services, which cannot route by header",
+        )
     }
 
     fn release(
