@@ -8,6 +8,8 @@
 //! them apart by subset. The user's Deployment, kept at zero replicas, does not adopt them: its
 //! ReplicaSets are owned by it, the managed pods by the managed ReplicaSets.
 
+pub mod autoscaler;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};

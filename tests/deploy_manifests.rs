@@ -46,6 +46,12 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("patch", "deployments.apps"),
         ("watch", "deployments.apps"),
         ("list", "replicasets.apps"),
+        // The user's HPA found and watched; the derived one for stable written and deleted.
+        ("list", "horizontalpodautoscalers.autoscaling"),
+        ("watch", "horizontalpodautoscalers.autoscaling"),
+        ("create", "horizontalpodautoscalers.autoscaling"),
+        ("patch", "horizontalpodautoscalers.autoscaling"),
+        ("delete", "horizontalpodautoscalers.autoscaling"),
         ("patch", "virtualservices.networking.istio.io"),
         ("get", "destinationrules.networking.istio.io"),
         ("patch", "httproutes.gateway.networking.k8s.io"),
@@ -97,6 +103,8 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("update", "httproutes.gateway.networking.k8s.io"),
         ("list", "services"),
         ("delete", "services"),
+        // The user's HPA is read, never changed (server-side apply of the derived one is a patch).
+        ("update", "horizontalpodautoscalers.autoscaling"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
     ];
     for (verb, resource) in denied {

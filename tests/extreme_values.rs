@@ -264,6 +264,8 @@ fn walk(spec: &CanarySpec, metric: MetricDefinition, start: Timestamp) -> Canary
             granularity: canary::routing::Granularity::Exact,
             header_routes: true,
         },
+        autoscaler: None,
+        derived_autoscaler: None,
     };
     let mut status = CanaryStatus {
         phase: Phase::Idle,

@@ -106,6 +106,18 @@ pub struct CanarySpec {
     /// `promote-full` still act.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// The HorizontalPodAutoscaler (autoscaling/v2, in the Canary's namespace) that scales the
+    /// target. Absent: the one whose `scaleTargetRef` is the target, if there is one. The
+    /// controller derives `<target>-stable`'s HPA from it; see the README's "Autoscaling (HPA)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler_ref: Option<AutoscalerRef>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AutoscalerRef {
+    /// The HorizontalPodAutoscaler's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -797,9 +809,15 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub claimed_objects: Vec<String>,
-    /// How many replicas the service runs when not in a rollout (from the target Deployment).
+    /// How many replicas the service runs when not in a rollout (from the target Deployment;
+    /// autoscaled, stable's current size, which the derived HPA decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
+    /// Autoscaled: the stable size the derived HPA's `minReplicas` is held at while the
+    /// rollout is under way (stable's size when it started), so stable can take all traffic
+    /// back at once. Absent when settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_stable_replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<PauseReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

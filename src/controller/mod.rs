@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
 use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
@@ -401,6 +402,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => Api::all(client.clone()),
     };
     let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
+    let autoscalers: Api<HorizontalPodAutoscaler> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
@@ -508,6 +513,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 })
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
+        })
+        // The user's HPA changed (its bounds or metrics go to the derived one), appeared or went;
+        // or the derived one was changed by hand.
+        .watches(autoscalers, watcher::Config::default(), {
+            let store = store.clone();
+            move |hpa| canaries_autoscaled_by(&store, &hpa)
         })
         // A template created or fixed after the Canary that names it: act now, not at the
         // next resync.
@@ -706,6 +717,41 @@ fn canaries_naming(store: &Store<Canary>, namespace: &str, object: &str) -> Vec<
         .into_iter()
         .filter(|c| c.namespace().as_deref() == Some(namespace))
         .filter(|c| crate::routing::ownership::wanted_objects(c).contains(object))
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
+
+/// The Canaries an HPA concerns: it scales their target, their `spec.autoscalerRef` names it,
+/// or it is the one derived for them.
+fn canaries_autoscaled_by(
+    store: &Store<Canary>,
+    hpa: &HorizontalPodAutoscaler,
+) -> Vec<ObjectRef<Canary>> {
+    let namespace = hpa.namespace();
+    let name = hpa.name_any();
+    let scales = hpa
+        .spec
+        .as_ref()
+        .map(|s| s.scale_target_ref.name.clone())
+        .unwrap_or_default();
+    let owners: Vec<&str> = hpa
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Canary")
+        .map(|o| o.name.as_str())
+        .collect();
+    store
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace() == namespace)
+        .filter(|c| {
+            c.spec.target_ref.name == scales
+                || c.spec
+                    .autoscaler_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name)
+                || owners.contains(&c.name_any().as_str())
+        })
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
 }

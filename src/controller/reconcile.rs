@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::runtime::controller::Action as Requeue;
@@ -35,7 +37,7 @@ use crate::rollout::{
 };
 use crate::routing::ownership::{self, Claimant};
 use crate::routing::{self, RouterWrite, RoutingObject, Snapshot, TrafficRouter};
-use crate::workload::{self, Subset};
+use crate::workload::{self, Subset, autoscaler};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "canary-controller";
@@ -384,6 +386,10 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
 struct Read {
     /// The target Deployment.
     target: Option<Deployment>,
+    /// `<target>-stable`, if it exists.
+    stable: Option<Deployment>,
+    /// The user's HPA of the target, if one is found and usable.
+    user_autoscaler: Option<HorizontalPodAutoscaler>,
     /// The router the spec chose, and its objects.
     router: Box<dyn TrafficRouter>,
     routing: Snapshot,
@@ -412,6 +418,9 @@ async fn observe(
             )));
         }
     }
+    let (autoscaler, derived_autoscaler, user_autoscaler) =
+        observe_autoscalers(canary, ctx).await?;
+    let stable_deployment = stable.clone();
     let stable = stable.map(|d| workload::workload_state(&d));
     let canary_workload = canary_deployment.map(|d| workload::workload_state(&d));
     let requests = crate::api::canary::requests(canary.annotations());
@@ -476,9 +485,13 @@ async fn observe(
         requests,
         analysis,
         measurements,
+        autoscaler,
+        derived_autoscaler,
     };
     let read = Read {
         target: target_deployment,
+        stable: stable_deployment,
+        user_autoscaler,
         router,
         routing,
     };
@@ -642,9 +655,13 @@ fn measure(
 
 /// Whether `deployment` was made by this Canary (its owner reference names the Canary's uid).
 fn owned_by(canary: &Canary, deployment: &Deployment) -> bool {
+    owned(canary, &deployment.metadata)
+}
+
+/// Whether the object of `metadata` was made by this Canary.
+fn owned(canary: &Canary, metadata: &ObjectMeta) -> bool {
     let uid = canary.metadata.uid.as_deref();
-    deployment
-        .metadata
+    metadata
         .owner_references
         .iter()
         .flatten()
@@ -897,10 +914,26 @@ async fn apply_action(
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     match action {
         Action::EnsureStable { revision, replicas } => {
-            ensure_managed(canary, target, ctx, Subset::Stable, revision, *replicas).await
+            ensure_managed(
+                canary,
+                target,
+                ctx,
+                Subset::Stable,
+                revision,
+                Some(*replicas),
+            )
+            .await
         }
         Action::EnsureCanary { revision, replicas } => {
-            ensure_managed(canary, target, ctx, Subset::Canary, revision, *replicas).await
+            ensure_managed(
+                canary,
+                target,
+                ctx,
+                Subset::Canary,
+                revision,
+                Some(*replicas),
+            )
+            .await
         }
         Action::ScaleCanary { replicas } => {
             let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
@@ -924,7 +957,15 @@ async fn apply_action(
             let revision = workload::workload_state(&current)
                 .revision
                 .unwrap_or_default();
-            ensure_managed(canary, target, ctx, Subset::Canary, &revision, *replicas).await
+            ensure_managed(
+                canary,
+                target,
+                ctx,
+                Subset::Canary,
+                &revision,
+                Some(*replicas),
+            )
+            .await
         }
         Action::SetWeight { weight } => {
             let workload = routing::Workload {
@@ -953,6 +994,24 @@ async fn apply_action(
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await
         }
+        Action::EnsureStableAutoscaled { revision, replicas } => {
+            let stable = read.stable.as_ref();
+            ensure_stable_autoscaled(canary, target, stable, ctx, revision, *replicas).await
+        }
+        Action::EnsureAutoscaler { min_replicas } => {
+            ensure_autoscaler(canary, read.user_autoscaler.as_ref(), ctx, *min_replicas).await
+        }
+        Action::DeleteAutoscaler => {
+            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+            match api
+                .delete(&canary.spec.stable_name(), &Default::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
         Action::ScaleTargetToZero => {
             deployments
                 .patch(
@@ -966,14 +1025,171 @@ async fn apply_action(
     }
 }
 
-/// Server-side applies `<target>-<subset>` running `revision` with `replicas` pods.
+/// The field manager that holds `<target>-stable`'s `spec.replicas` while the controller hands
+/// them over to the derived HPA (see [`ensure_stable_autoscaled`]).
+pub const HANDOVER_FIELD_MANAGER: &str = "canary-controller-handover";
+
+/// The user's HPA of the target and the derived one, as the rollout sees them, and the user's
+/// object (the derived one is built from it).
+async fn observe_autoscalers(
+    canary: &Canary,
+    ctx: &Context,
+) -> Result<
+    (
+        Option<Result<rollout::Autoscaler, String>>,
+        Option<rollout::DerivedAutoscaler>,
+        Option<HorizontalPodAutoscaler>,
+    ),
+    Error,
+> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let hpas = api.list(&ListParams::default()).await?.items;
+    let stable = canary.spec.stable_name();
+    let reference = canary.spec.autoscaler_ref.as_ref().map(|r| r.name.as_str());
+    let found = autoscaler::user_autoscaler(&hpas, &canary.spec.target_ref.name, reference);
+    let mut user = found
+        .as_ref()
+        .and_then(|f| f.as_ref().ok())
+        .map(|h| (*h).clone());
+    let mut autoscaler = found.map(|f| f.map(autoscaler::bounds));
+    let mut derived = None;
+    if let Some(existing) = hpas
+        .iter()
+        .find(|h| h.metadata.name.as_deref() == Some(&stable))
+    {
+        if owned(canary, &existing.metadata) {
+            derived = Some(autoscaler::derived_state(existing, user.as_ref(), &stable));
+        } else if user.is_some() {
+            // Never taken over: applying over it would change someone else's autoscaling.
+            user = None;
+            autoscaler = Some(Err(format!(
+                "HorizontalPodAutoscaler {stable} already exists and does not belong to Canary {} (no owner reference to it); the controller derives an HPA of that name from {}: rename or delete it",
+                canary.name_any(),
+                autoscaler
+                    .and_then(|a| a.ok())
+                    .map(|a| a.name)
+                    .unwrap_or_default()
+            )));
+        }
+    }
+    Ok((autoscaler, derived, user))
+}
+
+/// Server-side applies the derived HPA `<target>-stable` from the user's `user`, with
+/// `min_replicas`.
+async fn ensure_autoscaler(
+    canary: &Canary,
+    user: Option<&HorizontalPodAutoscaler>,
+    ctx: &Context,
+    min_replicas: i32,
+) -> Result<(), Error> {
+    let user = user.ok_or_else(|| {
+        Error::Invalid("the HorizontalPodAutoscaler of the target is gone".into())
+    })?;
+    let owner = canary
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
+    let stable = canary.spec.stable_name();
+    let mut derived = autoscaler::derived(user, &stable, min_replicas, owner);
+    derived.metadata.namespace = canary.namespace();
+    let mut body = serde_json::to_value(&derived)?;
+    body["apiVersion"] = json!("autoscaling/v2");
+    body["kind"] = json!("HorizontalPodAutoscaler");
+    let api: Api<HorizontalPodAutoscaler> =
+        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    api.patch(
+        &stable,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether the field manager `manager` holds `spec.replicas` of `deployment` by apply.
+fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|m| {
+            m.manager.as_deref() == Some(manager)
+                && m.operation.as_deref() == Some("Apply")
+                && m.subresource.is_none()
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+}
+
+/// Server-side applies `<target>-stable` running `revision` without `spec.replicas`, which
+/// the derived HPA writes (`replicas` only when it is created). Dropping a field the apply
+/// alone owned would reset it to 1, so first the ownership is handed over as the Kubernetes
+/// documentation says ("Server-Side Apply → Transferring ownership"): a second field manager
+/// applies `spec.replicas` alone at its current value, then the main apply leaves it out.
+async fn ensure_stable_autoscaled(
+    canary: &Canary,
+    target: Option<&Deployment>,
+    stable: Option<&Deployment>,
+    ctx: &Context,
+    revision: &str,
+    replicas: i32,
+) -> Result<(), Error> {
+    let name = canary.spec.stable_name();
+    let deployments: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    let created;
+    let stable = match stable {
+        Some(stable) => stable,
+        None => {
+            ensure_managed(
+                canary,
+                target,
+                ctx,
+                Subset::Stable,
+                revision,
+                Some(replicas),
+            )
+            .await?;
+            created = deployments.get(&name).await?;
+            &created
+        }
+    };
+    if applies_replicas(stable, FIELD_MANAGER) {
+        let current = stable
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(replicas);
+        // Not forced: had the HPA changed them since they were read, this fails and the next
+        // reconcile hands over its value instead of undoing its decision.
+        deployments
+            .patch(
+                &name,
+                &PatchParams::apply(HANDOVER_FIELD_MANAGER),
+                &Patch::Apply(json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name},
+                    "spec": {"replicas": current},
+                })),
+            )
+            .await?;
+    }
+    ensure_managed(canary, target, ctx, Subset::Stable, revision, None).await
+}
+
+/// Server-side applies `<target>-<subset>` running `revision` with `replicas` pods (`None`:
+/// without `spec.replicas`, which someone else writes).
 async fn ensure_managed(
     canary: &Canary,
     target: Option<&Deployment>,
     ctx: &Context,
     subset: Subset,
     revision: &str,
-    replicas: i32,
+    replicas: Option<i32>,
 ) -> Result<(), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -991,9 +1207,21 @@ async fn ensure_managed(
     let owner = canary
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
-    let desired =
-        workload::managed_deployment(target, &name, subset, revision, &template, replicas, owner);
+    let desired = workload::managed_deployment(
+        target,
+        &name,
+        subset,
+        revision,
+        &template,
+        replicas.unwrap_or(0),
+        owner,
+    );
     let mut body = serde_json::to_value(&desired)?;
+    if replicas.is_none() {
+        body["spec"]
+            .as_object_mut()
+            .map(|spec| spec.remove("replicas"));
+    }
     body["apiVersion"] = json!("apps/v1");
     body["kind"] = json!("Deployment");
     deployments

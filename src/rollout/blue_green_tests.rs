@@ -49,6 +49,8 @@ fn observed(stable: WorkloadState, canary: Option<WorkloadState>, route: u8) -> 
         measurements: Vec::new(),
         route_weight: Some(route),
         router: SWITCH,
+        autoscaler: None,
+        derived_autoscaler: None,
     }
 }
 
@@ -260,4 +262,50 @@ fn a_preview_that_loses_its_pods_after_the_switch_gives_the_traffic_back() {
     crashed.canary.as_mut().unwrap().ready_replicas = 0;
     let withdrawn = plan(&s, &switched.status, &crashed, t(8));
     assert_eq!(weights(&withdrawn), [0], "{:?}", withdrawn.actions);
+}
+
+#[test]
+fn autoscaled_the_preview_is_sized_from_stables_current_replicas_which_are_held() {
+    let s =
+        blue_green(serde_json::json!({"previewReplicaCount": null, "autoPromotionEnabled": true}));
+    let autoscaled = |stable: i32, canary: Option<WorkloadState>, route: u8| {
+        let mut seen = observed(ready("r1", stable), canary, route);
+        seen.autoscaler = Some(Ok(Autoscaler {
+            name: "api".into(),
+            min_replicas: 2,
+            max_replicas: 20,
+        }));
+        seen.derived_autoscaler = Some(DerivedAutoscaler {
+            min_replicas: 2,
+            in_sync: true,
+        });
+        seen
+    };
+    // The HPA has stable at 7 (the target's 4 is not the service's size any more).
+    let start = plan(&s, &idle(), &autoscaled(7, None, 0), t(0));
+    assert_eq!(canary_size(&start), Some(7), "{:?}", start.actions);
+    // Stable's size is held while the rollout runs: the active Service can switch back to
+    // all of it even though it serves nothing after the switch.
+    assert!(
+        start
+            .actions
+            .contains(&Action::EnsureAutoscaler { min_replicas: 7 }),
+        "{:?}",
+        start.actions
+    );
+    assert!(
+        !start
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureStable { .. })),
+        "stable's replicas are the HPA's: {:?}",
+        start.actions
+    );
+    let switched = plan(
+        &s,
+        &start.status,
+        &autoscaled(7, Some(ready("r2", 7)), 0),
+        t(5),
+    );
+    assert_eq!(weights(&switched), [100], "{:?}", switched.actions);
 }

@@ -88,6 +88,31 @@ pub struct Observed {
     pub route_weight: Option<u8>,
     /// What the spec's router can do.
     pub router: Capabilities,
+    /// The user's HorizontalPodAutoscaler of the target (`None`: there is none), or why the one
+    /// `spec.autoscalerRef` names cannot be used.
+    pub autoscaler: Option<Result<Autoscaler, String>>,
+    /// The HPA the controller derives for `<target>-stable`, as it is (`None`: it does not
+    /// exist).
+    pub derived_autoscaler: Option<DerivedAutoscaler>,
+}
+
+/// The user's HorizontalPodAutoscaler of the target: its bounds (its metrics and behaviour
+/// are copied by the adapter, the rollout needs only the bounds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Autoscaler {
+    pub name: String,
+    /// `minReplicas` (1 when unset).
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+}
+
+/// The derived HPA `<target>-stable` as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DerivedAutoscaler {
+    pub min_replicas: i32,
+    /// It scales `<target>-stable` with the user's metrics, behaviour and `maxReplicas`, and is
+    /// the Canary's: only its `minReplicas` may differ from what the rollout wants.
+    pub in_sync: bool,
 }
 
 /// A change to make, in order.
@@ -105,6 +130,14 @@ pub enum Action {
     SetHeaderRoutes { routes: Vec<HeaderRoute> },
     /// Keep the user's Deployment at zero replicas: it is the desired spec, not a workload.
     ScaleTargetToZero,
+    /// Autoscaled: [`Action::EnsureStable`] leaving `spec.replicas` to the derived HPA; written
+    /// only when `<target>-stable` is created (with `replicas`), never otherwise.
+    EnsureStableAutoscaled { revision: String, replicas: i32 },
+    /// Server-side apply the derived HPA `<target>-stable`: the user's HPA scaling
+    /// `<target>-stable`, with `minReplicas` raised to `min_replicas` during a rollout.
+    EnsureAutoscaler { min_replicas: i32 },
+    /// Delete the derived HPA: the user's is gone (the controller sizes stable again).
+    DeleteAutoscaler,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +197,30 @@ pub fn replica_split(desired: i32, weight: u8) -> (i32, i32) {
             (canary, desired - canary)
         }
     }
+}
+
+/// Split by replicas with stable autoscaled (stable keeps all its `stable` pods, the
+/// controller does not shrink it): the canary's pods that make its share of both `weight`
+/// percent, `stable × weight / (100 − weight)` rounded half up, at least one while it has
+/// traffic; at 100 (no share can be reached while stable has pods) as many as stable.
+pub fn canary_replicas_beside(stable: i32, weight: u8) -> i32 {
+    let stable = i64::from(stable.max(1));
+    match weight {
+        0 => 0,
+        100.. => i32::try_from(stable).unwrap_or(i32::MAX),
+        _ => {
+            let rest = i64::from(100 - weight);
+            let share = (stable * i64::from(weight) + rest / 2) / rest;
+            i32::try_from(share).unwrap_or(i32::MAX).max(1)
+        }
+    }
+}
+
+/// The derived HPA's `minReplicas`: the user's, raised during a rollout to `held` (stable's
+/// size when it started, so stable can take all traffic back at once), within the user's max.
+pub fn autoscaler_min_replicas(autoscaler: &Autoscaler, held: Option<i32>) -> i32 {
+    let min = autoscaler.min_replicas;
+    held.map_or(min, |held| held.min(autoscaler.max_replicas).max(min))
 }
 
 /// The canary's share (percent, rounded) of `canary + stable` ready pods; `None` without pods.
@@ -275,6 +332,10 @@ impl Planner<'_> {
         if target.replicas > 0 {
             self.status.desired_replicas = Some(target.replicas);
         }
+        if let Some(stable) = self.autoscaled_stable_size() {
+            // The derived HPA decides the service's size.
+            self.status.desired_replicas = Some(stable);
+        }
         if self.status.phase == Phase::Failed {
             self.status.phase = if self.status.stable_revision.is_some() {
                 Phase::Idle
@@ -293,6 +354,61 @@ impl Planner<'_> {
         }
         if target.replicas > 0 && self.status.stable_revision.is_some() {
             self.actions.push(Action::ScaleTargetToZero);
+        }
+        self.autoscale();
+    }
+
+    // -- autoscaling (the README's "Autoscaling (HPA)") -------------------------------------
+
+    /// The user's HPA of the target, when one is found and usable.
+    fn autoscaler(&self) -> Option<&Autoscaler> {
+        self.observed.autoscaler.as_ref()?.as_ref().ok()
+    }
+
+    /// Autoscaled and stable exists: its current replicas (the derived HPA's to decide).
+    fn autoscaled_stable_size(&self) -> Option<i32> {
+        self.autoscaler()?;
+        self.observed.stable.as_ref().map(|s| s.replicas)
+    }
+
+    /// Why `spec.autoscalerRef` cannot be used, if it cannot.
+    fn autoscaler_problem(&self) -> Option<String> {
+        self.observed.autoscaler.as_ref()?.as_ref().err().cloned()
+    }
+
+    /// Last, once the plan is decided: autoscaled, stable's replicas are the derived HPA's
+    /// (stable is ensured without them) and the derived HPA is kept as the rollout wants it;
+    /// otherwise a derived HPA left over goes (before stable's replicas are written again).
+    fn autoscale(&mut self) {
+        let Some(autoscaler) = self.autoscaler().cloned() else {
+            self.status.held_stable_replicas = None;
+            if self.observed.derived_autoscaler.is_some() {
+                self.actions.insert(0, Action::DeleteAutoscaler);
+            }
+            return;
+        };
+        for action in &mut self.actions {
+            if let Action::EnsureStable { revision, replicas } = action {
+                *action = Action::EnsureStableAutoscaled {
+                    revision: std::mem::take(revision),
+                    replicas: *replicas,
+                };
+            }
+        }
+        let under_way = matches!(
+            self.status.phase,
+            Phase::Progressing | Phase::Paused | Phase::Promoting | Phase::RollingBack
+        );
+        if under_way {
+            let size = self.desired();
+            self.status.held_stable_replicas.get_or_insert(size);
+        } else {
+            self.status.held_stable_replicas = None;
+        }
+        let min_replicas = autoscaler_min_replicas(&autoscaler, self.status.held_stable_replicas);
+        let current = self.observed.derived_autoscaler.as_ref();
+        if !current.is_some_and(|d| d.in_sync && d.min_replicas == min_replicas) {
+            self.actions.push(Action::EnsureAutoscaler { min_replicas });
         }
     }
 
@@ -631,7 +747,8 @@ impl Planner<'_> {
     fn check_spec_while_settled(&mut self) {
         let problem = match &self.observed.analysis {
             Err(problem) => Some(problem.clone()),
-            Ok(_) => unsupported_by_router(self.spec, self.observed.router),
+            Ok(_) => unsupported_by_router(self.spec, self.observed.router)
+                .or_else(|| self.autoscaler_problem()),
         };
         if let Some(problem) = problem {
             return self.invalid_analysis(problem);
@@ -676,7 +793,9 @@ impl Planner<'_> {
             self.invalid_analysis(problem.clone());
             return false;
         }
-        if let Some(problem) = unsupported_by_router(self.spec, self.observed.router) {
+        if let Some(problem) = unsupported_by_router(self.spec, self.observed.router)
+            .or_else(|| self.autoscaler_problem())
+        {
             self.invalid_analysis(problem);
             return false;
         }
@@ -942,6 +1061,10 @@ impl Planner<'_> {
 
     /// The canary's pods for `weight`, as the router realises weights.
     fn canary_pods(&self, weight: u8) -> i32 {
+        if self.autoscaler().is_some() && self.observed.router.granularity == Granularity::Replicas
+        {
+            return canary_replicas_beside(self.desired(), weight);
+        }
         match self.observed.router.granularity {
             Granularity::Exact => canary_replicas(self.desired(), weight),
             // Blue-green: the preview may be smaller; it is the whole service once switched
@@ -954,8 +1077,11 @@ impl Planner<'_> {
         }
     }
 
-    /// Stable's pods while the canary has `weight`.
+    /// Stable's pods while the canary has `weight` (autoscaled: the HPA's, all of them).
     fn stable_pods(&self, weight: u8) -> i32 {
+        if self.autoscaler().is_some() {
+            return self.desired();
+        }
         match self.observed.router.granularity {
             Granularity::Exact | Granularity::Switch => self.desired(),
             Granularity::Replicas => replica_split(self.desired(), weight).1,
@@ -1983,6 +2109,8 @@ fn order_actions(actions: Vec<Action>) -> Vec<Action> {
     }
 }
 
+#[cfg(test)]
+mod autoscaling_tests;
 #[cfg(test)]
 mod blue_green_tests;
 #[cfg(test)]

@@ -43,6 +43,8 @@ fn observed(router: Capabilities, stable: i32, canary: Option<i32>) -> Observed 
         measurements: Vec::new(),
         route_weight: None,
         router,
+        autoscaler: None,
+        derived_autoscaler: None,
     }
 }
 

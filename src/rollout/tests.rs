@@ -78,6 +78,8 @@ fn observed(target_revision: &str) -> Observed {
             granularity: crate::routing::Granularity::Exact,
             header_routes: true,
         },
+        autoscaler: None,
+        derived_autoscaler: None,
     }
 }
 
