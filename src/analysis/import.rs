@@ -776,10 +776,25 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     }
     // Flagger writes `{{ variables.x }}` for the Canary's templateVariables, and fills `name`,
     // `service` and `ingress` from the Canary; here they all become arguments. The context names
-    // we share (namespace, target, interval) stay as they are.
+    // we share (namespace, interval) stay as they are. Flagger's `target` is the Deployment it
+    // runs the canary in; ours is the user's Deployment, kept at zero replicas, and the canary
+    // runs in `workload` (`<target>-canary`), so `target` becomes `workload`.
     let mut args: Vec<Argument> = Vec::new();
     let mut converted = query.to_string();
+    let mut target_said = false;
     for placeholder in render::placeholders(query) {
+        if placeholder == "target" {
+            for written in ["{{target}}", "{{ target }}"] {
+                converted = converted.replace(written, "{{workload}}");
+            }
+            if !std::mem::replace(&mut target_said, true) {
+                notes.push(warning(
+                    "spec.query",
+                    "{{ target }} became {{workload}}: Flagger runs the canary in the target Deployment, canary runs it in <target>-canary (the `workload` context value)",
+                ));
+            }
+            continue;
+        }
         if render::CONTEXT_NAMES.contains(&placeholder) {
             continue;
         }
@@ -918,5 +933,32 @@ mod tests {
             assert_eq!(expr_to_cel(argo).unwrap(), cel, "{argo}");
         }
         assert!(expr_to_cel("# > 1").is_err());
+    }
+
+    #[test]
+    fn flagger_target_becomes_the_workload_that_runs_the_canary() {
+        let documents = read_documents(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: latency}\nspec:\n  provider: {type: prometheus}\n  query: 'sum(rate(x{deployment=~\"{{ target }}\", pod=~\"{{target}}-.*\"}[{{ interval }}]))'\n",
+        )
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let query = &template.spec.metrics[0].provider.prometheus.query;
+        // Flagger runs the canary in the target Deployment; the controller runs it in
+        // <target>-canary, the `workload` context value, and keeps the target at zero.
+        assert_eq!(
+            query,
+            "sum(rate(x{deployment=~\"{{workload}}\", pod=~\"{{workload}}-.*\"}[{{ interval }}]))"
+        );
+        assert!(template.spec.args.is_empty(), "{:?}", template.spec.args);
+        assert_eq!(
+            template
+                .notes
+                .iter()
+                .filter(|n| n.message.contains("{{ target }} became {{workload}}"))
+                .count(),
+            1,
+            "{:?}",
+            template.notes
+        );
     }
 }
