@@ -83,26 +83,29 @@ pub fn read_documents(text: &str) -> Result<Vec<Document>, String> {
         .into_iter()
         .filter(|v| !v.is_null())
         .enumerate()
-        .map(|(index, value)| {
-            let name = value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let kind = value
-                .get("kind")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            Document {
-                index,
-                name,
-                kind,
-                outcome: import(value),
-            }
-        })
+        .map(|(index, value)| read_document(index, value))
         .collect())
 }
 
-fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
+/// One document, already parsed, at `index` of its file.
+pub fn read_document(index: usize, value: Value) -> Document {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Document {
+        index,
+        name,
+        kind,
+        outcome: import(value),
+    }
+}
+
+pub(crate) fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
     Note {
         severity: Severity::Error,
         field: field.into(),
@@ -110,7 +113,7 @@ fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
     }
 }
 
-fn warning(field: impl Into<String>, message: impl Into<String>) -> Note {
+pub(crate) fn warning(field: impl Into<String>, message: impl Into<String>) -> Note {
     Note {
         severity: Severity::Warning,
         field: field.into(),
@@ -135,6 +138,14 @@ fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
         ("flagger.app/v1beta1", "MetricTemplate") => import_flagger(&value),
         // Not a template, but ours: checked against its CRD so a manifest can be validated whole.
         (API_VERSION, "Canary") => Err(check_canary(value)),
+        ("argoproj.io/v1alpha1", "Rollout") | ("flagger.app/v1beta1", "Canary") => {
+            Err(vec![warning(
+                "apiVersion/kind",
+                format!(
+                    "skipped: {api_version} {kind} is not a template; `canary convert` (or `canary validate --convert`) turns it into a Deployment and a Canary"
+                ),
+            )])
+        }
         _ => Err(vec![warning(
             "apiVersion/kind",
             format!("skipped: {api_version} {kind} is neither an analysis template nor a Canary"),
@@ -143,7 +154,7 @@ fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
 }
 
 /// A Canary's fields and the CRD's CEL rules; an empty list when it is valid.
-fn check_canary(value: Value) -> Vec<Note> {
+pub fn check_canary(value: Value) -> Vec<Note> {
     let mut notes = crd_rule_violations::<crate::api::canary::Canary>(&value);
     let mut unknown = Vec::new();
     let spec = value.get("spec").cloned().unwrap_or(Value::Null);
