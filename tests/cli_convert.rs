@@ -53,6 +53,13 @@ fn converts_the_seed_rollout_into_a_deployment_a_canary_and_its_template() {
     let again = canary(&["validate", path.to_str().unwrap()]);
     let text = stdout(&again);
     assert!(text.contains("AnalysisTemplate success-rate: ok"), "{text}");
+
+    // validate, without --convert, says where a Rollout is read.
+    let text = stdout(&canary(&["validate", SEED]));
+    assert!(
+        text.contains("Rollout api-server: warning: apiVersion/kind: skipped: argoproj.io/v1alpha1 Rollout is not a template; `canary convert`"),
+        "{text}"
+    );
 }
 
 #[test]

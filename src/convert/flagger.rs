@@ -376,6 +376,12 @@ pub(crate) fn convert_canary(flagger: &Value, inputs: &Inputs) -> (Vec<Value>, V
             "spec.analysis.iterations",
             format!("blue/green: the new version comes up behind preview Service {apex}-canary, its metrics are checked {} times every {interval} (prePromotionAnalysis, count {}), then Service {apex} is switched to it. Flagger generated Services {apex}, {apex}-primary and {apex}-canary; here {apex} and {apex}-canary are yours: keep them, selecting the Deployment's pod labels (the controller sets their version selector)", iterations.unwrap_or(0), iterations.unwrap_or(0)),
         ));
+        if provider != "kubernetes" {
+            notes.push(warning(
+                "spec.provider",
+                format!("{provider} is not used for blue/green here: the switch is the active Service's selector, in one write, not a weight in the mesh's routing objects"),
+            ));
+        }
         canary_spec.insert("strategy".into(), json!({"blueGreen": strategy}));
     } else {
         if let Some(router) = router(&provider, &apex, &mut notes) {

@@ -333,10 +333,7 @@ pub(crate) fn check_converted_canary(canary: &Value) -> Vec<Note> {
         .map(|note| {
             error(
                 format!("(converted Canary) {}", note.field),
-                format!(
-                    "{} — the conversion produced something canary refuses; please report it",
-                    note.message
-                ),
+                format!("{} (what the API server would refuse too)", note.message),
             )
         })
         .collect()
