@@ -227,11 +227,11 @@ const CANARY_REASONS: &[(&str, &str)] = &[
     ),
     (
         "canaryService",
-        "without a router the one Service selects both versions (the split is by replicas)",
+        "no separate Services per version: the Istio router splits by DestinationRule subsets, the replica split behind your one Service",
     ),
     (
         "stableService",
-        "without a router the one Service selects both versions (the split is by replicas)",
+        "no separate Services per version: the Istio router splits by DestinationRule subsets, the replica split behind your one Service",
     ),
 ];
 
