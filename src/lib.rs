@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod convert;
 pub mod metrics;
 pub mod rollout;
 pub mod routing;

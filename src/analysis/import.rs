@@ -83,26 +83,29 @@ pub fn read_documents(text: &str) -> Result<Vec<Document>, String> {
         .into_iter()
         .filter(|v| !v.is_null())
         .enumerate()
-        .map(|(index, value)| {
-            let name = value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let kind = value
-                .get("kind")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            Document {
-                index,
-                name,
-                kind,
-                outcome: import(value),
-            }
-        })
+        .map(|(index, value)| read_document(index, value))
         .collect())
 }
 
-fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
+/// One document, already parsed, at `index` of its file.
+pub fn read_document(index: usize, value: Value) -> Document {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Document {
+        index,
+        name,
+        kind,
+        outcome: import(value),
+    }
+}
+
+pub(crate) fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
     Note {
         severity: Severity::Error,
         field: field.into(),
@@ -110,7 +113,7 @@ fn error(field: impl Into<String>, message: impl Into<String>) -> Note {
     }
 }
 
-fn warning(field: impl Into<String>, message: impl Into<String>) -> Note {
+pub(crate) fn warning(field: impl Into<String>, message: impl Into<String>) -> Note {
     Note {
         severity: Severity::Warning,
         field: field.into(),
@@ -135,6 +138,14 @@ fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
         ("flagger.app/v1beta1", "MetricTemplate") => import_flagger(&value),
         // Not a template, but ours: checked against its CRD so a manifest can be validated whole.
         (API_VERSION, "Canary") => Err(check_canary(value)),
+        ("argoproj.io/v1alpha1", "Rollout") | ("flagger.app/v1beta1", "Canary") => {
+            Err(vec![warning(
+                "apiVersion/kind",
+                format!(
+                    "skipped: {api_version} {kind} is not a template; `canary convert` (or `canary validate --convert`) turns it into a Deployment and a Canary"
+                ),
+            )])
+        }
         _ => Err(vec![warning(
             "apiVersion/kind",
             format!("skipped: {api_version} {kind} is neither an analysis template nor a Canary"),
@@ -143,7 +154,7 @@ fn import(value: Value) -> Result<ImportedTemplate, Vec<Note>> {
 }
 
 /// A Canary's fields and the CRD's CEL rules; an empty list when it is valid.
-fn check_canary(value: Value) -> Vec<Note> {
+pub fn check_canary(value: Value) -> Vec<Note> {
     let mut notes = crd_rule_violations::<crate::api::canary::Canary>(&value);
     let mut unknown = Vec::new();
     let spec = value.get("spec").cloned().unwrap_or(Value::Null);
@@ -776,10 +787,25 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     }
     // Flagger writes `{{ variables.x }}` for the Canary's templateVariables, and fills `name`,
     // `service` and `ingress` from the Canary; here they all become arguments. The context names
-    // we share (namespace, target, interval) stay as they are.
+    // we share (namespace, interval) stay as they are. Flagger's `target` is the Deployment it
+    // runs the canary in; ours is the user's Deployment, kept at zero replicas, and the canary
+    // runs in `workload` (`<target>-canary`), so `target` becomes `workload`.
     let mut args: Vec<Argument> = Vec::new();
     let mut converted = query.to_string();
+    let mut target_said = false;
     for placeholder in render::placeholders(query) {
+        if placeholder == "target" {
+            for written in ["{{target}}", "{{ target }}"] {
+                converted = converted.replace(written, "{{workload}}");
+            }
+            if !std::mem::replace(&mut target_said, true) {
+                notes.push(warning(
+                    "spec.query",
+                    "{{ target }} became {{workload}}: Flagger runs the canary in the target Deployment, canary runs it in <target>-canary (the `workload` context value)",
+                ));
+            }
+            continue;
+        }
         if render::CONTEXT_NAMES.contains(&placeholder) {
             continue;
         }
@@ -918,5 +944,32 @@ mod tests {
             assert_eq!(expr_to_cel(argo).unwrap(), cel, "{argo}");
         }
         assert!(expr_to_cel("# > 1").is_err());
+    }
+
+    #[test]
+    fn flagger_target_becomes_the_workload_that_runs_the_canary() {
+        let documents = read_documents(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: latency}\nspec:\n  provider: {type: prometheus}\n  query: 'sum(rate(x{deployment=~\"{{ target }}\", pod=~\"{{target}}-.*\"}[{{ interval }}]))'\n",
+        )
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let query = &template.spec.metrics[0].provider.prometheus.query;
+        // Flagger runs the canary in the target Deployment; the controller runs it in
+        // <target>-canary, the `workload` context value, and keeps the target at zero.
+        assert_eq!(
+            query,
+            "sum(rate(x{deployment=~\"{{workload}}\", pod=~\"{{workload}}-.*\"}[{{ interval }}]))"
+        );
+        assert!(template.spec.args.is_empty(), "{:?}", template.spec.args);
+        assert_eq!(
+            template
+                .notes
+                .iter()
+                .filter(|n| n.message.contains("{{ target }} became {{workload}}"))
+                .count(),
+            1,
+            "{:?}",
+            template.notes
+        );
     }
 }

@@ -53,31 +53,37 @@ pub fn validate_text(
     let documents = import::read_documents(text)?;
     Ok(documents
         .into_iter()
-        .map(|document| {
-            let (template, notes) = match document.outcome {
-                Ok(template) => {
-                    let notes = template.notes.clone();
-                    (Some(template), notes)
-                }
-                Err(notes) => (None, notes),
-            };
-            let mut findings: Vec<Finding> = notes.into_iter().map(finding_of_note).collect();
-            if let Some(template) = &template
-                && !template.spec.metrics.is_empty()
-            {
-                findings.extend(check_runnable(template, args));
-            }
-            findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
-            DocumentReport {
-                index: document.index,
-                name: document.name,
-                kind: document.kind,
-                origin: template.as_ref().map(|t| t.origin),
-                findings,
-                template,
-            }
-        })
+        .map(|document| validate_document(document, args))
         .collect())
+}
+
+/// Validates one document read by [`import::read_document`].
+pub fn validate_document(
+    document: import::Document,
+    args: &BTreeMap<String, String>,
+) -> DocumentReport {
+    let (template, notes) = match document.outcome {
+        Ok(template) => {
+            let notes = template.notes.clone();
+            (Some(template), notes)
+        }
+        Err(notes) => (None, notes),
+    };
+    let mut findings: Vec<Finding> = notes.into_iter().map(finding_of_note).collect();
+    if let Some(template) = &template
+        && !template.spec.metrics.is_empty()
+    {
+        findings.extend(check_runnable(template, args));
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    DocumentReport {
+        index: document.index,
+        name: document.name,
+        kind: document.kind,
+        origin: template.as_ref().map(|t| t.origin),
+        findings,
+        template,
+    }
 }
 
 fn finding_of_note(note: Note) -> Finding {

@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod cluster;
 pub mod controller;
+pub mod convert;
 pub mod crds;
 pub mod output;
 pub mod request;
@@ -86,6 +87,7 @@ pub enum Command {
     Retry(request::Args),
     Analyze(analyze::Args),
     Validate(validate::Args),
+    Convert(convert::Args),
     Crds(crds::Args),
     Controller(controller::Args),
     /// Print a shell completion script: `source <(canary completions bash)`.
@@ -133,6 +135,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Retry(args) => request::run(RequestAction::Retry, args, output).await,
         Command::Analyze(args) => Ok(analyze::run(args, output).await),
         Command::Validate(args) => Ok(validate::run(args, output)),
+        Command::Convert(args) => Ok(convert::run(args, output)),
         Command::Crds(args) => Ok(crds::run(args)),
         Command::Controller(args) => Ok(controller::run(args).await),
         Command::Completions { shell } => {

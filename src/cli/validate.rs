@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Exit, OutputFormat, parse_key_value};
-use crate::analysis::import::{Severity, to_canary_resource};
+use crate::analysis::import::Severity;
 use crate::analysis::validate::{DocumentReport, validate_text};
 
 /// Check analysis template files and report every problem at once.
@@ -27,8 +27,8 @@ pub struct Args {
     /// Argument values to render queries with, NAME=VALUE (repeatable).
     #[arg(long = "arg", value_parser = parse_key_value)]
     pub args: Vec<(String, String)>,
-    /// Print every valid template converted to canary.dev YAML on stdout (the report goes to
-    /// stderr).
+    /// Convert instead of only checking: exactly `canary convert` (Argo Rollouts and Flagger
+    /// Canaries too), the YAML on stdout and the report on stderr.
     #[arg(long)]
     pub convert: bool,
 }
@@ -42,6 +42,9 @@ struct FileReport {
 }
 
 pub fn run(args: Args, output: OutputFormat) -> Exit {
+    if args.convert {
+        return convert(&args.files, output);
+    }
     let given: BTreeMap<String, String> = args.args.into_iter().collect();
     let mut reports = Vec::new();
     for file in &args.files {
@@ -71,36 +74,39 @@ pub fn run(args: Args, output: OutputFormat) -> Exit {
         .iter()
         .any(|r| r.error.is_some() || r.documents.iter().any(DocumentReport::has_errors));
 
-    if args.convert {
-        for document in reports.iter().flat_map(|r| &r.documents) {
-            if let (Some(template), false) = (&document.template, document.has_errors()) {
-                match serde_saphyr::to_string(&to_canary_resource(template)) {
-                    Ok(yaml) => println!("---\n{}", yaml.trim_end()),
-                    Err(e) => eprintln!("error: could not write {}: {e}", template.name),
-                }
-            }
-        }
-    }
     match output {
         OutputFormat::Json => {
             let json = serde_json::json!({ "valid": !failed, "files": reports });
             let text = serde_json::to_string_pretty(&json).expect("report serialises");
-            if args.convert {
-                eprintln!("{text}");
-            } else {
-                println!("{text}");
-            }
+            println!("{text}");
         }
-        OutputFormat::Human => {
-            let text = human(&reports);
-            if args.convert {
-                eprint!("{text}");
-            } else {
-                print!("{text}");
-            }
-        }
+        OutputFormat::Human => print!("{}", human(&reports)),
     }
     if failed { Exit::Invalid } else { Exit::Ok }
+}
+
+/// `--convert`: exactly `canary convert`, with the report on stderr in both formats, so that
+/// stdout holds only the YAML to apply.
+fn convert(files: &[PathBuf], output: OutputFormat) -> Exit {
+    let conversion = super::convert::read_and_convert(files);
+    if let Err(code) = super::convert::print_yaml(&conversion) {
+        return code;
+    }
+    match output {
+        OutputFormat::Human => eprint!("{}", conversion.human_report()),
+        OutputFormat::Json => {
+            let json = serde_json::json!({
+                "converted": !conversion.has_errors(),
+                "fileErrors": conversion.file_errors,
+                "documents": conversion.documents,
+            });
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&json).expect("report serialises")
+            );
+        }
+    }
+    super::convert::exit_of(&conversion)
 }
 
 fn human(reports: &[FileReport]) -> String {
