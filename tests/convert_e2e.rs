@@ -1,11 +1,8 @@
 //! The design's blue-green Rollout (`tests/fixtures/convert/seed-bluegreen-rollout.yaml`, the
 //! seed unchanged) converted by the real `canary convert` and applied to the real local control
 //! plane with the two Services it names.
-//!
-//! Two tests wait for blue-green (`strategy.blueGreen` in the Canary CRD, branch
-//! `issue15-bluegreen`) and are ignored until it is merged: the API server accepting the
-//! converted Canary whole, and the converted seed rolled out ([`drive_seed_rollout`]). Run them
-//! with `cargo test --test convert_e2e -- --include-ignored`.
+//! The API server accepts the converted Canary whole, and the converted seed rolls out
+//! ([`drive_seed_rollout`]).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -122,7 +119,6 @@ async fn the_converted_seed_deployment_template_and_services_are_accepted_by_the
 }
 
 #[tokio::test]
-#[ignore = "needs strategy.blueGreen in the Canary CRD (branch issue15-bluegreen); enable once merged"]
 async fn the_api_server_accepts_the_converted_seed_canary_whole() {
     let documents = converted_seed();
     let canary = of_kind(&documents, "Canary").remove(0);
@@ -159,7 +155,6 @@ async fn the_api_server_accepts_the_converted_seed_canary_whole() {
 }
 
 #[tokio::test]
-#[ignore = "needs blue-green in the controller (branch issue15-bluegreen); enable once merged"]
 async fn the_converted_seed_rolls_out_blue_green() {
     let ns = cluster().namespace("convert-rollout").await;
     drive_seed_rollout(&ns, converted_seed()).await;

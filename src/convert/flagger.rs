@@ -81,10 +81,6 @@ fn builtin_for(provider: &str) -> Option<Builtin> {
 
 const SPEC_REASONS: &[(&str, &str)] = &[
     (
-        "autoscalerRef",
-        "keep the HorizontalPodAutoscaler on the Deployment: the controller finds it by its scaleTargetRef (see the README's HPA section)",
-    ),
-    (
         "revertOnDeletion",
         "deleting a Canary hands the Deployment back as it is",
     ),
@@ -221,6 +217,7 @@ pub(crate) fn convert_canary(flagger: &Value, inputs: &Inputs) -> (Vec<Value>, V
             "skipAnalysis",
             "suspend",
             "ingressRef",
+            "autoscalerRef",
         ],
         SPEC_REASONS,
         &mut notes,
@@ -323,6 +320,23 @@ pub(crate) fn convert_canary(flagger: &Value, inputs: &Inputs) -> (Vec<Value>, V
     for key in ["skipAnalysis", "suspend"] {
         if spec.get(key).and_then(Value::as_bool) == Some(true) {
             canary_spec.insert(key.into(), json!(true));
+        }
+    }
+    // Flagger's HPA scales the target Deployment, as ours must: the controller derives
+    // stable's HPA from it.
+    if let Some(reference) = spec.get("autoscalerRef") {
+        let kind = reference.get("kind").and_then(Value::as_str);
+        match (kind, reference.get("name").and_then(Value::as_str)) {
+            (Some("HorizontalPodAutoscaler") | None, Some(hpa)) => {
+                canary_spec.insert("autoscalerRef".into(), json!({"name": hpa}));
+            }
+            _ => notes.push(warning(
+                "spec.autoscalerRef",
+                format!(
+                    "not carried: only a HorizontalPodAutoscaler (autoscaling/v2) is followed, not {}; see the README's \"Autoscaling (HPA)\"",
+                    kind.unwrap_or("a reference without a kind")
+                ),
+            )),
         }
     }
 

@@ -316,19 +316,7 @@ fn kind_and_name(object: &Value) -> String {
 /// The converted Canary checked as `canary validate` checks one: the CRD's schema and CEL
 /// rules, and the router's support of its steps. Findings say they are about the output.
 pub(crate) fn check_converted_canary(canary: &Value) -> Vec<Note> {
-    let checked = if has_blue_green(canary) && !crd_knows_strategy() {
-        // Until the CRD has `strategy.blueGreen` (being added beside this), the rest of a
-        // blue-green Canary is checked with the strategy replaced by the smallest canary one.
-        let mut copy = canary.clone();
-        if let Some(spec) = copy.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.remove("strategy");
-            spec.insert("steps".into(), serde_json::json!([{"setWeight": 100}]));
-        }
-        copy
-    } else {
-        canary.clone()
-    };
-    import::check_canary(checked)
+    import::check_canary(canary.clone())
         .into_iter()
         .map(|note| {
             error(
@@ -337,17 +325,6 @@ pub(crate) fn check_converted_canary(canary: &Value) -> Vec<Note> {
             )
         })
         .collect()
-}
-
-fn has_blue_green(canary: &Value) -> bool {
-    canary.pointer("/spec/strategy/blueGreen").is_some()
-}
-
-fn crd_knows_strategy() -> bool {
-    use kube::CustomResourceExt;
-    let crd = serde_json::to_value(crate::api::canary::Canary::crd()).unwrap_or_default();
-    crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/strategy")
-        .is_some()
 }
 
 /// A template produced by a conversion, checked as `canary validate` checks one.

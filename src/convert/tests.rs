@@ -371,6 +371,7 @@ fn cases() -> Vec<Case> {
                 ("/spec/interval", json!("1m")),
                 ("/spec/progressDeadlineSeconds", json!(60)),
                 ("/spec/service/port", json!(9898)),
+                ("/spec/autoscalerRef", json!({"name": "podinfo"})),
                 (
                     "/spec/trafficRouting/istio",
                     json!({"virtualService": {"name": "podinfo"}, "destinationRule": {"name": "podinfo"}}),
@@ -399,7 +400,6 @@ fn cases() -> Vec<Case> {
                     "Flagger generated VirtualService podinfo and DestinationRules podinfo-canary and podinfo-primary",
                 ),
                 (W, "spec.analysis.metrics[0]", "{min: 99} → {min: 0.99}"),
-                (W, "spec.autoscalerRef", "not carried"),
                 (W, "spec.service.gateways", "not carried"),
             ],
             errors: false,

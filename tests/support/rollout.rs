@@ -161,12 +161,21 @@ pub async fn terminate(child: &mut Child, timeout: Duration, what: &str) {
 /// Starts the controller for `ns` with exactly the permissions `deploy/rbac.yaml` gives it
 /// (see [`controller_kubeconfig`]), so a rollout that needs a verb the ClusterRole lacks
 /// fails here and not in a user's cluster.
+/// The controllers' log filter: `canary=info`, or `CANARY_TEST_LOG` (e.g. `canary=debug`) to
+/// see every reconcile of a failing test.
+fn controller_log() -> String {
+    std::env::var("CANARY_TEST_LOG").unwrap_or_else(|_| "canary=info".into())
+}
+
 pub async fn start_controller(ns: &TestNamespace, prometheus: &str) -> Child {
     let args = ["--namespace", &ns.name, "--prometheus", prometheus];
     let kubeconfig = controller_kubeconfig().await.to_string_lossy().into_owned();
     spawn_controller(
         &args,
-        &[("CANARY_LOG", "canary=info"), ("KUBECONFIG", &kubeconfig)],
+        &[
+            ("CANARY_LOG", &controller_log()),
+            ("KUBECONFIG", &kubeconfig),
+        ],
     )
     .await
     .0
@@ -330,7 +339,7 @@ pub async fn start_namespaced_controller(ns: &TestNamespace, prometheus: &str) -
     spawn_controller(
         &["--prometheus", prometheus, "--leader-elect"],
         &[
-            ("CANARY_LOG", "canary=info"),
+            ("CANARY_LOG", &controller_log()),
             ("KUBECONFIG", &kubeconfig),
             // What the Deployment's fieldRefs give it.
             ("CANARY_NAMESPACE", &ns.name),
