@@ -207,6 +207,13 @@ async fn drive_seed_rollout(ns: &TestNamespace, mut documents: Vec<Value>) {
     let (_, timeline) = follow_canary_until(ns, NAME, Phase::Idle, ROLLOUT_TIMEOUT).await;
     eprintln!("initialized:\n{}", timeline.join("\n"));
 
+    // The seed's query is a rate: it has a series only once Prometheus has scraped the app
+    // twice. Measured before that it is "no data", inconclusive, and the seed's
+    // inconclusiveLimit (0) pauses for a human, as it should; so the new revision comes after.
+    prometheus.wait_for_series(
+        &format!("sum(rate(http_requests_total{{service=\"{PREVIEW}\"}}[5m]))"),
+        Duration::from_secs(60),
+    );
     let new_image = "myregistry.com/api-server:v2";
     let deployments: Api<Deployment> = ns.api();
     deployments
