@@ -87,16 +87,18 @@ pub fn read_documents(text: &str) -> Result<Vec<Document>, String> {
         .collect())
 }
 
+/// A document's `metadata.name` and `kind`, where it has them.
+pub(crate) fn name_and_kind(value: &Value) -> (Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    (
+        text(value.pointer("/metadata/name")),
+        text(value.get("kind")),
+    )
+}
+
 /// One document, already parsed, at `index` of its file.
 pub fn read_document(index: usize, value: Value) -> Document {
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let (name, kind) = name_and_kind(&value);
     Document {
         index,
         name,

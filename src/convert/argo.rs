@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Inputs, check_converted_canary, duration, first_container_port, metadata_of, not_carried,
-    progress_deadline, whole_number,
+    progress_deadline, spec_and_name, whole_number,
 };
 use crate::analysis::import::{Note, error, warning};
 use crate::api::API_VERSION;
@@ -36,12 +36,7 @@ const ROLLOUT_REASONS: &[(&str, &str)] = &[
 /// Converts a Rollout; returns the objects to print and the notes.
 pub(crate) fn convert_rollout(rollout: &Value, inputs: &Inputs) -> (Vec<Value>, Vec<Note>) {
     let mut notes = Vec::new();
-    let spec = rollout.get("spec").cloned().unwrap_or(Value::Null);
-    let name = rollout
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let (spec, name) = spec_and_name(rollout);
     not_carried(
         &spec,
         "spec",

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Inputs, check_converted_canary, check_converted_template, duration, metadata_of, not_carried,
-    progress_deadline, whole_number,
+    progress_deadline, spec_and_name, whole_number,
 };
 use crate::analysis::import::{Note, Severity, error, read_document, warning};
 use crate::api::analysis_template::{AnalysisTemplate, Argument, Metric, ThresholdRange};
@@ -199,12 +199,7 @@ const ANALYSIS_REASONS: &[(&str, &str)] = &[
 
 pub(crate) fn convert_canary(flagger: &Value, inputs: &Inputs) -> (Vec<Value>, Vec<Note>) {
     let mut notes = Vec::new();
-    let spec = flagger.get("spec").cloned().unwrap_or(Value::Null);
-    let name = flagger
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let (spec, name) = spec_and_name(flagger);
     not_carried(
         &spec,
         "spec",

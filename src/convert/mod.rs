@@ -217,14 +217,7 @@ fn convert_document(
     context: &Inputs,
     folded: &BTreeMap<String, String>,
 ) -> ConvertedDocument {
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let (name, kind) = import::name_and_kind(&value);
     let mut document = ConvertedDocument {
         file: file.to_string(),
         index,
@@ -300,6 +293,13 @@ fn notes_of(report: &DocumentReport) -> Vec<Note> {
             message: f.message.clone(),
         })
         .collect()
+}
+
+/// A foreign object's `spec` (null when absent) and name ("" when absent).
+pub(crate) fn spec_and_name(object: &Value) -> (Value, String) {
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    let name = import::name_and_kind(object).0.unwrap_or_default();
+    (spec, name)
 }
 
 fn kind_and_name(object: &Value) -> String {
