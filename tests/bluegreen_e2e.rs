@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
 use canary::analysis::assessment::AnalysisPhase;
 use canary::api::canary::{Canary, Phase, RollbackReason};
 use cluster::{TestNamespace, cluster, eventually, wait_gone};
+use replicas::pods;
 use rollout::{ROLLOUT_TIMEOUT, Simulator, image_of, start_controller};
 
 const NAME: &str = "api-server";
@@ -42,22 +43,11 @@ struct World {
     _controller: Child,
 }
 
-fn example_documents() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/examples/blue-green.yaml"
-    );
-    let text = std::fs::read_to_string(path).expect("reading deploy/examples/blue-green.yaml");
-    text.split("\n---\n")
-        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .collect()
-}
-
 /// The example (after `edit`) applied, traffic through both Services, the controller
 /// running and the Canary Idle on the first revision.
 async fn world(prefix: &str, edit: impl FnOnce(&mut Value)) -> World {
     let ns = cluster().namespace(prefix).await;
-    let mut documents = example_documents();
+    let mut documents = replicas::documents_of_example("blue-green.yaml");
     edit(
         documents
             .iter_mut()
@@ -89,23 +79,9 @@ async fn subset_of(ns: &TestNamespace, service: &str) -> Option<String> {
         .and_then(|s| s.get(SUBSET).cloned())
 }
 
-/// `(spec.replicas, ready)` of a managed Deployment.
-async fn pods(ns: &TestNamespace, name: &str) -> (i32, i32) {
-    replicas::pods(ns, name).await
-}
-
 /// A new revision of the target: its container `api-server` runs `image`.
 async fn set_image(ns: &TestNamespace, image: &str) {
-    let api: Api<Deployment> = ns.api();
-    api.patch(
-        NAME,
-        &PatchParams::default(),
-        &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "api-server", "image": image}
-        ]}}}})),
-    )
-    .await
-    .expect("setting the target's image");
+    replicas::set_container_image(ns, NAME, "api-server", image).await;
 }
 
 /// One moment of the rollout as a test reads it.

@@ -28,11 +28,13 @@ pub const CANARY: &str = "order-service-canary";
 
 /// The documents of `deploy/examples/replica-canary.yaml`, in order.
 pub fn example_documents() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/examples/replica-canary.yaml"
-    );
-    let text = std::fs::read_to_string(path).expect("reading deploy/examples/replica-canary.yaml");
+    documents_of_example("replica-canary.yaml")
+}
+
+/// The documents of `deploy/examples/<file>`, in order.
+pub fn documents_of_example(file: &str) -> Vec<Value> {
+    let path = format!("{}/deploy/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     text.split("\n---\n")
         .map(|document| {
             serde_saphyr::from_str(document)
@@ -103,12 +105,22 @@ pub fn document<'a>(documents: &'a mut [Value], kind: &str) -> &'a mut Value {
 
 /// A new revision of the target: its container `order-service` runs `image`.
 pub async fn set_image(ns: &TestNamespace, image: &str) {
+    set_container_image(ns, NAME, "order-service", image).await;
+}
+
+/// A new revision of Deployment `deployment`: its container `container` runs `image`.
+pub async fn set_container_image(
+    ns: &TestNamespace,
+    deployment: &str,
+    container: &str,
+    image: &str,
+) {
     let api: Api<Deployment> = ns.api();
     api.patch(
-        NAME,
+        deployment,
         &PatchParams::default(),
         &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "order-service", "image": image}
+            {"name": container, "image": image}
         ]}}}})),
     )
     .await
