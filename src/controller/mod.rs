@@ -1,11 +1,13 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod cache;
 mod leadership;
 pub mod liveness;
 pub mod measurements;
 pub mod metrics;
 pub mod reconcile;
+mod unchanged;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,8 +23,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
-use kube::core::{DynamicObject, PartialObjectMeta};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
@@ -34,7 +34,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
-use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::metrics::PrometheusSource;
 pub use leadership::LEASE_NAME;
 pub use liveness::Liveness;
@@ -83,6 +82,12 @@ pub struct Context {
     pub canaries: Store<Canary>,
     /// The reconcile error last logged per Canary.
     pub logged_errors: LoggedErrors,
+    /// What reconcile reads: Deployments, HPAs, templates and routing objects.
+    pub caches: cache::Caches,
+    /// Writes the caches may not show yet.
+    pub pending_writes: cache::PendingWrites,
+    /// Each Canary's prepared analysis.
+    pub prepared: reconcile::PreparedAnalyses,
 }
 
 /// The reconcile error last logged for each Canary, so that a problem retried every few
@@ -393,19 +398,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let deployments: Api<Deployment> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let templates: Api<AnalysisTemplate> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let cluster_templates: Api<ClusterAnalysisTemplate> = Api::all(client.clone());
-    let autoscalers: Api<HorizontalPodAutoscaler> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
@@ -414,6 +406,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .trigger_backoff(watch_backoff())
         .reconcile_on(finished_measurements);
     let store = controller.store();
+    // Started before the Lease is held: a standby's caches are warm when it takes over.
+    let (caches, cache_changes) =
+        cache::Caches::start(&client, config.namespace.as_deref(), store.clone()).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
         prometheus,
@@ -432,6 +427,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         liveness: Liveness::default(),
         canaries: store.clone(),
         logged_errors: LoggedErrors::default(),
+        caches,
+        pending_writes: cache::PendingWrites::default(),
+        prepared: reconcile::PreparedAnalyses::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -492,56 +490,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
 
-    let mapper_store = store.clone();
+    // A change of an object a Canary reads (its Deployments, HPA, templates, routing
+    // objects) wakes that Canary.
     let controller = controller
-        // The target's template changes and the managed Deployments' readiness both matter.
-        .watches(deployments, watcher::Config::default(), move |deployment| {
-            let namespace = deployment.namespace().unwrap_or_default();
-            let name = deployment.name_any();
-            let owners: Vec<String> = deployment
-                .owner_references()
-                .iter()
-                .filter(|o| o.kind == "Canary")
-                .map(|o| o.name.clone())
-                .collect();
-            mapper_store
-                .state()
-                .into_iter()
-                .filter(|c| {
-                    c.namespace().as_deref() == Some(namespace.as_str())
-                        && (c.spec.target_ref.name == name || owners.contains(&c.name_any()))
-                })
-                .map(|c| ObjectRef::from_obj(&*c))
-                .collect::<Vec<_>>()
-        })
-        // The user's HPA changed (its bounds or metrics go to the derived one), appeared or went;
-        // or the derived one was changed by hand.
-        .watches(autoscalers, watcher::Config::default(), {
-            let store = store.clone();
-            move |hpa| canaries_autoscaled_by(&store, &hpa)
-        })
-        // A template created or fixed after the Canary that names it: act now, not at the
-        // next resync.
-        .watches(templates, watcher::Config::default(), {
-            let store = store.clone();
-            move |template| {
-                let namespace = template.namespace();
-                canaries_using(&store, namespace.as_deref(), &template.name_any(), false)
-            }
-        });
-    // Cluster-scoped templates need a cluster-wide grant: a controller confined to some
-    // namespaces (RoleBindings only) reads them when it needs them, without watching.
-    let controller = match &config.namespace {
-        None => controller.watches(cluster_templates, watcher::Config::default(), {
-            let store = store.clone();
-            move |template| canaries_using(&store, None, &template.name_any(), true)
-        }),
-        Some(_) => controller,
-    }
-    .reconcile_on(routing_changes(&client, config.namespace.as_deref(), store.clone()).await)
-    .graceful_shutdown_on(shutdown);
+        .reconcile_on(cache_changes)
+        .graceful_shutdown_on(shutdown);
     let readiness = tokio::spawn({
         let ready = ready.clone();
+        let caches_ready = ctx.clone();
         async move {
             // The store's ready signal wakes only its latest waiter (kube-runtime keeps one
             // waker per oneshot, and the controller's own runner waits on it too); the value is
@@ -551,6 +507,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
                     .await
                 {
                     Ok(Ok(())) => {
+                        if let Err(e) = caches_ready.caches.wait_until_ready().await {
+                            warn!(error = %e, "a cache stopped before it was filled");
+                            return;
+                        }
                         ready.store(true, Ordering::SeqCst);
                         info!("caches synced; ready");
                         return;
@@ -565,6 +525,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     });
     info!(listen = %config.listen, namespace = ?config.namespace, "controller started");
+    // Nothing is planned from a cache still filling (a Deployment not listed yet would look
+    // deleted).
+    let synced = tokio::select! {
+        synced = ctx.caches.wait_until_ready() => synced.is_ok(),
+        _ = termination() => false,
+    };
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -575,7 +541,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         });
     tokio::select! {
-        _ = run => {}
+        _ = run, if synced => {}
         _ = leadership_lost(leadership.as_ref().map(|(is_leader, _)| is_leader.clone())) => {
             // Another replica may lead already: a reconcile still waiting on a slow query must
             // not act after it. Dropping the run cancels reconciles at their next await; what
@@ -660,54 +626,25 @@ async fn serve(
     }))
 }
 
-/// The Canaries to reconcile because a routing object they name changed (a hand edit, a
-/// GitOps sync): weight drift is set back and reported within a second, in every phase.
-/// Metadata-only watches (every change of an object changes its resourceVersion), of the
-/// kinds the API server serves; a kind installed later is watched after a restart.
-async fn routing_changes(
-    client: &Client,
-    namespace: Option<&str>,
-    store: Store<Canary>,
-) -> impl futures::Stream<Item = ObjectRef<Canary>> + Send + 'static {
-    let mut streams = Vec::new();
-    for gvk in crate::routing::watched_kinds() {
-        let resource = match kube::discovery::pinned_kind(client, &gvk).await {
-            Ok((resource, _)) => resource,
-            Err(e) => {
-                info!(kind = gvk.kind, group = gvk.group, error = %e, "not served by the API server: not watched");
-                continue;
-            }
-        };
-        let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-            None => Api::all_with(client.clone(), &resource),
-        };
-        let store = store.clone();
-        let kind = gvk.kind.clone();
-        let changes = watcher::watcher(api, watcher::Config::default())
-            .backoff(watch_backoff())
-            .touched_objects()
-            .filter_map({
-                let kind = kind.clone();
-                move |touched| {
-                    let object = match touched {
-                        Ok(object) => Some(object),
-                        Err(e) => {
-                            warn!(kind, error = %e, "watching routing objects");
-                            None
-                        }
-                    };
-                    std::future::ready(object)
-                }
-            })
-            .flat_map(move |object| {
-                let namespace = object.namespace().unwrap_or_default();
-                let name = crate::routing::ownership::object_key(&kind, &object.name_any());
-                futures::stream::iter(canaries_naming(&store, &namespace, &name))
-            });
-        streams.push(changes.boxed());
-    }
-    futures::stream::select_all(streams)
+/// The Canaries a Deployment concerns: its target, or one of its managed Deployments.
+fn canaries_deploying(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let namespace = deployment.namespace().unwrap_or_default();
+    let name = deployment.name_any();
+    let owners: Vec<&str> = deployment
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Canary")
+        .map(|o| o.name.as_str())
+        .collect();
+    store
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(namespace.as_str())
+                && (c.spec.target_ref.name == name || owners.contains(&c.name_any().as_str()))
+        })
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
 }
 
 /// The Canaries of `namespace` whose rollout writes `object` (`Kind/name`).

@@ -19,14 +19,14 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use super::cache::{self, NotCached};
 use super::liveness::RECONCILE_TIMEOUT;
 use super::measurements::{Finished, MeasurementKey};
+use super::unchanged;
 use super::{Context, Error, ReadingsKey};
 use crate::analysis::condition::{self, EVALUATION_TIMEOUT};
 use crate::analysis::run::{self, PreparedMetric, SecretValues};
-use crate::api::analysis_template::{
-    AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef,
-};
+use crate::api::analysis_template::{AnalysisTemplateSpec, ClusterAnalysisTemplate, SecretKeyRef};
 use crate::api::canary::{
     AnalysisArg, Canary, CanaryStatus, MeasurementStatus, RequestAction, RolloutStep, TemplateRef,
 };
@@ -74,7 +74,9 @@ async fn bounded(
 
 /// Reconciles a Canary that is not being deleted.
 pub async fn apply(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    bounded(&canary, &ctx, apply_unbounded(&canary, &ctx)).await
+    // Boxed: a reconcile's future is large (the objects it holds across awaits), and moved
+    // by value it would overflow a worker thread's stack.
+    bounded(&canary, &ctx, Box::pin(apply_unbounded(&canary, &ctx))).await
 }
 
 /// [`apply`]; returns when to look again.
@@ -93,6 +95,17 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         );
         return Ok(Some(STALE_COPY_RECHECK));
     }
+    if let Some(object) = caches_lag(canary, ctx) {
+        // Planning from a cache without our last write would do it again (or report the
+        // weight we set as drift); its watch event brings it shortly.
+        debug!(
+            namespace,
+            canary = name,
+            object,
+            "the cache does not show our write yet"
+        );
+        return Ok(Some(STALE_COPY_RECHECK));
+    }
 
     let claimant = Claimant::of(canary);
     let conflicts = ownership::conflicts(&claimant, &namespace_peers(canary, ctx));
@@ -100,7 +113,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         return refuse_shared(canary, &status, &claimant, &conflicts, now, ctx).await;
     }
 
-    let (observed, mut read) = observe(canary, &status, ctx, now).await?;
+    let (observed, mut read) = Box::pin(observe(canary, &status, ctx, now)).await?;
     let plan = rollout::plan(&canary.spec, &status, &observed, now);
     // Every reconcile: debug. The decisions among them are logged with their events.
     debug!(
@@ -113,7 +126,7 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
     // patched over the routing objects it read (the patches' test operations refuse them if
     // they changed since).
     for action in &plan.actions {
-        if let Err(error) = apply_action(canary, &mut read, action, ctx).await {
+        if let Err(error) = Box::pin(apply_action(canary, &mut read, action, ctx)).await {
             if let Error::Invalid(problem) = &error {
                 report_unappliable(canary, &status, problem, now, ctx).await;
             }
@@ -297,7 +310,7 @@ async fn report_problem(
 /// subsets select the target's pods); only then is the finalizer removed and the managed
 /// Deployments garbage-collected.
 pub async fn cleanup(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    bounded(&canary, &ctx, cleanup_unbounded(&canary, &ctx)).await
+    bounded(&canary, &ctx, Box::pin(cleanup_unbounded(&canary, &ctx))).await
 }
 
 /// [`cleanup`]; `None` once done (nothing more to look at).
@@ -306,6 +319,11 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     // First, so that no measurement finishing meanwhile triggers one more reconcile, which
     // could come after the finalizer is gone and act on a stale copy.
     ctx.measurements.forget(&namespace, &canary.name_any());
+    if let Some(object) = caches_lag(canary, ctx) {
+        return Err(Error::Waiting(format!(
+            "waiting for the cache to show the write of {object}"
+        )));
+    }
     // What another Canary owns is its to hand back, not this one's: a copy deleted must not
     // reset the original's weights or point its subsets at the copy's pods.
     let foreign: BTreeSet<String> =
@@ -343,17 +361,23 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     )) {
         None
     } else {
-        deployments.get_opt(&canary.spec.target_ref.name).await?
+        ctx.caches
+            .deployment(&namespace, &canary.spec.target_ref.name)
     };
     if let Some(target) = target {
         if target.spec.as_ref().and_then(|s| s.replicas) == Some(0) {
-            deployments
+            let written = deployments
                 .patch(
                     &canary.spec.target_ref.name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"replicas": desired}})),
                 )
                 .await?;
+            wrote(ctx, canary, "Deployment", Some(&target), Some(&written));
+            return Err(Error::Waiting(format!(
+                "waiting for Deployment {} to have {desired} available pods before letting go",
+                canary.spec.target_ref.name
+            )));
         }
         // Ready means the Deployment controller has seen the current spec and its pods of that
         // spec are available: a status read before the scale-up (or before the scale-down to 0
@@ -378,8 +402,53 @@ async fn cleanup_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Dura
     ctx.metrics.forget(&namespace, &canary.name_any());
     ctx.readings.forget(&namespace, &canary.name_any());
     ctx.status_writes.forget(&namespace, &canary.name_any());
+    ctx.pending_writes.forget(&namespace, &canary.name_any());
+    ctx.prepared.forget(&namespace, &canary.name_any());
     ctx.liveness.forget(&namespace, &canary.name_any());
     Ok(None)
+}
+
+/// Remembers that this reconcile of `canary` wrote `kind` (`before` as cached, `after` as the
+/// API server answered; `None`: absent), so that the next reconcile waits for the cache to
+/// show it.
+fn wrote<K: Resource>(
+    ctx: &Context,
+    canary: &Canary,
+    kind: &str,
+    before: Option<&K>,
+    after: Option<&K>,
+) {
+    let Some(name) = after.or(before).and_then(|o| o.meta().name.clone()) else {
+        return;
+    };
+    ctx.pending_writes.wrote(
+        (&canary.namespace().unwrap_or_default(), &canary.name_any()),
+        (kind, &name),
+        before.and_then(cache::resource_version),
+        after.and_then(cache::resource_version),
+    );
+}
+
+/// The first object this Canary wrote that its cache does not show yet, as `Kind name`.
+fn caches_lag(canary: &Canary, ctx: &Context) -> Option<String> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let router_objects = routing::router_for(&canary.spec).objects();
+    ctx.pending_writes
+        .lagging((&namespace, &canary.name_any()), |kind, name| match kind {
+            "Deployment" => ctx
+                .caches
+                .deployment(&namespace, name)
+                .and_then(|d| cache::resource_version(&d)),
+            "HorizontalPodAutoscaler" => ctx
+                .caches
+                .autoscaler(&namespace, name)
+                .and_then(|h| cache::resource_version(&h)),
+            _ => router_objects
+                .iter()
+                .find(|o| o.kind == kind && o.name == name)
+                .and_then(|o| ctx.caches.routing_object(&namespace, o).ok().flatten())
+                .and_then(|o| cache::resource_version(&o)),
+        })
 }
 
 /// Objects observe read that applying the plan needs again.
@@ -388,6 +457,8 @@ struct Read {
     target: Option<Deployment>,
     /// `<target>-stable`, if it exists.
     stable: Option<Deployment>,
+    /// `<target>-canary`, if it exists.
+    canary: Option<Deployment>,
     /// The user's HPA of the target, if one is found and usable.
     user_autoscaler: Option<HorizontalPodAutoscaler>,
     /// The router the spec chose, and its objects.
@@ -402,11 +473,16 @@ async fn observe(
     now: Timestamp,
 ) -> Result<(Observed, Read), Error> {
     let namespace = canary.namespace().unwrap_or_default();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let target_deployment = deployments.get_opt(&canary.spec.target_ref.name).await?;
+    let target_deployment = ctx
+        .caches
+        .deployment(&namespace, &canary.spec.target_ref.name);
     let mut target = target_deployment.as_ref().map(workload::target_state);
-    let stable = deployments.get_opt(&canary.spec.stable_name()).await?;
-    let canary_deployment = deployments.get_opt(&canary.spec.canary_name()).await?;
+    let stable = ctx
+        .caches
+        .deployment(&namespace, &canary.spec.stable_name());
+    let canary_deployment = ctx
+        .caches
+        .deployment(&namespace, &canary.spec.canary_name());
     // Deployments of our names that some other owner made are never taken over (applying
     // over them would replace their pods, and deleting the Canary would delete them).
     for deployment in [&stable, &canary_deployment].into_iter().flatten() {
@@ -418,11 +494,10 @@ async fn observe(
             )));
         }
     }
-    let (autoscaler, derived_autoscaler, user_autoscaler) =
-        observe_autoscalers(canary, ctx).await?;
+    let (autoscaler, derived_autoscaler, user_autoscaler) = observe_autoscalers(canary, ctx);
     let stable_deployment = stable.clone();
     let stable = stable.map(|d| workload::workload_state(&d));
-    let canary_workload = canary_deployment.map(|d| workload::workload_state(&d));
+    let canary_workload = canary_deployment.as_ref().map(workload::workload_state);
     let requests = crate::api::canary::requests(canary.annotations());
 
     // Templates are fetched and prepared only when the plan can use them, or a measurement
@@ -491,6 +566,7 @@ async fn observe(
     let read = Read {
         target: target_deployment,
         stable: stable_deployment,
+        canary: canary_deployment,
         user_autoscaler,
         router,
         routing,
@@ -669,11 +745,15 @@ fn owned(canary: &Canary, metadata: &ObjectMeta) -> bool {
 }
 
 /// Secrets read from the cluster for the templates' `valueFrom` references.
-struct ClusterSecrets(BTreeMap<(String, String), String>);
+struct ClusterSecrets {
+    values: BTreeMap<(String, String), String>,
+    /// Whether the template refers to any Secret.
+    referenced: bool,
+}
 
 impl SecretValues for ClusterSecrets {
     fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String> {
-        self.0
+        self.values
             .get(&(reference.name.clone(), reference.key.clone()))
             .cloned()
             .ok_or_else(|| {
@@ -694,13 +774,18 @@ type FetchedTemplate = Result<(AnalysisTemplateSpec, ClusterSecrets), String>;
 /// The metric definitions of every analysis run the spec can start, and the prepared queries;
 /// `Ok(Err(problem))` when the spec or a template cannot run (reported in status), `Err` when
 /// the API could not be read (retried with backoff, status untouched).
-async fn resolve_analysis(
-    canary: &Canary,
-    ctx: &Context,
-) -> Result<Result<(Definitions, PreparedByMetric), String>, Error> {
+async fn resolve_analysis(canary: &Canary, ctx: &Context) -> Result<PreparedRuns, Error> {
     let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let inputs = analysis_inputs(canary, ctx);
+    if let Some(inputs) = &inputs
+        && let Some(prepared) = ctx.prepared.get(&namespace, &name, inputs)
+    {
+        return Ok(prepared);
+    }
     // A template used by several runs is read (with its secrets) once.
     let mut fetched: BTreeMap<TemplateRef, FetchedTemplate> = BTreeMap::new();
+    let mut uses_secrets = false;
     for template_ref in canary.spec.template_refs() {
         if fetched.contains_key(template_ref) {
             continue;
@@ -708,6 +793,7 @@ async fn resolve_analysis(
         let template = match fetch_template(ctx, &namespace, template_ref).await? {
             Ok(spec) => {
                 let secrets = fetch_secrets(ctx, &namespace, &spec).await;
+                uses_secrets |= secrets.referenced;
                 Ok((spec, secrets))
             }
             Err(problem) => Err(problem),
@@ -716,13 +802,106 @@ async fn resolve_analysis(
     }
     // Preparing compiles the conditions and tries them on sample results: CPU work (within
     // the cost limit), kept off the async workers that serve every other Canary.
-    let canary = canary.clone();
+    let owned = canary.clone();
     let default_prometheus = ctx.default_prometheus.clone();
-    Ok(condition::off_the_runtime(EVALUATION_TIMEOUT, move || {
-        prepare_runs(&canary, default_prometheus.as_deref(), &fetched)
+    let prepared = condition::off_the_runtime(EVALUATION_TIMEOUT, move || {
+        prepare_runs(&owned, default_prometheus.as_deref(), &fetched)
     })
     .await
-    .unwrap_or_else(|e| Err(format!("the analysis templates could not be prepared: {e}"))))
+    .unwrap_or_else(|e| Err(format!("the analysis templates could not be prepared: {e}")));
+    if let Some(inputs) = inputs {
+        ctx.prepared
+            .put(&namespace, &name, inputs, uses_secrets, prepared.clone());
+    }
+    Ok(prepared)
+}
+
+/// The analysis runs' metric definitions and prepared queries, or why they cannot run.
+type PreparedRuns = Result<(Definitions, PreparedByMetric), String>;
+
+/// What a Canary's prepared analysis is made from: its spec (by generation) and each
+/// template's version (`None`: it does not exist). `None` when a template is not cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnalysisInputs {
+    uid: String,
+    generation: Option<i64>,
+    templates: Vec<(TemplateRef, Option<String>)>,
+}
+
+fn analysis_inputs(canary: &Canary, ctx: &Context) -> Option<AnalysisInputs> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let mut templates = Vec::new();
+    for template_ref in canary.spec.template_refs() {
+        let version = if template_ref.cluster_scope {
+            ctx.caches
+                .cluster_template(&template_ref.template_name)
+                .ok()?
+                .and_then(|t| cache::resource_version(&t))
+        } else {
+            ctx.caches
+                .template(&namespace, &template_ref.template_name)
+                .and_then(|t| cache::resource_version(&t))
+        };
+        templates.push((template_ref.clone(), version));
+    }
+    Some(AnalysisInputs {
+        uid: canary.uid().unwrap_or_default(),
+        generation: canary.metadata.generation,
+        templates,
+    })
+}
+
+/// How long a prepared analysis that reads Secrets is kept: a rotated token is used within
+/// this time, without reading every Secret at every measurement.
+const SECRETS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Each Canary's prepared analysis, kept while its spec and templates stay the same (and,
+/// when it reads Secrets, for [`SECRETS_REFRESH`]): preparing compiles every condition, and
+/// most reconciles need the analysis only to take a measurement.
+#[derive(Default)]
+pub struct PreparedAnalyses(
+    std::sync::Mutex<BTreeMap<(String, String), (AnalysisInputs, Option<Instant>, PreparedRuns)>>,
+);
+
+impl PreparedAnalyses {
+    fn get(&self, namespace: &str, canary: &str, inputs: &AnalysisInputs) -> Option<PreparedRuns> {
+        let entries = self.entries();
+        let (kept_inputs, secrets_read_at, prepared) =
+            entries.get(&(namespace.to_string(), canary.to_string()))?;
+        let fresh = secrets_read_at.is_none_or(|at| at.elapsed() < SECRETS_REFRESH);
+        (kept_inputs == inputs && fresh).then(|| prepared.clone())
+    }
+
+    fn put(
+        &self,
+        namespace: &str,
+        canary: &str,
+        inputs: AnalysisInputs,
+        uses_secrets: bool,
+        prepared: PreparedRuns,
+    ) {
+        let secrets_read_at = uses_secrets.then(Instant::now);
+        self.entries().insert(
+            (namespace.to_string(), canary.to_string()),
+            (inputs, secrets_read_at, prepared),
+        );
+    }
+
+    pub fn forget(&self, namespace: &str, canary: &str) {
+        self.entries()
+            .remove(&(namespace.to_string(), canary.to_string()));
+    }
+
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        BTreeMap<(String, String), (AnalysisInputs, Option<Instant>, PreparedRuns)>,
+    > {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// [`resolve_analysis`] once the templates are read.
@@ -834,15 +1013,16 @@ async fn fetch_template(
 ) -> Result<Result<AnalysisTemplateSpec, String>, Error> {
     let name = &template_ref.template_name;
     let found = if template_ref.cluster_scope {
-        Api::<ClusterAnalysisTemplate>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map(|t| t.map(|t| t.spec.0))
+        match ctx.caches.cluster_template(name) {
+            Ok(cached) => Ok(cached.map(|t| t.spec.0)),
+            // A controller confined to namespaces reads them when it needs them.
+            Err(NotCached) => Api::<ClusterAnalysisTemplate>::all(ctx.client.clone())
+                .get_opt(name)
+                .await
+                .map(|t| t.map(|t| t.spec.0)),
+        }
     } else {
-        Api::<AnalysisTemplate>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map(|t| t.map(|t| t.spec))
+        Ok(ctx.caches.template(namespace, name).map(|t| t.spec))
     };
     let kind = if template_ref.cluster_scope {
         "ClusterAnalysisTemplate".to_string()
@@ -884,6 +1064,7 @@ async fn fetch_secrets(
                 .filter_map(|h| h.value_from.as_ref().map(|v| &v.secret_key_ref))
         }))
         .collect();
+    let referenced = !references.is_empty();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     // Each Secret is read once, however many of its keys are referenced.
     let mut read: BTreeMap<&str, Option<Secret>> = BTreeMap::new();
@@ -900,7 +1081,7 @@ async fn fetch_secrets(
             values.insert((reference.name.clone(), reference.key.clone()), text);
         }
     }
-    ClusterSecrets(values)
+    ClusterSecrets { values, referenced }
 }
 
 async fn apply_action(
@@ -913,30 +1094,28 @@ async fn apply_action(
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     match action {
-        Action::EnsureStable { revision, replicas } => {
-            ensure_managed(
-                canary,
-                target,
-                ctx,
-                Subset::Stable,
-                revision,
-                Some(*replicas),
-            )
-            .await
-        }
-        Action::EnsureCanary { revision, replicas } => {
-            ensure_managed(
-                canary,
-                target,
-                ctx,
-                Subset::Canary,
-                revision,
-                Some(*replicas),
-            )
-            .await
-        }
+        Action::EnsureStable { revision, replicas } => ensure_managed(
+            canary,
+            target,
+            ctx,
+            Subset::Stable,
+            revision,
+            Some(*replicas),
+        )
+        .await
+        .map(drop),
+        Action::EnsureCanary { revision, replicas } => ensure_managed(
+            canary,
+            target,
+            ctx,
+            Subset::Canary,
+            revision,
+            Some(*replicas),
+        )
+        .await
+        .map(drop),
         Action::ScaleCanary { replicas } => {
-            let Some(current) = deployments.get_opt(&canary.spec.canary_name()).await? else {
+            let Some(current) = read.canary.clone() else {
                 return Ok(());
             };
             if !owned_by(canary, &current) {
@@ -945,13 +1124,17 @@ async fn apply_action(
             if target.is_none() {
                 // The target is gone, so there is no template to apply: scaling the canary
                 // down must not depend on one (the rollout ends Failed, traffic on stable).
-                deployments
+                if current.spec.as_ref().and_then(|s| s.replicas) == Some(*replicas) {
+                    return Ok(());
+                }
+                let written = deployments
                     .patch(
                         &canary.spec.canary_name(),
                         &PatchParams::default(),
                         &Patch::Merge(json!({"spec": {"replicas": replicas}})),
                     )
                     .await?;
+                wrote(ctx, canary, "Deployment", Some(&current), Some(&written));
                 return Ok(());
             }
             let revision = workload::workload_state(&current)
@@ -966,6 +1149,7 @@ async fn apply_action(
                 Some(*replicas),
             )
             .await
+            .map(drop)
         }
         Action::SetWeight { weight } => {
             let workload = routing::Workload {
@@ -995,31 +1179,36 @@ async fn apply_action(
             apply_writes(canary, ctx, &namespace, writes, &mut read.routing).await
         }
         Action::EnsureStableAutoscaled { revision, replicas } => {
-            let stable = read.stable.as_ref();
+            let stable = read.stable.clone();
             ensure_stable_autoscaled(canary, target, stable, ctx, revision, *replicas).await
         }
         Action::EnsureAutoscaler { min_replicas } => {
             ensure_autoscaler(canary, read.user_autoscaler.as_ref(), ctx, *min_replicas).await
         }
         Action::DeleteAutoscaler => {
+            let stable = canary.spec.stable_name();
+            let Some(derived) = ctx.caches.autoscaler(&namespace, &stable) else {
+                return Ok(());
+            };
             let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
-            match api
-                .delete(&canary.spec.stable_name(), &Default::default())
-                .await
-            {
-                Ok(_) => Ok(()),
+            match api.delete(&stable, &Default::default()).await {
+                Ok(_) => {
+                    wrote(ctx, canary, "HorizontalPodAutoscaler", Some(&derived), None);
+                    Ok(())
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                 Err(e) => Err(e.into()),
             }
         }
         Action::ScaleTargetToZero => {
-            deployments
+            let written = deployments
                 .patch(
                     &canary.spec.target_ref.name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"replicas": 0}})),
                 )
                 .await?;
+            wrote(ctx, canary, "Deployment", target, Some(&written));
             Ok(())
         }
     }
@@ -1031,20 +1220,16 @@ pub const HANDOVER_FIELD_MANAGER: &str = "canary-controller-handover";
 
 /// The user's HPA of the target and the derived one, as the rollout sees them, and the user's
 /// object (the derived one is built from it).
-async fn observe_autoscalers(
+fn observe_autoscalers(
     canary: &Canary,
     ctx: &Context,
-) -> Result<
-    (
-        Option<Result<rollout::Autoscaler, String>>,
-        Option<rollout::DerivedAutoscaler>,
-        Option<HorizontalPodAutoscaler>,
-    ),
-    Error,
-> {
+) -> (
+    Option<Result<rollout::Autoscaler, String>>,
+    Option<rollout::DerivedAutoscaler>,
+    Option<HorizontalPodAutoscaler>,
+) {
     let namespace = canary.namespace().unwrap_or_default();
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
-    let hpas = api.list(&ListParams::default()).await?.items;
+    let hpas = ctx.caches.autoscalers(&namespace);
     let stable = canary.spec.stable_name();
     let reference = canary.spec.autoscaler_ref.as_ref().map(|r| r.name.as_str());
     let found = autoscaler::user_autoscaler(&hpas, &canary.spec.target_ref.name, reference);
@@ -1073,7 +1258,7 @@ async fn observe_autoscalers(
             )));
         }
     }
-    Ok((autoscaler, derived, user))
+    (autoscaler, derived, user)
 }
 
 /// Server-side applies the derived HPA `<target>-stable` from the user's `user`, with
@@ -1096,14 +1281,28 @@ async fn ensure_autoscaler(
     let mut body = serde_json::to_value(&derived)?;
     body["apiVersion"] = json!("autoscaling/v2");
     body["kind"] = json!("HorizontalPodAutoscaler");
-    let api: Api<HorizontalPodAutoscaler> =
-        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
-    api.patch(
-        &stable,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
+    let namespace = canary.namespace().unwrap_or_default();
+    let cached = ctx.caches.autoscaler(&namespace, &stable);
+    if let Some(cached) = &cached
+        && unchanged::apply_changes_nothing(&body, &serde_json::to_value(cached)?)
+    {
+        return Ok(());
+    }
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let written = api
+        .patch(
+            &stable,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    wrote(
+        ctx,
+        canary,
+        "HorizontalPodAutoscaler",
+        cached.as_ref(),
+        Some(&written),
+    );
     Ok(())
 }
 
@@ -1132,7 +1331,7 @@ fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
 async fn ensure_stable_autoscaled(
     canary: &Canary,
     target: Option<&Deployment>,
-    stable: Option<&Deployment>,
+    stable: Option<Deployment>,
     ctx: &Context,
     revision: &str,
     replicas: i32,
@@ -1140,7 +1339,6 @@ async fn ensure_stable_autoscaled(
     let name = canary.spec.stable_name();
     let deployments: Api<Deployment> =
         Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
-    let created;
     let stable = match stable {
         Some(stable) => stable,
         None => {
@@ -1152,12 +1350,10 @@ async fn ensure_stable_autoscaled(
                 revision,
                 Some(replicas),
             )
-            .await?;
-            created = deployments.get(&name).await?;
-            &created
+            .await?
         }
     };
-    if applies_replicas(stable, FIELD_MANAGER) {
+    if applies_replicas(&stable, FIELD_MANAGER) {
         let current = stable
             .spec
             .as_ref()
@@ -1165,7 +1361,7 @@ async fn ensure_stable_autoscaled(
             .unwrap_or(replicas);
         // Not forced: had the HPA changed them since they were read, this fails and the next
         // reconcile hands over its value instead of undoing its decision.
-        deployments
+        let written = deployments
             .patch(
                 &name,
                 &PatchParams::apply(HANDOVER_FIELD_MANAGER),
@@ -1177,12 +1373,14 @@ async fn ensure_stable_autoscaled(
                 })),
             )
             .await?;
+        wrote(ctx, canary, "Deployment", Some(&stable), Some(&written));
     }
-    ensure_managed(canary, target, ctx, Subset::Stable, revision, None).await
+    ensure_managed(canary, target, ctx, Subset::Stable, revision, None).await?;
+    Ok(())
 }
 
 /// Server-side applies `<target>-<subset>` running `revision` with `replicas` pods (`None`:
-/// without `spec.replicas`, which someone else writes).
+/// without `spec.replicas`, which someone else writes), unless it is so already; returns it.
 async fn ensure_managed(
     canary: &Canary,
     target: Option<&Deployment>,
@@ -1190,7 +1388,7 @@ async fn ensure_managed(
     subset: Subset,
     revision: &str,
     replicas: Option<i32>,
-) -> Result<(), Error> {
+) -> Result<Deployment, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let target = target.ok_or_else(|| {
@@ -1224,14 +1422,21 @@ async fn ensure_managed(
     }
     body["apiVersion"] = json!("apps/v1");
     body["kind"] = json!("Deployment");
-    deployments
+    let cached = ctx.caches.deployment(&namespace, &name);
+    if let Some(cached) = cached.clone()
+        && unchanged::apply_changes_nothing(&body, &serde_json::to_value(&cached)?)
+    {
+        return Ok(cached);
+    }
+    let written = deployments
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
         .await?;
-    Ok(())
+    wrote(ctx, canary, "Deployment", cached.as_ref(), Some(&written));
+    Ok(written)
 }
 
 /// The pod template of `revision`: the target's, the canary's or stable's current one, or one
@@ -1251,9 +1456,8 @@ async fn template_of(
         return Ok(target_template);
     }
     let namespace = canary.namespace().unwrap_or_default();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     for name in [canary.spec.canary_name(), canary.spec.stable_name()] {
-        if let Some(d) = deployments.get_opt(&name).await?
+        if let Some(d) = ctx.caches.deployment(&namespace, &name)
             && workload::workload_state(&d).revision.as_deref() == Some(revision)
         {
             return Ok(d.spec.map(|s| s.template).unwrap_or_default());
@@ -1283,9 +1487,16 @@ async fn read_routing(
 ) -> Result<Snapshot, Error> {
     let mut snapshot = Snapshot::default();
     for object in router.objects() {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
-        if let Some(found) = api.get_opt(&object.name).await? {
+        let found = match ctx.caches.routing_object(namespace, &object) {
+            Ok(cached) => cached,
+            // Services, and kinds installed after the controller started.
+            Err(NotCached) => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
+                api.get_opt(&object.name).await?
+            }
+        };
+        if let Some(found) = found {
             snapshot.insert(object, serde_json::to_value(&found)?);
         }
     }
@@ -1306,8 +1517,12 @@ async fn apply_writes(
         let object: &RoutingObject = write.object();
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), namespace, &object.api_resource());
+        let before = read.get(object);
         let written = match &write {
             RouterWrite::Patch { patch, .. } => {
+                if before.is_some_and(|live| unchanged::patch_changes_nothing(patch, live)) {
+                    continue;
+                }
                 json_patch(&api, &object.name, patch.clone()).await?
             }
             RouterWrite::Apply { body, .. } => {
@@ -1316,6 +1531,9 @@ async fn apply_writes(
                     .ok_or_else(|| Error::Invalid("the Canary has no uid yet".into()))?;
                 let mut body = body.clone();
                 body["metadata"]["ownerReferences"] = json!([owner]);
+                if before.is_some_and(|live| unchanged::apply_changes_nothing(&body, live)) {
+                    continue;
+                }
                 api.patch(
                     &object.name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
@@ -1324,6 +1542,16 @@ async fn apply_writes(
                 .await?
             }
         };
+        // Waited for only where a cache holds the object (a Service is read afresh).
+        if ctx.caches.routing_object(namespace, object).is_ok() {
+            let version_before = before.and_then(|b| b["metadata"]["resourceVersion"].as_str());
+            ctx.pending_writes.wrote(
+                (namespace, &canary.name_any()),
+                (&object.kind, &object.name),
+                version_before.map(str::to_string),
+                cache::resource_version(&written),
+            );
+        }
         read.insert(object.clone(), serde_json::to_value(&written)?);
     }
     Ok(())
