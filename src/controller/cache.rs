@@ -329,7 +329,7 @@ where
 
 /// Drops what reconcile never reads from a cached object's metadata: the field managers'
 /// records (often most of an object's size) and kubectl's copy of the last applied object.
-fn slim_metadata(metadata: &mut ObjectMeta) {
+pub fn slim_metadata(metadata: &mut ObjectMeta) {
     metadata.managed_fields = None;
     if let Some(annotations) = &mut metadata.annotations {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");

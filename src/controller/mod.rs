@@ -28,7 +28,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, info, warn};
 
@@ -402,10 +402,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
     // A finished measurement is picked up by a reconcile of its Canary.
-    let controller = Controller::new(canaries, watcher::Config::default())
+    // The Canaries' cache, slimmed like the others (status is server-side applied, so its
+    // field managers' record is as large as the status itself).
+    let writer = kube::runtime::reflector::store::Writer::<Canary>::default();
+    let store = writer.as_reader();
+    let canary_changes = watcher::watcher(canaries, watcher::Config::default().any_semantic())
+        .modify(|canary: &mut Canary| cache::slim_metadata(&mut canary.metadata))
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(canary_changes, store.clone())
         .trigger_backoff(watch_backoff())
         .reconcile_on(finished_measurements);
-    let store = controller.store();
     // Started before the Lease is held: a standby's caches are warm when it takes over.
     let (caches, cache_changes) =
         cache::Caches::start(&client, config.namespace.as_deref(), store.clone()).await;
@@ -626,36 +633,44 @@ async fn serve(
     }))
 }
 
-/// The Canaries a Deployment concerns: its target, or one of its managed Deployments.
-fn canaries_deploying(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
-    let namespace = deployment.namespace().unwrap_or_default();
-    let name = deployment.name_any();
-    let owners: Vec<&str> = deployment
-        .owner_references()
-        .iter()
-        .filter(|o| o.kind == "Canary")
-        .map(|o| o.name.as_str())
-        .collect();
+/// The Canaries of `namespace` for which `concerns` holds.
+fn canaries_where(
+    store: &Store<Canary>,
+    namespace: Option<&str>,
+    concerns: impl Fn(&Canary) -> bool,
+) -> Vec<ObjectRef<Canary>> {
     store
         .state()
         .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(namespace.as_str())
-                && (c.spec.target_ref.name == name || owners.contains(&c.name_any().as_str()))
-        })
+        .filter(|c| c.namespace().as_deref() == namespace && concerns(c))
         .map(|c| ObjectRef::from_obj(&*c))
         .collect()
 }
 
+/// The names of the Canaries an object's owner references name.
+fn owning_canaries(object: &impl Resource) -> Vec<&str> {
+    object
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Canary")
+        .map(|o| o.name.as_str())
+        .collect()
+}
+
+/// The Canaries a Deployment concerns: its target, or one of its managed Deployments.
+fn canaries_deploying(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let name = deployment.name_any();
+    let owners = owning_canaries(deployment);
+    canaries_where(store, deployment.namespace().as_deref(), |c| {
+        c.spec.target_ref.name == name || owners.contains(&c.name_any().as_str())
+    })
+}
+
 /// The Canaries of `namespace` whose rollout writes `object` (`Kind/name`).
 fn canaries_naming(store: &Store<Canary>, namespace: &str, object: &str) -> Vec<ObjectRef<Canary>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace))
-        .filter(|c| crate::routing::ownership::wanted_objects(c).contains(object))
-        .map(|c| ObjectRef::from_obj(&*c))
-        .collect()
+    canaries_where(store, Some(namespace), |c| {
+        crate::routing::ownership::wanted_objects(c).contains(object)
+    })
 }
 
 /// The Canaries an HPA concerns: it scales their target, their `spec.autoscalerRef` names it,
@@ -664,33 +679,21 @@ fn canaries_autoscaled_by(
     store: &Store<Canary>,
     hpa: &HorizontalPodAutoscaler,
 ) -> Vec<ObjectRef<Canary>> {
-    let namespace = hpa.namespace();
     let name = hpa.name_any();
     let scales = hpa
         .spec
         .as_ref()
         .map(|s| s.scale_target_ref.name.clone())
         .unwrap_or_default();
-    let owners: Vec<&str> = hpa
-        .owner_references()
-        .iter()
-        .filter(|o| o.kind == "Canary")
-        .map(|o| o.name.as_str())
-        .collect();
-    store
-        .state()
-        .into_iter()
-        .filter(|c| c.namespace() == namespace)
-        .filter(|c| {
-            c.spec.target_ref.name == scales
-                || c.spec
-                    .autoscaler_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == name)
-                || owners.contains(&c.name_any().as_str())
-        })
-        .map(|c| ObjectRef::from_obj(&*c))
-        .collect()
+    let owners = owning_canaries(hpa);
+    canaries_where(store, hpa.namespace().as_deref(), |c| {
+        c.spec.target_ref.name == scales
+            || c.spec
+                .autoscaler_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+            || owners.contains(&c.name_any().as_str())
+    })
 }
 
 /// The Canaries (in `namespace`, if given) whose analysis names template `name` of that scope.

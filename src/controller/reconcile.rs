@@ -41,8 +41,18 @@ use crate::workload::{self, Subset, autoscaler};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "canary-controller";
-/// Without timers, look at every Canary at least this often.
+/// Without timers, look at every Canary at least this often ...
 const RESYNC: Duration = Duration::from_secs(300);
+/// ... less up to this much, by Canary: Canaries started together (a controller restart)
+/// would otherwise re-sync together, every 5 minutes, in one burst of requests.
+const RESYNC_SPREAD: Duration = Duration::from_secs(60);
+
+/// When to look at the Canary of `uid` again without a timer: [`RESYNC`] less a share of
+/// [`RESYNC_SPREAD`] fixed by its uid.
+fn resync_of(uid: &str) -> Duration {
+    let spread = RESYNC_SPREAD.as_millis() as u64;
+    RESYNC - Duration::from_millis(crate::workload::fnv1a64(uid.as_bytes()) % spread)
+}
 
 /// How soon to look again at a Canary whose cached copy predates our own status write.
 const STALE_COPY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -182,7 +192,8 @@ async fn apply_unbounded(canary: &Canary, ctx: &Context) -> Result<Option<Durati
         .observe(&namespace, &name, &plan.status, started.elapsed());
     ctx.metrics
         .measurements_in_flight(ctx.measurements.in_flight());
-    Ok(Some(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
+    let resync = resync_of(canary.metadata.uid.as_deref().unwrap_or_default());
+    Ok(Some(plan.requeue_after.unwrap_or(resync).min(resync)))
 }
 
 /// The Ready reason of an action that cannot be applied.
@@ -1308,19 +1319,28 @@ async fn ensure_autoscaler(
 
 /// Whether the field manager `manager` holds `spec.replicas` of `deployment` by apply.
 fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+    applied_by(deployment, manager) == Some(true)
+}
+
+/// Whether the field manager `manager` applied `deployment` (`None`: it did not), and if so
+/// whether it holds `spec.replicas`.
+fn applied_by(deployment: &Deployment, manager: &str) -> Option<bool> {
     deployment
         .metadata
         .managed_fields
         .iter()
         .flatten()
-        .any(|m| {
+        .filter(|m| {
             m.manager.as_deref() == Some(manager)
                 && m.operation.as_deref() == Some("Apply")
                 && m.subresource.is_none()
-                && m.fields_v1
-                    .as_ref()
-                    .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
         })
+        .map(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .next()
 }
 
 /// Server-side applies `<target>-stable` running `revision` without `spec.replicas`, which
@@ -1423,7 +1443,10 @@ async fn ensure_managed(
     body["apiVersion"] = json!("apps/v1");
     body["kind"] = json!("Deployment");
     let cached = ctx.caches.deployment(&namespace, &name);
+    // Unchanged also in who holds what: an apply that gives `spec.replicas` up (to an HPA),
+    // or takes them back, is sent even when the value stays.
     if let Some(cached) = cached.clone()
+        && applied_by(&cached, FIELD_MANAGER) == Some(replicas.is_some())
         && unchanged::apply_changes_nothing(&body, &serde_json::to_value(&cached)?)
     {
         return Ok(cached);
@@ -1696,5 +1719,34 @@ pub(super) async fn publish(
     };
     if let Err(e) = recorder.publish(&kube_event, &canary.object_ref(&())).await {
         warn!(canary = canary.name_any(), error = %e, "could not publish an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{RESYNC, RESYNC_SPREAD, resync_of};
+
+    #[test]
+    fn canaries_resync_at_most_five_minutes_apart_spread_over_the_last_minute() {
+        let resyncs: Vec<Duration> = (0..300)
+            .map(|i| resync_of(&format!("0b5e7c1a-{i:04}-4f3e-9d1c-5a6b7c8d9e0f")))
+            .collect();
+        assert!(
+            resyncs
+                .iter()
+                .all(|r| *r <= RESYNC && *r > RESYNC - RESYNC_SPREAD)
+        );
+        assert_eq!(resync_of("same"), resync_of("same"), "fixed per Canary");
+        // Spread: each 10 s slice of the minute gets some of 300 Canaries.
+        for slice in 0..6 {
+            let low = RESYNC - RESYNC_SPREAD + Duration::from_secs(10 * slice);
+            let count = resyncs
+                .iter()
+                .filter(|r| **r > low && **r <= low + Duration::from_secs(10))
+                .count();
+            assert!(count >= 20, "slice {slice}: {count} of 300");
+        }
     }
 }
