@@ -1534,10 +1534,10 @@ impl Planner<'_> {
             return true;
         }
         let left = total.saturating_sub(elapsed).unsigned_abs();
+        // No countdown: status is rewritten only on news (`pauseEndsAt` says when it ends).
         self.status.message = Some(format!(
-            "canary at {}%, holding {duration} ({} left)",
-            self.status.canary_weight,
-            crate::api::Duration::from(StdDuration::from_secs(left.as_secs().max(1)))
+            "canary at {}%, holding {duration}",
+            self.status.canary_weight
         ));
         self.requeue_in(left);
         false
@@ -1985,6 +1985,25 @@ impl Planner<'_> {
         }
     }
 
+    /// When the timed pause step under way ends, if the rollout is at one and its clock runs
+    /// (not paused or suspended, not without traffic).
+    fn pause_ends_at(&self) -> Option<String> {
+        if self.status.phase != Phase::Progressing
+            || self.spec.suspend
+            || self.status.withdrawn_weight.is_some()
+        {
+            return None;
+        }
+        let index = self.status.current_step_index? as usize;
+        let Some(RolloutStep::Pause(Some(duration))) =
+            self.spec.rollout_steps().get(index).cloned()
+        else {
+            return None;
+        };
+        let started = analysis_runs::parse(&self.status.step_started_at)?;
+        Some(later(started, duration.as_std()).to_string())
+    }
+
     /// Sets a condition, keeping its transition time when its status did not change.
     fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
         set_condition(
@@ -2007,6 +2026,7 @@ impl Planner<'_> {
             .canary_revision
             .clone()
             .or_else(|| self.status.stable_revision.clone());
+        self.status.pause_ends_at = self.pause_ends_at();
         Plan {
             actions: order_actions(self.actions),
             status: self.status,

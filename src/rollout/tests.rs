@@ -2643,3 +2643,376 @@ fn weight_given_to_a_settled_canary_by_hand_is_set_back_and_reported() {
         assert_eq!(p.status.effective_weight, found.or(last));
     }
 }
+
+// -- status changes only on news -------------------------------------------------------------
+
+/// Each kind of wait a Canary can be in, as `(what, spec, status before, observed)`: planned
+/// once at `t(30)` and again (with what that wrote) until the status holds still.
+fn every_kind_of_wait() -> Vec<(&'static str, CanarySpec, CanaryStatus, Observed)> {
+    let default_spec = spec(serde_json::json!({}));
+    let with_canary = |pods: WorkloadState| Observed {
+        canary: Some(pods),
+        route_weight: None,
+        ..observed("r2")
+    };
+    let background = |steps: serde_json::Value| {
+        spec(serde_json::json!({
+            "steps": steps,
+            "analysis": {"templates": [{"templateName": "success"}]},
+        }))
+    };
+    let measuring = |seen: Observed, definitions| Observed {
+        analysis: definitions,
+        ..seen
+    };
+    let blue_green = |extra: serde_json::Value| -> CanarySpec {
+        let mut blue_green = serde_json::json!({
+            "activeService": "api-active",
+            "previewService": "api-preview",
+        });
+        blue_green
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(serde_json::json!({
+            "targetRef": {"name": "web"},
+            "service": {"port": 8080},
+            "scaleDownDelaySeconds": 30,
+            "strategy": {"blueGreen": blue_green},
+        }))
+        .unwrap()
+    };
+    let switched = |weight: u8, canary: WorkloadState| Observed {
+        route_weight: Some(weight),
+        router: crate::routing::Capabilities {
+            granularity: crate::routing::Granularity::Switch,
+            header_routes: false,
+        },
+        ..with_canary(canary)
+    };
+    // Statuses with analysis runs under way, as earlier reconciles left them.
+    let step_analysis_seen = measuring(with_canary(ready("r2", 1)), definitions("step-1", 3));
+    let step_analysis_measured = plan(
+        &analysis_spec("rollback"),
+        &progressing(1, 10, 0),
+        &step_analysis_seen,
+        t(19),
+    );
+    let background_spec =
+        background(serde_json::json!([{"setWeight": 10}, {"pause": {"duration": "10m"}}]));
+    let background_seen = measuring(with_canary(ready("r2", 1)), definitions(BACKGROUND, 100));
+    let background_started = plan(
+        &background_spec,
+        &progressing(1, 10, 0),
+        &background_seen,
+        t(20),
+    );
+    let paused_by_request = plan(
+        &background_spec,
+        &background_started.status,
+        &Observed {
+            requests: request(RequestAction::Pause, "p"),
+            ..background_seen.clone()
+        },
+        t(25),
+    );
+    vec![
+        ("idle", default_spec.clone(), idle(), observed("r1")),
+        (
+            "promoted, the canary's scale-down pending",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::Promoted,
+                canary_scale_down_at: Some(t(60).to_string()),
+                ..idle()
+            },
+            Observed {
+                canary: Some(ready("r1", 1)),
+                ..observed("r1")
+            },
+        ),
+        (
+            "rolled back",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::RolledBack,
+                failed_revision: Some("r2".into()),
+                canary_scale_down_at: Some(t(0).to_string()),
+                ..idle()
+            },
+            observed("r2"),
+        ),
+        (
+            "failed: no target",
+            default_spec.clone(),
+            idle(),
+            Observed {
+                target: None,
+                ..observed("r1")
+            },
+        ),
+        (
+            "initializing: waiting for stable",
+            default_spec.clone(),
+            CanaryStatus::default(),
+            Observed {
+                stable: Some(not_ready("r1", 4)),
+                ..observed("r1")
+            },
+        ),
+        (
+            "waiting for canary pods (progress deadline running)",
+            default_spec.clone(),
+            progressing(0, 0, 0),
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "timed pause",
+            default_spec.clone(),
+            progressing(1, 10, 0),
+            with_canary(ready("r2", 1)),
+        ),
+        (
+            "approval gate",
+            default_spec.clone(),
+            progressing(3, 50, 0),
+            with_canary(ready("r2", 2)),
+        ),
+        (
+            "analysis step, next measurement due later",
+            analysis_spec("rollback"),
+            step_analysis_measured.status,
+            Observed {
+                measurements: vec![measurement("step-1", 29, MeasurementPhase::Successful)],
+                ..step_analysis_seen
+            },
+        ),
+        (
+            "timed pause with a background analysis, next measurement due later",
+            background_spec.clone(),
+            background_started.status,
+            Observed {
+                measurements: vec![measurement(BACKGROUND, 29, MeasurementPhase::Successful)],
+                ..background_seen.clone()
+            },
+        ),
+        (
+            "timed pause, no regression yet for its minimum step time",
+            spec(serde_json::json!({
+                "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+                "analysis": {"templates": [{"templateName": "compare"}], "minStepDuration": "5m"},
+            })),
+            progressing(1, 10, 0),
+            measuring(with_canary(ready("r2", 1)), compare_definitions(BACKGROUND)),
+        ),
+        (
+            "paused by request, background analysis measuring",
+            background_spec,
+            paused_by_request.status,
+            Observed {
+                requests: request(RequestAction::Pause, "p"),
+                ..background_seen.clone()
+            },
+        ),
+        (
+            "suspended",
+            spec(serde_json::json!({"suspend": true})),
+            progressing(1, 10, 0),
+            with_canary(ready("r2", 1)),
+        ),
+        (
+            "header route waiting for canary pods",
+            spec(serde_json::json!({"steps": [
+                {"setHeaderRoute": {"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "1"}}]}},
+                {"setWeight": 10},
+            ]})),
+            progressing(0, 0, 0),
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "the canary lost its pods: traffic withdrawn",
+            default_spec.clone(),
+            CanaryStatus {
+                withdrawn_weight: Some(10),
+                ..progressing(1, 0, 0)
+            },
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "end of the steps: waiting for a pass at the final weight",
+            background(serde_json::json!([{"setWeight": 10}])),
+            progressing(1, 10, 0),
+            measuring(with_canary(ready("r2", 1)), background_with_error_limit_4()),
+        ),
+        (
+            "blue-green: preview waiting for its pods",
+            blue_green(serde_json::json!({"autoPromotionEnabled": false})),
+            progressing(0, 0, 0),
+            switched(0, not_ready("r2", 4)),
+        ),
+        (
+            "blue-green: preview ready, gate",
+            blue_green(serde_json::json!({"autoPromotionEnabled": false})),
+            progressing(1, 0, 0),
+            switched(0, ready("r2", 4)),
+        ),
+        (
+            "blue-green: preview ready, auto-promotion pending",
+            blue_green(serde_json::json!({"autoPromotionSeconds": 120})),
+            progressing(1, 0, 0),
+            switched(0, ready("r2", 4)),
+        ),
+        (
+            "blue-green: switched, waiting out the scale-down delay",
+            blue_green(serde_json::json!({"autoPromotionSeconds": 120})),
+            progressing(3, 100, 20),
+            switched(100, ready("r2", 4)),
+        ),
+        (
+            "promoting: waiting for stable",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::Promoting,
+                ..progressing(4, 50, 0)
+            },
+            Observed {
+                stable: Some(not_ready("r2", 4)),
+                ..with_canary(ready("r2", 2))
+            },
+        ),
+        (
+            "rolling back: waiting for stable",
+            default_spec,
+            CanaryStatus {
+                phase: Phase::RollingBack,
+                rollback_reason: Some(RollbackReason::Aborted),
+                ..progressing(1, 10, 0)
+            },
+            Observed {
+                stable: Some(not_ready("r1", 4)),
+                ..with_canary(ready("r2", 1))
+            },
+        ),
+    ]
+}
+
+#[test]
+fn time_passing_alone_changes_no_status() {
+    // Status is written when it changes, and each write wakes the Canary again: a status that
+    // counts down would be written on every reconcile. Deadlines are timestamps; the CLI says
+    // how long is left.
+    let mut changed = Vec::new();
+    for (what, s, before, seen) in every_kind_of_wait() {
+        let mut settled = plan(&s, &before, &seen, t(30));
+        let mut seen = seen;
+        // What was measured is recorded once.
+        seen.measurements.clear();
+        for _ in 0..3 {
+            let again = plan(&s, &settled.status, &seen, t(30));
+            if again.status == settled.status {
+                break;
+            }
+            settled = again;
+        }
+        let at_once = plan(&s, &settled.status, &seen, t(30));
+        assert_eq!(at_once.status, settled.status, "{what}: does not settle");
+        for later in [t(31), t(33) + jiff::SignedDuration::from_millis(500)] {
+            let p = plan(&s, &settled.status, &seen, later);
+            if p.status != settled.status {
+                changed.push(format!(
+                    "{what}: status changed at {later}: {}",
+                    differences(&settled.status, &p.status)
+                ));
+            }
+            if !p.events.is_empty() {
+                changed.push(format!("{what}: events at {later}: {:?}", p.events));
+            }
+            if p.actions != at_once.actions {
+                changed.push(format!(
+                    "{what}: actions at {later}: {:?} instead of {:?}",
+                    p.actions, at_once.actions
+                ));
+            }
+        }
+    }
+    assert!(changed.is_empty(), "{}", changed.join("\n"));
+}
+
+/// The top-level status fields that differ, as `field: before → after`.
+fn differences(before: &CanaryStatus, after: &CanaryStatus) -> String {
+    let (before, after) = (
+        serde_json::to_value(before).unwrap(),
+        serde_json::to_value(after).unwrap(),
+    );
+    let empty = serde_json::Map::new();
+    let (b, a) = (
+        before.as_object().unwrap_or(&empty),
+        after.as_object().unwrap_or(&empty),
+    );
+    let mut fields: Vec<&String> = b.keys().chain(a.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    fields
+        .into_iter()
+        .filter(|f| b.get(*f) != a.get(*f))
+        .map(|f| format!("{f}: {:?} → {:?}", b.get(f), a.get(f)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn a_timed_pause_says_when_it_ends_and_only_then() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    let paused = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Manual),
+        ..progressing(1, 10, 0)
+    };
+    let withdrawn = CanaryStatus {
+        withdrawn_weight: Some(10),
+        ..progressing(1, 0, 0)
+    };
+    let mut unready = seen.clone();
+    unready.canary = Some(not_ready("r2", 1));
+    // (what, spec, status, observed, pauseEndsAt)
+    let cases = [
+        (
+            "at a 1m pause",
+            &s,
+            progressing(1, 10, 0),
+            &seen,
+            Some(t(60)),
+        ),
+        (
+            "at a setWeight step",
+            &s,
+            progressing(2, 10, 0),
+            &seen,
+            None,
+        ),
+        ("paused at the pause step", &s, paused, &seen, None),
+        ("without traffic", &s, withdrawn, &unready, None),
+        (
+            "suspended",
+            &spec(serde_json::json!({"suspend": true})),
+            progressing(1, 10, 0),
+            &seen,
+            None,
+        ),
+    ];
+    for (what, s, status, seen, ends) in cases {
+        let p = plan(s, &status, seen, t(30));
+        assert_eq!(
+            p.status.pause_ends_at,
+            ends.map(|t| t.to_string()),
+            "{what}: {:?}",
+            p.status.message
+        );
+    }
+    // The pause is over: the next step's plan says nothing of it.
+    let over = plan(&s, &progressing(1, 10, 0), &seen, t(61));
+    assert_eq!(over.status.current_step_index, Some(2));
+    assert_eq!(over.status.pause_ends_at, None);
+}
