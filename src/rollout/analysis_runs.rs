@@ -355,7 +355,9 @@ pub fn record(
         let excess = metric.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
         metric.measurements.drain(..excess);
         let measured_at: Option<Timestamp> = measurement.time.parse().ok();
-        metric.next_measurement_at = measured_at.map(|t| at(later(t, definition.interval)));
+        let due = parse(&metric.next_measurement_at);
+        metric.next_measurement_at =
+            measured_at.map(|t| at(next_on_schedule(due, t, definition.interval)));
         // An analysis step is done once the canary is shown fine; the background analysis
         // keeps watching and the rollout reads the verdict.
         let assessment = assess_metric(metric, definition, compared, false, new.run != BACKGROUND);
@@ -376,6 +378,36 @@ pub fn record(
             }
         }
     }
+}
+
+/// When the measurement after one that was due at `due` and taken at `measured` is due: on
+/// the metric's schedule (`due` + k × `interval`), at the first slot at least half an interval
+/// after `measured`. So lag never accumulates (a measurement taken 2 s late leaves the next
+/// one where it was), a very late one brings no burst of catch-up measurements (slots it
+/// missed are skipped), and two measurements are never closer than half an interval (a
+/// compare metric's interval, which runs from one measurement to the next, is never shorter).
+/// Without a due time (not on a schedule yet) the next is one interval after `measured`.
+pub(super) fn next_on_schedule(
+    due: Option<Timestamp>,
+    measured: Timestamp,
+    interval: StdDuration,
+) -> Timestamp {
+    let interval_nanos = interval.as_nanos();
+    let Some(due) = due.filter(|_| interval_nanos > 0) else {
+        return later(measured, interval);
+    };
+    let earliest = later(measured, interval / 2);
+    let behind = earliest.duration_since(due).as_nanos();
+    // The number of intervals from `due` to the first slot at or after `earliest`; at least 1.
+    let slots = if behind <= 0 {
+        1
+    } else {
+        behind.unsigned_abs().div_ceil(interval_nanos).max(1)
+    };
+    let offset = u32::try_from(slots).map_or(StdDuration::MAX, |slots| {
+        interval.checked_mul(slots).unwrap_or(StdDuration::MAX)
+    });
+    later(due, offset)
 }
 
 /// Where the next interval of a compare metric starts: where the last one ended, or one

@@ -3016,3 +3016,135 @@ fn a_timed_pause_says_when_it_ends_and_only_then() {
     assert_eq!(over.status.current_step_index, Some(2));
     assert_eq!(over.status.pause_ends_at, None);
 }
+
+// -- measurements on a fixed schedule --------------------------------------------------------
+
+/// `millis` milliseconds after `t(0)`.
+fn t_ms(millis: i64) -> Timestamp {
+    t(0) + jiff::SignedDuration::from_millis(millis)
+}
+
+#[test]
+fn measurements_are_due_on_a_fixed_schedule_whatever_the_lag() {
+    // A 10 s metric whose run starts at t(0): due at 0, 10, 20…, however late each measurement
+    // is taken; never twice within half an interval, so a late one brings no burst (and a
+    // compare interval is never shorter than half an interval).
+    // (what, when each measurement is taken (ms), when the next is due after each (s))
+    let cases: [(&str, &[i64], &[i64]); 7] = [
+        ("on time", &[50, 10_050, 20_050], &[10, 20, 30]),
+        (
+            "2 s late every time",
+            &[2_000, 12_000, 22_000],
+            &[10, 20, 30],
+        ),
+        ("lag that grows", &[1_000, 13_000, 24_900], &[10, 20, 30]),
+        ("taken exactly when due", &[0, 10_000], &[10, 20]),
+        (
+            "one very late: no catch-up burst",
+            &[0, 27_000, 40_100],
+            &[10, 40, 50],
+        ),
+        ("late by just under half", &[0, 14_900], &[10, 20]),
+        ("late by over half: the next slot", &[0, 15_100], &[10, 30]),
+    ];
+    let s = analysis_spec("rollback");
+    for (what, taken, due) in cases {
+        let mut seen = observed("r2");
+        seen.canary = Some(ready("r2", 1));
+        seen.analysis = definitions("step-1", 100);
+        let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+        for (taken, due) in taken.iter().zip(due) {
+            let mut measured = measurement("step-1", 0, MeasurementPhase::Successful);
+            measured.measurement.time = t_ms(*taken).to_string();
+            seen.measurements = vec![measured];
+            status = plan(&s, &status, &seen, t_ms(taken + 100)).status;
+            let next = &analysis_runs::run(&status, "step-1").unwrap().metrics[0];
+            assert_eq!(
+                next.next_measurement_at,
+                Some(t(*due).to_string()),
+                "{what}: after the measurement at {taken} ms"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_next_slot_on_a_schedule() {
+    let ten = StdDuration::from_secs(10);
+    // (what, due, measured, interval, next)
+    let cases = [
+        ("not on a schedule yet", None, t(3), ten, t(13)),
+        (
+            "measured before it was due (clock skew)",
+            Some(t(10)),
+            t(9),
+            ten,
+            t(20),
+        ),
+        ("no interval", Some(t(10)), t(12), StdDuration::ZERO, t(12)),
+        (
+            "a day late, 1 s interval",
+            Some(t(10)),
+            t(86_410),
+            StdDuration::from_secs(1),
+            t(86_411),
+        ),
+        (
+            "sub-second interval",
+            Some(t(10)),
+            t_ms(10_260),
+            StdDuration::from_millis(200),
+            t_ms(10_400),
+        ),
+    ];
+    for (what, due, measured, interval, next) in cases {
+        assert_eq!(
+            analysis_runs::next_on_schedule(due, measured, interval),
+            next,
+            "{what}"
+        );
+    }
+    // Far in the future, saturated rather than wrapped.
+    let far = analysis_runs::next_on_schedule(Some(Timestamp::MAX), Timestamp::MAX, ten);
+    assert_eq!(far, Timestamp::MAX);
+}
+
+#[test]
+fn compare_intervals_stay_contiguous_on_a_fixed_schedule() {
+    // Each interval runs from where the last one ended to when it is measured, however late;
+    // only the due times are on the schedule.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions(BACKGROUND);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let interval = StdDuration::from_secs(10);
+    // (when measured (ms), the interval's start, the next due (s))
+    let taken = [
+        (1_500, t_ms(-8_500), 10),
+        (12_000, t_ms(1_500), 20),
+        (27_000, t_ms(12_000), 40),
+        (40_200, t_ms(27_000), 50),
+    ];
+    for (at, start, due) in taken {
+        let end = t_ms(at);
+        assert_eq!(
+            compare_window_start(&status, BACKGROUND, "error-rate", interval, end),
+            start,
+            "the interval measured at {at} ms"
+        );
+        let mut measured = compare_measurement(BACKGROUND, 0, 500);
+        measured.measurement.time = end.to_string();
+        seen.measurements = vec![measured];
+        status = plan(&s, &status, &seen, end).status;
+        let metric = &analysis_runs::run(&status, BACKGROUND).unwrap().metrics[0];
+        assert_eq!(metric.next_measurement_at, Some(t(due).to_string()), "{at}");
+        assert_eq!(
+            metric.compare.as_ref().unwrap().window_end,
+            Some(end.to_string())
+        );
+    }
+}
