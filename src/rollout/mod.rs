@@ -27,8 +27,8 @@ use crate::api::duration::later;
 use crate::routing::{Capabilities, Granularity};
 
 pub use analysis_runs::{
-    BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
-    endless_step_metric, recorded_phase, step_run,
+    BACKGROUND, MAX_JITTER, MetricDefinition, NewMeasurement, compare_window_start,
+    due_measurements, endless_step_metric, first_measurement_jitter, recorded_phase, step_run,
 };
 
 /// What the controller saw of one managed Deployment.
@@ -94,6 +94,10 @@ pub struct Observed {
     /// The HPA the controller derives for `<target>-stable`, as it is (`None`: it does not
     /// exist).
     pub derived_autoscaler: Option<DerivedAutoscaler>,
+    /// The Canary's `metadata.uid`: offsets its metrics' schedules (see
+    /// [`analysis_runs::first_measurement_jitter`]) so Canaries started together do not query
+    /// together. Empty (the default): no offset.
+    pub canary_uid: String,
 }
 
 /// The user's HorizontalPodAutoscaler of the target: its bounds (its metrics and behaviour
@@ -1172,7 +1176,12 @@ impl Planner<'_> {
                 self.set_weight(weight);
                 self.status.step_started_at = Some(self.now_text());
                 if let Ok(definitions) = &self.observed.analysis {
-                    analysis_runs::resume_measuring(&mut self.status, definitions, self.now);
+                    analysis_runs::resume_measuring(
+                        &mut self.status,
+                        definitions,
+                        self.now,
+                        &self.observed.canary_uid,
+                    );
                 }
                 return false;
             }
@@ -1668,7 +1677,13 @@ impl Planner<'_> {
     /// Creates the run if needed; returns its phase, or None when its definitions are missing.
     fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
         let definitions = self.definitions_of(name)?;
-        let phase = analysis_runs::ensure(&mut self.status, name, &definitions, self.now);
+        let phase = analysis_runs::ensure(
+            &mut self.status,
+            name,
+            &definitions,
+            self.now,
+            &self.observed.canary_uid,
+        );
         if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
             self.requeue_in(next);
         }

@@ -80,6 +80,7 @@ fn observed(target_revision: &str) -> Observed {
         },
         autoscaler: None,
         derived_autoscaler: None,
+        canary_uid: String::new(),
     }
 }
 
@@ -3145,6 +3146,108 @@ fn compare_intervals_stay_contiguous_on_a_fixed_schedule() {
         assert_eq!(
             metric.compare.as_ref().unwrap().window_end,
             Some(end.to_string())
+        );
+    }
+}
+
+// -- jitter: Canaries started together do not query together --------------------------------
+
+/// When the first measurement of the background metric is due for a Canary of uid `uid`
+/// whose canary first gets traffic at `t(0)`, with `interval` and an `initialDelay` of 2 s.
+fn first_due(uid: &str, interval: StdDuration) -> Timestamp {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut definitions = background_with_error_limit_4().unwrap();
+    for definition in definitions.values_mut().flatten() {
+        definition.interval = interval;
+        definition.initial_delay = StdDuration::from_secs(2);
+    }
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = Ok(definitions);
+    seen.canary_uid = uid.into();
+    let status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+    let metric = &analysis_runs::run(&status, BACKGROUND).unwrap().metrics[0];
+    metric
+        .next_measurement_at
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn canaries_started_together_spread_their_first_measurements() {
+    let uids: Vec<String> = (0..1000)
+        .map(|i| format!("6c1f0e2a-4b7d-4e0b-9d3c-{i:012}"))
+        .collect();
+    // (interval, the spread: at most a tenth of it, and 5 s)
+    let cases = [
+        (StdDuration::from_secs(10), StdDuration::from_secs(1)),
+        (StdDuration::from_secs(1), StdDuration::from_millis(100)),
+        (StdDuration::from_secs(300), StdDuration::from_secs(5)),
+    ];
+    for (interval, spread) in cases {
+        let start = t(2);
+        let mut tenths = [0usize; 10];
+        for (i, uid) in uids.iter().enumerate() {
+            let due = first_due(uid, interval);
+            if i < 10 {
+                assert_eq!(due, first_due(uid, interval), "deterministic");
+            }
+            let offset = due.duration_since(start);
+            assert!(
+                !offset.is_negative() && offset.unsigned_abs() < spread,
+                "{uid} every {interval:?}: {offset:?} after the initial delay"
+            );
+            let tenth = offset.as_nanos() * 10 / i128::try_from(spread.as_nanos()).unwrap();
+            tenths[usize::try_from(tenth).unwrap()] += 1;
+        }
+        // Uniform would be 100 a tenth; bunched would leave tenths empty.
+        assert!(
+            tenths.iter().all(|n| (60..=140).contains(n)),
+            "every {interval:?}: {tenths:?}"
+        );
+    }
+    // Without a uid (a Canary not from the API server): no offset.
+    assert_eq!(first_due("", StdDuration::from_secs(10)), t(2));
+}
+
+#[test]
+fn the_jittered_offset_stays_with_every_later_measurement() {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = background_with_error_limit_4();
+    seen.canary_uid = "6c1f0e2a-4b7d-4e0b-9d3c-000000000007".into();
+    let mut status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+    let due = |status: &CanaryStatus| -> Timestamp {
+        analysis_runs::run(status, BACKGROUND).unwrap().metrics[0]
+            .next_measurement_at
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = due(&status);
+    let offset = first.duration_since(t(0));
+    assert!(offset.is_positive(), "{offset:?}");
+    for k in 1..=3 {
+        // Taken 300 ms late each time.
+        let taken = due(&status) + jiff::SignedDuration::from_millis(300);
+        let mut measured = measurement(BACKGROUND, 0, MeasurementPhase::Successful);
+        measured.measurement.time = taken.to_string();
+        seen.measurements = vec![measured];
+        status = plan(&s, &status, &seen, taken).status;
+        assert_eq!(
+            due(&status),
+            first + jiff::SignedDuration::from_secs(10 * k),
+            "measurement {k}"
         );
     }
 }
