@@ -170,7 +170,9 @@ pub struct Plan {
 
 /// While waiting on Deployments or the router, look again at least this often.
 pub const WAIT_RECHECK: StdDuration = StdDuration::from_secs(5);
-/// The soonest a plan asks to be looked at again (measurement intervals are at least 1 s).
+/// How soon a plan asks to be looked at again for something due now that it could not do
+/// (and between requests taken one per reconcile): a retry pace, never a floor for a time
+/// something is due.
 pub const MIN_REQUEUE: StdDuration = StdDuration::from_secs(1);
 
 /// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas
@@ -433,9 +435,11 @@ impl Planner<'_> {
     }
 
     fn requeue_in(&mut self, after: StdDuration) {
-        // A floor, so that something due now that this reconcile could not do (a metric whose
-        // template is gone) is retried at a bounded pace, never in a busy loop.
-        let after = after.max(MIN_REQUEUE);
+        // Something due later is looked at exactly when it is due (a floor would make a
+        // measurement late). Something due now that this reconcile could not finish (a
+        // measurement in flight, whose end wakes the Canary anyway; a metric whose template
+        // is gone) is retried at a bounded pace, never in a busy loop.
+        let after = if after.is_zero() { MIN_REQUEUE } else { after };
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
@@ -1792,7 +1796,8 @@ impl Planner<'_> {
         .into_iter()
         .flatten()
         .min();
-        if waited.is_some_and(|waited| waited > deadline) {
+        // Passed once reached: the wait below is then never zero.
+        if waited.is_some_and(|waited| waited >= deadline) {
             return true;
         }
         // Look again when the deadline passes (sooner if something else is due), paused or not.

@@ -3251,3 +3251,102 @@ fn the_jittered_offset_stays_with_every_later_measurement() {
         );
     }
 }
+
+// -- requeue: exactly when something is due, a floor only against a busy loop ---------------
+
+#[test]
+fn a_plan_looks_again_exactly_when_something_is_due() {
+    let s = spec(serde_json::json!({}));
+    let soon = StdDuration::from_millis(300);
+    let with_canary = |canary: WorkloadState| Observed {
+        canary: Some(canary),
+        ..observed("r2")
+    };
+    // A background analysis whose run started at t(0) and measured at t(0): next due t(10).
+    let background = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut measuring = with_canary(ready("r2", 1));
+    measuring.analysis = background_with_error_limit_4();
+    let started = plan(&background, &progressing(1, 10, 0), &measuring, t(0)).status;
+    let mut first = measuring.clone();
+    first.measurements = vec![measurement(BACKGROUND, 0, MeasurementPhase::Successful)];
+    let measured = plan(&background, &started, &first, t(0)).status;
+    // (what, spec, status, observed, now, requeue)
+    let cases = [
+        (
+            "a measurement due in 300 ms",
+            &background,
+            measured,
+            &measuring,
+            t_ms(9_700),
+            soon,
+        ),
+        (
+            "a measurement due now, being taken: not a busy loop",
+            &background,
+            started,
+            &measuring,
+            t_ms(200),
+            MIN_REQUEUE,
+        ),
+        (
+            "a pause that ends in 300 ms",
+            &s,
+            progressing(1, 10, 0),
+            &with_canary(ready("r2", 1)),
+            t_ms(59_700),
+            soon,
+        ),
+        (
+            "a canary scale-down due in 300 ms",
+            &s,
+            CanaryStatus {
+                phase: Phase::Promoted,
+                canary_scale_down_at: Some(t(60).to_string()),
+                ..idle()
+            },
+            &Observed {
+                canary: Some(ready("r1", 1)),
+                ..observed("r1")
+            },
+            t_ms(59_700),
+            soon,
+        ),
+        (
+            "a progress deadline that passes in 300 ms",
+            &s,
+            CanaryStatus {
+                canary_unready_since: Some(t(0).to_string()),
+                ..progressing(0, 0, 0)
+            },
+            &with_canary(not_ready("r2", 1)),
+            t_ms(599_700),
+            soon,
+        ),
+    ];
+    for (what, s, status, seen, now, requeue) in cases {
+        let p = plan(s, &status, seen, now);
+        assert_eq!(
+            p.requeue_after,
+            Some(requeue),
+            "{what}: {:?}",
+            p.status.message
+        );
+    }
+    // Reached is passed: nothing is left to wait for at the deadline itself.
+    let at_deadline = plan(
+        &s,
+        &CanaryStatus {
+            canary_unready_since: Some(t(0).to_string()),
+            ..progressing(0, 0, 0)
+        },
+        &with_canary(not_ready("r2", 1)),
+        t(600),
+    );
+    assert_eq!(
+        at_deadline.status.rollback_reason,
+        Some(RollbackReason::ProgressDeadlineExceeded)
+    );
+}
