@@ -266,6 +266,7 @@ fn walk(spec: &CanarySpec, metric: MetricDefinition, start: Timestamp) -> Canary
         },
         autoscaler: None,
         derived_autoscaler: None,
+        canary_uid: String::new(),
     };
     let mut status = CanaryStatus {
         phase: Phase::Idle,

@@ -827,6 +827,12 @@ pub struct CanaryStatus {
     /// When the current step (or pause, or promotion phase) began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<String>,
+    /// When the timed pause step under way ends (evidence may end it earlier, see
+    /// `spec.analysis.minStepDuration`); absent at any other step, and while paused or
+    /// without traffic (the pause's clock starts again on resume). Status holds this time,
+    /// not a countdown: `canary status` says how long is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ends_at: Option<String>,
     /// When the canary Deployment was last changed (template or replicas): the progress
     /// deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,9 @@ Examples:
 
 Steps are counted from 1 everywhere: `step 4/6` is the fourth of six (status.currentStepIndex 3).
 
+Status holds deadlines as times (status.pauseEndsAt, each metric's nextMeasurementAt), never
+countdowns; the time left (`next step in 45s`, JSON secondsLeftInStep) is counted when shown.
+
 --watch keeps watching until interrupted (Ctrl-C exits 0). On a terminal it redraws every
 second (countdowns stay live) and on every change of the Canary or its events; otherwise
 (CI logs, -o json) it prints one line (or JSON object) per change. With --exit-on-settle it
@@ -55,7 +58,13 @@ pub struct Args {
 
 /// List Canaries and where each rollout stands.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  canary list -n shop\n  canary list -A -o json")]
+#[command(after_help = "\
+Examples:
+  canary list -n shop
+  canary list -A -o json
+
+A Canary at a timed pause step shows the time left after its message (`canary at 20%, holding
+5m (3m10s left)`), counted from status.pauseEndsAt when listed.")]
 pub struct ListArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
@@ -99,6 +108,10 @@ pub struct StatusView {
     /// Seconds since the current step (or pause, promotion, rollback) began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds_in_step: Option<i64>,
+    /// Seconds until the timed pause under way ends (absent at other steps); status holds
+    /// the time (`status.pauseEndsAt`), this is counted when the view is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_left_in_step: Option<i64>,
     /// What happens next and when, in words.
     pub next: String,
     pub metrics: Vec<MetricView>,
@@ -240,6 +253,24 @@ fn seconds_until(at: &Option<String>, now: Timestamp) -> Option<i64> {
     Some(at.duration_since(now).as_secs())
 }
 
+/// Seconds until the timed pause under way ends: from `status.pauseEndsAt`, or, from a
+/// controller that does not write it, from when the step started.
+fn seconds_left_in_pause(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> Option<i64> {
+    if let Some(left) = seconds_until(&status.pause_ends_at, now) {
+        return Some(left);
+    }
+    if status.phase != Phase::Progressing {
+        return None;
+    }
+    let index = status.current_step_index? as usize;
+    let Some(RolloutStep::Pause(Some(duration))) = spec.rollout_steps().get(index).cloned() else {
+        return None;
+    };
+    let started: Timestamp = status.step_started_at.as_deref()?.parse().ok()?;
+    let ends = crate::api::duration::later(started, duration.as_std());
+    Some(ends.duration_since(now).as_secs())
+}
+
 /// What happens next, in words, from the spec, the status and the time.
 pub fn next_action(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> String {
     let target = &spec.target_ref.name;
@@ -283,21 +314,11 @@ pub fn next_action(spec: &CanarySpec, status: &CanaryStatus, now: Timestamp) -> 
                 Some(RolloutStep::SetWeight(w)) => {
                     format!("moving {w}% of the traffic to the canary once its pods are ready")
                 }
-                Some(RolloutStep::Pause(Some(d))) => {
-                    let started = status
-                        .step_started_at
-                        .as_deref()
-                        .and_then(|t| t.parse::<Timestamp>().ok());
-                    match started {
-                        Some(started) => {
-                            let total =
-                                jiff::SignedDuration::try_from(d.as_std()).unwrap_or_default();
-                            let left = (started + total).duration_since(now).as_secs().max(0);
-                            format!("next step in {left}s")
-                        }
-                        None => format!("next step after {d}"),
-                    }
-                }
+                Some(RolloutStep::Pause(Some(d))) => match seconds_left_in_pause(spec, status, now)
+                {
+                    Some(left) => format!("next step in {}s", left.max(0)),
+                    None => format!("next step after {d}"),
+                },
                 Some(RolloutStep::Pause(None)) => "waiting for `canary promote`".into(),
                 Some(RolloutStep::SetHeaderRoute(route)) => format!(
                     "setting header route {} once the canary's pods are ready",
@@ -383,6 +404,8 @@ pub fn view(canary: &Canary, events: &[Event], now: Timestamp) -> StatusView {
             .as_deref()
             .and_then(|t| t.parse::<Timestamp>().ok())
             .map(|t| now.duration_since(t).as_secs()),
+        seconds_left_in_step: seconds_left_in_pause(&canary.spec, &status, now)
+            .map(|left| left.max(0)),
         next: next_action(&canary.spec, &status, now),
         metrics,
         conditions: status
@@ -500,9 +523,13 @@ pub fn render(view: &StatusView) -> String {
             .seconds_in_step
             .map(|s| format!(", {s}s in step"))
             .unwrap_or_default();
+        let left = view
+            .seconds_left_in_step
+            .map(|s| format!(", {s}s left"))
+            .unwrap_or_default();
         field(
             "step",
-            format!("{} {}{elapsed}", step.display, step.description),
+            format!("{} {}{elapsed}{left}", step.display, step.description),
         );
     }
     field("message", view.message.clone().unwrap_or_default());
@@ -867,6 +894,20 @@ fn event_changes(
     )
 }
 
+/// The message, with the time left of a timed pause counted now (status holds no countdown).
+fn message_with_time_left(view: &StatusView) -> String {
+    let message = view.message.clone().unwrap_or_default();
+    match view.seconds_left_in_step {
+        Some(left) => {
+            let left = crate::api::Duration::from(std::time::Duration::from_secs(
+                left.max(1).unsigned_abs(),
+            ));
+            format!("{message} ({left} left)")
+        }
+        None => message,
+    }
+}
+
 /// One row per Canary.
 pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let connection = args.kube.connect().await?;
@@ -906,7 +947,7 @@ pub async fn list(args: ListArgs, output: OutputFormat) -> Result<Exit, Failure>
                             .clone()
                             .or(v.stable_revision.clone())
                             .unwrap_or_default(),
-                        v.message.clone().unwrap_or_default(),
+                        message_with_time_left(v),
                     ]
                 })
                 .collect();
@@ -1149,6 +1190,68 @@ mod tests {
                 view.next
             );
         }
+    }
+
+    #[test]
+    fn the_time_left_of_a_pause_is_counted_from_the_deadline_in_status() {
+        // The controller writes when the pause ends, not a countdown; every view counts.
+        let status = CanaryStatus {
+            phase: Phase::Progressing,
+            stable_revision: Some("r1".into()),
+            canary_revision: Some("r2".into()),
+            canary_weight: 20,
+            current_step_index: Some(1),
+            // The deadline in status wins over the spec's duration (resumed, restarted…).
+            step_started_at: Some(at(0).to_string()),
+            pause_ends_at: Some(at(90).to_string()),
+            message: Some("canary at 20%, holding 1m".into()),
+            ..Default::default()
+        };
+        // (now, next, seconds left, list message)
+        let cases = [
+            (
+                15,
+                "next step in 75s",
+                75,
+                "canary at 20%, holding 1m (1m15s left)",
+            ),
+            (
+                89,
+                "next step in 1s",
+                1,
+                "canary at 20%, holding 1m (1s left)",
+            ),
+            (
+                95,
+                "next step in 0s",
+                0,
+                "canary at 20%, holding 1m (1s left)",
+            ),
+        ];
+        for (now, next, left, listed) in cases {
+            let v = view(&canary(status.clone()), &[], at(now));
+            assert_eq!(v.next, next, "at {now}");
+            assert_eq!(v.seconds_left_in_step, Some(left), "at {now}");
+            assert_eq!(message_with_time_left(&v), listed, "at {now}");
+            let json = serde_json::to_value(&v).unwrap();
+            assert_eq!(json["secondsLeftInStep"], left, "at {now}");
+            assert_eq!(json["message"], "canary at 20%, holding 1m", "at {now}");
+            assert!(
+                render(&v).contains(&format!("s in step, {left}s left")),
+                "{}",
+                render(&v)
+            );
+        }
+        // Not at a timed pause: nothing left to count.
+        let gate = CanaryStatus {
+            current_step_index: Some(3),
+            pause_ends_at: None,
+            message: Some("paused by a step".into()),
+            ..status
+        };
+        let v = view(&canary(gate), &[], at(15));
+        assert_eq!(v.seconds_left_in_step, None);
+        assert_eq!(message_with_time_left(&v), "paused by a step");
     }
 
     #[test]

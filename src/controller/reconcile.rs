@@ -573,6 +573,7 @@ async fn observe(
         measurements,
         autoscaler,
         derived_autoscaler,
+        canary_uid: canary.uid().unwrap_or_default(),
     };
     let read = Read {
         target: target_deployment,

@@ -86,12 +86,50 @@ pub(super) fn signed(duration: StdDuration) -> SignedDuration {
     SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
-/// Creates run `name` if it does not exist; returns its phase.
+/// The most a metric's schedule is offset by [`first_measurement_jitter`].
+pub const MAX_JITTER: StdDuration = StdDuration::from_secs(5);
+
+/// How much later than its `initialDelay` the first measurement of `metric` in run `run` of
+/// the Canary of uid `canary_uid` is due, which offsets every later one too (the schedule
+/// runs from the first): a share of a tenth of the interval, at most [`MAX_JITTER`], taken
+/// from a hash of the three, so Canaries started together spread their queries evenly over
+/// that window instead of sending them at once, and each Canary's schedule is the same on
+/// every reconcile and after a restart. A tenth delays a run's first verdict by little; 5 s
+/// spreads even thousands of Canaries' queries, so a long interval's first measurement is
+/// not delayed further. No uid: no offset.
+pub fn first_measurement_jitter(
+    canary_uid: &str,
+    run: &str,
+    metric: &str,
+    interval: StdDuration,
+) -> StdDuration {
+    if canary_uid.is_empty() {
+        return StdDuration::ZERO;
+    }
+    let window = (interval / 10).min(MAX_JITTER);
+    let key = format!("{canary_uid}/{run}/{metric}");
+    let share = mix(crate::workload::fnv1a64(key.as_bytes()));
+    // share / 2^64 of the window, in nanoseconds (the window is at most 5 s: no overflow).
+    let nanos = (u128::from(share) * window.as_nanos()) >> 64;
+    StdDuration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// A 64-bit finalizer (SplitMix64's): FNV-1a of keys that differ only in their last
+/// characters differs little in its high bits, which the share above is taken from.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Creates run `name` if it does not exist; returns its phase. Each metric's first
+/// measurement is due after its `initialDelay` and its jitter (of the Canary `canary_uid`).
 pub fn ensure(
     status: &mut CanaryStatus,
     name: &str,
     definitions: &[MetricDefinition],
     now: Timestamp,
+    canary_uid: &str,
 ) -> AnalysisPhase {
     if let Some(index) = status.analysis_runs.iter().position(|r| r.name == name) {
         let run = &status.analysis_runs[index];
@@ -110,7 +148,12 @@ pub fn ensure(
             phase: AnalysisPhase::Pending,
             message: String::new(),
             tally: Tally::default(),
-            next_measurement_at: Some(at(later(now, d.initial_delay))),
+            next_measurement_at: Some(at(later(
+                now,
+                d.initial_delay.saturating_add(first_measurement_jitter(
+                    canary_uid, name, &d.name, d.interval,
+                )),
+            ))),
             last_passed_at: None,
             measurements: Vec::new(),
             compare: d.compare.as_ref().map(|_| CompareStatus::default()),
@@ -254,12 +297,13 @@ pub fn hold_measuring(status: &mut CanaryStatus) {
 }
 
 /// Starts the clocks [`hold_measuring`] stopped, as at a run's start: each metric's next
-/// measurement after its `initialDelay` from `now`, and a compare metric's next interval from
-/// `now`, so no measurement covers the time the canary had no traffic.
+/// measurement after its `initialDelay` (and jitter) from `now`, and a compare metric's next
+/// interval from `now`, so no measurement covers the time the canary had no traffic.
 pub fn resume_measuring(
     status: &mut CanaryStatus,
     definitions: &BTreeMap<String, Vec<MetricDefinition>>,
     now: Timestamp,
+    canary_uid: &str,
 ) {
     for run in status
         .analysis_runs
@@ -283,7 +327,9 @@ pub fn resume_measuring(
                 compare.window_end = Some(at(now));
                 first = first.max(definition.interval);
             }
-            metric.next_measurement_at = Some(at(later(now, first)));
+            let jitter =
+                first_measurement_jitter(canary_uid, &run.name, &metric.name, definition.interval);
+            metric.next_measurement_at = Some(at(later(now, first.saturating_add(jitter))));
         }
     }
 }
@@ -355,7 +401,9 @@ pub fn record(
         let excess = metric.measurements.len().saturating_sub(MEASUREMENTS_KEPT);
         metric.measurements.drain(..excess);
         let measured_at: Option<Timestamp> = measurement.time.parse().ok();
-        metric.next_measurement_at = measured_at.map(|t| at(later(t, definition.interval)));
+        let due = parse(&metric.next_measurement_at);
+        metric.next_measurement_at =
+            measured_at.map(|t| at(next_on_schedule(due, t, definition.interval)));
         // An analysis step is done once the canary is shown fine; the background analysis
         // keeps watching and the rollout reads the verdict.
         let assessment = assess_metric(metric, definition, compared, false, new.run != BACKGROUND);
@@ -376,6 +424,36 @@ pub fn record(
             }
         }
     }
+}
+
+/// When the measurement after one that was due at `due` and taken at `measured` is due: on
+/// the metric's schedule (`due` + k × `interval`), at the first slot at least half an interval
+/// after `measured`. So lag never accumulates (a measurement taken 2 s late leaves the next
+/// one where it was), a very late one brings no burst of catch-up measurements (slots it
+/// missed are skipped), and two measurements are never closer than half an interval (a
+/// compare metric's interval, which runs from one measurement to the next, is never shorter).
+/// Without a due time (not on a schedule yet) the next is one interval after `measured`.
+pub(super) fn next_on_schedule(
+    due: Option<Timestamp>,
+    measured: Timestamp,
+    interval: StdDuration,
+) -> Timestamp {
+    let interval_nanos = interval.as_nanos();
+    let Some(due) = due.filter(|_| interval_nanos > 0) else {
+        return later(measured, interval);
+    };
+    let earliest = later(measured, interval / 2);
+    let behind = earliest.duration_since(due).as_nanos();
+    // The number of intervals from `due` to the first slot at or after `earliest`; at least 1.
+    let slots = if behind <= 0 {
+        1
+    } else {
+        behind.unsigned_abs().div_ceil(interval_nanos).max(1)
+    };
+    let offset = u32::try_from(slots).map_or(StdDuration::MAX, |slots| {
+        interval.checked_mul(slots).unwrap_or(StdDuration::MAX)
+    });
+    later(due, offset)
 }
 
 /// Where the next interval of a compare metric starts: where the last one ended, or one

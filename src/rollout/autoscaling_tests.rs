@@ -75,6 +75,7 @@ fn observed(
             min_replicas,
             in_sync: true,
         }),
+        canary_uid: String::new(),
     }
 }
 

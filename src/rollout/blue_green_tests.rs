@@ -51,6 +51,7 @@ fn observed(stable: WorkloadState, canary: Option<WorkloadState>, route: u8) -> 
         router: SWITCH,
         autoscaler: None,
         derived_autoscaler: None,
+        canary_uid: String::new(),
     }
 }
 

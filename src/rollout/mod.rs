@@ -27,8 +27,8 @@ use crate::api::duration::later;
 use crate::routing::{Capabilities, Granularity};
 
 pub use analysis_runs::{
-    BACKGROUND, MetricDefinition, NewMeasurement, compare_window_start, due_measurements,
-    endless_step_metric, recorded_phase, step_run,
+    BACKGROUND, MAX_JITTER, MetricDefinition, NewMeasurement, compare_window_start,
+    due_measurements, endless_step_metric, first_measurement_jitter, recorded_phase, step_run,
 };
 
 /// What the controller saw of one managed Deployment.
@@ -94,6 +94,10 @@ pub struct Observed {
     /// The HPA the controller derives for `<target>-stable`, as it is (`None`: it does not
     /// exist).
     pub derived_autoscaler: Option<DerivedAutoscaler>,
+    /// The Canary's `metadata.uid`: offsets its metrics' schedules (see
+    /// [`analysis_runs::first_measurement_jitter`]) so Canaries started together do not query
+    /// together. Empty (the default): no offset.
+    pub canary_uid: String,
 }
 
 /// The user's HorizontalPodAutoscaler of the target: its bounds (its metrics and behaviour
@@ -166,7 +170,9 @@ pub struct Plan {
 
 /// While waiting on Deployments or the router, look again at least this often.
 pub const WAIT_RECHECK: StdDuration = StdDuration::from_secs(5);
-/// The soonest a plan asks to be looked at again (measurement intervals are at least 1 s).
+/// How soon a plan asks to be looked at again for something due now that it could not do
+/// (and between requests taken one per reconcile): a retry pace, never a floor for a time
+/// something is due.
 pub const MIN_REQUEUE: StdDuration = StdDuration::from_secs(1);
 
 /// Replicas the canary needs to serve `weight` percent of a service of `desired` replicas
@@ -429,9 +435,11 @@ impl Planner<'_> {
     }
 
     fn requeue_in(&mut self, after: StdDuration) {
-        // A floor, so that something due now that this reconcile could not do (a metric whose
-        // template is gone) is retried at a bounded pace, never in a busy loop.
-        let after = after.max(MIN_REQUEUE);
+        // Something due later is looked at exactly when it is due (a floor would make a
+        // measurement late). Something due now that this reconcile could not finish (a
+        // measurement in flight, whose end wakes the Canary anyway; a metric whose template
+        // is gone) is retried at a bounded pace, never in a busy loop.
+        let after = if after.is_zero() { MIN_REQUEUE } else { after };
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
@@ -1172,7 +1180,12 @@ impl Planner<'_> {
                 self.set_weight(weight);
                 self.status.step_started_at = Some(self.now_text());
                 if let Ok(definitions) = &self.observed.analysis {
-                    analysis_runs::resume_measuring(&mut self.status, definitions, self.now);
+                    analysis_runs::resume_measuring(
+                        &mut self.status,
+                        definitions,
+                        self.now,
+                        &self.observed.canary_uid,
+                    );
                 }
                 return false;
             }
@@ -1534,10 +1547,10 @@ impl Planner<'_> {
             return true;
         }
         let left = total.saturating_sub(elapsed).unsigned_abs();
+        // No countdown: status is rewritten only on news (`pauseEndsAt` says when it ends).
         self.status.message = Some(format!(
-            "canary at {}%, holding {duration} ({} left)",
-            self.status.canary_weight,
-            crate::api::Duration::from(StdDuration::from_secs(left.as_secs().max(1)))
+            "canary at {}%, holding {duration}",
+            self.status.canary_weight
         ));
         self.requeue_in(left);
         false
@@ -1668,7 +1681,13 @@ impl Planner<'_> {
     /// Creates the run if needed; returns its phase, or None when its definitions are missing.
     fn ensure_run(&mut self, name: &str) -> Option<AnalysisPhase> {
         let definitions = self.definitions_of(name)?;
-        let phase = analysis_runs::ensure(&mut self.status, name, &definitions, self.now);
+        let phase = analysis_runs::ensure(
+            &mut self.status,
+            name,
+            &definitions,
+            self.now,
+            &self.observed.canary_uid,
+        );
         if let Some(next) = analysis_runs::next_due(&self.status, self.now) {
             self.requeue_in(next);
         }
@@ -1777,7 +1796,8 @@ impl Planner<'_> {
         .into_iter()
         .flatten()
         .min();
-        if waited.is_some_and(|waited| waited > deadline) {
+        // Passed once reached: the wait below is then never zero.
+        if waited.is_some_and(|waited| waited >= deadline) {
             return true;
         }
         // Look again when the deadline passes (sooner if something else is due), paused or not.
@@ -1985,6 +2005,25 @@ impl Planner<'_> {
         }
     }
 
+    /// When the timed pause step under way ends, if the rollout is at one and its clock runs
+    /// (not paused or suspended, not without traffic).
+    fn pause_ends_at(&self) -> Option<String> {
+        if self.status.phase != Phase::Progressing
+            || self.spec.suspend
+            || self.status.withdrawn_weight.is_some()
+        {
+            return None;
+        }
+        let index = self.status.current_step_index? as usize;
+        let Some(RolloutStep::Pause(Some(duration))) =
+            self.spec.rollout_steps().get(index).cloned()
+        else {
+            return None;
+        };
+        let started = analysis_runs::parse(&self.status.step_started_at)?;
+        Some(later(started, duration.as_std()).to_string())
+    }
+
     /// Sets a condition, keeping its transition time when its status did not change.
     fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
         set_condition(
@@ -2007,6 +2046,7 @@ impl Planner<'_> {
             .canary_revision
             .clone()
             .or_else(|| self.status.stable_revision.clone());
+        self.status.pause_ends_at = self.pause_ends_at();
         Plan {
             actions: order_actions(self.actions),
             status: self.status,

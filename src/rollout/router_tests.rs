@@ -45,6 +45,7 @@ fn observed(router: Capabilities, stable: i32, canary: Option<i32>) -> Observed 
         router,
         autoscaler: None,
         derived_autoscaler: None,
+        canary_uid: String::new(),
     }
 }
 

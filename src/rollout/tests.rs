@@ -80,6 +80,7 @@ fn observed(target_revision: &str) -> Observed {
         },
         autoscaler: None,
         derived_autoscaler: None,
+        canary_uid: String::new(),
     }
 }
 
@@ -2642,4 +2643,710 @@ fn weight_given_to_a_settled_canary_by_hand_is_set_back_and_reported() {
         );
         assert_eq!(p.status.effective_weight, found.or(last));
     }
+}
+
+// -- status changes only on news -------------------------------------------------------------
+
+/// Each kind of wait a Canary can be in, as `(what, spec, status before, observed)`: planned
+/// once at `t(30)` and again (with what that wrote) until the status holds still.
+fn every_kind_of_wait() -> Vec<(&'static str, CanarySpec, CanaryStatus, Observed)> {
+    let default_spec = spec(serde_json::json!({}));
+    let with_canary = |pods: WorkloadState| Observed {
+        canary: Some(pods),
+        route_weight: None,
+        ..observed("r2")
+    };
+    let background = |steps: serde_json::Value| {
+        spec(serde_json::json!({
+            "steps": steps,
+            "analysis": {"templates": [{"templateName": "success"}]},
+        }))
+    };
+    let measuring = |seen: Observed, definitions| Observed {
+        analysis: definitions,
+        ..seen
+    };
+    let blue_green = |extra: serde_json::Value| -> CanarySpec {
+        let mut blue_green = serde_json::json!({
+            "activeService": "api-active",
+            "previewService": "api-preview",
+        });
+        blue_green
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(serde_json::json!({
+            "targetRef": {"name": "web"},
+            "service": {"port": 8080},
+            "scaleDownDelaySeconds": 30,
+            "strategy": {"blueGreen": blue_green},
+        }))
+        .unwrap()
+    };
+    let switched = |weight: u8, canary: WorkloadState| Observed {
+        route_weight: Some(weight),
+        router: crate::routing::Capabilities {
+            granularity: crate::routing::Granularity::Switch,
+            header_routes: false,
+        },
+        ..with_canary(canary)
+    };
+    // Statuses with analysis runs under way, as earlier reconciles left them.
+    let step_analysis_seen = measuring(with_canary(ready("r2", 1)), definitions("step-1", 3));
+    let step_analysis_measured = plan(
+        &analysis_spec("rollback"),
+        &progressing(1, 10, 0),
+        &step_analysis_seen,
+        t(19),
+    );
+    let background_spec =
+        background(serde_json::json!([{"setWeight": 10}, {"pause": {"duration": "10m"}}]));
+    let background_seen = measuring(with_canary(ready("r2", 1)), definitions(BACKGROUND, 100));
+    let background_started = plan(
+        &background_spec,
+        &progressing(1, 10, 0),
+        &background_seen,
+        t(20),
+    );
+    let paused_by_request = plan(
+        &background_spec,
+        &background_started.status,
+        &Observed {
+            requests: request(RequestAction::Pause, "p"),
+            ..background_seen.clone()
+        },
+        t(25),
+    );
+    vec![
+        ("idle", default_spec.clone(), idle(), observed("r1")),
+        (
+            "promoted, the canary's scale-down pending",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::Promoted,
+                canary_scale_down_at: Some(t(60).to_string()),
+                ..idle()
+            },
+            Observed {
+                canary: Some(ready("r1", 1)),
+                ..observed("r1")
+            },
+        ),
+        (
+            "rolled back",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::RolledBack,
+                failed_revision: Some("r2".into()),
+                canary_scale_down_at: Some(t(0).to_string()),
+                ..idle()
+            },
+            observed("r2"),
+        ),
+        (
+            "failed: no target",
+            default_spec.clone(),
+            idle(),
+            Observed {
+                target: None,
+                ..observed("r1")
+            },
+        ),
+        (
+            "initializing: waiting for stable",
+            default_spec.clone(),
+            CanaryStatus::default(),
+            Observed {
+                stable: Some(not_ready("r1", 4)),
+                ..observed("r1")
+            },
+        ),
+        (
+            "waiting for canary pods (progress deadline running)",
+            default_spec.clone(),
+            progressing(0, 0, 0),
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "timed pause",
+            default_spec.clone(),
+            progressing(1, 10, 0),
+            with_canary(ready("r2", 1)),
+        ),
+        (
+            "approval gate",
+            default_spec.clone(),
+            progressing(3, 50, 0),
+            with_canary(ready("r2", 2)),
+        ),
+        (
+            "analysis step, next measurement due later",
+            analysis_spec("rollback"),
+            step_analysis_measured.status,
+            Observed {
+                measurements: vec![measurement("step-1", 29, MeasurementPhase::Successful)],
+                ..step_analysis_seen
+            },
+        ),
+        (
+            "timed pause with a background analysis, next measurement due later",
+            background_spec.clone(),
+            background_started.status,
+            Observed {
+                measurements: vec![measurement(BACKGROUND, 29, MeasurementPhase::Successful)],
+                ..background_seen.clone()
+            },
+        ),
+        (
+            "timed pause, no regression yet for its minimum step time",
+            spec(serde_json::json!({
+                "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+                "analysis": {"templates": [{"templateName": "compare"}], "minStepDuration": "5m"},
+            })),
+            progressing(1, 10, 0),
+            measuring(with_canary(ready("r2", 1)), compare_definitions(BACKGROUND)),
+        ),
+        (
+            "paused by request, background analysis measuring",
+            background_spec,
+            paused_by_request.status,
+            Observed {
+                requests: request(RequestAction::Pause, "p"),
+                ..background_seen.clone()
+            },
+        ),
+        (
+            "suspended",
+            spec(serde_json::json!({"suspend": true})),
+            progressing(1, 10, 0),
+            with_canary(ready("r2", 1)),
+        ),
+        (
+            "header route waiting for canary pods",
+            spec(serde_json::json!({"steps": [
+                {"setHeaderRoute": {"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "1"}}]}},
+                {"setWeight": 10},
+            ]})),
+            progressing(0, 0, 0),
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "the canary lost its pods: traffic withdrawn",
+            default_spec.clone(),
+            CanaryStatus {
+                withdrawn_weight: Some(10),
+                ..progressing(1, 0, 0)
+            },
+            with_canary(not_ready("r2", 1)),
+        ),
+        (
+            "end of the steps: waiting for a pass at the final weight",
+            background(serde_json::json!([{"setWeight": 10}])),
+            progressing(1, 10, 0),
+            measuring(with_canary(ready("r2", 1)), background_with_error_limit_4()),
+        ),
+        (
+            "blue-green: preview waiting for its pods",
+            blue_green(serde_json::json!({"autoPromotionEnabled": false})),
+            progressing(0, 0, 0),
+            switched(0, not_ready("r2", 4)),
+        ),
+        (
+            "blue-green: preview ready, gate",
+            blue_green(serde_json::json!({"autoPromotionEnabled": false})),
+            progressing(1, 0, 0),
+            switched(0, ready("r2", 4)),
+        ),
+        (
+            "blue-green: preview ready, auto-promotion pending",
+            blue_green(serde_json::json!({"autoPromotionSeconds": 120})),
+            progressing(1, 0, 0),
+            switched(0, ready("r2", 4)),
+        ),
+        (
+            "blue-green: switched, waiting out the scale-down delay",
+            blue_green(serde_json::json!({"autoPromotionSeconds": 120})),
+            progressing(3, 100, 20),
+            switched(100, ready("r2", 4)),
+        ),
+        (
+            "promoting: waiting for stable",
+            default_spec.clone(),
+            CanaryStatus {
+                phase: Phase::Promoting,
+                ..progressing(4, 50, 0)
+            },
+            Observed {
+                stable: Some(not_ready("r2", 4)),
+                ..with_canary(ready("r2", 2))
+            },
+        ),
+        (
+            "rolling back: waiting for stable",
+            default_spec,
+            CanaryStatus {
+                phase: Phase::RollingBack,
+                rollback_reason: Some(RollbackReason::Aborted),
+                ..progressing(1, 10, 0)
+            },
+            Observed {
+                stable: Some(not_ready("r1", 4)),
+                ..with_canary(ready("r2", 1))
+            },
+        ),
+    ]
+}
+
+#[test]
+fn time_passing_alone_changes_no_status() {
+    // Status is written when it changes, and each write wakes the Canary again: a status that
+    // counts down would be written on every reconcile. Deadlines are timestamps; the CLI says
+    // how long is left.
+    let mut changed = Vec::new();
+    for (what, s, before, seen) in every_kind_of_wait() {
+        let mut settled = plan(&s, &before, &seen, t(30));
+        let mut seen = seen;
+        // What was measured is recorded once.
+        seen.measurements.clear();
+        for _ in 0..3 {
+            let again = plan(&s, &settled.status, &seen, t(30));
+            if again.status == settled.status {
+                break;
+            }
+            settled = again;
+        }
+        let at_once = plan(&s, &settled.status, &seen, t(30));
+        assert_eq!(at_once.status, settled.status, "{what}: does not settle");
+        for later in [t(31), t(33) + jiff::SignedDuration::from_millis(500)] {
+            let p = plan(&s, &settled.status, &seen, later);
+            if p.status != settled.status {
+                changed.push(format!(
+                    "{what}: status changed at {later}: {}",
+                    differences(&settled.status, &p.status)
+                ));
+            }
+            if !p.events.is_empty() {
+                changed.push(format!("{what}: events at {later}: {:?}", p.events));
+            }
+            if p.actions != at_once.actions {
+                changed.push(format!(
+                    "{what}: actions at {later}: {:?} instead of {:?}",
+                    p.actions, at_once.actions
+                ));
+            }
+        }
+    }
+    assert!(changed.is_empty(), "{}", changed.join("\n"));
+}
+
+/// The top-level status fields that differ, as `field: before → after`.
+fn differences(before: &CanaryStatus, after: &CanaryStatus) -> String {
+    let (before, after) = (
+        serde_json::to_value(before).unwrap(),
+        serde_json::to_value(after).unwrap(),
+    );
+    let empty = serde_json::Map::new();
+    let (b, a) = (
+        before.as_object().unwrap_or(&empty),
+        after.as_object().unwrap_or(&empty),
+    );
+    let mut fields: Vec<&String> = b.keys().chain(a.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    fields
+        .into_iter()
+        .filter(|f| b.get(*f) != a.get(*f))
+        .map(|f| format!("{f}: {:?} → {:?}", b.get(f), a.get(f)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn a_timed_pause_says_when_it_ends_and_only_then() {
+    let s = spec(serde_json::json!({}));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    let paused = CanaryStatus {
+        phase: Phase::Paused,
+        pause_reason: Some(PauseReason::Manual),
+        ..progressing(1, 10, 0)
+    };
+    let withdrawn = CanaryStatus {
+        withdrawn_weight: Some(10),
+        ..progressing(1, 0, 0)
+    };
+    let mut unready = seen.clone();
+    unready.canary = Some(not_ready("r2", 1));
+    // (what, spec, status, observed, pauseEndsAt)
+    let cases = [
+        (
+            "at a 1m pause",
+            &s,
+            progressing(1, 10, 0),
+            &seen,
+            Some(t(60)),
+        ),
+        (
+            "at a setWeight step",
+            &s,
+            progressing(2, 10, 0),
+            &seen,
+            None,
+        ),
+        ("paused at the pause step", &s, paused, &seen, None),
+        ("without traffic", &s, withdrawn, &unready, None),
+        (
+            "suspended",
+            &spec(serde_json::json!({"suspend": true})),
+            progressing(1, 10, 0),
+            &seen,
+            None,
+        ),
+    ];
+    for (what, s, status, seen, ends) in cases {
+        let p = plan(s, &status, seen, t(30));
+        assert_eq!(
+            p.status.pause_ends_at,
+            ends.map(|t| t.to_string()),
+            "{what}: {:?}",
+            p.status.message
+        );
+    }
+    // The pause is over: the next step's plan says nothing of it.
+    let over = plan(&s, &progressing(1, 10, 0), &seen, t(61));
+    assert_eq!(over.status.current_step_index, Some(2));
+    assert_eq!(over.status.pause_ends_at, None);
+}
+
+// -- measurements on a fixed schedule --------------------------------------------------------
+
+/// `millis` milliseconds after `t(0)`.
+fn t_ms(millis: i64) -> Timestamp {
+    t(0) + jiff::SignedDuration::from_millis(millis)
+}
+
+#[test]
+fn measurements_are_due_on_a_fixed_schedule_whatever_the_lag() {
+    // A 10 s metric whose run starts at t(0): due at 0, 10, 20…, however late each measurement
+    // is taken; never twice within half an interval, so a late one brings no burst (and a
+    // compare interval is never shorter than half an interval).
+    // (what, when each measurement is taken (ms), when the next is due after each (s))
+    let cases: [(&str, &[i64], &[i64]); 7] = [
+        ("on time", &[50, 10_050, 20_050], &[10, 20, 30]),
+        (
+            "2 s late every time",
+            &[2_000, 12_000, 22_000],
+            &[10, 20, 30],
+        ),
+        ("lag that grows", &[1_000, 13_000, 24_900], &[10, 20, 30]),
+        ("taken exactly when due", &[0, 10_000], &[10, 20]),
+        (
+            "one very late: no catch-up burst",
+            &[0, 27_000, 40_100],
+            &[10, 40, 50],
+        ),
+        ("late by just under half", &[0, 14_900], &[10, 20]),
+        ("late by over half: the next slot", &[0, 15_100], &[10, 30]),
+    ];
+    let s = analysis_spec("rollback");
+    for (what, taken, due) in cases {
+        let mut seen = observed("r2");
+        seen.canary = Some(ready("r2", 1));
+        seen.analysis = definitions("step-1", 100);
+        let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+        for (taken, due) in taken.iter().zip(due) {
+            let mut measured = measurement("step-1", 0, MeasurementPhase::Successful);
+            measured.measurement.time = t_ms(*taken).to_string();
+            seen.measurements = vec![measured];
+            status = plan(&s, &status, &seen, t_ms(taken + 100)).status;
+            let next = &analysis_runs::run(&status, "step-1").unwrap().metrics[0];
+            assert_eq!(
+                next.next_measurement_at,
+                Some(t(*due).to_string()),
+                "{what}: after the measurement at {taken} ms"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_next_slot_on_a_schedule() {
+    let ten = StdDuration::from_secs(10);
+    // (what, due, measured, interval, next)
+    let cases = [
+        ("not on a schedule yet", None, t(3), ten, t(13)),
+        (
+            "measured before it was due (clock skew)",
+            Some(t(10)),
+            t(9),
+            ten,
+            t(20),
+        ),
+        ("no interval", Some(t(10)), t(12), StdDuration::ZERO, t(12)),
+        (
+            "a day late, 1 s interval",
+            Some(t(10)),
+            t(86_410),
+            StdDuration::from_secs(1),
+            t(86_411),
+        ),
+        (
+            "sub-second interval",
+            Some(t(10)),
+            t_ms(10_260),
+            StdDuration::from_millis(200),
+            t_ms(10_400),
+        ),
+    ];
+    for (what, due, measured, interval, next) in cases {
+        assert_eq!(
+            analysis_runs::next_on_schedule(due, measured, interval),
+            next,
+            "{what}"
+        );
+    }
+    // Far in the future, saturated rather than wrapped.
+    let far = analysis_runs::next_on_schedule(Some(Timestamp::MAX), Timestamp::MAX, ten);
+    assert_eq!(far, Timestamp::MAX);
+}
+
+#[test]
+fn compare_intervals_stay_contiguous_on_a_fixed_schedule() {
+    // Each interval runs from where the last one ended to when it is measured, however late;
+    // only the due times are on the schedule.
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "compare"}], "startingStep": 1},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = compare_definitions(BACKGROUND);
+    let mut status = plan(&s, &progressing(1, 10, 0), &seen, t(0)).status;
+    let interval = StdDuration::from_secs(10);
+    // (when measured (ms), the interval's start, the next due (s))
+    let taken = [
+        (1_500, t_ms(-8_500), 10),
+        (12_000, t_ms(1_500), 20),
+        (27_000, t_ms(12_000), 40),
+        (40_200, t_ms(27_000), 50),
+    ];
+    for (at, start, due) in taken {
+        let end = t_ms(at);
+        assert_eq!(
+            compare_window_start(&status, BACKGROUND, "error-rate", interval, end),
+            start,
+            "the interval measured at {at} ms"
+        );
+        let mut measured = compare_measurement(BACKGROUND, 0, 500);
+        measured.measurement.time = end.to_string();
+        seen.measurements = vec![measured];
+        status = plan(&s, &status, &seen, end).status;
+        let metric = &analysis_runs::run(&status, BACKGROUND).unwrap().metrics[0];
+        assert_eq!(metric.next_measurement_at, Some(t(due).to_string()), "{at}");
+        assert_eq!(
+            metric.compare.as_ref().unwrap().window_end,
+            Some(end.to_string())
+        );
+    }
+}
+
+// -- jitter: Canaries started together do not query together --------------------------------
+
+/// When the first measurement of the background metric is due for a Canary of uid `uid`
+/// whose canary first gets traffic at `t(0)`, with `interval` and an `initialDelay` of 2 s.
+fn first_due(uid: &str, interval: StdDuration) -> Timestamp {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut definitions = background_with_error_limit_4().unwrap();
+    for definition in definitions.values_mut().flatten() {
+        definition.interval = interval;
+        definition.initial_delay = StdDuration::from_secs(2);
+    }
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = Ok(definitions);
+    seen.canary_uid = uid.into();
+    let status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+    let metric = &analysis_runs::run(&status, BACKGROUND).unwrap().metrics[0];
+    metric
+        .next_measurement_at
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn canaries_started_together_spread_their_first_measurements() {
+    let uids: Vec<String> = (0..1000)
+        .map(|i| format!("6c1f0e2a-4b7d-4e0b-9d3c-{i:012}"))
+        .collect();
+    // (interval, the spread: at most a tenth of it, and 5 s)
+    let cases = [
+        (StdDuration::from_secs(10), StdDuration::from_secs(1)),
+        (StdDuration::from_secs(1), StdDuration::from_millis(100)),
+        (StdDuration::from_secs(300), StdDuration::from_secs(5)),
+    ];
+    for (interval, spread) in cases {
+        let start = t(2);
+        let mut tenths = [0usize; 10];
+        for (i, uid) in uids.iter().enumerate() {
+            let due = first_due(uid, interval);
+            if i < 10 {
+                assert_eq!(due, first_due(uid, interval), "deterministic");
+            }
+            let offset = due.duration_since(start);
+            assert!(
+                !offset.is_negative() && offset.unsigned_abs() < spread,
+                "{uid} every {interval:?}: {offset:?} after the initial delay"
+            );
+            let tenth = offset.as_nanos() * 10 / i128::try_from(spread.as_nanos()).unwrap();
+            tenths[usize::try_from(tenth).unwrap()] += 1;
+        }
+        // Uniform would be 100 a tenth; bunched would leave tenths empty.
+        assert!(
+            tenths.iter().all(|n| (60..=140).contains(n)),
+            "every {interval:?}: {tenths:?}"
+        );
+    }
+    // Without a uid (a Canary not from the API server): no offset.
+    assert_eq!(first_due("", StdDuration::from_secs(10)), t(2));
+}
+
+#[test]
+fn the_jittered_offset_stays_with_every_later_measurement() {
+    let s = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut seen = observed("r2");
+    seen.canary = Some(ready("r2", 1));
+    seen.analysis = background_with_error_limit_4();
+    seen.canary_uid = "6c1f0e2a-4b7d-4e0b-9d3c-000000000007".into();
+    let mut status = plan(&s, &progressing(0, 0, 0), &seen, t(0)).status;
+    let due = |status: &CanaryStatus| -> Timestamp {
+        analysis_runs::run(status, BACKGROUND).unwrap().metrics[0]
+            .next_measurement_at
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = due(&status);
+    let offset = first.duration_since(t(0));
+    assert!(offset.is_positive(), "{offset:?}");
+    for k in 1..=3 {
+        // Taken 300 ms late each time.
+        let taken = due(&status) + jiff::SignedDuration::from_millis(300);
+        let mut measured = measurement(BACKGROUND, 0, MeasurementPhase::Successful);
+        measured.measurement.time = taken.to_string();
+        seen.measurements = vec![measured];
+        status = plan(&s, &status, &seen, taken).status;
+        assert_eq!(
+            due(&status),
+            first + jiff::SignedDuration::from_secs(10 * k),
+            "measurement {k}"
+        );
+    }
+}
+
+// -- requeue: exactly when something is due, a floor only against a busy loop ---------------
+
+#[test]
+fn a_plan_looks_again_exactly_when_something_is_due() {
+    let s = spec(serde_json::json!({}));
+    let soon = StdDuration::from_millis(300);
+    let with_canary = |canary: WorkloadState| Observed {
+        canary: Some(canary),
+        ..observed("r2")
+    };
+    // A background analysis whose run started at t(0) and measured at t(0): next due t(10).
+    let background = spec(serde_json::json!({
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "10m"}}],
+        "analysis": {"templates": [{"templateName": "success"}]},
+    }));
+    let mut measuring = with_canary(ready("r2", 1));
+    measuring.analysis = background_with_error_limit_4();
+    let started = plan(&background, &progressing(1, 10, 0), &measuring, t(0)).status;
+    let mut first = measuring.clone();
+    first.measurements = vec![measurement(BACKGROUND, 0, MeasurementPhase::Successful)];
+    let measured = plan(&background, &started, &first, t(0)).status;
+    // (what, spec, status, observed, now, requeue)
+    let cases = [
+        (
+            "a measurement due in 300 ms",
+            &background,
+            measured,
+            &measuring,
+            t_ms(9_700),
+            soon,
+        ),
+        (
+            "a measurement due now, being taken: not a busy loop",
+            &background,
+            started,
+            &measuring,
+            t_ms(200),
+            MIN_REQUEUE,
+        ),
+        (
+            "a pause that ends in 300 ms",
+            &s,
+            progressing(1, 10, 0),
+            &with_canary(ready("r2", 1)),
+            t_ms(59_700),
+            soon,
+        ),
+        (
+            "a canary scale-down due in 300 ms",
+            &s,
+            CanaryStatus {
+                phase: Phase::Promoted,
+                canary_scale_down_at: Some(t(60).to_string()),
+                ..idle()
+            },
+            &Observed {
+                canary: Some(ready("r1", 1)),
+                ..observed("r1")
+            },
+            t_ms(59_700),
+            soon,
+        ),
+        (
+            "a progress deadline that passes in 300 ms",
+            &s,
+            CanaryStatus {
+                canary_unready_since: Some(t(0).to_string()),
+                ..progressing(0, 0, 0)
+            },
+            &with_canary(not_ready("r2", 1)),
+            t_ms(599_700),
+            soon,
+        ),
+    ];
+    for (what, s, status, seen, now, requeue) in cases {
+        let p = plan(s, &status, seen, now);
+        assert_eq!(
+            p.requeue_after,
+            Some(requeue),
+            "{what}: {:?}",
+            p.status.message
+        );
+    }
+    // Reached is passed: nothing is left to wait for at the deadline itself.
+    let at_deadline = plan(
+        &s,
+        &CanaryStatus {
+            canary_unready_since: Some(t(0).to_string()),
+            ..progressing(0, 0, 0)
+        },
+        &with_canary(not_ready("r2", 1)),
+        t(600),
+    );
+    assert_eq!(
+        at_deadline.status.rollback_reason,
+        Some(RollbackReason::ProgressDeadlineExceeded)
+    );
 }
