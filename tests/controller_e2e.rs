@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{cluster, eventually, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rollout::{
     ROLLOUT_TIMEOUT, World, at_weight, canary_scaled_to_zero, canary_weight_in_virtual_service,
@@ -974,4 +975,114 @@ async fn a_weight_edited_by_hand_while_settled_is_set_back_and_reported_at_once(
         .status
         .unwrap();
     assert_eq!((status.phase, status.canary_weight), (Phase::Idle, 0));
+}
+
+/// The number of reconciles the controller's `/metrics` counts.
+async fn reconciles(port: u16) -> Option<u64> {
+    let (_, text) = http_get(port, "/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("canary_reconcile_duration_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+/// The controller's API requests by verb, but for the watches' own (list, watch).
+async fn requests_by_verb(port: u16) -> Option<std::collections::BTreeMap<String, f64>> {
+    let (_, text) = http_get(port, "/metrics").await?;
+    let verb =
+        regex::Regex::new(r#"^canary_kube_requests_total\{.*verb="([a-z]+)".*\} ([0-9.e+]+)$"#)
+            .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(found) = verb.captures(line)
+            && !matches!(&found[1], "list" | "watch")
+        {
+            *counts.entry(found[1].to_string()).or_insert(0.0) += found[2].parse::<f64>().ok()?;
+        }
+    }
+    Some(counts)
+}
+
+/// The resourceVersions of the objects a settled Canary's rollout writes.
+async fn written_versions(ns: &cluster::TestNamespace) -> Vec<(String, String)> {
+    let canaries: Api<Canary> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let mut versions = vec![(
+        "Canary web".to_string(),
+        canaries
+            .get("web")
+            .await
+            .unwrap()
+            .resource_version()
+            .unwrap(),
+    )];
+    for name in ["web-stable", "web-canary"] {
+        if let Some(d) = deployments.get_opt(name).await.unwrap() {
+            versions.push((format!("Deployment {name}"), d.resource_version().unwrap()));
+        }
+    }
+    for kind in ["VirtualService", "DestinationRule"] {
+        let object = dynamic(ns, kind).get("web").await.unwrap();
+        versions.push((format!("{kind} web"), object.resource_version().unwrap()));
+    }
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_canary_woken_again_and_again_reads_from_caches_and_writes_nothing() {
+    let ns = cluster().namespace("quiet").await;
+    set_up(&ns, "web:1").await;
+    let (mut controller, port) = spawn_controller(
+        &[
+            "--namespace",
+            &ns.name,
+            "--prometheus",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    )
+    .await;
+    follow_until(&ns, Phase::Idle, ROLLOUT_TIMEOUT).await;
+    // Settled: what it wrote last (status, the target at zero) is in, and nothing follows.
+    let settled = eventually("the settled state", Duration::from_secs(30), || async {
+        let first = (written_versions(&ns).await, requests_by_verb(port).await?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = (written_versions(&ns).await, requests_by_verb(port).await?);
+        (first == second).then_some(first)
+    })
+    .await;
+
+    // Each change of the target that is not a new revision wakes the Canary, which finds
+    // everything as it should be: no request at all (reads come from the caches), so no
+    // status, Deployment or routing write.
+    let deployments: Api<Deployment> = ns.api();
+    let start = reconciles(port).await.expect("the controller's metrics");
+    for touch in 0..5 {
+        deployments
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"test/touched": touch.to_string()}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        eventually(
+            "a reconcile of the touched target",
+            Duration::from_secs(10),
+            || async { (reconciles(port).await? > start + touch).then_some(()) },
+        )
+        .await;
+    }
+    let after = (
+        written_versions(&ns).await,
+        requests_by_verb(port).await.unwrap(),
+    );
+    assert_eq!(after, settled);
+    assert!(
+        !settled.1.is_empty(),
+        "the controller's requests are counted: {:?}",
+        settled.1
+    );
+    terminate(&mut controller, Duration::from_secs(15), "the controller").await;
 }
