@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod api_client;
 pub mod cache;
 mod leadership;
 pub mod liveness;
@@ -393,7 +394,9 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeu
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    // Created first: the client counts its requests in it.
+    let metrics = Metrics::default();
+    let client = api_client::controller_client(metrics.kube_requests()).await?;
     let canaries: Api<Canary> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -427,7 +430,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        metrics: Metrics::default(),
+        metrics,
         readings: ReadingsCache::default(),
         status_writes: StatusWrites::default(),
         measurements,
