@@ -306,6 +306,14 @@ where
     }
 }
 
+/// The reconcile settings: at most `max_concurrent_reconciles` Canaries reconciled at once
+/// (never two reconciles of the same Canary). Bounded, so a burst (a restart with every
+/// Canary due, a resync) queues in the controller instead of arriving at the API server at
+/// once; kube-runtime's default is unbounded.
+pub fn controller_config(max_concurrent_reconciles: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(max_concurrent_reconciles)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

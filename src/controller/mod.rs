@@ -225,6 +225,8 @@ pub struct Config {
     pub leader_election: Option<LeaderElection>,
     /// Where metric queries may go (`--metrics-address-allow`, and the default refusals).
     pub metrics_address_policy: crate::metrics::AddressPolicy,
+    /// At most this many Canaries reconciled at once (`--max-concurrent-reconciles`).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// The Lease that makes one replica the active controller.
@@ -414,6 +416,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(canary_changes, store.clone())
+        .with_config(api_client::controller_config(
+            config.max_concurrent_reconciles,
+        ))
         .trigger_backoff(watch_backoff())
         .reconcile_on(finished_measurements);
     // Started before the Lease is held: a standby's caches are warm when it takes over.
