@@ -55,9 +55,31 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub metrics_address_allow: Vec<AllowedAddress>,
+    /// Reconcile at most this many Canaries at once (never two reconciles of one Canary).
+    /// The rest wait their turn in the controller, so a burst (a restart with every Canary
+    /// due) does not reach the API server all at once.
+    #[arg(
+        long,
+        env = "CANARY_MAX_CONCURRENT_RECONCILES",
+        default_value_t = DEFAULT_MAX_CONCURRENT_RECONCILES,
+        value_parser = clap::value_parser!(u16).range(1..),
+        value_name = "N"
+    )]
+    pub max_concurrent_reconciles: u16,
 }
 
+/// See [`Args::max_concurrent_reconciles`]: a reconcile mostly waits on the API server, and
+/// with one HTTP/2 connection a handful in flight keep it busy without queueing at it.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
+
 const CONTROLLER_HELP: &str = "\
+API server:
+  One client, one connection: HTTP/2 (negotiated by ALPN) carries every watch and request,
+  pinged every 20 s so a dead connection is replaced within 30 s. Answers 429, 503 and 504
+  (API Priority and Fairness shedding load) are retried with backoff, honouring Retry-After.
+  Requests carry User-Agent canary-controller/VERSION and are counted on /metrics as
+  canary_kube_requests_total{verb,resource,code}.
+
 Logs (stderr):
   One line when it starts (version, namespaces watched, leader election, metrics address),
   then one per decision: a rollout started, a weight changed, a promotion, a rollback, an
@@ -79,6 +101,7 @@ pub async fn run(args: Args) -> Exit {
         leader_elect,
         lease_namespace,
         metrics_address_allow,
+        max_concurrent_reconciles,
     } = args;
     let leader_election = leader_elect.then(|| LeaderElection {
         namespace: lease_namespace
@@ -95,6 +118,7 @@ pub async fn run(args: Args) -> Exit {
             |l| format!("Lease {}/{} as {}", l.namespace, controller::LEASE_NAME, l.identity)
         ),
         metrics = %listen,
+        max_concurrent_reconciles,
         "canary controller {} started",
         env!("CARGO_PKG_VERSION"),
     );
@@ -104,6 +128,7 @@ pub async fn run(args: Args) -> Exit {
         listen,
         leader_election,
         metrics_address_policy: AddressPolicy::new(metrics_address_allow),
+        max_concurrent_reconciles,
     })
     .await
     {
@@ -152,5 +177,25 @@ mod tests {
         assert!(policy.refusal("http://192.168.0.1:9090").is_some());
         let error = parse(&["--metrics-address-allow", "not a host"]).unwrap_err();
         assert!(error.contains("is not a URL prefix"), "{error}");
+    }
+
+    #[test]
+    fn max_concurrent_reconciles_is_bounded_and_at_least_one() {
+        assert_eq!(
+            parse(&[]).unwrap().max_concurrent_reconciles,
+            DEFAULT_MAX_CONCURRENT_RECONCILES
+        );
+        assert_eq!(
+            parse(&["--max-concurrent-reconciles", "32"])
+                .unwrap()
+                .max_concurrent_reconciles,
+            32
+        );
+        // 0 would mean "unbounded" to kube-runtime: refused, naming the flag.
+        for refused in ["0", "-1", "70000", "many"] {
+            let flag = format!("--max-concurrent-reconciles={refused}");
+            let error = parse(&[&flag]).unwrap_err();
+            assert!(error.contains("--max-concurrent-reconciles"), "{error}");
+        }
     }
 }

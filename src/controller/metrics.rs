@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::analysis::measurement::MeasurementPhase;
 use crate::api::canary::{CanaryStatus, Phase};
+use crate::controller::api_client::RequestCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CanaryLabels {
@@ -42,6 +43,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconcile_errors: Family<CanaryLabels, Counter>,
     measurements_in_flight: Gauge,
+    kube_requests: RequestCounts,
 }
 
 impl Default for Metrics {
@@ -85,9 +87,12 @@ impl Default for Metrics {
             "Measurements started and not yet finished (they run off the reconcile path)",
             measurements_in_flight.clone(),
         );
+        let kube_requests = RequestCounts::default();
+        kube_requests.register(&mut registry);
         Self {
             registry,
             measurements_in_flight,
+            kube_requests,
             weight,
             phase,
             measurements,
@@ -116,6 +121,11 @@ impl Metrics {
                 .set(i64::from(phase == status.phase));
         }
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Where the controller's API client counts its requests (`canary_kube_requests_total`).
+    pub fn kube_requests(&self) -> RequestCounts {
+        self.kube_requests.clone()
     }
 
     pub fn measurements_in_flight(&self, count: usize) {

@@ -1,6 +1,7 @@
 //! `canary controller`: watches Canaries (and the Deployments they target or own) and drives
 //! every rollout to its end. Reconcile = observe → `rollout::plan` → apply → status.
 
+pub mod api_client;
 pub mod cache;
 mod leadership;
 pub mod liveness;
@@ -224,6 +225,8 @@ pub struct Config {
     pub leader_election: Option<LeaderElection>,
     /// Where metric queries may go (`--metrics-address-allow`, and the default refusals).
     pub metrics_address_policy: crate::metrics::AddressPolicy,
+    /// At most this many Canaries reconciled at once (`--max-concurrent-reconciles`).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// The Lease that makes one replica the active controller.
@@ -393,7 +396,9 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeu
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    // Created first: the client counts its requests in it.
+    let metrics = Metrics::default();
+    let client = api_client::controller_client(metrics.kube_requests()).await?;
     let canaries: Api<Canary> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -411,6 +416,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(canary_changes, store.clone())
+        .with_config(api_client::controller_config(
+            config.max_concurrent_reconciles,
+        ))
         .trigger_backoff(watch_backoff())
         .reconcile_on(finished_measurements);
     // Started before the Lease is held: a standby's caches are warm when it takes over.
@@ -427,7 +435,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        metrics: Metrics::default(),
+        metrics,
         readings: ReadingsCache::default(),
         status_writes: StatusWrites::default(),
         measurements,
