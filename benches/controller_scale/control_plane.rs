@@ -54,24 +54,38 @@ impl ControlPlane {
             "bench: starting a control plane of its own in {} ({nodes} nodes × {pods_per_node} pods)",
             plane.dir.display()
         );
-        let output = plane
-            .script(&["up", "--owner-pid", &std::process::id().to_string()])
-            .env("CANARY_CLUSTER_NODES", nodes.to_string())
-            .env("CANARY_CLUSTER_PODS_PER_NODE", pods_per_node.to_string())
-            .env("CANARY_CLUSTER_AUDIT_LOG", &audit_log)
-            .env("CANARY_CLUSTER_AUDIT_POLICY", &policy)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run scripts/cluster up: {e}"))?;
-        // From here on, `Drop` stops whatever part of it started.
-        plane.running = true;
-        if !output.status.success() {
-            return Err(format!(
-                "scripts/cluster up failed ({}); its messages are above, component logs in {}/logs",
-                output.status,
-                plane.dir.display()
-            ));
-        }
+        // `up` picks free ports, which another process on the machine may take before a
+        // component binds them; a failed `up` stops what it started, so it can run again.
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        let output = loop {
+            let output = plane
+                .script(&["up", "--owner-pid", &std::process::id().to_string()])
+                .env("CANARY_CLUSTER_NODES", nodes.to_string())
+                .env("CANARY_CLUSTER_PODS_PER_NODE", pods_per_node.to_string())
+                .env("CANARY_CLUSTER_AUDIT_LOG", &audit_log)
+                .env("CANARY_CLUSTER_AUDIT_POLICY", &policy)
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run scripts/cluster up: {e}"))?;
+            // From here on, `Drop` stops whatever part of it started.
+            plane.running = true;
+            if output.status.success() {
+                break output;
+            }
+            if attempt == ATTEMPTS {
+                return Err(format!(
+                    "scripts/cluster up failed {ATTEMPTS} times (last: {}); its messages are above, component logs in {}/logs",
+                    output.status,
+                    plane.dir.display()
+                ));
+            }
+            eprintln!(
+                "bench: scripts/cluster up failed ({}); trying again",
+                output.status
+            );
+            attempt += 1;
+        };
         let stdout = String::from_utf8_lossy(&output.stdout);
         plane.kubeconfig = stdout
             .lines()

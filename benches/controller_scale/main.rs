@@ -483,6 +483,16 @@ fn write_json(path: &Path, arguments: &Arguments, results: &[RunResult]) -> Resu
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// Which signal asked the benchmark to stop.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let arguments = Arguments::parse();
@@ -499,7 +509,13 @@ async fn main() {
             arguments.interval,
             arguments.rolling.unwrap_or(count).min(count)
         );
-        match run(&arguments, &repo, count).await {
+        // Ctrl-C or SIGTERM drops the run: the controller, Prometheus and the control plane
+        // are stopped by their handles' destructors instead of outliving the benchmark.
+        let outcome = tokio::select! {
+            outcome = run(&arguments, &repo, count) => outcome,
+            signal = interrupted() => Err(format!("interrupted by {signal}; stopped what it started")),
+        };
+        match outcome {
             Ok(result) => {
                 if let Some(problem) = &result.problem {
                     eprintln!("bench: N={count}: {problem}");
