@@ -137,6 +137,14 @@ fn prometheus_queries(prometheus: &prometheus::Prometheus) -> Result<f64, String
     ))
 }
 
+/// The controller binary: the one `cargo bench` built, or `CANARY_BENCH_CONTROLLER` (e.g. to
+/// measure another build without rebuilding the benchmark).
+fn controller_binary() -> PathBuf {
+    std::env::var_os("CANARY_BENCH_CONTROLLER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_canary")))
+}
+
 /// Starts the controller as `deploy/controller` runs it: `canary controller --leader-elect`,
 /// JSON logs at `warn,canary=info`, the Prometheus of templates that name none, as the
 /// ServiceAccount (token kubeconfig); stderr into `log`. Waits (bounded) for `/healthz`.
@@ -148,7 +156,7 @@ async fn start_controller(
     let port = prometheus::free_port();
     let file =
         std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_canary"))
+    let mut child = Command::new(controller_binary())
         .args(["controller", "--leader-elect", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .env("KUBECONFIG", kubeconfig)
@@ -164,7 +172,7 @@ async fn start_controller(
         .stderr(file)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_canary")))?;
+        .map_err(|e| format!("starting {}: {e}", controller_binary().display()))?;
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -468,7 +476,7 @@ fn write_json(path: &Path, arguments: &Arguments, results: &[RunResult]) -> Resu
         "benchmark": "controller_scale",
         "date": Timestamp::now().to_string(),
         "commit": commit,
-        "controller": env!("CARGO_BIN_EXE_canary"),
+        "controller": controller_binary(),
         "interval": arguments.interval.to_string(),
         "rolling": arguments.rolling,
         "aborts": arguments.aborts,
