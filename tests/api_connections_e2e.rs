@@ -4,12 +4,13 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 #[path = "support/rollout.rs"]
 mod rollout;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -44,49 +45,6 @@ fn api_server_port() -> u16 {
         .expect("the kubeconfig names a server");
     let uri: http::Uri = server.parse().expect("the server is a URL");
     uri.port_u16().unwrap_or(443)
-}
-
-/// The established TCP connections of process `pid` to `port` on any address: its socket
-/// inodes (`/proc/PID/fd`) matched against its network namespace's connection tables.
-fn established_connections(pid: u32, port: u16) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: BTreeSet<String> = fds
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let mut count = 0;
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(remote), Some(state), Some(inode)) =
-                (fields.get(2), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let remote_port = remote
-                .rsplit_once(':')
-                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
-            const ESTABLISHED: &str = "01";
-            if *state == ESTABLISHED && remote_port == Some(port) && inodes.contains(*inode) {
-                count += 1;
-            }
-        }
-    }
-    count
 }
 
 /// The controller's `canary_kube_requests_total` series: (labels, value).
@@ -193,7 +151,10 @@ async fn every_watch_and_rollout_shares_a_handful_of_connections_and_is_counted(
         move || {
             let mut samples = 0u64;
             while sampling.load(Ordering::SeqCst) {
-                most.fetch_max(established_connections(pid, api_port), Ordering::SeqCst);
+                most.fetch_max(
+                    process::established_connections(pid, api_port),
+                    Ordering::SeqCst,
+                );
                 samples += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }

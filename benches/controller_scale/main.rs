@@ -19,6 +19,8 @@
 mod audit;
 mod control_plane;
 mod observe;
+#[path = "../../tests/support/process.rs"]
+mod process;
 #[path = "../../tests/support/prometheus.rs"]
 mod prometheus;
 mod report;

@@ -2,7 +2,7 @@
 //! each was due), the VirtualServices' weights (for abort latency), and the controller
 //! process (memory, CPU, connections to the API server) from /proc.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -340,45 +340,9 @@ pub fn process_sample(pid: u32) -> Option<ProcessSample> {
     })
 }
 
-/// Established TCP connections of process `pid` to 127.0.0.1:`port` (its socket inodes
-/// matched against the kernel's TCP tables).
+/// Established TCP connections of process `pid` to `port`.
 pub fn connections_to(pid: u32, port: u16) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let sockets: HashSet<String> = fds
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(
-                link.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let mut count = 0;
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            let (Some(remote), Some(state), Some(inode)) =
-                (columns.get(2), columns.get(3), columns.get(9))
-            else {
-                continue;
-            };
-            let remote_port = remote
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            // 01: ESTABLISHED.
-            if *state == "01" && remote_port == Some(port) && sockets.contains(*inode) {
-                count += 1;
-            }
-        }
-    }
-    count
+    crate::process::established_connections(pid, port)
 }
 
 /// The most connections seen by [`sample_connections`] so far.
