@@ -163,7 +163,12 @@ async fn start_controller(
         .arg(format!("127.0.0.1:{port}"))
         .env("KUBECONFIG", kubeconfig)
         .env("CANARY_LOG_FORMAT", "json")
-        .env("CANARY_LOG", "warn,canary=info")
+        // CANARY_BENCH_CONTROLLER_LOG: another filter, e.g. `canary=debug` to see each reconcile.
+        .env(
+            "CANARY_LOG",
+            std::env::var("CANARY_BENCH_CONTROLLER_LOG")
+                .unwrap_or_else(|_| "warn,canary=info".into()),
+        )
         .env("CANARY_PROMETHEUS", prometheus)
         .env("POD_NAME", "canary-controller-bench")
         .env("POD_NAMESPACE", "canary-system")
