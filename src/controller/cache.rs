@@ -189,6 +189,53 @@ impl Caches {
         Ok(())
     }
 
+    /// The resourceVersion of a cached Deployment, HPA or routing object (of `routing`, the
+    /// objects of the Canary's router), without copying the object.
+    pub fn version_of(
+        &self,
+        namespace: &str,
+        (kind, name): (&str, &str),
+        routing: &[RoutingObject],
+    ) -> Option<String> {
+        match kind {
+            "Deployment" => self
+                .deployments
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|d| resource_version(&*d)),
+            "HorizontalPodAutoscaler" => self
+                .autoscalers
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|h| resource_version(&*h)),
+            _ => {
+                let object = routing.iter().find(|o| o.kind == kind && o.name == name)?;
+                let store = self
+                    .routing
+                    .get(&(object.group.clone(), object.kind.clone()))?;
+                let reference = ObjectRef::new_with(name, object.api_resource()).within(namespace);
+                store.get(&reference).and_then(|o| resource_version(&*o))
+            }
+        }
+    }
+
+    /// The resourceVersion of a cached template (`Err` if its kind is not cached).
+    pub fn template_version(
+        &self,
+        namespace: &str,
+        name: &str,
+        cluster_scope: bool,
+    ) -> Result<Option<String>, NotCached> {
+        if cluster_scope {
+            let store = self.cluster_templates.as_ref().ok_or(NotCached)?;
+            return Ok(store
+                .get(&ObjectRef::new(name))
+                .and_then(|t| resource_version(&*t)));
+        }
+        Ok(self
+            .templates
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|t| resource_version(&*t)))
+    }
+
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<Deployment> {
         self.deployments
             .get(&ObjectRef::new(name).within(namespace))

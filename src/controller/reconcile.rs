@@ -445,20 +445,9 @@ fn caches_lag(canary: &Canary, ctx: &Context) -> Option<String> {
     let namespace = canary.namespace().unwrap_or_default();
     let router_objects = routing::router_for(&canary.spec).objects();
     ctx.pending_writes
-        .lagging((&namespace, &canary.name_any()), |kind, name| match kind {
-            "Deployment" => ctx
-                .caches
-                .deployment(&namespace, name)
-                .and_then(|d| cache::resource_version(&d)),
-            "HorizontalPodAutoscaler" => ctx
-                .caches
-                .autoscaler(&namespace, name)
-                .and_then(|h| cache::resource_version(&h)),
-            _ => router_objects
-                .iter()
-                .find(|o| o.kind == kind && o.name == name)
-                .and_then(|o| ctx.caches.routing_object(&namespace, o).ok().flatten())
-                .and_then(|o| cache::resource_version(&o)),
+        .lagging((&namespace, &canary.name_any()), |kind, name| {
+            ctx.caches
+                .version_of(&namespace, (kind, name), &router_objects)
         })
 }
 
@@ -844,16 +833,14 @@ fn analysis_inputs(canary: &Canary, ctx: &Context) -> Option<AnalysisInputs> {
     let namespace = canary.namespace().unwrap_or_default();
     let mut templates = Vec::new();
     for template_ref in canary.spec.template_refs() {
-        let version = if template_ref.cluster_scope {
-            ctx.caches
-                .cluster_template(&template_ref.template_name)
-                .ok()?
-                .and_then(|t| cache::resource_version(&t))
-        } else {
-            ctx.caches
-                .template(&namespace, &template_ref.template_name)
-                .and_then(|t| cache::resource_version(&t))
-        };
+        let version = ctx
+            .caches
+            .template_version(
+                &namespace,
+                &template_ref.template_name,
+                template_ref.cluster_scope,
+            )
+            .ok()?;
         templates.push((template_ref.clone(), version));
     }
     Some(AnalysisInputs {
