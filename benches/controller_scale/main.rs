@@ -127,16 +127,38 @@ fn exporter_page(services: usize, started: Instant) -> String {
 }
 
 fn prometheus_queries(prometheus: &prometheus::Prometheus) -> Result<f64, String> {
-    let (status, page) = prometheus::http_get(prometheus.addr(), "/metrics")
-        .map_err(|e| format!("reading Prometheus' /metrics: {e}"))?;
-    if status != 200 {
-        return Err(format!("Prometheus' /metrics answered {status}"));
-    }
-    Ok(sum_of_metric(
-        &page,
+    scraped_sum(
+        prometheus.addr(),
+        "Prometheus'",
         "prometheus_http_requests_total",
         Some("handler=\"/api/v1/query\""),
-    ))
+    )
+}
+
+/// The sum of `metric`'s series (those containing `filter`) on `whose` `/metrics` page.
+fn scraped_sum(
+    address: std::net::SocketAddr,
+    whose: &str,
+    metric: &str,
+    filter: Option<&str>,
+) -> Result<f64, String> {
+    let (status, page) = prometheus::http_get(address, "/metrics")
+        .map_err(|e| format!("reading {whose} /metrics: {e}"))?;
+    if status != 200 {
+        return Err(format!("{whose} /metrics answered {status}"));
+    }
+    Ok(sum_of_metric(&page, metric, filter))
+}
+
+/// How many reconciles the controller has finished (its own `/metrics`): each one is a turn
+/// in its queue, so they show how busy the queue is.
+fn controller_reconciles(address: std::net::SocketAddr) -> Result<f64, String> {
+    scraped_sum(
+        address,
+        "the controller's",
+        "canary_reconcile_duration_seconds_count",
+        None,
+    )
 }
 
 /// The controller binary: the one `cargo bench` built, or `CANARY_BENCH_CONTROLLER` (e.g. to
@@ -150,11 +172,12 @@ fn controller_binary() -> PathBuf {
 /// Starts the controller as `deploy/controller` runs it: `canary controller --leader-elect`,
 /// JSON logs at `warn,canary=info`, the Prometheus of templates that name none, as the
 /// ServiceAccount (token kubeconfig); stderr into `log`. Waits (bounded) for `/healthz`.
+/// Returns the process and the address of its `/metrics`.
 async fn start_controller(
     kubeconfig: &Path,
     prometheus: &str,
     log: &Path,
-) -> Result<Child, String> {
+) -> Result<(Child, std::net::SocketAddr), String> {
     let port = prometheus::free_port();
     let file =
         std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -195,7 +218,7 @@ async fn start_controller(
         .await
         .unwrap_or(false);
         if healthy {
-            return Ok(child);
+            return Ok((child, address));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -274,7 +297,7 @@ async fn run(arguments: &Arguments, repo: &Path, count: usize) -> Result<RunResu
 
     let controller_started = Timestamp::now();
     let settle = Instant::now();
-    let mut controller = start_controller(
+    let (mut controller, controller_address) = start_controller(
         &controller_kubeconfig,
         &prometheus.url(),
         &work.join("controller.log"),
@@ -312,6 +335,7 @@ async fn run(arguments: &Arguments, repo: &Path, count: usize) -> Result<RunResu
     let controller_cpu_before = at_settle.cpu_seconds;
     let apiserver_cpu_before = cpu_of(apiserver_pid);
     let queries_before = prometheus_queries(&prometheus)?;
+    let reconciles_before = controller_reconciles(controller_address)?;
     let load_before = load_average();
     let apiserver_requests_before = plane.apiserver_requests_total()?;
     let names: Vec<String> = (0..count).map(services::service_name).collect();
@@ -388,6 +412,7 @@ async fn run(arguments: &Arguments, repo: &Path, count: usize) -> Result<RunResu
     let at_end = observe::process_sample(pid).unwrap_or_default();
     let apiserver_cpu = cpu_of(apiserver_pid) - apiserver_cpu_before;
     let queries = prometheus_queries(&prometheus)? - queries_before;
+    let reconciles = controller_reconciles(controller_address)? - reconciles_before;
     let apiserver_requests = plane.apiserver_requests_total()? - apiserver_requests_before;
     let mut abort_latencies = Vec::new();
     let mut aborts_unanswered = 0;
@@ -452,6 +477,7 @@ async fn run(arguments: &Arguments, repo: &Path, count: usize) -> Result<RunResu
         measurements: analysis.measurements,
         measurements_expected: analysis.expected,
         prometheus_queries: queries,
+        reconciles_rollout: reconciles,
         tick_lag_ms: Percentiles::of(state.lags_ms.clone()),
         tick_lag_unmatched: state.lags_unmatched,
         abort_ms: Percentiles::of(abort_latencies),

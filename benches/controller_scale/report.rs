@@ -65,6 +65,8 @@ pub struct RunResult {
     pub measurements_expected: u64,
     pub requests_per_measurement: Option<f64>,
     pub prometheus_queries: f64,
+    /// Reconciles the controller finished during the rollouts (its own metrics).
+    pub reconciles_rollout: f64,
     pub tick_lag_ms: Percentiles,
     /// Measurements whose due time was not seen (several arrived in one status version).
     pub tick_lag_unmatched: u64,
@@ -147,6 +149,13 @@ pub fn table(results: &[RunResult]) -> String {
     });
     row("Prometheus queries / due", &|r| {
         format!("{:.0} / {}", r.prometheus_queries, r.measurements_expected)
+    });
+    row("reconciles per measurement", &|r| {
+        if r.measurements == 0 {
+            "-".into()
+        } else {
+            number(r.reconciles_rollout / r.measurements as f64)
+        }
     });
     row("analysis tick lag p50 / p99, ms", &|r| {
         format!(

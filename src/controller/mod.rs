@@ -3,6 +3,7 @@
 
 pub mod api_client;
 pub mod cache;
+mod express;
 mod leadership;
 pub mod liveness;
 pub mod measurements;
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
@@ -89,6 +90,8 @@ pub struct Context {
     pub pending_writes: cache::PendingWrites,
     /// Each Canary's prepared analysis.
     pub prepared: reconcile::PreparedAnalyses,
+    /// One reconcile of a Canary at a time, across the queue and the express lane.
+    pub reconcile_locks: express::ReconcileLocks,
 }
 
 /// The reconcile error last logged for each Canary, so that a problem retried every few
@@ -279,6 +282,16 @@ async fn termination() {
 /// retried after [`PANIC_RETRY`], while every other Canary goes on being served. (A panic is a
 /// bug; input that could cause one is refused by validation, this is the last line.)
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let _turn = ctx
+        .reconcile_locks
+        .turn(&namespace, &canary.name_any())
+        .await;
+    // The express lane may have reconciled it while this waited: plan from the newest copy.
+    let canary = ctx
+        .canaries
+        .get(&ObjectRef::from_obj(canary.as_ref()))
+        .unwrap_or(canary);
     match contained(reconcile_contained(canary.clone(), ctx.clone())).await {
         Ok(result) => {
             if result.is_ok() {
@@ -394,6 +407,25 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeu
     Requeue::requeue(Duration::from_secs(2))
 }
 
+/// What a Canary's reconcile acts on besides its status: its spec (generation), annotations
+/// (manual requests), labels, finalizers and deletion. The controller's own status writes
+/// change none of them, so their watch events do not put the Canary in the queue again,
+/// where each such reconcile held a slot that a due Canary waited for.
+fn wakes_canary(canary: &Canary) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let metadata = &canary.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        metadata.generation,
+        &metadata.labels,
+        &metadata.annotations,
+        &metadata.finalizers,
+        metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
     // Created first: the client counts its requests in it.
@@ -406,6 +438,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
+    let (express_lane, express_queue) = express::lane();
     // A finished measurement is picked up by a reconcile of its Canary.
     // The Canaries' cache, slimmed like the others (status is server-side applied, so its
     // field managers' record is as large as the status itself).
@@ -414,7 +447,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let canary_changes = watcher::watcher(canaries, watcher::Config::default().any_semantic())
         .modify(|canary: &mut Canary| cache::slim_metadata(&mut canary.metadata))
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        .inspect_ok(move |canary| express_lane.offer(canary))
+        .predicate_filter(wakes_canary, Default::default());
     let controller = Controller::for_stream(canary_changes, store.clone())
         .with_config(api_client::controller_config(
             config.max_concurrent_reconciles,
@@ -445,6 +480,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         caches,
         pending_writes: cache::PendingWrites::default(),
         prepared: reconcile::PreparedAnalyses::default(),
+        reconcile_locks: express::ReconcileLocks::default(),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let server = serve(config.listen, ctx.clone(), ready.clone()).await?;
@@ -546,6 +582,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
         synced = ctx.caches.wait_until_ready() => synced.is_ok(),
         _ = termination() => false,
     };
+    // Manual requests are answered beside the queue (see `express`); the queue's own
+    // reconcile follows and finds them answered.
+    let express = express::serve(express_queue, {
+        let ctx = ctx.clone();
+        move |object| {
+            let ctx = ctx.clone();
+            async move {
+                let Some(canary) = ctx.canaries.get(&object) else {
+                    return;
+                };
+                if !express::awaits_answer(&canary) {
+                    return;
+                }
+                debug!(
+                    namespace = object.namespace,
+                    canary = object.name,
+                    "manual request: reconciling ahead of the queue"
+                );
+                if let Err(error) = reconcile(canary.clone(), ctx.clone()).await {
+                    // Logged; the queue's reconcile of the same event retries it.
+                    error_policy(canary, &error, ctx);
+                }
+            }
+        }
+    });
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -555,6 +616,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 Err(e) => warn!(error = %e, "reconcile error"),
             }
         });
+    // The lane ends with the Canaries' watch, which the queue owns.
+    let run = futures::future::join(run, express);
     tokio::select! {
         _ = run, if synced => {}
         _ = leadership_lost(leadership.as_ref().map(|(is_leader, _)| is_leader.clone())) => {
@@ -817,5 +880,81 @@ mod status_writes_tests {
         writes.written_over("shop", "web", written.clone());
         writes.forget("shop", "web");
         assert!(!writes.is_stale("shop", "web", &written), "deleted Canary");
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn canary() -> Canary {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "canary.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 3,
+                         "annotations": {"team": "payments"}, "finalizers": [FINALIZER]},
+            "spec": {"targetRef": {"name": "web"}, "service": {"port": 80}},
+        }))
+        .expect("a minimal Canary")
+    }
+
+    #[test]
+    fn only_changes_that_reconcile_acts_on_wake_a_canary() {
+        let before = wakes_canary(&canary());
+        let changes: Vec<(&str, fn(&mut Canary), bool)> = vec![
+            (
+                "a status write",
+                |c| {
+                    c.status = Some(CanaryStatus {
+                        canary_weight: 20,
+                        message: Some("weight 20".into()),
+                        ..CanaryStatus::default()
+                    })
+                },
+                false,
+            ),
+            (
+                "a new resourceVersion",
+                |c| c.metadata.resource_version = Some("99".into()),
+                false,
+            ),
+            ("a spec change", |c| c.metadata.generation = Some(4), true),
+            (
+                "a manual request",
+                |c| {
+                    c.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert("request.canary.dev/1-1".into(), "abort".into());
+                },
+                true,
+            ),
+            (
+                "a label",
+                |c| {
+                    c.metadata
+                        .labels
+                        .get_or_insert_default()
+                        .insert("tier".into(), "web".into());
+                },
+                true,
+            ),
+            (
+                "the finalizer removed",
+                |c| c.metadata.finalizers = None,
+                true,
+            ),
+            (
+                "deletion",
+                |c| c.metadata.deletion_timestamp = Some(Time(Default::default())),
+                true,
+            ),
+        ];
+        for (change, apply, wakes) in changes {
+            let mut changed = canary();
+            apply(&mut changed);
+            assert_eq!(wakes_canary(&changed) != before, wakes, "{change}");
+        }
     }
 }
