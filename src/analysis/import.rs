@@ -407,6 +407,41 @@ fn secret_ref(value: &Value) -> Option<SecretKeyRef> {
     })
 }
 
+/// A metric name as our CRD takes it (`^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$`): Flagger's docs name
+/// metrics `"404s percentage"`, Argo allows capitals. Lower-cased, every other character a
+/// `-`, runs of `-` collapsed; `metric` when nothing is left.
+pub(crate) fn metric_name(written: &str) -> String {
+    let mut name = String::with_capacity(written.len());
+    for c in written.trim().chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '_' | '.') {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && name.ends_with('-')) {
+            name.push(c);
+        }
+    }
+    let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        "metric".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// [`metric_name`], with a note at `field` when it differs from what was written.
+pub(crate) fn carried_metric_name(written: &str, field: &str, notes: &mut Vec<Note>) -> String {
+    let name = metric_name(written);
+    if name != written {
+        notes.push(warning(
+            field,
+            format!("metric {written:?} is named {name:?} here: metric names are lower-case letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    name
+}
+
 fn scalar_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -421,12 +456,13 @@ fn argo_metric(
     notes: &mut Vec<Note>,
 ) -> Option<Metric> {
     let field = format!("spec.metrics[{i}]");
-    let name = metric
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
     let start = notes.len();
+    let written = metric.get("name").and_then(Value::as_str).unwrap_or("");
+    let name = if written.is_empty() {
+        String::new()
+    } else {
+        carried_metric_name(written, &format!("{field}.name"), notes)
+    };
     warn_unconverted(metric, ARGO_METRIC_FIELDS, &field, notes);
     let duration = |key: &str, notes: &mut Vec<Note>| -> Option<Duration> {
         let text = metric.get(key).map(scalar_text)?;
@@ -490,7 +526,7 @@ fn argo_metric(
             None
         }
     };
-    let dry_run = dry_run_names.contains(&name) || dry_run_names.contains("*");
+    let dry_run = dry_run_names.contains(written) || dry_run_names.contains("*");
     if notes[start..].iter().any(|n| n.severity == Severity::Error) {
         return None;
     }
@@ -973,5 +1009,18 @@ mod tests {
             "{:?}",
             template.notes
         );
+    }
+
+    #[test]
+    fn metric_names_are_carried_in_the_form_the_crd_takes() {
+        for (written, ours) in [
+            ("404s percentage", "404s-percentage"),
+            ("request-success-rate", "request-success-rate"),
+            ("Success Rate (p99)", "success-rate-p99"),
+            ("  ", "metric"),
+            ("latency_p99.ms", "latency_p99.ms"),
+        ] {
+            assert_eq!(metric_name(written), ours, "{written:?}");
+        }
     }
 }
