@@ -474,7 +474,16 @@ fn argo_metric(
     };
     let interval = duration("interval", notes);
     let initial_delay = duration("initialDelay", notes);
-    let count = int_or_string(metric, "count", &field, notes);
+    let mut count = int_or_string(metric, "count", &field, notes);
+    // Argo takes a single measurement of a metric that has neither interval nor count; ours
+    // would measure every minute until the run ends.
+    if metric.get("interval").is_none() && metric.get("count").is_none() {
+        count = Some(1);
+        notes.push(warning(
+            format!("{field}.count"),
+            "absent with no interval: one measurement, as in Argo Rollouts (count: 1)",
+        ));
+    }
     let failure_limit = int_or_string(metric, "failureLimit", &field, notes);
     let inconclusive_limit = int_or_string(metric, "inconclusiveLimit", &field, notes);
     let consecutive_error_limit = int_or_string(metric, "consecutiveErrorLimit", &field, notes);
@@ -1022,5 +1031,28 @@ mod tests {
         ] {
             assert_eq!(metric_name(written), ours, "{written:?}");
         }
+    }
+
+    /// Argo takes one measurement of a metric without interval and count; with an interval it
+    /// measures until the run ends.
+    #[test]
+    fn an_argo_metric_without_interval_or_count_is_measured_once() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n",
+            "  - {name: once, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+            "  - {name: every, interval: 5m, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+            "  - {name: three, count: 3, interval: 1m, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let counts: Vec<Option<u32>> = template.spec.metrics.iter().map(|m| m.count).collect();
+        assert_eq!(counts, vec![Some(1), None, Some(3)]);
+        assert!(
+            template.notes.iter().any(
+                |n| n.field == "spec.metrics[0].count" && n.message.contains("one measurement")
+            ),
+            "{:?}",
+            template.notes
+        );
     }
 }
