@@ -347,8 +347,43 @@ fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>>
         .enumerate()
         .filter_map(|(i, arg)| argo_arg(i, arg, &mut notes))
         .collect();
+    warn_unconverted(
+        &spec,
+        &[
+            "args",
+            "metrics",
+            "dryRun",
+            "measurementRetention",
+            "templates",
+        ],
+        "spec",
+        &mut notes,
+    );
+    let composed: Vec<String> = spec
+        .get("templates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let name = t.get("templateName").and_then(Value::as_str).unwrap_or("?");
+            match t.get("clusterScope").and_then(Value::as_bool) {
+                Some(true) => format!("ClusterAnalysisTemplate {name}"),
+                _ => format!("AnalysisTemplate {name}"),
+            }
+        })
+        .collect();
+    if !composed.is_empty() {
+        // Never dropped silently: the composed templates' metrics would be missing from the run.
+        notes.push(error(
+            "spec.templates",
+            format!(
+                "a template composed of other templates ({}) is not supported: name those templates in the Canary's analysis (`templates: [{{templateName: …}}, …]`) beside this one's own metrics; the Canary runs every template it names together, as one analysis",
+                composed.join(", ")
+            ),
+        ));
+    }
     let metrics_value = spec.get("metrics").and_then(Value::as_array);
-    if metrics_value.is_none_or(|m| m.is_empty()) {
+    if metrics_value.is_none_or(|m| m.is_empty()) && composed.is_empty() {
         notes.push(error(
             "spec.metrics",
             "an AnalysisTemplate needs at least one metric",
@@ -1053,6 +1088,41 @@ mod tests {
             ),
             "{:?}",
             template.notes
+        );
+    }
+
+    /// Argo's `spec.templates` (a template made of others) is refused with what to do, never
+    /// dropped; any other field Argo has and we lack is named in a warning.
+    #[test]
+    fn composed_argo_templates_are_refused_clearly_and_unknown_fields_are_named() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: rates}\nspec:\n",
+            "  templates:\n  - templateName: error-rate\n  - {templateName: success-rate, clusterScope: true}\n",
+            "  futureField: {x: 1}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let said: Vec<(&str, Severity, &str)> = template
+            .notes
+            .iter()
+            .map(|n| (n.field.as_str(), n.severity, n.message.as_str()))
+            .collect();
+        assert!(
+            said.iter().any(|(field, severity, message)| *field == "spec.templates"
+                && *severity == Severity::Error
+                && message.contains("(AnalysisTemplate error-rate, ClusterAnalysisTemplate success-rate) is not supported")
+                && message.contains("name those templates in the Canary's analysis")),
+            "{said:#?}"
+        );
+        assert!(
+            said.iter()
+                .any(|(field, severity, _)| *field == "spec.futureField"
+                    && *severity == Severity::Warning),
+            "{said:#?}"
+        );
+        assert!(
+            !said.iter().any(|(field, _, _)| *field == "spec.metrics"),
+            "{said:#?}"
         );
     }
 }
