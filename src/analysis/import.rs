@@ -382,6 +382,18 @@ fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>>
             ),
         ));
     }
+    let arg_defaults: std::collections::BTreeMap<String, String> = spec
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a.get("name")?.as_str()?.to_string(),
+                scalar_text(a.get("value")?),
+            ))
+        })
+        .collect();
     let metrics_value = spec.get("metrics").and_then(Value::as_array);
     if metrics_value.is_none_or(|m| m.is_empty()) && composed.is_empty() {
         notes.push(error(
@@ -393,7 +405,15 @@ fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>>
         .into_iter()
         .flatten()
         .enumerate()
-        .filter_map(|(i, m)| argo_metric(i, m, &dry_run_names, &mut notes).map(|m| (m, i)))
+        .filter_map(|(i, m)| {
+            let m = resolve_templated_fields(
+                m,
+                &arg_defaults,
+                &format!("spec.metrics[{i}]"),
+                &mut notes,
+            );
+            argo_metric(i, &m, &dry_run_names, &mut notes).map(|m| (m, i))
+        })
         .unzip();
     finish(
         value,
@@ -558,14 +578,18 @@ fn argo_metric(
                 .unwrap_or_default();
             notes.push(error(
                 format!("{field}.provider"),
-                format!(
-                    "provider {} is not supported; only prometheus is",
-                    if names.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
+                if names.is_empty() {
+                    format!(
+                        "the metric names no provider: write one of {}",
+                        supported_providers().join(", ")
+                    )
+                } else {
+                    names
+                        .iter()
+                        .map(|name| unsupported_provider(name))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
             ));
             None
         }
@@ -629,7 +653,76 @@ fn warn_unconverted(object: &Value, known: &[&str], field: &str, notes: &mut Vec
     }
 }
 
-/// Argo's int-or-string fields (`count: 5`, `count: "5"`; templated values cannot be carried).
+/// The fields Argo renders from the run's arguments that are typed here (numbers,
+/// durations) or compiled once (conditions).
+const TEMPLATED_FIELDS: [&str; 8] = [
+    "interval",
+    "initialDelay",
+    "count",
+    "failureLimit",
+    "inconclusiveLimit",
+    "consecutiveErrorLimit",
+    "successCondition",
+    "failureCondition",
+];
+
+/// Argo renders `{{args.NAME}}` anywhere in a metric when the run starts; here those fields are
+/// fixed in the template. A placeholder there takes the argument's value from the template
+/// (said in a warning: a different value passed by the Canary would not reach it); an argument
+/// without a value there is an error that says what to write.
+fn resolve_templated_fields(
+    metric: &Value,
+    defaults: &std::collections::BTreeMap<String, String>,
+    field: &str,
+    notes: &mut Vec<Note>,
+) -> Value {
+    let mut resolved = metric.clone();
+    for key in TEMPLATED_FIELDS {
+        let Some(written) = metric.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        if !written.contains("{{") {
+            continue;
+        }
+        let mut text = written.to_string();
+        let mut missing = Vec::new();
+        for placeholder in render::placeholders(written) {
+            let value = placeholder
+                .strip_prefix("args.")
+                .map(str::trim)
+                .and_then(|name| defaults.get(name).map(|v| (name, v)));
+            match value {
+                Some((_, value)) => {
+                    for form in [
+                        format!("{{{{{placeholder}}}}}"),
+                        format!("{{{{ {placeholder} }}}}"),
+                    ] {
+                        text = text.replace(&form, value);
+                    }
+                }
+                None => missing.push(placeholder.to_string()),
+            }
+        }
+        if missing.is_empty() {
+            notes.push(warning(
+                format!("{field}.{key}"),
+                format!("`{written}` is `{text}`, the arguments' values in the template: Argo renders it when a run starts, here it is fixed, so a different value passed by the Canary's analysis args would not reach it"),
+            ));
+            resolved[key] = Value::String(text);
+        } else {
+            notes.push(error(
+                format!("{field}.{key}"),
+                format!("`{written}` uses {} without a value in the template: Argo fills it when a run starts, here {key} is fixed in the template; give the argument a value in spec.args, or write the value itself", missing.iter().map(|m| format!("{{{{{m}}}}}")).collect::<Vec<_>>().join(", ")),
+            ));
+            if let Some(object) = resolved.as_object_mut() {
+                object.remove(key);
+            }
+        }
+    }
+    resolved
+}
+
+/// Argo's int-or-string fields (`count: 5`, `count: "5"`; placeholders are resolved before).
 fn int_or_string(metric: &Value, key: &str, field: &str, notes: &mut Vec<Note>) -> Option<u32> {
     let value = metric.get(key)?;
     let parsed = match value {
@@ -640,10 +733,7 @@ fn int_or_string(metric: &Value, key: &str, field: &str, notes: &mut Vec<Note>) 
     if parsed.is_none() {
         notes.push(error(
             format!("{field}.{key}"),
-            format!(
-                "{} is not a non-negative whole number (templated values such as {{{{args.x}}}} are not supported here)",
-                scalar_text(value)
-            ),
+            format!("{} is not a non-negative whole number", scalar_text(value)),
         ));
     }
     parsed
@@ -705,6 +795,100 @@ fn argo_prometheus(
             .and_then(Value::as_bool)
             .unwrap_or(false),
     })
+}
+
+/// The metric providers of Argo Rollouts and Flagger, as each writes them, with the names
+/// people know them by.
+const PEER_PROVIDERS: &[(&str, &str)] = &[
+    ("prometheus", "Prometheus"),
+    ("web", "Web (an HTTP endpoint answering JSON)"),
+    ("job", "Job (a Kubernetes Job)"),
+    ("datadog", "Datadog"),
+    ("newrelic", "New Relic"),
+    ("cloudwatch", "Amazon CloudWatch"),
+    ("wavefront", "Wavefront"),
+    ("kayenta", "Kayenta"),
+    ("graphite", "Graphite"),
+    ("influxdb", "InfluxDB"),
+    ("skywalking", "Apache SkyWalking"),
+    ("dynatrace", "Dynatrace"),
+    ("stackdriver", "Google Cloud Monitoring (Stackdriver)"),
+    ("keptn", "Keptn"),
+    ("splunk", "Splunk"),
+    ("externalmetrics", "Kubernetes external metrics"),
+    ("plugin", "a metric plugin"),
+];
+
+/// The providers a metric can have here: the fields of `provider` in our CRD, so that a
+/// provider added there is supported everywhere, and no longer listed as unsupported.
+pub fn supported_providers() -> Vec<String> {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(AnalysisTemplate::crd()).unwrap_or_default();
+    crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/metrics/items/properties/provider/properties")
+        .and_then(Value::as_object)
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Whether a provider as Argo or Flagger writes it (`newRelic`, `newrelic`) is one we have.
+pub fn is_supported_provider(written: &str) -> bool {
+    supported_providers()
+        .iter()
+        .any(|ours| ours.eq_ignore_ascii_case(written))
+}
+
+/// What is said of a metric whose provider we lack: which provider, that it is not
+/// supported, and which are.
+pub fn unsupported_provider(written: &str) -> String {
+    let known = PEER_PROVIDERS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(written))
+        .map(|(_, known_as)| format!(" ({known_as})"))
+        .unwrap_or_default();
+    format!(
+        "provider {written}{known} is not supported: a metric here is measured with {}; this metric cannot be converted. Measure the same signal through one of those (e.g. a Prometheus that scrapes or remote-writes it), or drop the metric",
+        supported_providers().join(", ")
+    )
+}
+
+/// The unsupported providers a document's metrics use (Argo `metrics[].provider.<name>`,
+/// Flagger `spec.provider.type`), as written, each once: what `canary convert` lists.
+pub fn unsupported_providers_of(document: &Value) -> Vec<String> {
+    let api_version = document
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut found: Vec<String> = Vec::new();
+    if api_version.starts_with("argoproj.io/") {
+        for metric in document
+            .pointer("/spec/metrics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for name in metric
+                .get("provider")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(|p| p.keys())
+            {
+                found.push(name.clone());
+            }
+        }
+    } else if api_version.starts_with("flagger.app/")
+        && let Some(kind) = document
+            .pointer("/spec/provider/type")
+            .and_then(Value::as_str)
+    {
+        found.push(kind.to_string());
+    }
+    let mut unsupported: Vec<String> = Vec::new();
+    for name in found {
+        if !is_supported_provider(&name) && !unsupported.contains(&name) {
+            unsupported.push(name);
+        }
+    }
+    unsupported
 }
 
 /// Converts the common subset of Argo's `expr` language to CEL: `and`/`or`/`not`, `len`,
@@ -854,7 +1038,14 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     if provider_type != "prometheus" {
         notes.push(error(
             "spec.provider.type",
-            format!("provider type {provider_type:?} is not supported; only prometheus is"),
+            if provider_type.is_empty() {
+                format!(
+                    "the MetricTemplate names no provider type: write one of {}",
+                    supported_providers().join(", ")
+                )
+            } else {
+                unsupported_provider(provider_type)
+            },
         ));
     }
     if provider.get("secretRef").is_some() {
@@ -1123,6 +1314,38 @@ mod tests {
         assert!(
             !said.iter().any(|(field, _, _)| *field == "spec.metrics"),
             "{said:#?}"
+        );
+    }
+
+    /// Argo renders arguments in a metric's count, interval, limits and conditions; here they
+    /// take the arguments' values from the template (Argo's e2e templates are written so).
+    #[test]
+    fn templated_argo_fields_take_the_arguments_values() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n",
+            "  args:\n  - {name: runs, value: '2'}\n  - {name: every, value: 5s}\n  - {name: limit, value: '1'}\n  - {name: max, value: '4'}\n  - {name: passed}\n",
+            "  metrics:\n",
+            "  - name: m\n    count: '{{args.runs}}'\n    interval: '{{ args.every }}'\n    initialDelay: '{{args.every}}'\n    failureLimit: '{{args.limit}}'\n",
+            "    failureCondition: 'result[0] > {{ args.max }}'\n    provider: {prometheus: {query: up}}\n",
+            "  - name: n\n    count: '{{args.passed}}'\n    interval: 1m\n    successCondition: 'result[0] > 0'\n    provider: {prometheus: {query: up}}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let m = &template.spec.metrics[0];
+        assert_eq!(m.count, Some(2));
+        assert_eq!(m.interval, Some(Duration::from_secs(5)));
+        assert_eq!(m.initial_delay, Some(Duration::from_secs(5)));
+        assert_eq!(m.failure_limit, Some(1));
+        assert_eq!(m.failure_condition.as_deref(), Some("result[0] > 4.0"));
+        let error = template
+            .notes
+            .iter()
+            .find(|n| n.field == "spec.metrics[1].count")
+            .expect("a note on the count without a value");
+        assert_eq!(error.severity, Severity::Error);
+        assert!(
+            error.message.contains("{{args.passed}} without a value"),
+            "{error:?}"
         );
     }
 }
