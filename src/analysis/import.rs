@@ -1348,4 +1348,45 @@ mod tests {
             "{error:?}"
         );
     }
+
+    /// The providers we lack are named, said to be unsupported, and listed; the ones we have
+    /// (read from the CRD) are never in that list.
+    #[test]
+    fn unsupported_providers_are_named_and_supported_ones_are_not_listed() {
+        assert!(supported_providers().contains(&"prometheus".to_string()));
+        assert!(is_supported_provider("prometheus"));
+        for peer in [
+            "datadog",
+            "newRelic",
+            "cloudWatch",
+            "wavefront",
+            "dynatrace",
+            "stackdriver",
+            "skywalking",
+            "kayenta",
+        ] {
+            let supported = is_supported_provider(peer);
+            let message = unsupported_provider(peer);
+            assert!(
+                supported || message.starts_with(&format!("provider {peer} (")),
+                "{message}"
+            );
+            assert!(message.contains("is not supported"), "{message}");
+        }
+        let argo: Value = serde_json::json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+            "spec": {"metrics": [
+                {"name": "a", "provider": {"prometheus": {"query": "up"}}},
+                {"name": "b", "provider": {"datadog": {"query": "x"}}},
+                {"name": "c", "provider": {"datadog": {"query": "y"}}},
+                {"name": "d", "provider": {"newRelic": {"query": "z"}}},
+            ]},
+        });
+        assert_eq!(unsupported_providers_of(&argo), vec!["datadog", "newRelic"]);
+        let flagger: Value = serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "spec": {"provider": {"type": "prometheus"}, "query": "up"},
+        });
+        assert!(unsupported_providers_of(&flagger).is_empty());
+    }
 }
