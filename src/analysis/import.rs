@@ -465,7 +465,7 @@ fn secret_ref(value: &Value) -> Option<SecretKeyRef> {
 /// A metric name as our CRD takes it (`^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$`): Flagger's docs name
 /// metrics `"404s percentage"`, Argo allows capitals. Lower-cased, every other character a
 /// `-`, runs of `-` collapsed; `metric` when nothing is left.
-pub(crate) fn metric_name(written: &str) -> String {
+pub fn metric_name(written: &str) -> String {
     let mut name = String::with_capacity(written.len());
     for c in written.trim().chars().flat_map(char::to_lowercase) {
         let c = if c.is_ascii_alphanumeric() || matches!(c, '_' | '.') {
@@ -550,6 +550,12 @@ fn argo_metric(
     }
     let condition = |key: &str, notes: &mut Vec<Note>| {
         let text = metric.get(key)?.as_str()?;
+        if key == "successCondition" && passes_on_no_data(text) {
+            notes.push(warning(
+                format!("{field}.{key}"),
+                format!("`{text}` passes when the query returns no data; here no data is never a pass (it is Inconclusive, and the metric's inconclusiveLimit decides), so that part never applies: to tolerate missing data, raise inconclusiveLimit"),
+            ));
+        }
         match expr_to_cel(text) {
             Ok(cel) => {
                 if cel != text {
@@ -720,6 +726,22 @@ fn resolve_templated_fields(
         }
     }
     resolved
+}
+
+/// Whether an Argo success condition deliberately passes on an empty result
+/// (`len(result) == 0 || …`, `isNaN(result[0]) or …`).
+fn passes_on_no_data(condition: &str) -> bool {
+    let compact: String = condition.chars().filter(|c| !c.is_whitespace()).collect();
+    let alternative = compact.contains("||") || condition.split_whitespace().any(|w| w == "or");
+    alternative
+        && [
+            "len(result)==0",
+            "len(result)<1",
+            "isNaN(result",
+            "isNaN(default(result",
+        ]
+        .iter()
+        .any(|empty| compact.contains(empty))
 }
 
 /// Argo's int-or-string fields (`count: 5`, `count: "5"`; placeholders are resolved before).
@@ -1066,6 +1088,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     let mut args: Vec<Argument> = Vec::new();
     let mut converted = query.to_string();
     let mut target_said = false;
+    let mut expression_said = false;
     for placeholder in render::placeholders(query) {
         if placeholder == "target" {
             for written in ["{{target}}", "{{ target }}"] {
@@ -1080,6 +1103,18 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
             continue;
         }
         if render::CONTEXT_NAMES.contains(&placeholder) {
+            continue;
+        }
+        if !is_flagger_variable(placeholder) {
+            // A Go template expression (`{{ printf "%s-%s" namespace service }}`, a pipe, a
+            // function call) is not a value canary can fill in; made an argument name, it
+            // would render nothing Flagger meant.
+            if !std::mem::replace(&mut expression_said, true) {
+                notes.push(error(
+                    "spec.query",
+                    format!("`{{{{ {placeholder} }}}}` is a Go template expression, which Flagger evaluates and canary does not (it fills in names such as {{{{ namespace }}}} or {{{{ variables.x }}}}): write the text it produces into the query, or pass it as a templateVariable and write {{{{ variables.NAME }}}}"),
+                ));
+            }
             continue;
         }
         let name = placeholder
@@ -1156,6 +1191,18 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
         vec![0],
         notes,
     )
+}
+
+/// `name`, `service`, `variables.direction`: what Flagger's templates name; anything else
+/// (spaces, quotes, pipes) is an expression of Go's template language.
+fn is_flagger_variable(placeholder: &str) -> bool {
+    let name = placeholder
+        .strip_prefix("variables.")
+        .unwrap_or(placeholder);
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 fn finish(
@@ -1388,5 +1435,42 @@ mod tests {
             "spec": {"provider": {"type": "prometheus"}, "query": "up"},
         });
         assert!(unsupported_providers_of(&flagger).is_empty());
+    }
+
+    /// A Go template expression in a Flagger query is said, not made an argument; an Argo
+    /// condition that passes on no data is said, since here no data never passes.
+    #[test]
+    fn go_template_expressions_and_no_data_passes_are_reported() {
+        let flagger = read_documents(concat!(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: latency}\nspec:\n",
+            "  provider: {type: prometheus}\n",
+            "  query: 'sum(x{route=~\"{{ printf \\\"kube_%s__%s\\\" namespace service }}\", d=\"{{ variables.direction }}\"})'\n",
+        ))
+        .unwrap();
+        let template = flagger[0].outcome.as_ref().unwrap();
+        assert!(
+            template.notes.iter().any(|n| n.severity == Severity::Error
+                && n.field == "spec.query"
+                && n.message.contains("is a Go template expression")),
+            "{:#?}",
+            template.notes
+        );
+        let names: Vec<&str> = template.spec.args.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, vec!["direction"]);
+
+        let argo = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n",
+            "  - {name: m, successCondition: 'len(result) == 0 || result[0] >= 0.95', provider: {prometheus: {query: up}}}\n",
+            "  - {name: n, successCondition: 'result[0] >= 0.95', provider: {prometheus: {query: up}}}\n",
+        ))
+        .unwrap();
+        let template = argo[0].outcome.as_ref().unwrap();
+        let said: Vec<&str> = template
+            .notes
+            .iter()
+            .filter(|n| n.message.contains("passes when the query returns no data"))
+            .map(|n| n.field.as_str())
+            .collect();
+        assert_eq!(said, vec!["spec.metrics[0].successCondition"]);
     }
 }
