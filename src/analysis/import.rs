@@ -1070,6 +1070,15 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
             },
         ));
     }
+    warn_unconverted(&spec, &["provider", "query"], "spec", &mut notes);
+    if provider_type == "prometheus" {
+        warn_unconverted(
+            &provider,
+            &["type", "address", "secretRef", "insecureSkipVerify"],
+            "spec.provider",
+            &mut notes,
+        );
+    }
     if provider.get("secretRef").is_some() {
         notes.push(warning(
             "spec.provider.secretRef",
@@ -1472,5 +1481,24 @@ mod tests {
             .map(|n| n.field.as_str())
             .collect();
         assert_eq!(said, vec!["spec.metrics[0].successCondition"]);
+    }
+
+    /// Fields of a Flagger MetricTemplate we do not read are named, not ignored.
+    #[test]
+    fn unknown_flagger_fields_are_named() {
+        let documents = read_documents(concat!(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: m}\nspec:\n",
+            "  provider: {type: prometheus, address: 'http://p:9090', headers: {x: y}}\n",
+            "  query: up\n  step: 1m\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let warned: Vec<&str> = template
+            .notes
+            .iter()
+            .filter(|n| n.severity == Severity::Warning && n.message.contains("is not converted"))
+            .map(|n| n.field.as_str())
+            .collect();
+        assert_eq!(warned, vec!["spec.step", "spec.provider.headers"]);
     }
 }
