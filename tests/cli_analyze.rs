@@ -408,3 +408,29 @@ fn invalid_input_exits_2_with_a_clear_message() {
         assert!(shown.contains(expected), "{args:?}: {shown}");
     }
 }
+
+/// A declared argument named like a context value (`namespace`, as Argo's templates often
+/// declare it) is set by `--arg`: the query selects the namespace given, and passes.
+#[test]
+fn an_argument_named_namespace_is_set_by_arg() {
+    let (from, to) = (minute(20), minute(22));
+    let output = canary(&[
+        "analyze",
+        "-f",
+        "tests/fixtures/argo/namespace-arg.yaml",
+        "--prometheus",
+        &dataset().prometheus.url(),
+        "--arg",
+        "namespace=shop",
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(r#"sum(http_requests_total{namespace="shop"})"#),
+        "{said}"
+    );
+}

@@ -134,3 +134,48 @@ fn help_explains_what_is_read_and_the_exit_codes() {
     let top = stdout(&canary(&["--help"]));
     assert!(top.contains("convert"), "{top}");
 }
+
+/// A template whose provider we lack is named in an error, and the conversion ends with one
+/// line per unsupported provider naming the documents that use it (in JSON too).
+#[test]
+fn lists_each_provider_that_is_not_supported() {
+    let files = [
+        "tests/fixtures/peer-templates/argo/docs-analysis-datadog--01-loq-error-rate.yaml",
+        "tests/fixtures/peer-templates/argo/docs-analysis-newrelic--01-success-rate.yaml",
+        "tests/fixtures/peer-templates/flagger/docs-gitbook-usage-metrics--13-response-time-95pct.yaml",
+    ];
+    let mut args = vec!["validate", "--convert"];
+    args.extend(files);
+    let output = canary(&args);
+    let report = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{report}");
+    assert!(
+        report.contains(
+            "error: spec.metrics[0].provider: provider datadog (Datadog) is not supported"
+        ),
+        "{report}"
+    );
+    for (provider, file) in [
+        ("datadog", files[0]),
+        ("newRelic", files[1]),
+        ("dynatrace", files[2]),
+    ] {
+        assert!(
+            report.contains(&format!(
+                "provider {provider} is not supported, not converted: {file}[0]"
+            )),
+            "{provider} in {report}"
+        );
+    }
+    let mut args = vec!["convert", "-o", "json"];
+    args.extend(files);
+    let output = canary(&args);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let listed: Vec<&str> = json["unsupportedProviders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec!["datadog", "newRelic", "dynatrace"]);
+}

@@ -105,7 +105,7 @@ fn rejects_what_cannot_be_converted_and_says_why() {
         "{text}"
     );
     assert!(
-        text.contains("provider datadog is not supported; only prometheus is"),
+        text.contains("spec.metrics[0].provider: provider datadog (Datadog) is not supported: a metric here is measured with prometheus"),
         "{text}"
     );
 }
@@ -484,4 +484,30 @@ async fn the_api_server_refuses_the_same_canaries() {
             "{name}: the API server said {error}"
         );
     }
+}
+
+/// Placeholders in the address and in header values are rendered and checked like the query's:
+/// the template is valid as written (a token by reference through a Secret-backed argument),
+/// and a value that makes no URL is reported on the address.
+#[test]
+fn renders_placeholders_in_the_address_and_headers() {
+    let file = "tests/fixtures/argo/tenant-headers.yaml";
+    let output = canary(&["validate", file]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("AnalysisTemplate tenant-success-rate: ok"),
+        "{text}"
+    );
+    let output = canary(&["validate", file, "--arg", "prometheus=mimir:9009"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("spec.metrics[0].provider.prometheus.address: {{args.prometheus}} renders to \"mimir:9009\", which is not an http:// or https:// URL"),
+        "{text}"
+    );
+    let output = canary(&["validate", file, "--arg", "tenant=a\nX-Other: 1"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("headers[0].value (X-Scope-OrgID): the value of args.tenant contains a line break or control character"), "{text}");
 }

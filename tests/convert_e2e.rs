@@ -3,6 +3,9 @@
 //! plane with the two Services it names.
 //! The API server accepts the converted Canary whole, and the converted seed rolls out
 //! ([`drive_seed_rollout`]).
+//!
+//! A Flagger Canary and the MetricTemplate of Flagger's docs, converted and run on a live
+//! rollout: the converted query measures the Deployment that runs the canary.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -23,10 +26,10 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use replicas::apply_documents;
-use rollout::{ROLLOUT_TIMEOUT, follow_canary_until, start_controller};
+use rollout::{ROLLOUT_TIMEOUT, Simulator, create, dynamic, follow_canary_until, start_controller};
 use serde_json::{Value, json};
 
-use canary::api::canary::{Canary, Phase};
+use canary::api::canary::{Canary, Phase, RollbackReason};
 
 const SEED: &str = "tests/fixtures/convert/seed-bluegreen-rollout.yaml";
 const NAME: &str = "api-server";
@@ -35,8 +38,13 @@ const PREVIEW: &str = "api-server-preview";
 
 /// `canary convert` of the seed, run as a user runs it: the documents it prints.
 fn converted_seed() -> Vec<Value> {
+    converted(SEED)
+}
+
+/// `canary convert FILE`, run as a user runs it: the documents it prints (it must exit 0).
+fn converted(file: &str) -> Vec<Value> {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_canary"))
-        .args(["convert", SEED])
+        .args(["convert", file])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("canary convert runs");
@@ -287,4 +295,100 @@ async fn drive_seed_rollout(ns: &TestNamespace, mut documents: Vec<Value>) {
     .await;
     let canary: Canary = ns.api().get(NAME).await.unwrap();
     eprintln!("final status: {:?}", canary.status.map(|s| s.message));
+}
+
+const FLAGGER_NOT_FOUND: &str = "tests/fixtures/convert/flagger/istio-not-found-percentage.yaml";
+
+/// Flagger's documented 404 percentage MetricTemplate (`{{ target }}`, `{{ namespace }}`,
+/// `{{ interval }}`) with a Flagger Canary for `web`, converted by `canary convert` and applied
+/// as printed (only the template's Prometheus address is this test's). The canary answers half
+/// its requests with 404, stable none: the rollout is rolled back on measurements near 50%.
+/// Had `{{ target }}` stayed the user's Deployment (kept at zero replicas, no series) the
+/// measurements would be "no data" and the rollout would pause Inconclusive; had it meant
+/// stable, they would be 0% and the canary promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converted_flagger_template_measures_the_deployment_that_runs_the_canary() {
+    let mut documents = converted(FLAGGER_NOT_FOUND);
+    let ns = cluster().namespace("flagger-target").await;
+    istio_web_service(&ns).await;
+    let simulator = Simulator::start(&ns).await;
+    let prometheus = simulator.scraped_as("mesh").await;
+    for template in documents
+        .iter_mut()
+        .filter(|d| d["kind"] == "AnalysisTemplate")
+    {
+        for metric in template["spec"]["metrics"].as_array_mut().unwrap() {
+            metric["provider"]["prometheus"]["address"] = json!(prometheus.url());
+        }
+        template["metadata"]["namespace"] = json!(ns.name);
+    }
+    apply_documents(&ns, &documents).await;
+    let _controller = start_controller(&ns, &prometheus.url()).await;
+    follow_canary_until(&ns, "web", Phase::Idle, ROLLOUT_TIMEOUT).await;
+
+    let status = reqwest::Client::new()
+        .put(format!("http://{}/workloads/web-canary", simulator.address))
+        .json(&json!({"errorRate": 0.5, "errorCode": 404}))
+        .send()
+        .await
+        .expect("PUT /workloads/web-canary")
+        .status();
+    assert!(status.is_success(), "{status}");
+    rollout::set_image(&ns, "web:2").await;
+    let (canary, timeline) =
+        follow_canary_until(&ns, "web", Phase::RolledBack, ROLLOUT_TIMEOUT).await;
+    eprintln!("converted Flagger template:\n{}", timeline.join("\n"));
+    let status = canary.status.unwrap();
+    assert_eq!(status.rollback_reason, Some(RollbackReason::AnalysisFailed));
+    let metric = &status.analysis_runs[0].metrics[0];
+    assert_eq!(metric.name, "404s-percentage", "{metric:?}");
+    let values: Vec<f64> = metric
+        .measurements
+        .iter()
+        .filter_map(|m| m.value.as_deref()?.trim_matches(['[', ']']).parse().ok())
+        .collect();
+    assert!(
+        values.iter().any(|v| (30.0..=70.0).contains(v)),
+        "the canary's 404 percentage (about 50) was measured: {metric:?}"
+    );
+}
+
+/// The service `web` as Flagger's Istio tutorial runs it, with the routing objects canary
+/// needs instead of Flagger's generated ones: Deployment `web` (2 replicas of `web:1`), a
+/// DestinationRule with subsets `stable` and `canary`, a VirtualService with all traffic on
+/// stable.
+async fn istio_web_service(ns: &TestNamespace) {
+    create::<Deployment>(
+        &ns.api(),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+                },
+            },
+        }),
+    )
+    .await;
+    create::<DynamicObject>(&dynamic(ns, "DestinationRule"), json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "web"},
+        "spec": {"host": "web", "subsets": [{"name": "stable", "labels": {"app": "web"}}, {"name": "canary", "labels": {"app": "web"}}]},
+    })).await;
+    create::<DynamicObject>(
+        &dynamic(ns, "VirtualService"),
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web"},
+            "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
+                {"destination": {"host": "web", "subset": "stable"}, "weight": 100},
+                {"destination": {"host": "web", "subset": "canary"}, "weight": 0},
+            ]}]},
+        }),
+    )
+    .await;
 }

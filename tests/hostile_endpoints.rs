@@ -524,3 +524,148 @@ fn validate_names_the_template_metric_and_field_of_a_refused_address() {
         assert!(shown.contains(said), "{said} missing from {shown}");
     }
 }
+
+/// An Argo Rollouts AnalysisTemplate as Argo's docs write one for a multi-tenant Prometheus
+/// behind a gateway: the address and the tenant header from arguments, the token as
+/// `Bearer {{args.token}}` with the argument from a Secret (Argo's documented way). Read as
+/// written and measured against a real endpoint that echoes the request in an error: every
+/// placeholder arrives filled in, and the token appears nowhere people read.
+#[tokio::test]
+async fn placeholders_in_headers_and_the_address_are_filled_and_a_secret_token_stays_hidden() {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = received.clone();
+    let endpoint = Endpoint::start(move |request| {
+        recorded.lock().unwrap().push(request.clone());
+        response(
+            "401 Unauthorized",
+            "text/plain",
+            echo(request).as_bytes(),
+            true,
+        )
+    });
+    let argo = format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: tenant-rate}}
+spec:
+  args:
+  - name: prometheus-host
+    value: "127.0.0.1:{port}"
+  - name: tenant
+  - name: token
+    valueFrom:
+      secretKeyRef: {{name: prom, key: bearer-token}}
+  metrics:
+  - name: rate
+    successCondition: result[0] >= 0
+    provider:
+      prometheus:
+        address: http://{{{{args.prometheus-host}}}}
+        headers:
+        - key: X-Scope-OrgID
+          value: "{{{{args.tenant}}}}"
+        - key: Authorization
+          value: "Bearer {{{{args.token}}}}"
+        query: sum(rate(x{{namespace="{{{{args.tenant}}}}"}}[5m]))
+"#,
+        port = endpoint.port()
+    );
+    let documents = canary::analysis::import::read_documents(&argo).unwrap();
+    let template = documents[0].outcome.as_ref().expect("the template is read");
+    assert!(!template.has_errors(), "{:#?}", template.notes);
+    struct Token;
+    impl SecretValues for Token {
+        fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String> {
+            assert_eq!(reference.key, "bearer-token");
+            Ok("eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.sig-value".into())
+        }
+    }
+    let analysis = prepare(
+        "tenant-rate",
+        &template.spec,
+        &BTreeMap::from([("tenant".to_string(), "team-a".to_string())]),
+        &BTreeMap::new(),
+        None,
+        &Token,
+    )
+    .unwrap_or_else(|problems| panic!("the template does not prepare: {problems:#?}"));
+    let report = measure_once(&analysis).await;
+
+    let requests = received.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "the templated address was reached");
+    let head = requests[0].head.to_lowercase();
+    assert!(head.contains("x-scope-orgid: team-a"), "{head}");
+    assert!(
+        head.contains("authorization: bearer eyjhbgcioijiuzi1nij9.c2vjcmv0.sig-value"),
+        "{head}"
+    );
+    assert!(!head.contains("{{"), "{head}");
+    let json = serde_json::to_string(&report).unwrap();
+    for secret in ["eyJhbGciOiJIUzI1NiJ9", "sig-value"] {
+        assert!(!json.contains(secret), "{secret} shown in {json}");
+    }
+    assert!(json.contains("401 Unauthorized"), "{json}");
+    assert!(
+        !format!("{analysis:?}").contains("sig-value"),
+        "{analysis:?}"
+    );
+}
+
+/// A token written into the template, directly or through an argument with a plain value,
+/// is still refused; only an argument from a Secret may carry it.
+#[test]
+fn a_credential_header_takes_its_token_only_from_a_secret_argument() {
+    let with = |token_arg: &str, header: &str| {
+        template(&format!(
+            r#"
+apiVersion: canary.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: t}}
+spec:
+  args: [{token_arg}]
+  metrics:
+  - name: m
+    successCondition: result[0] >= 0.0
+    provider:
+      prometheus:
+        address: http://prometheus:9090
+        headers: [{{name: Authorization, value: "{header}"}}]
+        query: up
+"#
+        ))
+    };
+    let problems = |template: &AnalysisTemplate| {
+        prepare(
+            "t",
+            &template.spec,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            None,
+            &Secrets,
+        )
+        .err()
+        .unwrap_or_default()
+    };
+    let secret_arg = "{name: token, valueFrom: {secretKeyRef: {name: prom, key: bearer}}}";
+    assert_eq!(
+        problems(&with(secret_arg, "Bearer {{args.token}}")),
+        Vec::new()
+    );
+    for (arg, header) in [
+        (secret_arg, "Bearer abc123literal"),
+        (
+            "{name: token, value: abc123literal}",
+            "Bearer {{args.token}}",
+        ),
+        ("{name: token}", "Bearer {{args.token}}"),
+    ] {
+        let found = problems(&with(arg, header));
+        assert_eq!(found.len(), 1, "{arg} {header}: {found:#?}");
+        assert!(
+            found[0].message.contains("Secret"),
+            "{arg} {header}: {found:#?}"
+        );
+        assert!(!found[0].message.contains("abc123literal"), "{found:#?}");
+    }
+}

@@ -347,8 +347,55 @@ fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>>
         .enumerate()
         .filter_map(|(i, arg)| argo_arg(i, arg, &mut notes))
         .collect();
+    warn_unconverted(
+        &spec,
+        &[
+            "args",
+            "metrics",
+            "dryRun",
+            "measurementRetention",
+            "templates",
+        ],
+        "spec",
+        &mut notes,
+    );
+    let composed: Vec<String> = spec
+        .get("templates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let name = t.get("templateName").and_then(Value::as_str).unwrap_or("?");
+            match t.get("clusterScope").and_then(Value::as_bool) {
+                Some(true) => format!("ClusterAnalysisTemplate {name}"),
+                _ => format!("AnalysisTemplate {name}"),
+            }
+        })
+        .collect();
+    if !composed.is_empty() {
+        // Never dropped silently: the composed templates' metrics would be missing from the run.
+        notes.push(error(
+            "spec.templates",
+            format!(
+                "a template composed of other templates ({}) is not supported: name those templates in the Canary's analysis (`templates: [{{templateName: …}}, …]`) beside this one's own metrics; the Canary runs every template it names together, as one analysis",
+                composed.join(", ")
+            ),
+        ));
+    }
+    let arg_defaults: std::collections::BTreeMap<String, String> = spec
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a.get("name")?.as_str()?.to_string(),
+                scalar_text(a.get("value")?),
+            ))
+        })
+        .collect();
     let metrics_value = spec.get("metrics").and_then(Value::as_array);
-    if metrics_value.is_none_or(|m| m.is_empty()) {
+    if metrics_value.is_none_or(|m| m.is_empty()) && composed.is_empty() {
         notes.push(error(
             "spec.metrics",
             "an AnalysisTemplate needs at least one metric",
@@ -358,7 +405,15 @@ fn import_argo(value: &Value, kind: &str) -> Result<ImportedTemplate, Vec<Note>>
         .into_iter()
         .flatten()
         .enumerate()
-        .filter_map(|(i, m)| argo_metric(i, m, &dry_run_names, &mut notes).map(|m| (m, i)))
+        .filter_map(|(i, m)| {
+            let m = resolve_templated_fields(
+                m,
+                &arg_defaults,
+                &format!("spec.metrics[{i}]"),
+                &mut notes,
+            );
+            argo_metric(i, &m, &dry_run_names, &mut notes).map(|m| (m, i))
+        })
         .unzip();
     finish(
         value,
@@ -407,6 +462,41 @@ fn secret_ref(value: &Value) -> Option<SecretKeyRef> {
     })
 }
 
+/// A metric name as our CRD takes it (`^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$`): Flagger's docs name
+/// metrics `"404s percentage"`, Argo allows capitals. Lower-cased, every other character a
+/// `-`, runs of `-` collapsed; `metric` when nothing is left.
+pub fn metric_name(written: &str) -> String {
+    let mut name = String::with_capacity(written.len());
+    for c in written.trim().chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '_' | '.') {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && name.ends_with('-')) {
+            name.push(c);
+        }
+    }
+    let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() {
+        "metric".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// [`metric_name`], with a note at `field` when it differs from what was written.
+pub(crate) fn carried_metric_name(written: &str, field: &str, notes: &mut Vec<Note>) -> String {
+    let name = metric_name(written);
+    if name != written {
+        notes.push(warning(
+            field,
+            format!("metric {written:?} is named {name:?} here: metric names are lower-case letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    name
+}
+
 fn scalar_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -421,12 +511,13 @@ fn argo_metric(
     notes: &mut Vec<Note>,
 ) -> Option<Metric> {
     let field = format!("spec.metrics[{i}]");
-    let name = metric
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
     let start = notes.len();
+    let written = metric.get("name").and_then(Value::as_str).unwrap_or("");
+    let name = if written.is_empty() {
+        String::new()
+    } else {
+        carried_metric_name(written, &format!("{field}.name"), notes)
+    };
     warn_unconverted(metric, ARGO_METRIC_FIELDS, &field, notes);
     let duration = |key: &str, notes: &mut Vec<Note>| -> Option<Duration> {
         let text = metric.get(key).map(scalar_text)?;
@@ -438,7 +529,16 @@ fn argo_metric(
     };
     let interval = duration("interval", notes);
     let initial_delay = duration("initialDelay", notes);
-    let count = int_or_string(metric, "count", &field, notes);
+    let mut count = int_or_string(metric, "count", &field, notes);
+    // Argo takes a single measurement of a metric that has neither interval nor count; ours
+    // would measure every minute until the run ends.
+    if metric.get("interval").is_none() && metric.get("count").is_none() {
+        count = Some(1);
+        notes.push(warning(
+            format!("{field}.count"),
+            "absent with no interval: one measurement, as in Argo Rollouts (count: 1)",
+        ));
+    }
     let failure_limit = int_or_string(metric, "failureLimit", &field, notes);
     let inconclusive_limit = int_or_string(metric, "inconclusiveLimit", &field, notes);
     let consecutive_error_limit = int_or_string(metric, "consecutiveErrorLimit", &field, notes);
@@ -450,6 +550,12 @@ fn argo_metric(
     }
     let condition = |key: &str, notes: &mut Vec<Note>| {
         let text = metric.get(key)?.as_str()?;
+        if key == "successCondition" && passes_on_no_data(text) {
+            notes.push(warning(
+                format!("{field}.{key}"),
+                format!("`{text}` passes when the query returns no data; here no data is never a pass (it is Inconclusive, and the metric's inconclusiveLimit decides), so that part never applies: to tolerate missing data, raise inconclusiveLimit"),
+            ));
+        }
         match expr_to_cel(text) {
             Ok(cel) => {
                 if cel != text {
@@ -478,19 +584,23 @@ fn argo_metric(
                 .unwrap_or_default();
             notes.push(error(
                 format!("{field}.provider"),
-                format!(
-                    "provider {} is not supported; only prometheus is",
-                    if names.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
+                if names.is_empty() {
+                    format!(
+                        "the metric names no provider: write one of {}",
+                        supported_providers().join(", ")
+                    )
+                } else {
+                    names
+                        .iter()
+                        .map(|name| unsupported_provider(name))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
             ));
             None
         }
     };
-    let dry_run = dry_run_names.contains(&name) || dry_run_names.contains("*");
+    let dry_run = dry_run_names.contains(written) || dry_run_names.contains("*");
     if notes[start..].iter().any(|n| n.severity == Severity::Error) {
         return None;
     }
@@ -549,7 +659,92 @@ fn warn_unconverted(object: &Value, known: &[&str], field: &str, notes: &mut Vec
     }
 }
 
-/// Argo's int-or-string fields (`count: 5`, `count: "5"`; templated values cannot be carried).
+/// The fields Argo renders from the run's arguments that are typed here (numbers,
+/// durations) or compiled once (conditions).
+const TEMPLATED_FIELDS: [&str; 8] = [
+    "interval",
+    "initialDelay",
+    "count",
+    "failureLimit",
+    "inconclusiveLimit",
+    "consecutiveErrorLimit",
+    "successCondition",
+    "failureCondition",
+];
+
+/// Argo renders `{{args.NAME}}` anywhere in a metric when the run starts; here those fields are
+/// fixed in the template. A placeholder there takes the argument's value from the template
+/// (said in a warning: a different value passed by the Canary would not reach it); an argument
+/// without a value there is an error that says what to write.
+fn resolve_templated_fields(
+    metric: &Value,
+    defaults: &std::collections::BTreeMap<String, String>,
+    field: &str,
+    notes: &mut Vec<Note>,
+) -> Value {
+    let mut resolved = metric.clone();
+    for key in TEMPLATED_FIELDS {
+        let Some(written) = metric.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        if !written.contains("{{") {
+            continue;
+        }
+        let mut text = written.to_string();
+        let mut missing = Vec::new();
+        for placeholder in render::placeholders(written) {
+            let value = placeholder
+                .strip_prefix("args.")
+                .map(str::trim)
+                .and_then(|name| defaults.get(name).map(|v| (name, v)));
+            match value {
+                Some((_, value)) => {
+                    for form in [
+                        format!("{{{{{placeholder}}}}}"),
+                        format!("{{{{ {placeholder} }}}}"),
+                    ] {
+                        text = text.replace(&form, value);
+                    }
+                }
+                None => missing.push(placeholder.to_string()),
+            }
+        }
+        if missing.is_empty() {
+            notes.push(warning(
+                format!("{field}.{key}"),
+                format!("`{written}` is `{text}`, the arguments' values in the template: Argo renders it when a run starts, here it is fixed, so a different value passed by the Canary's analysis args would not reach it"),
+            ));
+            resolved[key] = Value::String(text);
+        } else {
+            notes.push(error(
+                format!("{field}.{key}"),
+                format!("`{written}` uses {} without a value in the template: Argo fills it when a run starts, here {key} is fixed in the template; give the argument a value in spec.args, or write the value itself", missing.iter().map(|m| format!("{{{{{m}}}}}")).collect::<Vec<_>>().join(", ")),
+            ));
+            if let Some(object) = resolved.as_object_mut() {
+                object.remove(key);
+            }
+        }
+    }
+    resolved
+}
+
+/// Whether an Argo success condition deliberately passes on an empty result
+/// (`len(result) == 0 || …`, `isNaN(result[0]) or …`).
+fn passes_on_no_data(condition: &str) -> bool {
+    let compact: String = condition.chars().filter(|c| !c.is_whitespace()).collect();
+    let alternative = compact.contains("||") || condition.split_whitespace().any(|w| w == "or");
+    alternative
+        && [
+            "len(result)==0",
+            "len(result)<1",
+            "isNaN(result",
+            "isNaN(default(result",
+        ]
+        .iter()
+        .any(|empty| compact.contains(empty))
+}
+
+/// Argo's int-or-string fields (`count: 5`, `count: "5"`; placeholders are resolved before).
 fn int_or_string(metric: &Value, key: &str, field: &str, notes: &mut Vec<Note>) -> Option<u32> {
     let value = metric.get(key)?;
     let parsed = match value {
@@ -560,10 +755,7 @@ fn int_or_string(metric: &Value, key: &str, field: &str, notes: &mut Vec<Note>) 
     if parsed.is_none() {
         notes.push(error(
             format!("{field}.{key}"),
-            format!(
-                "{} is not a non-negative whole number (templated values such as {{{{args.x}}}} are not supported here)",
-                scalar_text(value)
-            ),
+            format!("{} is not a non-negative whole number", scalar_text(value)),
         ));
     }
     parsed
@@ -625,6 +817,100 @@ fn argo_prometheus(
             .and_then(Value::as_bool)
             .unwrap_or(false),
     })
+}
+
+/// The metric providers of Argo Rollouts and Flagger, as each writes them, with the names
+/// people know them by.
+const PEER_PROVIDERS: &[(&str, &str)] = &[
+    ("prometheus", "Prometheus"),
+    ("web", "Web (an HTTP endpoint answering JSON)"),
+    ("job", "Job (a Kubernetes Job)"),
+    ("datadog", "Datadog"),
+    ("newrelic", "New Relic"),
+    ("cloudwatch", "Amazon CloudWatch"),
+    ("wavefront", "Wavefront"),
+    ("kayenta", "Kayenta"),
+    ("graphite", "Graphite"),
+    ("influxdb", "InfluxDB"),
+    ("skywalking", "Apache SkyWalking"),
+    ("dynatrace", "Dynatrace"),
+    ("stackdriver", "Google Cloud Monitoring (Stackdriver)"),
+    ("keptn", "Keptn"),
+    ("splunk", "Splunk"),
+    ("externalmetrics", "Kubernetes external metrics"),
+    ("plugin", "a metric plugin"),
+];
+
+/// The providers a metric can have here: the fields of `provider` in our CRD, so that a
+/// provider added there is supported everywhere, and no longer listed as unsupported.
+pub fn supported_providers() -> Vec<String> {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(AnalysisTemplate::crd()).unwrap_or_default();
+    crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/metrics/items/properties/provider/properties")
+        .and_then(Value::as_object)
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Whether a provider as Argo or Flagger writes it (`newRelic`, `newrelic`) is one we have.
+pub fn is_supported_provider(written: &str) -> bool {
+    supported_providers()
+        .iter()
+        .any(|ours| ours.eq_ignore_ascii_case(written))
+}
+
+/// What is said of a metric whose provider we lack: which provider, that it is not
+/// supported, and which are.
+pub fn unsupported_provider(written: &str) -> String {
+    let known = PEER_PROVIDERS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(written))
+        .map(|(_, known_as)| format!(" ({known_as})"))
+        .unwrap_or_default();
+    format!(
+        "provider {written}{known} is not supported: a metric here is measured with {}; this metric cannot be converted. Measure the same signal through one of those (e.g. a Prometheus that scrapes or remote-writes it), or drop the metric",
+        supported_providers().join(", ")
+    )
+}
+
+/// The unsupported providers a document's metrics use (Argo `metrics[].provider.<name>`,
+/// Flagger `spec.provider.type`), as written, each once: what `canary convert` lists.
+pub fn unsupported_providers_of(document: &Value) -> Vec<String> {
+    let api_version = document
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut found: Vec<String> = Vec::new();
+    if api_version.starts_with("argoproj.io/") {
+        for metric in document
+            .pointer("/spec/metrics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for name in metric
+                .get("provider")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(|p| p.keys())
+            {
+                found.push(name.clone());
+            }
+        }
+    } else if api_version.starts_with("flagger.app/")
+        && let Some(kind) = document
+            .pointer("/spec/provider/type")
+            .and_then(Value::as_str)
+    {
+        found.push(kind.to_string());
+    }
+    let mut unsupported: Vec<String> = Vec::new();
+    for name in found {
+        if !is_supported_provider(&name) && !unsupported.contains(&name) {
+            unsupported.push(name);
+        }
+    }
+    unsupported
 }
 
 /// Converts the common subset of Argo's `expr` language to CEL: `and`/`or`/`not`, `len`,
@@ -774,8 +1060,24 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     if provider_type != "prometheus" {
         notes.push(error(
             "spec.provider.type",
-            format!("provider type {provider_type:?} is not supported; only prometheus is"),
+            if provider_type.is_empty() {
+                format!(
+                    "the MetricTemplate names no provider type: write one of {}",
+                    supported_providers().join(", ")
+                )
+            } else {
+                unsupported_provider(provider_type)
+            },
         ));
+    }
+    warn_unconverted(&spec, &["provider", "query"], "spec", &mut notes);
+    if provider_type == "prometheus" {
+        warn_unconverted(
+            &provider,
+            &["type", "address", "secretRef", "insecureSkipVerify"],
+            "spec.provider",
+            &mut notes,
+        );
     }
     if provider.get("secretRef").is_some() {
         notes.push(warning(
@@ -795,6 +1097,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
     let mut args: Vec<Argument> = Vec::new();
     let mut converted = query.to_string();
     let mut target_said = false;
+    let mut expression_said = false;
     for placeholder in render::placeholders(query) {
         if placeholder == "target" {
             for written in ["{{target}}", "{{ target }}"] {
@@ -809,6 +1112,18 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
             continue;
         }
         if render::CONTEXT_NAMES.contains(&placeholder) {
+            continue;
+        }
+        if !is_flagger_variable(placeholder) {
+            // A Go template expression (`{{ printf "%s-%s" namespace service }}`, a pipe, a
+            // function call) is not a value canary can fill in; made an argument name, it
+            // would render nothing Flagger meant.
+            if !std::mem::replace(&mut expression_said, true) {
+                notes.push(error(
+                    "spec.query",
+                    format!("`{{{{ {placeholder} }}}}` is a Go template expression, which Flagger evaluates and canary does not (it fills in names such as {{{{ namespace }}}} or {{{{ variables.x }}}}): write the text it produces into the query, or pass it as a templateVariable and write {{{{ variables.NAME }}}}"),
+                ));
+            }
             continue;
         }
         let name = placeholder
@@ -885,6 +1200,18 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
         vec![0],
         notes,
     )
+}
+
+/// `name`, `service`, `variables.direction`: what Flagger's templates name; anything else
+/// (spaces, quotes, pipes) is an expression of Go's template language.
+fn is_flagger_variable(placeholder: &str) -> bool {
+    let name = placeholder
+        .strip_prefix("variables.")
+        .unwrap_or(placeholder);
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 fn finish(
@@ -973,5 +1300,205 @@ mod tests {
             "{:?}",
             template.notes
         );
+    }
+
+    #[test]
+    fn metric_names_are_carried_in_the_form_the_crd_takes() {
+        for (written, ours) in [
+            ("404s percentage", "404s-percentage"),
+            ("request-success-rate", "request-success-rate"),
+            ("Success Rate (p99)", "success-rate-p99"),
+            ("  ", "metric"),
+            ("latency_p99.ms", "latency_p99.ms"),
+        ] {
+            assert_eq!(metric_name(written), ours, "{written:?}");
+        }
+    }
+
+    /// Argo takes one measurement of a metric without interval and count; with an interval it
+    /// measures until the run ends.
+    #[test]
+    fn an_argo_metric_without_interval_or_count_is_measured_once() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n",
+            "  - {name: once, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+            "  - {name: every, interval: 5m, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+            "  - {name: three, count: 3, interval: 1m, successCondition: 'result[0] > 0', provider: {prometheus: {query: up}}}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let counts: Vec<Option<u32>> = template.spec.metrics.iter().map(|m| m.count).collect();
+        assert_eq!(counts, vec![Some(1), None, Some(3)]);
+        assert!(
+            template.notes.iter().any(
+                |n| n.field == "spec.metrics[0].count" && n.message.contains("one measurement")
+            ),
+            "{:?}",
+            template.notes
+        );
+    }
+
+    /// Argo's `spec.templates` (a template made of others) is refused with what to do, never
+    /// dropped; any other field Argo has and we lack is named in a warning.
+    #[test]
+    fn composed_argo_templates_are_refused_clearly_and_unknown_fields_are_named() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: rates}\nspec:\n",
+            "  templates:\n  - templateName: error-rate\n  - {templateName: success-rate, clusterScope: true}\n",
+            "  futureField: {x: 1}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let said: Vec<(&str, Severity, &str)> = template
+            .notes
+            .iter()
+            .map(|n| (n.field.as_str(), n.severity, n.message.as_str()))
+            .collect();
+        assert!(
+            said.iter().any(|(field, severity, message)| *field == "spec.templates"
+                && *severity == Severity::Error
+                && message.contains("(AnalysisTemplate error-rate, ClusterAnalysisTemplate success-rate) is not supported")
+                && message.contains("name those templates in the Canary's analysis")),
+            "{said:#?}"
+        );
+        assert!(
+            said.iter()
+                .any(|(field, severity, _)| *field == "spec.futureField"
+                    && *severity == Severity::Warning),
+            "{said:#?}"
+        );
+        assert!(
+            !said.iter().any(|(field, _, _)| *field == "spec.metrics"),
+            "{said:#?}"
+        );
+    }
+
+    /// Argo renders arguments in a metric's count, interval, limits and conditions; here they
+    /// take the arguments' values from the template (Argo's e2e templates are written so).
+    #[test]
+    fn templated_argo_fields_take_the_arguments_values() {
+        let documents = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n",
+            "  args:\n  - {name: runs, value: '2'}\n  - {name: every, value: 5s}\n  - {name: limit, value: '1'}\n  - {name: max, value: '4'}\n  - {name: passed}\n",
+            "  metrics:\n",
+            "  - name: m\n    count: '{{args.runs}}'\n    interval: '{{ args.every }}'\n    initialDelay: '{{args.every}}'\n    failureLimit: '{{args.limit}}'\n",
+            "    failureCondition: 'result[0] > {{ args.max }}'\n    provider: {prometheus: {query: up}}\n",
+            "  - name: n\n    count: '{{args.passed}}'\n    interval: 1m\n    successCondition: 'result[0] > 0'\n    provider: {prometheus: {query: up}}\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let m = &template.spec.metrics[0];
+        assert_eq!(m.count, Some(2));
+        assert_eq!(m.interval, Some(Duration::from_secs(5)));
+        assert_eq!(m.initial_delay, Some(Duration::from_secs(5)));
+        assert_eq!(m.failure_limit, Some(1));
+        assert_eq!(m.failure_condition.as_deref(), Some("result[0] > 4.0"));
+        let error = template
+            .notes
+            .iter()
+            .find(|n| n.field == "spec.metrics[1].count")
+            .expect("a note on the count without a value");
+        assert_eq!(error.severity, Severity::Error);
+        assert!(
+            error.message.contains("{{args.passed}} without a value"),
+            "{error:?}"
+        );
+    }
+
+    /// The providers we lack are named, said to be unsupported, and listed; the ones we have
+    /// (read from the CRD) are never in that list.
+    #[test]
+    fn unsupported_providers_are_named_and_supported_ones_are_not_listed() {
+        assert!(supported_providers().contains(&"prometheus".to_string()));
+        assert!(is_supported_provider("prometheus"));
+        for peer in [
+            "datadog",
+            "newRelic",
+            "cloudWatch",
+            "wavefront",
+            "dynatrace",
+            "stackdriver",
+            "skywalking",
+            "kayenta",
+        ] {
+            let supported = is_supported_provider(peer);
+            let message = unsupported_provider(peer);
+            assert!(
+                supported || message.starts_with(&format!("provider {peer} (")),
+                "{message}"
+            );
+            assert!(message.contains("is not supported"), "{message}");
+        }
+        let argo: Value = serde_json::json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+            "spec": {"metrics": [
+                {"name": "a", "provider": {"prometheus": {"query": "up"}}},
+                {"name": "b", "provider": {"datadog": {"query": "x"}}},
+                {"name": "c", "provider": {"datadog": {"query": "y"}}},
+                {"name": "d", "provider": {"newRelic": {"query": "z"}}},
+            ]},
+        });
+        assert_eq!(unsupported_providers_of(&argo), vec!["datadog", "newRelic"]);
+        let flagger: Value = serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "spec": {"provider": {"type": "prometheus"}, "query": "up"},
+        });
+        assert!(unsupported_providers_of(&flagger).is_empty());
+    }
+
+    /// A Go template expression in a Flagger query is said, not made an argument; an Argo
+    /// condition that passes on no data is said, since here no data never passes.
+    #[test]
+    fn go_template_expressions_and_no_data_passes_are_reported() {
+        let flagger = read_documents(concat!(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: latency}\nspec:\n",
+            "  provider: {type: prometheus}\n",
+            "  query: 'sum(x{route=~\"{{ printf \\\"kube_%s__%s\\\" namespace service }}\", d=\"{{ variables.direction }}\"})'\n",
+        ))
+        .unwrap();
+        let template = flagger[0].outcome.as_ref().unwrap();
+        assert!(
+            template.notes.iter().any(|n| n.severity == Severity::Error
+                && n.field == "spec.query"
+                && n.message.contains("is a Go template expression")),
+            "{:#?}",
+            template.notes
+        );
+        let names: Vec<&str> = template.spec.args.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, vec!["direction"]);
+
+        let argo = read_documents(concat!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n",
+            "  - {name: m, successCondition: 'len(result) == 0 || result[0] >= 0.95', provider: {prometheus: {query: up}}}\n",
+            "  - {name: n, successCondition: 'result[0] >= 0.95', provider: {prometheus: {query: up}}}\n",
+        ))
+        .unwrap();
+        let template = argo[0].outcome.as_ref().unwrap();
+        let said: Vec<&str> = template
+            .notes
+            .iter()
+            .filter(|n| n.message.contains("passes when the query returns no data"))
+            .map(|n| n.field.as_str())
+            .collect();
+        assert_eq!(said, vec!["spec.metrics[0].successCondition"]);
+    }
+
+    /// Fields of a Flagger MetricTemplate we do not read are named, not ignored.
+    #[test]
+    fn unknown_flagger_fields_are_named() {
+        let documents = read_documents(concat!(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {name: m}\nspec:\n",
+            "  provider: {type: prometheus, address: 'http://p:9090', headers: {x: y}}\n",
+            "  query: up\n  step: 1m\n",
+        ))
+        .unwrap();
+        let template = documents[0].outcome.as_ref().unwrap();
+        let warned: Vec<&str> = template
+            .notes
+            .iter()
+            .filter(|n| n.severity == Severity::Warning && n.message.contains("is not converted"))
+            .map(|n| n.field.as_str())
+            .collect();
+        assert_eq!(warned, vec!["spec.step", "spec.provider.headers"]);
     }
 }

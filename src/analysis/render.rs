@@ -111,6 +111,11 @@ pub enum RenderError {
         "the value of {name} cannot be placed where the query uses it: {why}. Quote the placeholder in the query (e.g. label=\"{{{{{name}}}}}\") or pass a plain value"
     )]
     UnsafeValue { name: String, why: &'static str },
+    /// For a header value or an address; never quotes the value either.
+    #[error(
+        "the value of {name} contains a line break or control character, which a header value or an address cannot hold"
+    )]
+    UnsafeText { name: String },
 }
 
 /// Where a placeholder stands in the PromQL text.
@@ -203,6 +208,58 @@ pub fn render_query(
     }
     secrets.dedup();
     Ok(Query::with_secrets(out, shown, secrets))
+}
+
+/// Renders text that is not PromQL (a header value, an address): each placeholder's value is
+/// placed as it is, since nothing there is parsed as a query. A value with a line break or
+/// another control character is refused: in a header it would start another header.
+/// Returns the text to send and the text to show (secret arguments as `<secret:NAME>`), with
+/// the secret values it holds.
+pub fn render_text(
+    text: &str,
+    declared_args: &[&str],
+    variables: &Variables,
+) -> Result<Query, RenderError> {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut shown = String::with_capacity(text.len() + 32);
+    let mut secrets = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        shown.push_str(&rest[..open]);
+        let after_open = &rest[open + 2..];
+        let close = after_open.find("}}").ok_or(RenderError::Unclosed {
+            offset: offset + open,
+        })?;
+        let found = lookup(after_open[..close].trim(), declared_args, variables)?;
+        if found.value.chars().any(char::is_control) {
+            return Err(RenderError::UnsafeText { name: found.name });
+        }
+        out.push_str(found.value);
+        match found.secret_arg {
+            Some(arg) => {
+                shown.push_str(&Query::placeholder(arg));
+                secrets.push((arg.to_string(), found.value.to_string()));
+            }
+            None => shown.push_str(found.value),
+        }
+        let consumed = open + 2 + close + 2;
+        rest = &rest[consumed..];
+        offset += consumed;
+    }
+    out.push_str(rest);
+    shown.push_str(rest);
+    Ok(Query::with_secrets(out, shown, secrets))
+}
+
+/// The arguments `text` places, by name (`{{args.NAME}}`), in order.
+pub fn argument_names(text: &str) -> Vec<&str> {
+    placeholders(text)
+        .into_iter()
+        .filter_map(|p| p.strip_prefix("args."))
+        .map(str::trim)
+        .collect()
 }
 
 /// Every placeholder in `query`, as written (trimmed), in order. Used by validation and by the
@@ -767,6 +824,47 @@ mod tests {
         assert_eq!(
             placeholders("a{{args.x}}b{{ target }}c{{ variables.y}}"),
             vec!["args.x", "target", "variables.y"]
+        );
+    }
+
+    #[test]
+    fn text_outside_queries_gets_values_as_they_are_and_no_line_breaks() {
+        let mut v = vars(
+            &[("tenant", "team-a"), ("token", "s3cr3t-t0ken")],
+            &[("namespace", "prod")],
+        );
+        v.secret_args.insert("token".into());
+        let declared = ["tenant", "token"];
+        let header = super::render_text("Bearer {{args.token}}", &declared, &v).unwrap();
+        assert_eq!(header.text_to_send(), "Bearer s3cr3t-t0ken");
+        assert_eq!(header.shown(), "Bearer <secret:token>");
+        assert_eq!(
+            header.redact("denied: s3cr3t-t0ken"),
+            "denied: <secret:token>"
+        );
+        let address = super::render_text(
+            "http://{{ args.tenant }}.{{namespace}}:9090/{\"x\"}",
+            &declared,
+            &v,
+        )
+        .unwrap();
+        assert_eq!(address.text_to_send(), "http://team-a.prod:9090/{\"x\"}");
+        assert_eq!(address.shown(), address.text_to_send());
+        v.args.insert("tenant".into(), "a\r\nX-Injected: 1".into());
+        let err = super::render_text("{{args.tenant}}", &declared, &v).unwrap_err();
+        assert!(err.to_string().contains("line break"), "{err}");
+        assert!(!err.to_string().contains("Injected"), "{err}");
+        assert!(matches!(
+            super::render_text("{{args.nope}}", &declared, &v),
+            Err(RenderError::UndeclaredArgument { .. })
+        ));
+        assert!(matches!(
+            super::render_text("x {{args.tenant", &declared, &v),
+            Err(RenderError::Unclosed { offset: 2 })
+        ));
+        assert_eq!(
+            argument_names("Bearer {{ args.token }} {{namespace}}"),
+            vec!["token"]
         );
     }
 }

@@ -240,8 +240,26 @@ pub fn prepare(
                 }
             })
             .ok();
-        let address = prometheus.address.as_deref().or(default_address);
-        if address.is_none() {
+        // An address may be templated (`http://{{args.host}}:9090`), as in Argo Rollouts.
+        let rendered_address = match prometheus.address.as_deref() {
+            Some(written) if written.contains("{{") => {
+                match render_address(written, &declared, &variables) {
+                    Ok(address) => Some(Ok(address)),
+                    Err(why) => {
+                        problem("provider.prometheus.address", why);
+                        Some(Err(()))
+                    }
+                }
+            }
+            Some(written) => Some(Ok(written.to_string())),
+            None => None,
+        };
+        let address = match &rendered_address {
+            Some(Ok(address)) => Some(address.as_str()),
+            Some(Err(())) => None,
+            None => default_address,
+        };
+        if rendered_address.is_none() && address.is_none() {
             problem(
                 "provider.prometheus.address",
                 "no Prometheus address: set it in the template or pass --prometheus URL".into(),
@@ -271,11 +289,41 @@ pub fn prepare(
                 continue;
             }
             match (&header.value, &header.value_from) {
-                (Some(_), _) if is_credential_header(&header.name) => problem(
-                    &format!("provider.prometheus.headers[{h}].value ({})", header.name),
-                    "a credential is written into the template: take it from a Secret with valueFrom.secretKeyRef".into(),
-                ),
-                (Some(value), _) => headers.push((header.name.clone(), value.clone())),
+                (Some(value), _) if is_credential_header(&header.name) => {
+                    let field = format!("provider.prometheus.headers[{h}].value ({})", header.name);
+                    match credential_by_reference(value, &secret_args) {
+                        Err(why) => problem(&field, why),
+                        Ok(()) => match render::render_text(value, &declared, &variables) {
+                            Ok(rendered) => {
+                                header_secrets.push((
+                                    format!("header {}", header.name),
+                                    rendered.text_to_send().to_string(),
+                                ));
+                                headers.push((
+                                    header.name.clone(),
+                                    rendered.text_to_send().to_string(),
+                                ));
+                            }
+                            Err(e) => problem(&field, e.to_string()),
+                        },
+                    }
+                }
+                (Some(value), _) => match render::render_text(value, &declared, &variables) {
+                    Ok(rendered) => {
+                        // A secret argument in any header is redacted like one in the query.
+                        if rendered.shown() != rendered.text_to_send() {
+                            header_secrets.push((
+                                format!("header {}", header.name),
+                                rendered.text_to_send().to_string(),
+                            ));
+                        }
+                        headers.push((header.name.clone(), rendered.text_to_send().to_string()));
+                    }
+                    Err(e) => problem(
+                        &format!("provider.prometheus.headers[{h}].value ({})", header.name),
+                        e.to_string(),
+                    ),
+                },
                 (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
                     Ok(value) => {
                         header_secrets.push((format!("header {}", header.name), value.clone()));
@@ -362,6 +410,44 @@ pub fn prepare(
         })
     } else {
         Err(problems)
+    }
+}
+
+/// A credential header's value holds its credential only through arguments from Secrets
+/// (`Bearer {{args.token}}` with `token` declared with `valueFrom.secretKeyRef`, as Argo
+/// Rollouts documents it). A token written into the template, directly or as an argument's
+/// plain value, would be readable by anyone who can read the template.
+fn credential_by_reference(value: &str, secret_args: &BTreeSet<String>) -> Result<(), String> {
+    let used = render::argument_names(value);
+    if let Some(plain) = used.iter().find(|name| !secret_args.contains(**name)) {
+        return Err(format!(
+            "the credential comes from argument {plain}, which does not come from a Secret: declare it with valueFrom.secretKeyRef"
+        ));
+    }
+    if used.is_empty() {
+        return Err("a credential is written into the template: take it from a Secret with valueFrom.secretKeyRef (the whole header, or an argument such as `Bearer {{args.token}}`)".into());
+    }
+    Ok(())
+}
+
+/// A templated address, rendered: it must come out as an http(s) URL, and may not hold a
+/// secret argument (addresses are shown in status, Events and messages).
+fn render_address(
+    written: &str,
+    declared: &[&str],
+    variables: &Variables,
+) -> Result<String, String> {
+    let rendered = render::render_text(written, declared, variables).map_err(|e| e.to_string())?;
+    if rendered.shown() != rendered.text_to_send() {
+        return Err("the address uses an argument from a Secret, and addresses are shown in status, Events and messages: send the credential in a header (headers[].valueFrom.secretKeyRef) instead".into());
+    }
+    let address = rendered.text_to_send().to_string();
+    match url::Url::parse(&address) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(address),
+        _ => Err(format!(
+            "{written} renders to {:?}, which is not an http:// or https:// URL: give the arguments it uses values that make one",
+            crate::metrics::without_userinfo(&address)
+        )),
     }
 }
 

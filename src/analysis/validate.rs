@@ -132,8 +132,21 @@ fn check_runnable(template: &ImportedTemplate, given: &BTreeMap<String, String>)
         .collect();
     for arg in &template.spec.args {
         if arg.value.is_none() && arg.value_from.is_none() {
-            args.entry(arg.name.clone())
-                .or_insert_with(|| "placeholder".into());
+            // An argument that is the whole address stands for a URL.
+            let whole_address = template.spec.metrics.iter().any(|m| {
+                m.provider.prometheus.address.as_deref().is_some_and(|a| {
+                    a.trim()
+                        .strip_prefix("{{")
+                        .is_some_and(|rest| rest.trim().starts_with(&format!("args.{}", arg.name)))
+                })
+            });
+            args.entry(arg.name.clone()).or_insert_with(|| {
+                if whole_address {
+                    "http://placeholder".into()
+                } else {
+                    "placeholder".into()
+                }
+            });
         }
     }
     let context: BTreeMap<String, String> = CONTEXT_NAMES

@@ -228,8 +228,9 @@ pub struct MetricProvider {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusProvider {
     /// Base URL of the Prometheus HTTP API. Absent: the controller's (or CLI's) `--prometheus`.
+    /// May hold placeholders (`http://{{args.host}}:9090`), filled in as the query's are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://') || self.startsWith('{{')").message("address must be an http:// or https:// URL (or start with a placeholder such as {{args.address}})"))]
     #[schemars(length(max = 2048))]
     pub address: Option<String>,
     /// PromQL with `{{args.NAME}}` and context placeholders; see the README for escaping rules.
@@ -240,7 +241,9 @@ pub struct PrometheusProvider {
     /// Give up on a query after this long (default 30s); the measurement is then an Error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    /// Extra HTTP headers, e.g. a tenant id or an Authorization header from a Secret.
+    /// Extra HTTP headers, e.g. a tenant id or an Authorization header from a Secret. Values
+    /// may hold placeholders (`{{args.tenant}}`); a credential header's value only arguments
+    /// from Secrets (`Bearer {{args.token}}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers: Vec<Header>,

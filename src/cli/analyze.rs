@@ -30,7 +30,8 @@ Examples:
 
 Times are RFC 3339 (2026-11-20T10:00:00Z), Unix seconds, `now`, or relative to now (-30m, -2h).
 --arg sets template arguments, and the context values a Canary would fill in
-(namespace, target, canary, stable, workload, interval).
+(namespace, target, canary, stable, workload, interval); a context name the template also
+declares as an argument sets both.
 
 Exit codes: 0 passed, 1 failed, 2 invalid input, 4 inconclusive or Prometheus unreachable.")]
 pub struct Args {
@@ -95,10 +96,20 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
         Err(message) => return invalid(format!("{}: {message}", args.file.display())),
     };
 
-    let (context, template_args): (BTreeMap<_, _>, BTreeMap<_, _>) = args
-        .args
-        .into_iter()
-        .partition(|(k, _)| CONTEXT_NAMES.contains(&k.as_str()));
+    // A name the template declares is its argument, also when it is a context name (Argo
+    // templates often declare `namespace`); a context name sets the context value too.
+    let mut context = BTreeMap::new();
+    let mut template_args = BTreeMap::new();
+    for (name, value) in args.args {
+        let is_context = CONTEXT_NAMES.contains(&name.as_str());
+        let declared = template.spec.args.iter().any(|a| a.name == name);
+        if is_context {
+            context.insert(name.clone(), value.clone());
+        }
+        if declared || !is_context {
+            template_args.insert(name, value);
+        }
+    }
     let mut spec = template.spec.clone();
     if let Some(address) = &args.prometheus {
         for metric in &mut spec.metrics {

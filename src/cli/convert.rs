@@ -63,6 +63,7 @@ pub fn run(args: Args, output: OutputFormat) -> Exit {
                 "objects": objects,
                 "fileErrors": conversion.file_errors,
                 "documents": conversion.documents,
+                "unsupportedProviders": unsupported_providers_json(&conversion),
             });
             println!(
                 "{}",
@@ -93,4 +94,13 @@ pub fn exit_of(conversion: &Conversion) -> Exit {
     } else {
         Exit::Ok
     }
+}
+
+/// `[{"provider": "datadog", "documents": ["file[0] AnalysisTemplate x"]}]`
+pub fn unsupported_providers_json(conversion: &Conversion) -> serde_json::Value {
+    conversion
+        .unsupported_providers()
+        .into_iter()
+        .map(|(provider, documents)| serde_json::json!({"provider": provider, "documents": documents}))
+        .collect()
 }

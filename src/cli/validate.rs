@@ -99,6 +99,7 @@ fn convert(files: &[PathBuf], output: OutputFormat) -> Exit {
                 "converted": !conversion.has_errors(),
                 "fileErrors": conversion.file_errors,
                 "documents": conversion.documents,
+                "unsupportedProviders": super::convert::unsupported_providers_json(&conversion),
             });
             eprintln!(
                 "{}",

@@ -10,7 +10,7 @@ use super::{
     Inputs, check_converted_canary, check_converted_template, duration, metadata_of, not_carried,
     progress_deadline, spec_and_name, whole_number,
 };
-use crate::analysis::import::{Note, Severity, error, read_document, warning};
+use crate::analysis::import::{Note, Severity, carried_metric_name, error, read_document, warning};
 use crate::api::analysis_template::{AnalysisTemplate, Argument, Metric, ThresholdRange};
 use crate::api::{API_VERSION, Duration};
 
@@ -357,7 +357,16 @@ pub(crate) fn convert_canary(flagger: &Value, inputs: &Inputs) -> (Vec<Value>, V
             .pointer("/metadata/namespace")
             .and_then(Value::as_str),
         service: &apex,
-        ingress: spec.pointer("/ingressRef/name").and_then(Value::as_str),
+        // Flagger fills `ingress` and `route` with the target's name when the Canary names
+        // no ingressRef / routeRef.
+        ingress: spec
+            .pointer("/ingressRef/name")
+            .and_then(Value::as_str)
+            .or(Some(target.as_str())),
+        route: spec
+            .pointer("/routeRef/name")
+            .and_then(Value::as_str)
+            .unwrap_or(&target),
         interval,
         threshold,
         count,
@@ -594,6 +603,7 @@ struct FlaggerContext<'a> {
     namespace: Option<&'a str>,
     service: &'a str,
     ingress: Option<&'a str>,
+    route: &'a str,
     interval: Duration,
     threshold: u64,
     count: Option<u64>,
@@ -641,11 +651,8 @@ fn metrics_template(
             &[],
             notes,
         );
-        let name = m
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let written = m.get("name").and_then(Value::as_str).unwrap_or("");
+        let name = carried_metric_name(written, &format!("{path}.name"), notes);
         let window = m
             .get("interval")
             .map(|w| match w {
@@ -880,6 +887,7 @@ fn from_metric_template(
             "name" => Some(context.canary.to_string()),
             "service" => Some(context.service.to_string()),
             "ingress" => context.ingress.map(str::to_string),
+            "route" => Some(context.route.to_string()),
             other => variables.get(other).cloned(),
         };
         if value.is_none() {

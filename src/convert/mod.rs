@@ -40,11 +40,25 @@ pub struct ConvertedDocument {
     /// `Kind name` of each object printed for it.
     pub produced: Vec<String>,
     pub notes: Vec<Note>,
+    /// Providers its metrics use that are not supported here, as written (`datadog`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_providers: Vec<String>,
     #[serde(skip)]
     pub objects: Vec<Value>,
 }
 
 impl ConvertedDocument {
+    /// `file[index] Kind name`, as reports name a document.
+    pub fn label(&self) -> String {
+        format!(
+            "{}[{}] {} {}",
+            self.file,
+            self.index,
+            self.kind.as_deref().unwrap_or("document"),
+            self.name.as_deref().unwrap_or("(unnamed)")
+        )
+    }
+
     pub fn has_errors(&self) -> bool {
         self.notes.iter().any(|n| n.severity == Severity::Error)
     }
@@ -86,20 +100,31 @@ impl Conversion {
         Ok(out)
     }
 
-    /// One line per note (and per converted document), as `canary validate` prints findings.
+    /// Each provider not supported here, with the documents whose metrics use it
+    /// (`file[index] Kind name`), in the order met.
+    pub fn unsupported_providers(&self) -> Vec<(String, Vec<String>)> {
+        let mut providers: Vec<(String, Vec<String>)> = Vec::new();
+        for d in &self.documents {
+            for provider in &d.unsupported_providers {
+                let document = d.label();
+                match providers.iter_mut().find(|(p, _)| p == provider) {
+                    Some((_, documents)) => documents.push(document),
+                    None => providers.push((provider.clone(), vec![document])),
+                }
+            }
+        }
+        providers
+    }
+
+    /// One line per note (and per converted document), as `canary validate` prints findings,
+    /// then one line per provider not supported here.
     pub fn human_report(&self) -> String {
         let mut out = String::new();
         for e in &self.file_errors {
             out.push_str(&format!("{}: error: {}\n", e.file, e.error));
         }
         for d in &self.documents {
-            let what = format!(
-                "{}[{}] {} {}",
-                d.file,
-                d.index,
-                d.kind.as_deref().unwrap_or("document"),
-                d.name.as_deref().unwrap_or("(unnamed)")
-            );
+            let what = d.label();
             if !d.produced.is_empty() {
                 out.push_str(&format!("{what}: printed {}\n", d.produced.join(", ")));
             }
@@ -115,6 +140,12 @@ impl Conversion {
                     note.field, note.message
                 ));
             }
+        }
+        for (provider, documents) in self.unsupported_providers() {
+            out.push_str(&format!(
+                "provider {provider} is not supported, not converted: {}\n",
+                documents.join(", ")
+            ));
         }
         out
     }
@@ -225,6 +256,7 @@ fn convert_document(
         name,
         produced: Vec::new(),
         notes: Vec::new(),
+        unsupported_providers: import::unsupported_providers_of(&value),
         objects: Vec::new(),
     };
     let (objects, notes) = if is(&value, ARGO_API_VERSION, "Rollout") {

@@ -733,3 +733,61 @@ spec:
     100 * sum(rate(http_requests_total{namespace="{{ namespace }}", pod=~"{{ target }}-.*", code=~"{{ variables.code }}"}[{{ interval }}]))
     / sum(rate(http_requests_total{namespace="{{ namespace }}", pod=~"{{ target }}-.*"}[{{ interval }}]))
 "#;
+
+/// Flagger fills its template variables from the Canary (`toMetricModel` in Flagger's
+/// scheduler): `name` the Canary, `service` `service.name` or the target, `ingress` and
+/// `route` the ingressRef's / routeRef's name or else the target; `target` is the Deployment
+/// that runs the canary (`{{workload}}` here), `namespace` and `interval` (the metric's window)
+/// keep their meaning.
+#[test]
+fn flagger_variables_get_the_values_flagger_gives_them() {
+    let template = |query: &str| {
+        format!(
+            "apiVersion: flagger.app/v1beta1\nkind: MetricTemplate\nmetadata: {{name: vars}}\nspec:\n  provider: {{type: prometheus, address: 'http://prometheus:9090'}}\n  query: '{query}'\n"
+        )
+    };
+    let canary = |extra: &str| {
+        format!(
+            "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata: {{name: shop, namespace: prod}}\nspec:\n  provider: kubernetes\n  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  service: {{port: 80}}\n{extra}  analysis:\n    interval: 30s\n    stepWeight: 10\n    metrics:\n    - name: vars\n      templateRef: {{name: vars}}\n      thresholdRange: {{max: 1}}\n      interval: 2m\n"
+        )
+    };
+    let query = "sum(rate(x{a=\"{{ name }}\",b=\"{{ service }}\",c=\"{{ ingress }}\",d=\"{{ route }}\",e=\"{{ target }}\",f=\"{{ namespace }}\"}[{{ interval }}]))";
+    let args_of = |conversion: &Conversion| {
+        let template = object(conversion, "AnalysisTemplate", "shop-analysis");
+        let metric = &template["spec"]["metrics"][0];
+        (
+            template["spec"]["args"].clone(),
+            metric["provider"]["prometheus"]["query"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let bare = convert(&[inline(&template(query)), inline(&canary(""))]);
+    assert!(!bare.has_errors(), "{}", bare.human_report());
+    let (args, converted) = args_of(&bare);
+    assert_eq!(
+        args,
+        json!([
+            {"name": "name", "value": "shop"},
+            {"name": "service", "value": "web"},
+            {"name": "ingress", "value": "web"},
+            {"name": "route", "value": "web"},
+        ]),
+        "{}",
+        bare.human_report()
+    );
+    assert_eq!(
+        converted,
+        "sum(rate(x{a=\"{{args.name}}\",b=\"{{args.service}}\",c=\"{{args.ingress}}\",d=\"{{args.route}}\",e=\"{{workload}}\",f=\"{{ namespace }}\"}[2m]))"
+    );
+    let named = convert(&[
+        inline(&template(query)),
+        inline(&canary(
+            "  ingressRef: {apiVersion: networking.k8s.io/v1, kind: Ingress, name: shop-ingress}\n  routeRef: {apiVersion: gateway.solo.io/v1, kind: RouteTable, name: shop-route}\n",
+        )),
+    ]);
+    let (args, _) = args_of(&named);
+    assert_eq!(args[2], json!({"name": "ingress", "value": "shop-ingress"}));
+    assert_eq!(args[3], json!({"name": "route", "value": "shop-route"}));
+}
