@@ -545,7 +545,7 @@ impl Method for Kayenta {
                 self.stable_p99.push(stable_p99);
             }
         }
-        if (observation.interval + 1) % Self::ANALYSIS_INTERVAL != 0 {
+        if !(observation.interval + 1).is_multiple_of(Self::ANALYSIS_INTERVAL) {
             return Decision::Continue;
         }
         let high = |canary: &[f64], stable: &[f64]| {
