@@ -32,6 +32,16 @@ struct Arguments {
     /// choice costs.
     #[arg(long, conflicts_with = "quick")]
     ablation: bool,
+    /// Instead of the grid: the production-noise healthy cells (drift, heavy noise, bursts,
+    /// latency jitter, the tolerance edge) and the bad cells the issue-17 targets name, at
+    /// 100 and 1000 rps, 1% and stepped.
+    /// With --ablation: the variants of our judge on these cells.
+    #[arg(long, conflicts_with = "quick")]
+    production_noise: bool,
+    /// With --ablation: only these variants (indices into the ablation's list, from 0), to
+    /// save time.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<usize>,
     /// Runs per healthy cell (default 2,000; 300 with --quick).
     #[arg(long)]
     healthy_runs: Option<usize>,
@@ -77,6 +87,9 @@ pub struct RunOutcome {
     pub interval: usize,
     /// Canary requests served while the canary was bad, up to and including the decision.
     pub exposure: u64,
+    /// Interval (0-based) of the first early step up, for methods that step up and keep
+    /// judging.
+    pub step_up: Option<usize>,
 }
 
 fn cells(arguments: &Arguments) -> Vec<Cell> {
@@ -87,7 +100,20 @@ fn cells(arguments: &Arguments) -> Vec<Cell> {
         .bad_runs
         .unwrap_or(if arguments.quick { 200 } else { 500 });
     let (rps_levels, schedules, healthy, bad): (&[f64], &[Schedule], &[Scenario], &[Scenario]) =
-        if arguments.quick {
+        if arguments.production_noise {
+            (
+                &[100.0, 1000.0],
+                &[Schedule::OnePercent, Schedule::Stepped],
+                &Scenario::PRODUCTION_NOISE,
+                &[
+                    Scenario::ErrorsX1_2,
+                    Scenario::ErrorsX1_5,
+                    Scenario::ErrorsX2,
+                    Scenario::Latency15,
+                    Scenario::Latency20,
+                ],
+            )
+        } else if arguments.quick {
             (
                 &[100.0, 1000.0],
                 &[Schedule::OnePercent, Schedule::Stepped],
@@ -115,7 +141,7 @@ fn cells(arguments: &Arguments) -> Vec<Cell> {
                 &Scenario::BAD,
             )
         };
-    if arguments.ablation {
+    if arguments.ablation && !arguments.production_noise {
         let cell = |scenario: Scenario, rps, schedule| Cell {
             scenario,
             rps,
@@ -204,6 +230,7 @@ fn decide(observations: &[simulation::Observation], methods: &[MethodKind]) -> V
                         decision,
                         interval: observation.interval,
                         exposure,
+                        step_up: method.stepped_up_at(),
                     };
                 }
             }
@@ -211,6 +238,7 @@ fn decide(observations: &[simulation::Observation], methods: &[MethodKind]) -> V
                 decision: Decision::Promote,
                 interval: INTERVALS - 1,
                 exposure,
+                step_up: method.stepped_up_at(),
             }
         })
         .collect()
@@ -230,6 +258,7 @@ fn main() {
     let cells = cells(&arguments);
     let methods: Vec<MethodKind> = if arguments.ablation {
         (0..methods::VARIANTS.len())
+            .filter(|index| arguments.variants.is_empty() || arguments.variants.contains(index))
             .map(MethodKind::Variant)
             .chain([
                 MethodKind::Oracle,
@@ -290,8 +319,13 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let command = format!(
-        "cargo bench --bench decision_quality --{}{}{}{} --seed {}",
+        "cargo bench --bench decision_quality --{}{}{}{}{} --seed {}",
         if arguments.quick { " --quick" } else { "" },
+        if arguments.production_noise {
+            " --production-noise"
+        } else {
+            ""
+        },
         if arguments.ablation {
             " --ablation"
         } else {

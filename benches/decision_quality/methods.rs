@@ -7,7 +7,7 @@ use canary::analysis::sequential::{
 };
 use statrs::distribution::{ContinuousCDF, DiscreteCDF, Normal, Poisson};
 
-use crate::simulation::{BASE_ERROR_RATE, BOUNDARIES, INTERVALS, Observation};
+use crate::simulation::{BASE_ERROR_RATE, BOUNDARIES, INTERVALS, Observation, latency_null_point};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -18,6 +18,12 @@ pub enum Decision {
 
 pub trait Method {
     fn observe(&mut self, observation: &Observation) -> Decision;
+    /// The interval in which the method first allowed an early step up (our judge's
+    /// `NoRegression`) while it kept judging; `None` if it never did. A rollout steps up
+    /// then; the schedules here are fixed, so it only shows when promotion could happen.
+    fn stepped_up_at(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Flagger's documented success-rate and latency limits (its examples: ≥ 99%, p99 ≤ 500 ms).
@@ -28,6 +34,8 @@ const ALPHA: f64 = 0.01;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodKind {
     Sequential,
+    /// Our judge on the error metric alone, under the whole α.
+    SequentialErrorsOnly,
     /// A variant of our judge for the ablation study, by index into [`VARIANTS`].
     Variant(usize),
     Flagger {
@@ -48,8 +56,9 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 11] = [
+    pub const ALL: [MethodKind; 12] = [
         MethodKind::Sequential,
+        MethodKind::SequentialErrorsOnly,
         MethodKind::Flagger { threshold: 1 },
         MethodKind::Flagger { threshold: 5 },
         MethodKind::Flagger { threshold: 10 },
@@ -70,6 +79,14 @@ impl MethodKind {
         }
     }
 
+    /// Our judge in one of its configurations, not a baseline.
+    pub fn is_ours(self) -> bool {
+        matches!(
+            self,
+            MethodKind::Sequential | MethodKind::SequentialErrorsOnly | MethodKind::Variant(_)
+        )
+    }
+
     /// Knows the truth: a yardstick, not a method anyone could run.
     pub fn is_yardstick(self) -> bool {
         matches!(self, MethodKind::Oracle | MethodKind::OracleAtTolerance)
@@ -78,14 +95,17 @@ impl MethodKind {
     pub fn label(self) -> String {
         match self {
             MethodKind::Sequential => "sequential (ours)".to_owned(),
+            MethodKind::SequentialErrorsOnly => "sequential (ours), errors only".to_owned(),
             MethodKind::Variant(index) => VARIANTS[index].0.to_owned(),
             MethodKind::Flagger { threshold } => format!("Flagger threshold {threshold}"),
             MethodKind::Argo { failure_limit } => format!("Argo failureLimit {failure_limit}"),
             MethodKind::Relative => "relative 1.2× (threshold 5)".to_owned(),
-            MethodKind::Kayenta => "Kayenta Mann-Whitney".to_owned(),
+            MethodKind::Kayenta => "Kayenta (Hodges–Lehmann, every 10 min)".to_owned(),
             MethodKind::NaivePerInterval => "naive per-interval test".to_owned(),
             MethodKind::Oracle => "oracle SPRT".to_owned(),
-            MethodKind::OracleAtTolerance => "oracle SPRT at the tolerance".to_owned(),
+            MethodKind::OracleAtTolerance => {
+                "oracle SPRT at the tolerance, at the metric's share of α (α/2)".to_owned()
+            }
             MethodKind::TwoLooks => {
                 "two looks at minutes 6 and 12, errors only (placed for ×2 at 1000 rps, 1%)"
                     .to_owned()
@@ -96,6 +116,7 @@ impl MethodKind {
     pub fn short_label(self) -> String {
         match self {
             MethodKind::Sequential => "ours".to_owned(),
+            MethodKind::SequentialErrorsOnly => "ours-err".to_owned(),
             MethodKind::Variant(index) => format!("v{index}"),
             MethodKind::Flagger { threshold } => format!("Fl-{threshold}"),
             MethodKind::Argo { failure_limit } => format!("Ar-{failure_limit}"),
@@ -114,6 +135,9 @@ impl MethodKind {
                 SequentialConfig::default(),
                 Some(1.0),
             ))),
+            MethodKind::SequentialErrorsOnly => {
+                Box::new(Sequential::new(variant(SequentialConfig::default(), None)))
+            }
             MethodKind::Variant(index) => {
                 let (_, build) = VARIANTS[index];
                 Box::new(Sequential::new(build()))
@@ -133,6 +157,7 @@ impl MethodKind {
             MethodKind::Oracle => Box::new(Oracle {
                 log_likelihood_ratio: 0.0,
                 tolerance: None,
+                alpha: ALPHA,
             }),
             MethodKind::OracleAtTolerance => {
                 let defaults = SequentialConfig::default();
@@ -142,6 +167,8 @@ impl MethodKind {
                         error: defaults.error_tolerance,
                         latency: defaults.latency_tolerance,
                     }),
+                    // The metric's share: the default template judges errors and latency.
+                    alpha: ALPHA / 2.0,
                 })
             }
             MethodKind::TwoLooks => Box::new(TwoLooks::default()),
@@ -216,9 +243,27 @@ fn with(change: impl FnOnce(&mut SequentialConfig)) -> SequentialConfig {
 }
 
 /// Variants of our judge for the ablation study: what each design choice costs or buys.
-pub const VARIANTS: [(&str, VariantBuilder); 13] = [
+pub const VARIANTS: [(&str, VariantBuilder); 19] = [
     ("default (errors + latency)", || {
         variant(SequentialConfig::default(), Some(1.0))
+    }),
+    // Before issue 17: NoRegression against the tolerance itself.
+    (
+        "step up at the tolerance (×1.1, the judge before issue 17)",
+        || variant(with(|c| c.step_up_ratio = 1.1), Some(1.0)),
+    ),
+    ("step up at ×1.3", || {
+        variant(with(|c| c.step_up_ratio = 1.3), Some(1.0))
+    }),
+    ("step up at ×2", || {
+        variant(with(|c| c.step_up_ratio = 2.0), Some(1.0))
+    }),
+    ("max noise cv 0.75", || {
+        variant(with(|c| c.max_interval_noise_cv = 0.75), Some(1.0))
+    }),
+    ("noise learned from pods, max noise cv 0.75", || Variant {
+        pods: true,
+        ..variant(with(|c| c.max_interval_noise_cv = 0.75), Some(1.0))
     }),
     ("errors only", || variant(SequentialConfig::default(), None)),
     ("no late-onset copies", || {
@@ -261,6 +306,12 @@ pub const VARIANTS: [(&str, VariantBuilder); 13] = [
         pods: true,
         ..variant(with(|c| c.max_interval_noise_cv = 0.5), Some(1.0))
     }),
+    // What spending α over a 30-interval horizon could buy at most: the issue's calibration
+    // lowers the threshold about this much; the tolerance-edge cells show what it costs.
+    (
+        "threshold 1/(2α) (a finite-horizon calibration's reach)",
+        || variant(with(|c| c.alpha = 0.02), Some(1.0)),
+    ),
 ];
 
 /// The variant of our judge named `name` in [`VARIANTS`].
@@ -281,6 +332,8 @@ struct Sequential {
     latency: Option<(LatencyJudge, f64)>,
     /// Given per-pod counts (the judge learns the noise level from them).
     pods: bool,
+    /// The first interval with `NoRegression`.
+    stepped_up_at: Option<usize>,
 }
 
 impl Sequential {
@@ -293,6 +346,7 @@ impl Sequential {
     ) -> Self {
         Self {
             pods,
+            stepped_up_at: None,
             alpha: config.alpha,
             errors: ErrorRateJudge::new(&config).expect("valid config"),
             latency: latency_weight.map(|weight| {
@@ -354,9 +408,17 @@ impl Method for Sequential {
             .verdict
         {
             Verdict::Regressed => Decision::Rollback,
-            Verdict::NoRegression => Decision::Promote,
+            // Step up, and keep judging: rollback is still possible at every later step.
+            Verdict::NoRegression => {
+                self.stepped_up_at.get_or_insert(observation.interval);
+                end_of_analysis(observation)
+            }
             Verdict::Continue => end_of_analysis(observation),
         }
+    }
+
+    fn stepped_up_at(&self) -> Option<usize> {
+        self.stepped_up_at
     }
 }
 
@@ -444,17 +506,28 @@ impl Method for Relative {
     }
 }
 
-/// Kayenta's NetflixACAJudge in outline: per metric, a Mann-Whitney test of the canary's
-/// per-minute series against the baseline's at 98% confidence; "High" when significant,
-/// canary higher, and the mean ratio beyond the 25% tolerance. Two metrics (error rate, p99):
-/// one High gives a score of 50, below the marginal 75: fail. Judged every interval from the
-/// third on, without correction for the repeated looks (as Kayenta's repeated judgements).
+/// Kayenta's NetflixACAJudge as its MannWhitneyClassifier decides: per metric (error rate,
+/// p99), the canary's per-minute series against the baseline's, both since the start. A
+/// metric is High when the 98% Hodges–Lehmann confidence interval of the shift
+/// (canary − baseline) has its lower end above 0.25 × |the Hodges–Lehmann estimate| and the
+/// mean ratio canary/baseline is at least 1 (its default effect-size threshold). Two equally
+/// weighted metrics: one High scores 50, under the marginal 75, and fails the canary. Judged
+/// at the end of each 10-minute analysis interval (minutes 10, 20 and 30), with no correction
+/// for the repeated judgements, as Spinnaker's canary stage does. Minutes without canary
+/// traffic give no value (NaN, removed).
 #[derive(Default)]
 struct Kayenta {
     canary_error_rates: Vec<f64>,
     stable_error_rates: Vec<f64>,
     canary_p99: Vec<f64>,
     stable_p99: Vec<f64>,
+}
+
+impl Kayenta {
+    /// Minutes per analysis interval: a judgement at the end of each.
+    const ANALYSIS_INTERVAL: usize = 10;
+    const CONFIDENCE: f64 = 0.98;
+    const TOLERANCE: f64 = 0.25;
 }
 
 impl Method for Kayenta {
@@ -472,8 +545,11 @@ impl Method for Kayenta {
                 self.stable_p99.push(stable_p99);
             }
         }
+        if !(observation.interval + 1).is_multiple_of(Self::ANALYSIS_INTERVAL) {
+            return Decision::Continue;
+        }
         let high = |canary: &[f64], stable: &[f64]| {
-            canary.len() >= 3 && mann_whitney_high(canary, stable, 0.02, 0.25)
+            kayenta_high(canary, stable, Self::CONFIDENCE, Self::TOLERANCE)
         };
         if high(&self.canary_error_rates, &self.stable_error_rates)
             || high(&self.canary_p99, &self.stable_p99)
@@ -485,46 +561,52 @@ impl Method for Kayenta {
     }
 }
 
-/// Two-sided Mann-Whitney U (normal approximation with tie correction) significant at
-/// `significance`, canary ranked higher, and canary mean above (1 + tolerance) × baseline's.
-fn mann_whitney_high(canary: &[f64], baseline: &[f64], significance: f64, tolerance: f64) -> bool {
-    let canary_mean = canary.iter().sum::<f64>() / canary.len() as f64;
-    let baseline_mean = baseline.iter().sum::<f64>() / baseline.len() as f64;
-    if canary_mean <= (1.0 + tolerance) * baseline_mean {
+/// Kayenta's MannWhitneyClassifier "High": the `confidence` Hodges–Lehmann interval of the
+/// location shift canary − baseline (normal approximation for the order statistics, as R's
+/// `wilcox.test` with ties, which Kayenta ports) has its lower end above
+/// `tolerance` × |estimate|, and mean(canary) / mean(baseline) ≥ 1 (1 when the baseline's
+/// mean is 0). Identical or constant data pass.
+fn kayenta_high(canary: &[f64], baseline: &[f64], confidence: f64, tolerance: f64) -> bool {
+    if canary.is_empty() || baseline.is_empty() {
         return false;
     }
-    let mut pooled: Vec<(f64, bool)> = canary
+    let mut sorted_canary = canary.to_vec();
+    let mut sorted_baseline = baseline.to_vec();
+    sorted_canary.sort_by(f64::total_cmp);
+    sorted_baseline.sort_by(f64::total_cmp);
+    if sorted_canary == sorted_baseline {
+        return false;
+    }
+    let first = canary[0];
+    if canary.iter().chain(baseline).all(|&v| v == first) {
+        return false;
+    }
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
+    let mean_ratio = if mean(baseline) == 0.0 {
+        1.0
+    } else {
+        mean(canary) / mean(baseline)
+    };
+    let mut differences: Vec<f64> = canary
         .iter()
-        .map(|&v| (v, true))
-        .chain(baseline.iter().map(|&v| (v, false)))
+        .flat_map(|c| baseline.iter().map(move |b| c - b))
         .collect();
-    pooled.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = pooled.len();
-    let mut canary_rank_sum = 0.0;
-    let mut tie_term = 0.0;
-    let mut start = 0;
-    while start < n {
-        let mut end = start;
-        while end + 1 < n && pooled[end + 1].0 == pooled[start].0 {
-            end += 1;
-        }
-        let average_rank = (start + end) as f64 / 2.0 + 1.0;
-        let ties = (end - start + 1) as f64;
-        tie_term += ties.powi(3) - ties;
-        canary_rank_sum +=
-            pooled[start..=end].iter().filter(|(_, c)| *c).count() as f64 * average_rank;
-        start = end + 1;
-    }
-    let (m, k) = (canary.len() as f64, baseline.len() as f64);
-    let u = canary_rank_sum - m * (m + 1.0) / 2.0;
-    let total = m + k;
-    let variance = m * k / 12.0 * ((total + 1.0) - tie_term / (total * (total - 1.0)));
-    if variance <= 0.0 {
+    differences.sort_by(f64::total_cmp);
+    let pairs = differences.len();
+    let estimate = if pairs % 2 == 1 {
+        differences[pairs / 2]
+    } else {
+        (differences[pairs / 2 - 1] + differences[pairs / 2]) / 2.0
+    };
+    let (m, n) = (canary.len() as f64, baseline.len() as f64);
+    let z = standard_normal().inverse_cdf(1.0 - (1.0 - confidence) / 2.0);
+    let below = (m * n / 2.0 - z * (m * n * (m + n + 1.0) / 12.0).sqrt()).floor();
+    if below < 0.0 {
+        // Too few values for an interval at this confidence: nothing is significant.
         return false;
     }
-    let z = (u - m * k / 2.0 - 0.5) / variance.sqrt();
-    let p_two_sided = 2.0 * (1.0 - standard_normal().cdf(z.abs()));
-    z > 0.0 && p_two_sided < significance
+    let lower = differences[below as usize];
+    lower > tolerance * estimate.abs() && mean_ratio >= 1.0
 }
 
 fn standard_normal() -> Normal {
@@ -608,52 +690,14 @@ impl Method for NaivePerInterval {
 struct Oracle {
     log_likelihood_ratio: f64,
     tolerance: Option<Tolerance>,
+    /// Rolls back at 1/alpha.
+    alpha: f64,
 }
 
 #[derive(Clone, Copy)]
 struct Tolerance {
     error: f64,
     latency: f64,
-}
-
-/// Per-bucket probabilities (+Inf last) whose survival function at every boundary is
-/// `min(S_truth, (1 + tolerance)·S_stable)`: non-increasing, so a distribution, and within the
-/// judge's latency null at every boundary. The truth itself when it is already within.
-fn latency_null_point(truth: &[f64], stable: &[f64], tolerance: f64) -> Vec<f64> {
-    // Survival at each finite boundary, summed from the top so that far tails keep their
-    // (tiny) values instead of rounding to zero.
-    let survival = |probabilities: &[f64]| {
-        let mut above = 0.0;
-        let mut survival: Vec<f64> = probabilities[1..]
-            .iter()
-            .rev()
-            .map(|p| {
-                above += p;
-                above
-            })
-            .collect();
-        survival.reverse();
-        survival
-    };
-    let (truth_survival, stable_survival) = (survival(truth), survival(stable));
-    let capped: Vec<f64> = truth_survival
-        .iter()
-        .zip(&stable_survival)
-        .map(|(t, s)| t.min((1.0 + tolerance) * s))
-        .collect();
-    if capped == truth_survival {
-        return truth.to_vec();
-    }
-    let mut above = 1.0;
-    capped
-        .iter()
-        .chain([&0.0])
-        .map(|&survival| {
-            let probability = (above - survival).max(0.0);
-            above = survival;
-            probability
-        })
-        .collect()
 }
 
 impl Method for Oracle {
@@ -687,7 +731,7 @@ impl Method for Oracle {
                 }
             }
         }
-        if self.log_likelihood_ratio >= (1.0 / ALPHA).ln() {
+        if self.log_likelihood_ratio >= (1.0 / self.alpha).ln() {
             Decision::Rollback
         } else {
             end_of_analysis(observation)

@@ -107,10 +107,11 @@ pub fn summarise(
                         .iter()
                         .filter(|o| o.decision == Decision::Rollback)
                         .count();
+                    // Promoted (not rolled back): at the first early step up, if any.
                     let mut promotion: Vec<f64> = outcomes
                         .iter()
                         .filter(|o| o.decision == Decision::Promote)
-                        .map(|o| (o.interval + 1) as f64)
+                        .map(|o| (o.step_up.unwrap_or(o.interval) + 1) as f64)
                         .collect();
                     promotion.sort_by(f64::total_cmp);
                     let detected =
@@ -233,10 +234,6 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
             .find(|c| c.scenario_kind == scenario && c.rps == rps && c.schedule == schedule)
     };
     if let Some(cell) = find(Scenario::ErrorsX2, 1000.0, Schedule::OnePercent) {
-        let m = cell.method(ours);
-        let median = m.detection_minutes_median;
-        let p95 = m.detection_minutes_p95;
-        let power = m.detection_rate.unwrap_or(0.0);
         let yardstick = |kind: MethodKind| {
             let m = cell.method(kind);
             format!(
@@ -245,31 +242,42 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
                 minutes(m.detection_minutes_p95)
             )
         };
+        for (kind, template, median_limit, p95_limit) in [
+            (ours, "default template (errors + latency)", 7.0, 15.0),
+            (MethodKind::SequentialErrorsOnly, "errors only", 6.0, 14.0),
+        ] {
+            let m = cell.method(kind);
+            checks.push(TargetCheck {
+                target: format!(
+                    "errors ×2 at 1% of 1000 rps, {template}: median ≤ {median_limit} min, p95 ≤ {p95_limit}"
+                ),
+                met: m.detection_minutes_median.is_some_and(|v| v <= median_limit)
+                    && m.detection_minutes_p95.is_some_and(|v| v <= p95_limit),
+                measured: format!(
+                    "{}, detected {:.1}% (oracle {}, oracle@tol at α/2 {})",
+                    yardstick(kind),
+                    100.0 * m.detection_rate.unwrap_or(0.0),
+                    yardstick(MethodKind::Oracle),
+                    yardstick(MethodKind::OracleAtTolerance),
+                ),
+            });
+        }
+    }
+    if let Some(cell) = find(Scenario::ErrorsX1_5, 1000.0, Schedule::OnePercent) {
+        let detected = cell.method(ours).detection_rate.unwrap_or(0.0);
         checks.push(TargetCheck {
-            target: "errors ×2 at 1% of 1000 rps: median ≤ 6 min, p95 ≤ 12, power ≥ 95% in 30 min"
-                .to_owned(),
-            met: median.is_some_and(|v| v <= 6.0)
-                && p95.is_some_and(|v| v <= 12.0)
-                && power >= 0.95,
+            target: format!(
+                "errors ×1.5 at 1% of 1000 rps: ≥ 90% detected within 60 min (measured within the run's {INTERVALS})"
+            ),
+            met: detected >= 0.9,
             measured: format!(
-                "median {}, p95 {}, power {:.1}% (the yardsticks, clairvoyant and under the whole α: oracle {}, oracle@tol {})",
-                minutes(median),
-                minutes(p95),
-                100.0 * power,
-                yardstick(MethodKind::Oracle),
-                yardstick(MethodKind::OracleAtTolerance),
+                "{:.1}% within {INTERVALS} min, median {}",
+                100.0 * detected,
+                minutes(cell.method(ours).detection_minutes_median)
             ),
         });
     }
-    if let Some(cell) = find(Scenario::ErrorsX5, 1000.0, Schedule::OnePercent) {
-        let median = cell.method(ours).detection_minutes_median;
-        checks.push(TargetCheck {
-            target: "errors ×5 at 1% of 1000 rps: median ≤ 2 min".to_owned(),
-            met: median.is_some_and(|v| v <= 2.0),
-            measured: format!("median {}", minutes(median)),
-        });
-    }
-    for (scenario, limit) in [(Scenario::Latency100, 2.0), (Scenario::Latency20, 10.0)] {
+    for (scenario, limit) in [(Scenario::Latency20, 7.0)] {
         let cells: Vec<&CellResult> = results
             .iter()
             .filter(|c| c.scenario_kind == scenario && c.initial_canary_rps() >= 1.0)
@@ -329,7 +337,13 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
             let ours_median = cell.method(ours).detection_minutes_median;
             let ratio = ours_median.map_or(f64::INFINITY, |v| v / best);
             ratios.push(ratio);
-            if ratio > 1.5 {
+            // Against the oracle at the tolerance the issue allows one interval more.
+            let allowance = if yardstick == MethodKind::Oracle {
+                0.0
+            } else {
+                1.0
+            };
+            if ours_median.is_none_or(|v| v > 1.5 * best + allowance) {
                 let at_tolerance = cell.method(MethodKind::OracleAtTolerance);
                 let note = if yardstick == MethodKind::Oracle {
                     let reach = at_tolerance
@@ -366,9 +380,9 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
         };
         checks.push(TargetCheck {
             target: if yardstick == MethodKind::Oracle {
-                "median detection within 1.5× the oracle's in every bad cell".to_owned()
+                "(yardstick, not an issue target) median detection within 1.5× the clairvoyant oracle's".to_owned()
             } else {
-                "(yardstick, not an issue target) median detection within 1.5× the oracle at the tolerance".to_owned()
+                "every bad cell: median ≤ 1.5 × (oracle at the tolerance, at the metric's share of α) + 1 interval".to_owned()
             },
             met: over.is_empty(),
             measured: if over.is_empty() {
@@ -383,6 +397,36 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
             },
         });
     }
+    // Healthy canaries promoted at least twice as soon as the fixed schedule (the whole
+    // analysis) at 100 and 1000 rps.
+    let slow: Vec<String> = results
+        .iter()
+        .filter(|c| c.healthy && c.scenario_kind != Scenario::WarmUp && c.rps >= 100.0)
+        .filter(|c| {
+            !c.method(ours)
+                .promotion_minutes_median
+                .is_some_and(|v| v <= INTERVALS as f64 / 2.0)
+        })
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.label(),
+                minutes(c.method(ours).promotion_minutes_median)
+            )
+        })
+        .collect();
+    checks.push(TargetCheck {
+        target: format!(
+            "healthy canaries promoted ≥ 2× sooner than the fixed {INTERVALS}-minute schedule (median ≤ {}) at 100 and 1000 rps",
+            INTERVALS / 2
+        ),
+        met: slow.is_empty(),
+        measured: if slow.is_empty() {
+            "every such cell".to_owned()
+        } else {
+            format!("{} cells slower: {}", slow.len(), slow.join("; "))
+        },
+    });
     // Against every baseline tuned to ≤ 1% false rollbacks, matched two ways: in the A/A cell
     // of the same traffic and weight, or in every healthy scenario of that traffic and weight
     // (a baseline that rolls back 20% of healthy canaries with pod noise is not tuned to 1%;
@@ -414,7 +458,7 @@ pub fn check_targets(results: &[CellResult]) -> Vec<TargetCheck> {
                 let tuned = matching
                     .iter()
                     .all(|healthy| healthy.method(kind).rollback_rate <= 0.01);
-                if kind == MethodKind::Sequential || kind.is_yardstick() || !tuned {
+                if kind.is_ours() || kind.is_yardstick() || !tuned {
                     continue;
                 }
                 let theirs = cell.method(kind);
@@ -482,7 +526,7 @@ pub fn markdown(
 ) -> String {
     let baselines: Vec<MethodKind> = MethodKind::ALL
         .into_iter()
-        .filter(|k| *k != MethodKind::Sequential && !k.is_yardstick())
+        .filter(|k| !k.is_ours() && !k.is_yardstick())
         .collect();
     let mut out = String::new();
     out.push_str(&format!(
@@ -492,18 +536,18 @@ pub fn markdown(
     ));
     out.push_str("### Healthy canaries: false rollback rate (ours with 95% interval) and minutes to promote\n\n");
     out.push_str(
-        "| scenario | rps | weight | runs | ours: false rollbacks | ours: promote (min) |",
+        "| scenario | rps | weight | runs | ours: false rollbacks | ours: promote (min) | ours, errors only |",
     );
     for kind in &baselines {
         out.push_str(&format!(" {} |", kind.short_label()));
     }
-    out.push_str("\n|---|---|---|---|---|---|");
+    out.push_str("\n|---|---|---|---|---|---|---|");
     out.push_str(&"---|".repeat(baselines.len()));
     out.push('\n');
     for cell in results.iter().filter(|c| c.healthy) {
         let ours = cell.method(MethodKind::Sequential);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} ({}/{}; {}–{}) | {} |",
+            "| {} | {} | {} | {} | {} ({}/{}; {}–{}) | {} | {} |",
             cell.scenario,
             cell.rps,
             cell.weight,
@@ -514,6 +558,7 @@ pub fn markdown(
             percent(ours.rollback_rate_95.0),
             percent(ours.rollback_rate_95.1),
             minutes(ours.promotion_minutes_median),
+            percent(cell.method(MethodKind::SequentialErrorsOnly).rollback_rate),
         ));
         for kind in &baselines {
             out.push_str(&format!(" {} |", percent(cell.method(*kind).rollback_rate)));
@@ -523,11 +568,11 @@ pub fn markdown(
     out.push_str(
         "\n### Bad canaries: detection within 30 min, minutes to detect (median / p95), exposure (canary requests served while bad)\n\n",
     );
-    out.push_str("| scenario | rps | weight | runs | ours: detected | ours: median / p95 | ours: exposure | oracle median | ours/oracle | oracle@tol median | ours/oracle@tol |");
+    out.push_str("| scenario | rps | weight | runs | ours: detected | ours: median / p95 | ours: exposure | ours, errors only: median / p95 | oracle median | ours/oracle | oracle@tol median | ours/oracle@tol |");
     for kind in &baselines {
         out.push_str(&format!(" {} |", kind.short_label()));
     }
-    out.push_str("\n|---|---|---|---|---|---|---|---|---|---|---|");
+    out.push_str("\n|---|---|---|---|---|---|---|---|---|---|---|---|");
     out.push_str(&"---|".repeat(baselines.len()));
     out.push('\n');
     for cell in results.iter().filter(|c| !c.healthy) {
@@ -541,7 +586,7 @@ pub fn markdown(
             _ => "–".to_owned(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} | {} | {} | {} |",
             cell.scenario,
             cell.rps,
             cell.weight,
@@ -551,6 +596,14 @@ pub fn markdown(
             minutes(ours.detection_minutes_p95),
             ours.exposure_median
                 .map_or("–".to_owned(), |e| format!("{e:.0}")),
+            minutes(
+                cell.method(MethodKind::SequentialErrorsOnly)
+                    .detection_minutes_median
+            ),
+            minutes(
+                cell.method(MethodKind::SequentialErrorsOnly)
+                    .detection_minutes_p95
+            ),
             minutes(cell.method(MethodKind::Oracle).detection_minutes_median),
             ratio_to(MethodKind::Oracle),
             minutes(

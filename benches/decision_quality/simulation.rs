@@ -31,6 +31,20 @@ const POD_ERROR_CV: f64 = 0.25;
 /// Per-pod, per-minute standard deviation of log latency scale in the overdispersion cell.
 const POD_LATENCY_LOG_SD: f64 = 0.05;
 const STABLE_PODS: u32 = 10;
+/// Production noise the independent-noise cells lack (issue 17). Slow drift: every pod's
+/// error rate carries its own AR(1) factor in log space with this stationary coefficient of
+/// variation (inside the judge's default per-interval allowance of 0.2).
+const DRIFT_CV: f64 = 0.2;
+/// Heavier per-minute noise: independent Gamma factors per pod and minute with this cv.
+const HEAVY_NOISE_CV: f64 = 0.5;
+/// Bursts: each pod, in this fraction of its minutes, has this many times its error rate.
+const BURST_PROBABILITY: f64 = 0.05;
+const BURST_FACTOR: f64 = 3.0;
+/// Latency jitter: per pod and minute, the latency scale varies by this log-sd (10%).
+const LATENCY_JITTER_LOG_SD: f64 = 0.1;
+/// The judge's default tolerances (`SequentialConfig::default()`), where the tolerance-edge
+/// canary sits.
+const TOLERANCE: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Schedule {
@@ -71,10 +85,29 @@ pub enum Scenario {
     MissingScrapes,
     CounterResets,
     WarmUp,
+    /// Every pod's error rate drifts slowly: AR(1) in log space, cv 0.2, ρ 0.8 per minute.
+    DriftRho08,
+    /// The same with ρ 0.95: a pod's excess lasts about 20 minutes.
+    DriftRho095,
+    /// Independent per-pod, per-minute error-rate noise of cv 0.5.
+    HeavyNoise,
+    /// Each pod has ×3 errors in 5% of its minutes.
+    Bursts,
+    /// Each pod's latency scale varies by 10% from minute to minute.
+    LatencyJitter,
+    /// Exactly at the tolerance: errors ×1.1, and the canary's share of requests slower than
+    /// every boundary 1.1 × stable's (capped at one).
+    ToleranceEdge,
+    /// Latency +5%: inside a 10% tolerance read as "latency may be 10% higher"; today's
+    /// judge reads the tolerance on exceedance ratios, which a 5% shift exceeds in the tail.
+    Latency5,
     // Bad canaries.
+    ErrorsX1_2,
+    ErrorsX1_3,
     ErrorsX1_5,
     ErrorsX2,
     ErrorsX5,
+    Latency15,
     Latency20,
     Latency100,
     TailOnly,
@@ -83,7 +116,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const HEALTHY: [Scenario; 7] = [
+    pub const HEALTHY: [Scenario; 14] = [
         Scenario::AaTest,
         Scenario::PodOverdispersion,
         Scenario::SharedIncidents,
@@ -91,16 +124,38 @@ impl Scenario {
         Scenario::MissingScrapes,
         Scenario::CounterResets,
         Scenario::WarmUp,
+        Scenario::DriftRho08,
+        Scenario::DriftRho095,
+        Scenario::HeavyNoise,
+        Scenario::Bursts,
+        Scenario::LatencyJitter,
+        Scenario::ToleranceEdge,
+        Scenario::Latency5,
     ];
-    pub const BAD: [Scenario; 8] = [
+    pub const BAD: [Scenario; 11] = [
+        Scenario::ErrorsX1_2,
+        Scenario::ErrorsX1_3,
         Scenario::ErrorsX1_5,
         Scenario::ErrorsX2,
         Scenario::ErrorsX5,
+        Scenario::Latency15,
         Scenario::Latency20,
         Scenario::Latency100,
         Scenario::TailOnly,
         Scenario::LateOnsetErrorsX2,
         Scenario::IntermittentErrorsX3,
+    ];
+
+    /// The healthy cells issue 17 added: production noise outside the judge's independent
+    /// per-interval noise model, and canaries at or inside the tolerance.
+    pub const PRODUCTION_NOISE: [Scenario; 7] = [
+        Scenario::DriftRho08,
+        Scenario::DriftRho095,
+        Scenario::HeavyNoise,
+        Scenario::Bursts,
+        Scenario::LatencyJitter,
+        Scenario::ToleranceEdge,
+        Scenario::Latency5,
     ];
 
     pub fn is_healthy(self) -> bool {
@@ -116,9 +171,19 @@ impl Scenario {
             Scenario::MissingScrapes => "missing scrapes",
             Scenario::CounterResets => "counter resets",
             Scenario::WarmUp => "warm-up (separate)",
+            Scenario::DriftRho08 => "drift cv 0.2, ρ 0.8",
+            Scenario::DriftRho095 => "drift cv 0.2, ρ 0.95",
+            Scenario::HeavyNoise => "per-minute noise cv 0.5",
+            Scenario::Bursts => "bursts (5% of minutes ×3)",
+            Scenario::LatencyJitter => "latency jitter 10%",
+            Scenario::ToleranceEdge => "at the tolerance (×1.1)",
+            Scenario::Latency5 => "latency +5%",
+            Scenario::ErrorsX1_2 => "errors ×1.2",
+            Scenario::ErrorsX1_3 => "errors ×1.3",
             Scenario::ErrorsX1_5 => "errors ×1.5",
             Scenario::ErrorsX2 => "errors ×2",
             Scenario::ErrorsX5 => "errors ×5",
+            Scenario::Latency15 => "latency +15%",
             Scenario::Latency20 => "latency +20%",
             Scenario::Latency100 => "latency +100%",
             Scenario::TailOnly => "tail only (2% ×8)",
@@ -133,6 +198,8 @@ impl Scenario {
             error_ratio: 1.0,
             latency_scale: 1.0,
             tail_fraction: 0.0,
+            latency_survival_factor: 1.0,
+            within_tolerance: false,
         };
         match self {
             Scenario::AaTest
@@ -140,7 +207,35 @@ impl Scenario {
             | Scenario::SharedIncidents
             | Scenario::DiurnalRamp
             | Scenario::MissingScrapes
-            | Scenario::CounterResets => healthy,
+            | Scenario::CounterResets
+            | Scenario::DriftRho08
+            | Scenario::DriftRho095
+            | Scenario::HeavyNoise
+            | Scenario::Bursts
+            | Scenario::LatencyJitter => healthy,
+            Scenario::ToleranceEdge => CanaryTruth {
+                error_ratio: 1.0 + TOLERANCE,
+                latency_survival_factor: 1.0 + TOLERANCE,
+                within_tolerance: true,
+                ..healthy
+            },
+            Scenario::Latency5 => CanaryTruth {
+                latency_scale: 1.05,
+                within_tolerance: true,
+                ..healthy
+            },
+            Scenario::ErrorsX1_2 => CanaryTruth {
+                error_ratio: 1.2,
+                ..healthy
+            },
+            Scenario::ErrorsX1_3 => CanaryTruth {
+                error_ratio: 1.3,
+                ..healthy
+            },
+            Scenario::Latency15 => CanaryTruth {
+                latency_scale: 1.15,
+                ..healthy
+            },
             Scenario::WarmUp => match interval {
                 0 => CanaryTruth {
                     error_ratio: 3.0,
@@ -208,12 +303,77 @@ pub struct CanaryTruth {
     pub error_ratio: f64,
     pub latency_scale: f64,
     pub tail_fraction: f64,
+    /// The canary's share of requests slower than every boundary is this many times stable's
+    /// (capped at one): 1.1 puts it exactly at the default latency tolerance.
+    pub latency_survival_factor: f64,
+    /// Different from stable, but at or inside the tolerance: a healthy canary.
+    pub within_tolerance: bool,
 }
 
 impl CanaryTruth {
     pub fn is_bad(&self) -> bool {
-        self.error_ratio != 1.0 || self.latency_scale != 1.0 || self.tail_fraction != 0.0
+        !self.within_tolerance
+            && (self.error_ratio != 1.0
+                || self.latency_scale != 1.0
+                || self.tail_fraction != 0.0
+                || self.latency_survival_factor != 1.0)
     }
+
+    /// The canary's per-bucket probabilities (+Inf last) when stable's are `stable` and the
+    /// canary's latency scale (with shared factors) gives `shifted`.
+    pub fn canary_buckets(&self, shifted: Vec<f64>) -> Vec<f64> {
+        if self.latency_survival_factor == 1.0 {
+            return shifted;
+        }
+        // All mass beyond the last boundary has survival one everywhere: the cap is the edge.
+        let mut everything_slow = vec![0.0; shifted.len()];
+        *everything_slow.last_mut().expect("buckets") = 1.0;
+        latency_null_point(
+            &everything_slow,
+            &shifted,
+            self.latency_survival_factor - 1.0,
+        )
+    }
+}
+
+/// Per-bucket probabilities (+Inf last) whose survival function at every boundary is
+/// `min(S_truth, (1 + tolerance)·S_stable)`: non-increasing, so a distribution, and within the
+/// judge's latency null at every boundary. The truth itself when it is already within.
+pub fn latency_null_point(truth: &[f64], stable: &[f64], tolerance: f64) -> Vec<f64> {
+    // Survival at each finite boundary, summed from the top so that far tails keep their
+    // (tiny) values instead of rounding to zero.
+    let survival = |probabilities: &[f64]| {
+        let mut above = 0.0;
+        let mut survival: Vec<f64> = probabilities[1..]
+            .iter()
+            .rev()
+            .map(|p| {
+                above += p;
+                above
+            })
+            .collect();
+        survival.reverse();
+        survival
+    };
+    let (truth_survival, stable_survival) = (survival(truth), survival(stable));
+    let capped: Vec<f64> = truth_survival
+        .iter()
+        .zip(&stable_survival)
+        .map(|(t, s)| t.min((1.0 + tolerance) * s))
+        .collect();
+    if capped == truth_survival {
+        return truth.to_vec();
+    }
+    let mut above = 1.0;
+    capped
+        .iter()
+        .chain([&0.0])
+        .map(|&survival| {
+            let probability = (above - survival).max(0.0);
+            above = survival;
+            probability
+        })
+        .collect()
 }
 
 /// What a query returns for one interval, and the truth the oracle may use.
@@ -449,6 +609,102 @@ fn pod_average(rng: &mut StdRng, pods: u32, cv: f64) -> f64 {
     (0..pods).map(|_| gamma.sample(rng)).sum::<f64>() / f64::from(pods)
 }
 
+/// The per-pod noise of the production-noise cells, carried from minute to minute: every pod
+/// of both versions has its own factors (alike pods, so stable's ten average theirs out and
+/// the canary's one does not: the canary's rate relative to stable's wanders).
+struct ProductionNoise {
+    scenario: Scenario,
+    /// Log error-rate factor of every pod that may exist (drift cells), canary then stable.
+    drift: [Vec<f64>; 2],
+}
+
+/// More canary pods than any schedule needs (ten at 50%).
+const MAX_PODS: usize = 16;
+
+impl ProductionNoise {
+    fn new(rng: &mut StdRng, scenario: Scenario) -> Option<Self> {
+        matches!(
+            scenario,
+            Scenario::DriftRho08
+                | Scenario::DriftRho095
+                | Scenario::HeavyNoise
+                | Scenario::Bursts
+                | Scenario::LatencyJitter
+        )
+        .then(|| {
+            let log_sd = Self::drift_log_sd();
+            let normal = Normal::new(0.0, log_sd).expect("valid normal");
+            let mut start = || (0..MAX_PODS).map(|_| normal.sample(rng)).collect();
+            Self {
+                scenario,
+                drift: [start(), start()],
+            }
+        })
+    }
+
+    /// Log-space sd of a lognormal factor with cv `DRIFT_CV`.
+    fn drift_log_sd() -> f64 {
+        (1.0 + DRIFT_CV * DRIFT_CV).ln().sqrt()
+    }
+
+    /// This minute's (error-rate factor, latency-scale factor) of each pod of both versions,
+    /// every error factor with mean one.
+    fn next(
+        &mut self,
+        rng: &mut StdRng,
+        [canary_pods, stable_pods]: [u32; 2],
+    ) -> [Vec<(f64, f64)>; 2] {
+        let scenario = self.scenario;
+        let log_sd = Self::drift_log_sd();
+        let rho: f64 = match scenario {
+            Scenario::DriftRho08 => 0.8,
+            _ => 0.95,
+        };
+        let innovation = Normal::new(0.0, log_sd * (1.0 - rho * rho).sqrt()).expect("valid normal");
+        let heavy_shape = 1.0 / (HEAVY_NOISE_CV * HEAVY_NOISE_CV);
+        let heavy = Gamma::new(heavy_shape, 1.0 / heavy_shape).expect("valid gamma");
+        let jitter = Normal::new(0.0, LATENCY_JITTER_LOG_SD).expect("valid normal");
+        // Bursts keep the mean at one: ×3 in 5% of minutes, the rest scaled down to match.
+        let quiet = 1.0 / (1.0 - BURST_PROBABILITY + BURST_PROBABILITY * BURST_FACTOR);
+        let mut version = |drift: &mut Vec<f64>, pods: u32| -> Vec<(f64, f64)> {
+            if matches!(scenario, Scenario::DriftRho08 | Scenario::DriftRho095) {
+                for log_factor in drift.iter_mut() {
+                    *log_factor = rho * *log_factor + innovation.sample(rng);
+                }
+            }
+            (0..pods as usize)
+                .map(|pod| match scenario {
+                    Scenario::DriftRho08 | Scenario::DriftRho095 => {
+                        ((drift[pod] - log_sd * log_sd / 2.0).exp(), 1.0)
+                    }
+                    Scenario::HeavyNoise => (heavy.sample(rng), 1.0),
+                    Scenario::Bursts => {
+                        let burst = rng.random::<f64>() < BURST_PROBABILITY;
+                        (quiet * if burst { BURST_FACTOR } else { 1.0 }, 1.0)
+                    }
+                    Scenario::LatencyJitter => (1.0, jitter.sample(rng).exp()),
+                    _ => (1.0, 1.0),
+                })
+                .collect()
+        };
+        let [canary_drift, stable_drift] = &mut self.drift;
+        [
+            version(canary_drift, canary_pods),
+            version(stable_drift, stable_pods),
+        ]
+    }
+}
+
+fn mean_error_factor(pods: &[(f64, f64)]) -> f64 {
+    pods.iter().map(|(error, _)| error).sum::<f64>() / pods.len() as f64
+}
+
+/// A version's latency scale when its alike-loaded pods have these scales (geometric mean:
+/// close to the mixture for small spreads).
+fn mean_latency_factor(pods: &[(f64, f64)]) -> f64 {
+    (pods.iter().map(|(_, latency)| latency.ln()).sum::<f64>() / pods.len() as f64).exp()
+}
+
 /// Counts of one version in one interval before the scrape.
 #[derive(Clone, Debug, Default)]
 struct VersionCounts {
@@ -503,9 +759,15 @@ pub fn simulate_run(
     let mut pending_canary = VersionCounts::default();
     let mut pending_stable = VersionCounts::default();
     let mut observations = Vec::with_capacity(INTERVALS);
+    // Its own stream, so the cells that existed before it keep their runs.
+    let mut noise_rng = StdRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d);
+    let mut production_noise = ProductionNoise::new(&mut noise_rng, scenario);
     for interval in 0..INTERVALS {
         let truth = scenario.canary_truth(interval);
         let weight = schedule.weight(interval);
+        let pod_factors = production_noise
+            .as_mut()
+            .map(|noise| noise.next(&mut noise_rng, pod_counts(weight)));
         let traffic_factor = match scenario {
             // A full swing between half and one and a half times the mean within the run.
             Scenario::DiurnalRamp => {
@@ -542,6 +804,13 @@ pub fn simulate_run(
                     latency_jitter(&mut rng, canary_pods),
                     latency_jitter(&mut rng, STABLE_PODS),
                 )
+            } else if let Some([canary, stable]) = &pod_factors {
+                (
+                    mean_error_factor(canary),
+                    mean_error_factor(stable),
+                    mean_latency_factor(canary),
+                    mean_latency_factor(stable),
+                )
             } else {
                 (1.0, 1.0, 1.0, 1.0)
             };
@@ -551,10 +820,10 @@ pub fn simulate_run(
         let canary_error_rate =
             (BASE_ERROR_RATE * truth.error_ratio * shared_error_factor * canary_noise).min(1.0);
         let stable_error_rate = (BASE_ERROR_RATE * shared_error_factor * stable_noise).min(1.0);
-        let canary_probabilities = bucket_probabilities(
+        let canary_probabilities = truth.canary_buckets(bucket_probabilities(
             MEDIAN_LATENCY * truth.latency_scale * shared_latency_factor * canary_latency_noise,
             truth.tail_fraction,
-        );
+        ));
         let stable_interval_probabilities =
             if shared_latency_factor == 1.0 && stable_latency_noise == 1.0 {
                 stable_probabilities.clone()
@@ -608,6 +877,47 @@ pub fn simulate_run(
                     0.0,
                 ),
             ]
+        });
+        // The production-noise cells pod by pod, each pod with its own factors.
+        let noisy_pods = noisy_pods.or_else(|| {
+            let [canary_factors, stable_factors] = pod_factors.as_ref().filter(|_| pods)?;
+            let mut simulate_pods =
+                |requests: u64, factors: &[(f64, f64)], error_rate: f64, median: f64| {
+                    let shares = vec![1.0 / factors.len() as f64; factors.len()];
+                    multinomial(&mut rng, requests, &shares)
+                        .into_iter()
+                        .zip(factors)
+                        .map(
+                            |(pod_requests, &(error_factor, latency_factor))| VersionCounts {
+                                requests: pod_requests,
+                                errors: binomial(
+                                    &mut rng,
+                                    pod_requests,
+                                    (error_rate * error_factor).min(1.0),
+                                ),
+                                buckets: multinomial(
+                                    &mut rng,
+                                    pod_requests,
+                                    &bucket_probabilities(median * latency_factor, 0.0),
+                                ),
+                            },
+                        )
+                        .collect::<Vec<_>>()
+                };
+            Some([
+                simulate_pods(
+                    canary_requests,
+                    canary_factors,
+                    BASE_ERROR_RATE * truth.error_ratio * shared_error_factor,
+                    MEDIAN_LATENCY * truth.latency_scale * shared_latency_factor,
+                ),
+                simulate_pods(
+                    stable_requests,
+                    stable_factors,
+                    BASE_ERROR_RATE * shared_error_factor,
+                    MEDIAN_LATENCY * shared_latency_factor,
+                ),
+            ])
         });
         let (mut canary, mut stable) = match &noisy_pods {
             Some([canary_pods, stable_pods]) => {
@@ -695,10 +1005,10 @@ pub fn simulate_run(
             histogram,
             truth,
             stable_bucket_probabilities: stable_probabilities.clone(),
-            canary_bucket_probabilities: bucket_probabilities(
+            canary_bucket_probabilities: truth.canary_buckets(bucket_probabilities(
                 MEDIAN_LATENCY * truth.latency_scale,
                 truth.tail_fraction,
-            ),
+            )),
             resets,
             pods: pod_observation_now,
         });

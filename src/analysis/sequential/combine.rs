@@ -98,7 +98,7 @@ pub fn combine(
             deciding_metrics.join(", ")
         ),
         Verdict::NoRegression => format!(
-            "no regression beyond tolerance on any of {} metric(s): safe to step up",
+            "each of {} metric(s) shown no worse than its step-up ratio: safe to step up",
             metrics.len()
         ),
         Verdict::Continue => {

@@ -68,7 +68,11 @@ pub struct ErrorRateJudge {
 impl ErrorRateJudge {
     pub fn new(config: &SequentialConfig) -> Result<Self, InvalidConfig> {
         config.validate()?;
-        let grid = RatioGrid::new(1.0 + config.error_tolerance, config.prior_scale);
+        let grid = RatioGrid::new(
+            1.0 + config.error_tolerance,
+            config.prior_scale,
+            config.step_up_ratio,
+        );
         let evidence =
             RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share);
         Ok(Self {
@@ -248,6 +252,9 @@ mod tests {
             interval: ErrorCounts,
             intervals: usize,
             expected: Verdict,
+            /// `NoRegression` judged against the tolerance instead of the default step-up
+            /// ratio (×1.5).
+            step_up_at_tolerance: bool,
         }
         let cases = [
             Case {
@@ -255,76 +262,106 @@ mod tests {
                 interval: counts(0, 0, 0, 0),
                 intervals: 1000,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "no canary traffic",
                 interval: counts(0, 0, 60_000, 300),
                 intervals: 1000,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "no stable traffic",
                 interval: counts(600, 30, 0, 0),
                 intervals: 1000,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "no errors anywhere",
                 interval: counts(600, 0, 59_400, 0),
                 intervals: 1000,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "canary errors only, stable none",
                 interval: counts(600, 3, 59_400, 0),
                 intervals: 1,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "x5 at 1% of 1000 rps, one minute",
                 interval: counts(600, 15, 59_400, 297),
                 intervals: 1,
                 expected: Verdict::Regressed,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "x2 at 1% of 1000 rps, short",
                 interval: counts(600, 6, 59_400, 297),
                 intervals: 2,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "x2 at 1% of 1000 rps, ten minutes",
                 interval: counts(600, 6, 59_400, 297),
                 intervals: 10,
                 expected: Verdict::Regressed,
+                step_up_at_tolerance: false,
             },
             Case {
-                name: "equal rates, 30 minutes at 1%",
+                name: "equal rates, 30 minutes at 1%: within the tolerance not yet shown",
                 interval: counts(600, 3, 59_400, 297),
                 intervals: 30,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: true,
+            },
+            Case {
+                name: "equal rates, 30 minutes at 1%: not worse than ×1.5, step up",
+                interval: counts(600, 3, 59_400, 297),
+                intervals: 30,
+                expected: Verdict::NoRegression,
+                step_up_at_tolerance: false,
+            },
+            Case {
+                name: "x1.5 at 1% of 1000 rps does not step up at ×1.5 in ten minutes",
+                interval: counts(600, 4, 59_400, 267),
+                intervals: 10,
+                expected: Verdict::Continue,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "equal rates, 50% share, long",
                 interval: counts(30_000, 150, 30_000, 150),
                 intervals: 200,
                 expected: Verdict::NoRegression,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "clean canary, 50% share",
                 interval: counts(30_000, 0, 30_000, 150),
                 intervals: 3,
                 expected: Verdict::NoRegression,
+                step_up_at_tolerance: false,
             },
             Case {
                 name: "just above tolerance stays undecided",
                 interval: counts(30_000, 165, 30_000, 150),
                 intervals: 20,
                 expected: Verdict::Continue,
+                step_up_at_tolerance: true,
             },
         ];
         for case in cases {
-            let mut judge = ErrorRateJudge::new(&SequentialConfig::default()).unwrap();
+            let config = SequentialConfig {
+                step_up_ratio: if case.step_up_at_tolerance { 1.1 } else { 1.5 },
+                ..SequentialConfig::default()
+            };
+            let mut judge = ErrorRateJudge::new(&config).unwrap();
             for _ in 0..case.intervals {
                 judge.observe(&case.interval).unwrap();
             }

@@ -109,7 +109,11 @@ impl LatencyJudge {
                 .filter_map(|le| index_of(*le))
                 .collect()
         };
-        let grid = RatioGrid::new(1.0 + config.latency_tolerance, config.prior_scale);
+        let grid = RatioGrid::new(
+            1.0 + config.latency_tolerance,
+            config.prior_scale,
+            config.step_up_ratio,
+        );
         let per_boundary = judged
             .iter()
             .map(|_| RateRatioEvidence::new(&grid, config.noise_shapes(), config.late_onset_share))

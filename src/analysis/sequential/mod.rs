@@ -74,7 +74,8 @@ use serde::{Deserialize, Serialize};
 pub enum Verdict {
     /// The canary is worse than stable by more than the tolerance (e-value ≥ 1/alpha).
     Regressed,
-    /// The data rule out a regression beyond the tolerance: safe to step up or promote early.
+    /// The data show the canary no worse than the step-up ratio (`stepUpRatio`, ×1.5 by
+    /// default; the tolerance if set to it): safe to step up or promote early.
     NoRegression,
     /// Not enough evidence either way yet.
     Continue,
@@ -101,7 +102,9 @@ pub struct Assessment {
     /// requests slower than [`Assessment::latency_bucket`]); `None` before any information.
     pub ratio_estimate: Option<f64>,
     /// Time-uniform 1 − 2·alpha confidence interval on that ratio; it excludes the tolerated
-    /// ratio whenever the verdict is `Regressed` or `NoRegression`.
+    /// ratio whenever the verdict is `Regressed`, or `NoRegression` with the step-up ratio at
+    /// the tolerance (a `NoRegression` against a higher step-up ratio shows an interval below
+    /// about that ratio).
     pub ratio_interval: RatioInterval,
     /// The ratio above which the canary counts as regressed (1 + tolerance).
     pub tolerated_ratio: f64,
@@ -174,13 +177,19 @@ fn evidence_clause(
     interval_alpha: f64,
     interval: RatioInterval,
     tolerated_ratio: f64,
+    step_up_ratio: f64,
     evidence: Evidence,
     verdict: Verdict,
 ) -> String {
     let meaning = match verdict {
-        Verdict::Regressed => "regressed, roll back",
-        Verdict::NoRegression => "no regression beyond tolerance, safe to step up",
-        Verdict::Continue => "not decided yet, keep observing",
+        Verdict::Regressed => "regressed, roll back".to_owned(),
+        // Against the step-up ratio, which may be above the tolerance: say which.
+        Verdict::NoRegression if step_up_ratio > tolerated_ratio + 1e-9 => format!(
+            "not worse than {}× stable, safe to step up",
+            format_ratio(step_up_ratio)
+        ),
+        Verdict::NoRegression => "no regression beyond tolerance, safe to step up".to_owned(),
+        Verdict::Continue => "not decided yet, keep observing".to_owned(),
     };
     format!(
         "({}% confidence sequence {}–{}×, tolerated {}×); evidence of regression {} and of none {}, threshold {}: {meaning}",
@@ -253,6 +262,7 @@ fn report(
             window.alpha_share(alpha),
             interval,
             tolerated_ratio,
+            grid.step_up_ratio(),
             evidence,
             verdict,
         ),

@@ -166,9 +166,41 @@ fn error_judge_false_rollbacks_stay_below_alpha_under_optional_stopping() {
     }
 }
 
+/// `NoRegression` is judged against the step-up ratio: a canary exactly that much worse than
+/// stable steps up with probability at most alpha, whether the step-up ratio is the default
+/// (above the tolerance) or the tolerance itself.
 #[test]
 fn error_judge_false_early_promotions_stay_below_alpha() {
     let runs = 400;
+    for (step_up_ratio, seed) in [
+        (config().step_up_ratio, 7),
+        (1.0 + config().error_tolerance, 17),
+    ] {
+        let judge_config = SequentialConfig {
+            step_up_ratio,
+            ..config()
+        };
+        let at_boundary = ErrorScenario {
+            canary_share: 0.5,
+            requests_per_interval: 60_000.0,
+            base_error_rate: 0.01,
+            error_ratio: step_up_ratio,
+            pod_cv: 0.0,
+            onset: 0,
+            early_ratio: 1.0,
+        };
+        let (false_promotions, _) = error_verdicts(
+            &at_boundary,
+            &judge_config,
+            Verdict::NoRegression,
+            runs,
+            seed,
+        );
+        assert!(
+            false_promotions <= tolerated_rate(runs),
+            "false early promotions {false_promotions} at step-up ratio {step_up_ratio}"
+        );
+    }
     let at_boundary = ErrorScenario {
         canary_share: 0.5,
         requests_per_interval: 60_000.0,
@@ -178,11 +210,6 @@ fn error_judge_false_early_promotions_stay_below_alpha() {
         onset: 0,
         early_ratio: 1.0,
     };
-    let false_promotions = error_verdict_rate(&at_boundary, Verdict::NoRegression, runs, 7);
-    assert!(
-        false_promotions <= tolerated_rate(runs),
-        "false early promotions {false_promotions}"
-    );
     let healthy = ErrorScenario {
         error_ratio: 0.8,
         ..at_boundary
@@ -192,6 +219,55 @@ fn error_judge_false_early_promotions_stay_below_alpha() {
         promotions >= 0.9,
         "promoted only {promotions} of clearly better canaries"
     );
+}
+
+/// The step-up ratio is what lets a healthy canary advance early: at 1% of 1000 rps (three
+/// canary errors a minute), proving "within the 10% tolerance" almost never happens within a
+/// 30-minute analysis, proving "not worse than ×1.5" does in most runs. A ×2 canary never
+/// steps up.
+#[test]
+fn step_up_ratio_advances_healthy_canaries_sooner_and_never_doubled_ones() {
+    let healthy = ErrorScenario {
+        canary_share: 0.01,
+        requests_per_interval: 60_000.0,
+        base_error_rate: 0.005,
+        error_ratio: 1.0,
+        pod_cv: 0.0,
+        onset: 0,
+        early_ratio: 1.0,
+    };
+    let at_tolerance = SequentialConfig {
+        step_up_ratio: 1.0,
+        ..SequentialConfig::default()
+    };
+    let (rate_at_tolerance, time_at_tolerance) =
+        error_verdicts(&healthy, &at_tolerance, Verdict::NoRegression, 200, 21);
+    let (rate_with_margin, time_with_margin) = error_verdicts(
+        &healthy,
+        &SequentialConfig::default(),
+        Verdict::NoRegression,
+        200,
+        21,
+    );
+    assert!(
+        rate_with_margin >= 0.5
+            && rate_at_tolerance <= 0.05
+            && time_with_margin + 5.0 <= time_at_tolerance,
+        "step-up at ×1.5: {rate_with_margin} of runs, mean {time_with_margin} intervals; \
+         at the tolerance: {rate_at_tolerance}, mean {time_at_tolerance}"
+    );
+    let doubled = ErrorScenario {
+        error_ratio: 2.0,
+        ..healthy
+    };
+    let (doubled_steps, _) = error_verdicts(
+        &doubled,
+        &SequentialConfig::default(),
+        Verdict::NoRegression,
+        200,
+        22,
+    );
+    assert_eq!(doubled_steps, 0.0, "a doubled error rate stepped up");
 }
 
 /// The late-onset copies of the e-process (started after 3, 7 and 15 informative intervals)

@@ -142,10 +142,16 @@ pub(crate) struct RatioGrid {
     log_prior_above: Vec<f64>,
     /// Log prior weights of the points below the boundary (summing to one).
     log_prior_below: Vec<f64>,
+    /// The grid point of the step-up ratio: `NoRegression` tests `r ≥` this point.
+    step_up_index: usize,
+    /// Log prior weights of the points below the step-up point (summing to one).
+    log_prior_below_step_up: Vec<f64>,
 }
 
 impl RatioGrid {
-    pub(crate) fn new(null_ratio: f64, prior_scale: f64) -> Self {
+    /// `step_up_ratio`: the ratio `NoRegression` tests against, raised to `null_ratio` if
+    /// below it and rounded to the nearest grid point.
+    pub(crate) fn new(null_ratio: f64, prior_scale: f64, step_up_ratio: f64) -> Self {
         let null_log_ratio = null_ratio.ln();
         let log_ratios = (0..=2 * GRID_POINTS_PER_SIDE)
             .map(|index| null_log_ratio + (index as f64 - GRID_POINTS_PER_SIDE as f64) * GRID_STEP)
@@ -158,11 +164,26 @@ impl RatioGrid {
             .collect();
         let normaliser = log_sum_exp(half_normal.iter().copied());
         let log_prior_side: Vec<f64> = half_normal.iter().map(|w| w - normaliser).collect();
+        let steps_above = ((step_up_ratio.max(null_ratio) / null_ratio).ln() / GRID_STEP).round();
+        let step_up_index = GRID_POINTS_PER_SIDE + (steps_above as usize).min(GRID_POINTS_PER_SIDE);
+        // The same half-normal shape, in distance below the step-up point.
+        let below_step_up: Vec<f64> = (1..=step_up_index)
+            .rev()
+            .map(|distance| -0.5 * (distance as f64 * GRID_STEP / prior_scale).powi(2))
+            .collect();
+        let normaliser = log_sum_exp(below_step_up.iter().copied());
         Self {
             log_ratios,
             log_prior_above: log_prior_side.clone(),
             log_prior_below: log_prior_side.into_iter().rev().collect(),
+            step_up_index,
+            log_prior_below_step_up: below_step_up.iter().map(|w| w - normaliser).collect(),
         }
+    }
+
+    /// The ratio `NoRegression` is judged against (a grid point).
+    pub(crate) fn step_up_ratio(&self) -> f64 {
+        self.log_ratios[self.step_up_index].exp()
     }
 
     fn boundary_index(&self) -> usize {
@@ -436,15 +457,21 @@ impl RateRatioEvidence {
         }
     }
 
-    /// ln of the e-value against `H0': r ≥ r0` (evidence that there is no regression).
+    /// ln of the e-value against `H0': r ≥ k`, `k` the grid's step-up ratio (evidence that
+    /// the canary is no worse than `k` times stable: safe to step up). The same construction
+    /// as against the tolerance, mirrored: valid for the same reasons at any `k`.
     pub(crate) fn ln_e_no_regression(&self, grid: &RatioGrid) -> f64 {
         if self.informative_intervals == 0 {
             return 0.0;
         }
-        let boundary = grid.boundary_index();
-        let below = &self.plug_in_log_likelihood[..boundary];
-        log_sum_exp(below.iter().zip(&grid.log_prior_below).map(|(l, p)| l + p))
-            - best_null(&self.log_likelihood, boundary..grid.log_ratios.len())
+        let step_up = grid.step_up_index;
+        let below = &self.plug_in_log_likelihood[..step_up];
+        log_sum_exp(
+            below
+                .iter()
+                .zip(&grid.log_prior_below_step_up)
+                .map(|(l, p)| l + p),
+        ) - best_null(&self.log_likelihood, step_up..grid.log_ratios.len())
     }
 
     /// Maximum-likelihood ratio over all intervals, once there is any information.
@@ -678,7 +705,7 @@ mod tests {
         null_ratio: f64,
         intervals: &[(u64, u64, f64)],
     ) -> (RatioGrid, RateRatioEvidence) {
-        let grid = RatioGrid::new(null_ratio, 1.0);
+        let grid = RatioGrid::new(null_ratio, 1.0, null_ratio);
         let mut evidence = RateRatioEvidence::new(&grid, noise_shapes.to_vec(), 0.0);
         for &(canary, stable, share) in intervals {
             evidence.observe(&grid, canary, stable, share, None);
@@ -836,7 +863,7 @@ mod tests {
         // After one interval only the copy from the start has data; the late ones count at
         // exactly one with their weights: E = (1 − s)·E_whole + s. Weights that did not sum
         // to one (a sum of copies instead of an average) would fail this.
-        let grid = RatioGrid::new(1.1, 1.0);
+        let grid = RatioGrid::new(1.1, 1.0, 1.1);
         let share = 0.5;
         for data in [[(30, 95, 0.05); 1], [(2, 95, 0.05); 1]] {
             let mut whole = RateRatioEvidence::new(&grid, ladder(), 0.0);
