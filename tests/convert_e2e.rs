@@ -26,7 +26,9 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use replicas::apply_documents;
-use rollout::{ROLLOUT_TIMEOUT, Simulator, create, dynamic, follow_canary_until, start_controller};
+use rollout::{
+    ROLLOUT_TIMEOUT, Simulator, follow_canary_until, istio_web_service, start_controller,
+};
 use serde_json::{Value, json};
 
 use canary::api::canary::{Canary, Phase, RollbackReason};
@@ -310,7 +312,7 @@ const FLAGGER_NOT_FOUND: &str = "tests/fixtures/convert/flagger/istio-not-found-
 async fn a_converted_flagger_template_measures_the_deployment_that_runs_the_canary() {
     let mut documents = converted(FLAGGER_NOT_FOUND);
     let ns = cluster().namespace("flagger-target").await;
-    istio_web_service(&ns).await;
+    istio_web_service(&ns, "web:1").await;
     let simulator = Simulator::start(&ns).await;
     let prometheus = simulator.scraped_as("mesh").await;
     for template in documents
@@ -351,44 +353,4 @@ async fn a_converted_flagger_template_measures_the_deployment_that_runs_the_cana
         values.iter().any(|v| (30.0..=70.0).contains(v)),
         "the canary's 404 percentage (about 50) was measured: {metric:?}"
     );
-}
-
-/// The service `web` as Flagger's Istio tutorial runs it, with the routing objects canary
-/// needs instead of Flagger's generated ones: Deployment `web` (2 replicas of `web:1`), a
-/// DestinationRule with subsets `stable` and `canary`, a VirtualService with all traffic on
-/// stable.
-async fn istio_web_service(ns: &TestNamespace) {
-    create::<Deployment>(
-        &ns.api(),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "app", "image": "web:1"}]},
-                },
-            },
-        }),
-    )
-    .await;
-    create::<DynamicObject>(&dynamic(ns, "DestinationRule"), json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "web"},
-        "spec": {"host": "web", "subsets": [{"name": "stable", "labels": {"app": "web"}}, {"name": "canary", "labels": {"app": "web"}}]},
-    })).await;
-    create::<DynamicObject>(
-        &dynamic(ns, "VirtualService"),
-        json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "web"},
-            "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
-                {"destination": {"host": "web", "subset": "stable"}, "weight": 100},
-                {"destination": {"host": "web", "subset": "canary"}, "weight": 0},
-            ]}]},
-        }),
-    )
-    .await;
 }

@@ -435,10 +435,10 @@ where
         .expect("creating a test object");
 }
 
-/// The service `web`: its Deployment (2 replicas of `image`), DestinationRule, VirtualService
-/// (all traffic on stable), an AnalysisTemplate judging the canary's success rate from Istio's
-/// metrics, and a Canary walking 20% → analysis → 50% → 2 s → promote.
-pub async fn set_up(ns: &TestNamespace, image: &str) {
+/// The service `web` with Istio routing: its Deployment (2 replicas of `image`), a
+/// DestinationRule with subsets `stable` and `canary`, and a VirtualService with all traffic on
+/// stable.
+pub async fn istio_web_service(ns: &TestNamespace, image: &str) {
     create::<Deployment>(
         &ns.api(),
         json!({
@@ -472,6 +472,13 @@ pub async fn set_up(ns: &TestNamespace, image: &str) {
         }),
     )
     .await;
+}
+
+/// The service `web`: its Deployment (2 replicas of `image`), DestinationRule, VirtualService
+/// (all traffic on stable), an AnalysisTemplate judging the canary's success rate from Istio's
+/// metrics, and a Canary walking 20% → analysis → 50% → 2 s → promote.
+pub async fn set_up(ns: &TestNamespace, image: &str) {
+    istio_web_service(ns, image).await;
     create_success_rate_template(ns, "success-rate", Some(3)).await;
     create::<Canary>(
         &ns.api(),
