@@ -538,6 +538,7 @@ async fn hostile_argument_values_cannot_change_the_query() {
         timeout: Duration::from_secs(5),
         headers: vec![],
         insecure: false,
+        provider: canary::metrics::ProviderQuery::Prometheus,
     };
     let Ok(QueryOutput::Vector(series)) = source.instant_query(&naive).await else {
         panic!("the naive query should run");

@@ -469,8 +469,17 @@ fn argo_metric(
     let success_condition = condition("successCondition", notes);
     let failure_condition = condition("failureCondition", notes);
     let provider = metric.get("provider").unwrap_or(&Value::Null);
+    let mut web = None;
     let prometheus = match provider.get("prometheus") {
         Some(p) => argo_prometheus(p, &format!("{field}.provider.prometheus"), notes),
+        // Argo's web provider has this project's shape: taken as written.
+        None if provider.get("web").is_some() => {
+            match serde_json::from_value(provider["web"].clone()) {
+                Ok(provider) => web = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.web"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
         None => {
             let names: Vec<&str> = provider
                 .as_object()
@@ -479,7 +488,7 @@ fn argo_metric(
             notes.push(error(
                 format!("{field}.provider"),
                 format!(
-                    "provider {} is not supported; only prometheus is",
+                    "provider {} is not supported; only prometheus and web are",
                     if names.is_empty() {
                         "(none)".to_string()
                     } else {
@@ -509,6 +518,7 @@ fn argo_metric(
         compare: None,
         provider: MetricProvider {
             prometheus: prometheus?,
+            web,
         },
     })
 }
@@ -871,6 +881,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
             },
+            web: None,
         },
     };
     finish(

@@ -11,6 +11,7 @@ pub mod render;
 pub mod run;
 pub mod sequential;
 pub mod validate;
+pub mod web_metric;
 
 pub use assessment::AnalysisPhase;
 pub use measurement::MeasurementPhase;

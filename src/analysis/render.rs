@@ -205,6 +205,49 @@ pub fn render_query(
     Ok(Query::with_secrets(out, shown, secrets))
 }
 
+/// Renders text that is not PromQL (a web provider's URL, header values and body): each
+/// placeholder's value goes through `place(text rendered so far, value)` (URL-encoding, JSON
+/// string escaping, or as is), which decides how a value is kept from changing the text's
+/// structure. Secret arguments are shown as `<secret:NAME>`, as in [`render_query`].
+pub fn render_text(
+    text: &str,
+    declared_args: &[&str],
+    variables: &Variables,
+    place: &dyn Fn(&str, &str) -> String,
+) -> Result<Query, RenderError> {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut shown = String::with_capacity(text.len() + 32);
+    let mut secrets = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        shown.push_str(&rest[..open]);
+        offset += open;
+        let after_open = &rest[open + 2..];
+        let close = after_open
+            .find("}}")
+            .ok_or(RenderError::Unclosed { offset })?;
+        let found = lookup(after_open[..close].trim(), declared_args, variables)?;
+        let placed = place(&out, found.value);
+        match found.secret_arg {
+            Some(arg) => {
+                shown.push_str(&Query::placeholder(arg));
+                secrets.push((arg.to_string(), found.value.to_string()));
+                secrets.push((arg.to_string(), placed.clone()));
+            }
+            None => shown.push_str(&placed),
+        }
+        out.push_str(&placed);
+        rest = &after_open[close + 2..];
+        offset += 2 + close + 2;
+    }
+    out.push_str(rest);
+    shown.push_str(rest);
+    secrets.dedup();
+    Ok(Query::with_secrets(out, shown, secrets))
+}
+
 /// Every placeholder in `query`, as written (trimmed), in order. Used by validation and by the
 /// Flagger importer to discover which arguments a query needs.
 pub fn placeholders(query: &str) -> Vec<&str> {

@@ -16,10 +16,11 @@ use super::compare::{
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
+use super::web_metric;
 use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
 use crate::api::duration::{earlier, later};
 use crate::metrics::address_policy::is_routing_header;
-use crate::metrics::{AddressPolicy, MetricsSource, Query, QueryRequest};
+use crate::metrics::{AddressPolicy, MetricsSource, ProviderQuery, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
@@ -28,7 +29,7 @@ pub const JUDGE_ALPHA_OUT_OF_RANGE: &str = "compare.judge.alpha must be in (0, 0
 pub const JUDGE_TOLERANCES_OUT_OF_RANGE: &str = "compare.judge tolerances must be in [0, 10]";
 
 /// Headers that carry credentials: only by reference to a Secret, never written inline.
-fn is_credential_header(name: &str) -> bool {
+pub(crate) fn is_credential_header(name: &str) -> bool {
     [
         "authorization",
         "proxy-authorization",
@@ -207,32 +208,6 @@ pub fn prepare(
             context: metric_context,
             secret_args: secret_args.clone(),
         };
-        let prometheus = &metric.provider.prometheus;
-        let (query, compare) = match &metric.compare {
-            None => (
-                render::render_query(&prometheus.query, &declared, &variables)
-                    .map_err(|e| problem("provider.prometheus.query", e.to_string()))
-                    .ok(),
-                None,
-            ),
-            Some(spec) => {
-                let others = if metric.dry_run {
-                    live_compare_weight
-                } else {
-                    live_compare_weight - spec.weight()
-                };
-                match prepare_compare(spec, others, &declared, &variables) {
-                    // The description is built from the shown queries: it holds no secret.
-                    Ok((text, prepared)) => (Some(Query::plain(text)), Some(prepared)),
-                    Err(found) => {
-                        for (field, message) in found {
-                            problem(&field, message);
-                        }
-                        (None, None)
-                    }
-                }
-            }
-        };
         let criteria = Criteria::from_metric(metric)
             .map_err(|errors| {
                 for e in errors {
@@ -240,61 +215,122 @@ pub fn prepare(
                 }
             })
             .ok();
-        let address = prometheus.address.as_deref().or(default_address);
-        if address.is_none() {
-            problem(
-                "provider.prometheus.address",
-                "no Prometheus address: set it in the template or pass --prometheus URL".into(),
-            );
-        }
-        // The address as it would be shown differs from it exactly when it holds userinfo.
-        if address.is_some_and(|a| crate::metrics::without_userinfo(a) != a) {
-            problem(
-                "provider.prometheus.address",
-                "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
-            );
-        }
-        // The refusals that hold whatever the controller's allow-list (which its source
-        // applies to every query, with these).
-        if let Some(why) = address.and_then(|a| AddressPolicy::default().refusal(a)) {
-            problem("provider.prometheus.address", why);
-        }
-        let mut headers = Vec::new();
-        // The values of headers from Secrets, to be taken out of whatever the endpoint says.
-        let mut header_secrets = Vec::new();
-        for (h, header) in prometheus.headers.iter().enumerate() {
-            if is_routing_header(&header.name) {
+        let prepared_request = match &metric.provider.web {
+            Some(_) if metric.compare.is_some() => {
                 problem(
-                    &format!("provider.prometheus.headers[{h}].name ({})", header.name),
-                    "this header would change where the request goes or how it is framed (the HTTP client sets it from the address): remove it, and put the real Prometheus address in provider.prometheus.address".into(),
+                    "compare",
+                    "compare works with the Prometheus provider only: judge a web metric with successCondition or failureCondition".into(),
                 );
-                continue;
+                None
             }
-            match (&header.value, &header.value_from) {
-                (Some(_), _) if is_credential_header(&header.name) => problem(
-                    &format!("provider.prometheus.headers[{h}].value ({})", header.name),
-                    "a credential is written into the template: take it from a Secret with valueFrom.secretKeyRef".into(),
-                ),
-                (Some(value), _) => headers.push((header.name.clone(), value.clone())),
-                (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
-                    Ok(value) => {
-                        header_secrets.push((format!("header {}", header.name), value.clone()));
-                        headers.push((header.name.clone(), value));
+            Some(web) => match web_metric::prepare(web, &declared, &variables, secrets) {
+                Ok(prepared) => Some(prepared),
+                Err(found) => {
+                    for (field, message) in found {
+                        problem(&field, message);
                     }
-                    Err(message) => problem(
-                        &format!(
-                            "provider.prometheus.headers[{h}].valueFrom ({})",
-                            header.name
-                        ),
-                        message,
+                    None
+                }
+            },
+            None => {
+                let prometheus = &metric.provider.prometheus;
+                let (query, compare) = match &metric.compare {
+                    None => (
+                        render::render_query(&prometheus.query, &declared, &variables)
+                            .map_err(|e| problem("provider.prometheus.query", e.to_string()))
+                            .ok(),
+                        None,
                     ),
-                },
-                (None, None) => problem(
-                    &format!("provider.prometheus.headers[{h}]"),
-                    "a header needs value or valueFrom".into(),
-                ),
+                    Some(spec) => {
+                        let others = if metric.dry_run {
+                            live_compare_weight
+                        } else {
+                            live_compare_weight - spec.weight()
+                        };
+                        match prepare_compare(spec, others, &declared, &variables) {
+                            // The description is built from the shown queries: it holds no secret.
+                            Ok((text, prepared)) => (Some(Query::plain(text)), Some(prepared)),
+                            Err(found) => {
+                                for (field, message) in found {
+                                    problem(&field, message);
+                                }
+                                (None, None)
+                            }
+                        }
+                    }
+                };
+                let address = prometheus.address.as_deref().or(default_address);
+                if address.is_none() {
+                    problem(
+                        "provider.prometheus.address",
+                        "no Prometheus address: set it in the template or pass --prometheus URL"
+                            .into(),
+                    );
+                }
+                // The address as it would be shown differs from it exactly when it holds userinfo.
+                if address.is_some_and(|a| crate::metrics::without_userinfo(a) != a) {
+                    problem(
+                        "provider.prometheus.address",
+                        "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
+                    );
+                }
+                // The refusals that hold whatever the controller's allow-list (which its source
+                // applies to every query, with these).
+                if let Some(why) = address.and_then(|a| AddressPolicy::default().refusal(a)) {
+                    problem("provider.prometheus.address", why);
+                }
+                let mut headers = Vec::new();
+                // The values of headers from Secrets, to be taken out of whatever the endpoint says.
+                let mut header_secrets = Vec::new();
+                for (h, header) in prometheus.headers.iter().enumerate() {
+                    if is_routing_header(&header.name) {
+                        problem(
+                            &format!("provider.prometheus.headers[{h}].name ({})", header.name),
+                            "this header would change where the request goes or how it is framed (the HTTP client sets it from the address): remove it, and put the real Prometheus address in provider.prometheus.address".into(),
+                        );
+                        continue;
+                    }
+                    match (&header.value, &header.value_from) {
+                        (Some(_), _) if is_credential_header(&header.name) => problem(
+                            &format!("provider.prometheus.headers[{h}].value ({})", header.name),
+                            "a credential is written into the template: take it from a Secret with valueFrom.secretKeyRef".into(),
+                        ),
+                        (Some(value), _) => headers.push((header.name.clone(), value.clone())),
+                        (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
+                            Ok(value) => {
+                                header_secrets.push((format!("header {}", header.name), value.clone()));
+                                headers.push((header.name.clone(), value));
+                            }
+                            Err(message) => problem(
+                                &format!(
+                                    "provider.prometheus.headers[{h}].valueFrom ({})",
+                                    header.name
+                                ),
+                                message,
+                            ),
+                        },
+                        (None, None) => problem(
+                            &format!("provider.prometheus.headers[{h}]"),
+                            "a header needs value or valueFrom".into(),
+                        ),
+                    }
+                }
+                let headers_sent = headers;
+                match (query, address) {
+                    (Some(query), Some(address)) => Some(ProviderRequest {
+                        address: address.to_string(),
+                        query,
+                        timeout: prometheus.timeout().as_std(),
+                        headers: headers_sent,
+                        header_secrets,
+                        insecure: prometheus.insecure,
+                        provider: ProviderQuery::Prometheus,
+                        compare,
+                    }),
+                    _ => None,
+                }
             }
-        }
+        };
         if metric.success_condition.is_none()
             && metric.failure_condition.is_none()
             && metric.threshold_range.is_none()
@@ -320,28 +356,39 @@ pub fn prepare(
                 "must be at least 1s: every measurement is a query and a status write".into(),
             );
         }
-        // Every query sent with the headers redacts their secret values from what it gets.
-        let query = query.map(|q| q.with_more_secrets(header_secrets.clone()));
-        let compare = compare.map(|mut c: PreparedCompare| {
-            for counter in &mut c.queries {
-                for side in [&mut counter.canary, &mut counter.stable] {
-                    *side = side.clone().with_more_secrets(header_secrets.clone());
+        if let (Some(prepared), Some(criteria)) = (prepared_request, criteria) {
+            let ProviderRequest {
+                address,
+                query,
+                timeout,
+                headers,
+                header_secrets,
+                insecure,
+                provider,
+                compare,
+            } = prepared;
+            // Every query sent with the headers redacts their secret values from what it gets.
+            let query = query.with_more_secrets(header_secrets.clone());
+            let compare = compare.map(|mut c: PreparedCompare| {
+                for counter in &mut c.queries {
+                    for side in [&mut counter.canary, &mut counter.stable] {
+                        *side = side.clone().with_more_secrets(header_secrets.clone());
+                    }
                 }
-            }
-            c
-        });
-        if let (Some(query), Some(criteria), Some(address)) = (query, criteria, address) {
+                c
+            });
             metrics.push(PreparedMetric {
                 name: metric.name.clone(),
                 dry_run: metric.dry_run,
                 criteria,
                 request: QueryRequest {
-                    address: address.to_string(),
+                    address,
                     query,
                     time: None,
-                    timeout: prometheus.timeout().as_std(),
+                    timeout,
                     headers,
-                    insecure: prometheus.insecure,
+                    insecure,
+                    provider,
                 },
                 interval: interval.as_std(),
                 initial_delay: metric.initial_delay().as_std(),
@@ -362,6 +409,33 @@ pub fn prepare(
         })
     } else {
         Err(problems)
+    }
+}
+
+/// What a provider's preparation gives: everything a request needs but its time.
+pub(crate) struct ProviderRequest {
+    pub address: String,
+    pub query: Query,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    /// The values of headers from Secrets (by name), to be taken out of what is answered.
+    pub header_secrets: Vec<(String, String)>,
+    pub insecure: bool,
+    pub provider: ProviderQuery,
+    pub compare: Option<PreparedCompare>,
+}
+
+/// Shows no secret: header values are left out, the query shows itself redacted.
+impl std::fmt::Debug for ProviderRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("ProviderRequest")
+            .field("address", &crate::metrics::without_userinfo(&self.address))
+            .field("query", &self.query)
+            .field("timeout", &self.timeout)
+            .field("headers", &header_names)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
     }
 }
 

@@ -97,7 +97,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
 #[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
-#[x_kube(validation = Rule::new("has(self.compare) != (has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither"))]
+#[x_kube(validation = Rule::new("has(self.provider.web) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -218,13 +218,145 @@ pub struct ThresholdRange {
     pub max: Option<f64>,
 }
 
-/// Where measurements come from. Exactly one provider is set (Prometheus, for now).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// `prometheus` is a plain field (absent in YAML when another provider is chosen, read as an
+// empty provider), so code written for the Prometheus-only shape keeps compiling;
+// `MetricProvider::kind` says which provider a metric really uses.
+/// Where measurements come from: one provider, `prometheus` (the default, with the
+/// controller's `--prometheus` address when the metric names none) or `web`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) <= 1").message("a metric has one provider: prometheus or web, not several"))]
 pub struct MetricProvider {
+    #[serde(default, skip_serializing_if = "PrometheusProvider::is_unset")]
     pub prometheus: PrometheusProvider,
+    /// An HTTP request to a JSON endpoint (Argo Rollouts' `web` provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebProvider>,
+}
+
+/// Which provider a metric uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Prometheus,
+    Web,
+}
+
+impl ProviderKind {
+    /// The provider's field name under `provider`, as templates spell it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Prometheus => "prometheus",
+            Self::Web => "web",
+        }
+    }
+}
+
+impl MetricProvider {
+    /// The provider this metric uses: the one set besides `prometheus`, else Prometheus.
+    pub fn kind(&self) -> ProviderKind {
+        if self.web.is_some() {
+            ProviderKind::Web
+        } else {
+            ProviderKind::Prometheus
+        }
+    }
+
+    /// The providers set, by field name: more than one is an invalid template.
+    pub fn set(&self) -> Vec<&'static str> {
+        let Self { prometheus, web } = self;
+        let mut set = Vec::new();
+        if !prometheus.is_unset() {
+            set.push("prometheus");
+        }
+        if web.is_some() {
+            set.push("web");
+        }
+        set
+    }
+}
+
+/// Argo Rollouts' `web` provider: the measurement is the JSON answer of an HTTP request, or
+/// the part of it that `jsonPath` selects, as `result` (a number, string, boolean, list or
+/// object: `result.ok && result.successPercent >= 0.90`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.body) && has(self.jsonBody))").message("web has body or jsonBody, not both"))]
+pub struct WebProvider {
+    /// The URL, with `{{args.NAME}}` placeholders (their values are URL-encoded).
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("web.url must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 4096))]
+    pub url: String,
+    /// GET (default), POST or PUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<WebMethod>,
+    /// Request headers, as Argo writes them (`key`, `value`). A credential reaches a header
+    /// only by reference: from `valueFrom.secretKeyRef`, or from an argument that does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<WebHeader>,
+    /// A request body (POST/PUT), with placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub body: Option<String>,
+    /// A JSON request body (POST/PUT); placeholders inside its strings are JSON-escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub json_body: Option<serde_json::Value>,
+    /// Give up after this many seconds (default 10, as in Argo Rollouts); the measurement is
+    /// then an Error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
+    /// The part of the answer that is `result`, as a JSONPath (`{$.data.ok}` or
+    /// `$.data.ok`). Absent: the whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub json_path: Option<String>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+/// The default timeout of a web request, as in Argo Rollouts.
+pub const DEFAULT_WEB_TIMEOUT_SECONDS: u32 = 10;
+
+impl WebProvider {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.timeout_seconds.unwrap_or(DEFAULT_WEB_TIMEOUT_SECONDS),
+        ))
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebMethod {
+    #[default]
+    Get,
+    Post,
+    Put,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a header has exactly one of value or valueFrom"))]
+pub struct WebHeader {
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]+$')").message("header names are letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub key: String,
+    /// The value, with placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+/// A JSON object of any shape, kept as written by the API server.
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusProvider {
     /// Base URL of the Prometheus HTTP API. Absent: the controller's (or CLI's) `--prometheus`.
@@ -288,6 +420,11 @@ impl Metric {
 }
 
 impl PrometheusProvider {
+    /// Absent from the template: another provider is used.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT)
     }
@@ -337,6 +474,15 @@ mod tests {
         }));
         good.validate_cel()
             .expect("a good template passes its CEL rules");
+        let good_web = template(serde_json::json!({
+            "metrics": [metric(serde_json::json!({
+                "successCondition": "result.ok",
+                "provider": {"web": {"url": "http://checker:8080/x", "jsonPath": "{$.data}"}},
+            }))],
+        }));
+        good_web
+            .validate_cel()
+            .expect("a web metric needs no Prometheus query");
         let compare = |compare: serde_json::Value| {
             serde_json::json!({
                 "name": "error-rate",
@@ -407,6 +553,28 @@ mod tests {
             (
                 serde_json::json!({"metrics": [metric(serde_json::json!({"successCondition": "true", "compare": {"latencyBuckets": "b"}}))]}),
                 "not by conditions",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({
+                    "successCondition": "result == true",
+                    "provider": {"prometheus": {"query": "up"}, "web": {"url": "http://x/y"}},
+                }))]}),
+                "prometheus or web, not several",
+            ),
+            (
+                serde_json::json!({"metrics": [{
+                    "name": "w",
+                    "compare": {"requests": "r", "errors": "e"},
+                    "provider": {"web": {"url": "http://x/y"}},
+                }]}),
+                "compare works with the Prometheus provider only",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({
+                    "successCondition": "result == true",
+                    "provider": {"web": {"url": "ftp://x/y"}},
+                }))]}),
+                "web.url must be an http:// or https:// URL",
             ),
         ];
         for (spec, expected) in cases {

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
-use crate::metrics::PrometheusSource;
+use crate::metrics::Providers;
 pub use leadership::LEASE_NAME;
 pub use liveness::Liveness;
 pub use measurements::Measurements;
@@ -68,7 +68,8 @@ pub enum Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub prometheus: PrometheusSource,
+    /// Every metrics provider (Prometheus, web, …), sharing one address policy.
+    pub providers: Providers,
     pub default_prometheus: Option<String>,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -403,7 +404,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
+    let providers = Providers::with_policy(config.metrics_address_policy.clone())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let (measurements, finished_measurements) = Measurements::new();
     // A finished measurement is picked up by a reconcile of its Canary.
@@ -426,7 +427,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cache::Caches::start(&client, config.namespace.as_deref(), store.clone()).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
-        prometheus,
+        providers,
         default_prometheus: config.prometheus.clone(),
         recorder: Recorder::new(
             client.clone(),

@@ -1,0 +1,47 @@
+//! Every provider behind one [`MetricsSource`]: a request goes to the provider it names
+//! ([`QueryRequest::provider`]). The controller and the CLI hold one of these.
+
+use std::sync::Arc;
+
+use super::{
+    AddressPolicy, MetricsError, MetricsSource, PrometheusSource, ProviderQuery, QueryOutput,
+    QueryRequest, WebSource,
+};
+
+/// One source per provider, sharing one address policy. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Providers {
+    prometheus: PrometheusSource,
+    web: WebSource,
+}
+
+impl Providers {
+    /// Sources with the default address policy (see [`AddressPolicy`]).
+    pub fn new() -> Result<Self, MetricsError> {
+        Self::with_policy(AddressPolicy::default())
+    }
+
+    /// Sources that send requests only where `policy` allows.
+    pub fn with_policy(policy: AddressPolicy) -> Result<Self, MetricsError> {
+        let prometheus = PrometheusSource::with_policy(policy)?;
+        let policy = Arc::new(prometheus.address_policy().clone());
+        Ok(Self {
+            web: WebSource::with_policy(policy)?,
+            prometheus,
+        })
+    }
+
+    /// Where these sources may send requests.
+    pub fn address_policy(&self) -> &AddressPolicy {
+        self.prometheus.address_policy()
+    }
+}
+
+impl MetricsSource for Providers {
+    async fn instant_query(&self, request: &QueryRequest) -> Result<QueryOutput, MetricsError> {
+        match &request.provider {
+            ProviderQuery::Prometheus => self.prometheus.instant_query(request).await,
+            ProviderQuery::Web(_) => self.web.instant_query(request).await,
+        }
+    }
+}
