@@ -470,8 +470,17 @@ fn argo_metric(
     let failure_condition = condition("failureCondition", notes);
     let provider = metric.get("provider").unwrap_or(&Value::Null);
     let mut web = None;
+    let mut job = None;
     let prometheus = match provider.get("prometheus") {
         Some(p) => argo_prometheus(p, &format!("{field}.provider.prometheus"), notes),
+        // So has its job provider.
+        None if provider.get("job").is_some() => {
+            match serde_json::from_value(provider["job"].clone()) {
+                Ok(provider) => job = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.job"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
         // Argo's web provider has this project's shape: taken as written.
         None if provider.get("web").is_some() => {
             match serde_json::from_value(provider["web"].clone()) {
@@ -488,7 +497,7 @@ fn argo_metric(
             notes.push(error(
                 format!("{field}.provider"),
                 format!(
-                    "provider {} is not supported; only prometheus and web are",
+                    "provider {} is not supported; only prometheus, web and job are",
                     if names.is_empty() {
                         "(none)".to_string()
                     } else {
@@ -519,6 +528,7 @@ fn argo_metric(
         provider: MetricProvider {
             prometheus: prometheus?,
             web,
+            job,
         },
     })
 }
@@ -882,6 +892,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
                     .unwrap_or(false),
             },
             web: None,
+            job: None,
         },
     };
     finish(

@@ -43,6 +43,9 @@ pub struct Judgement {
     pub reason: String,
 }
 
+/// How a job metric without conditions is judged: the Job completed.
+pub const JOB_SUCCEEDED: &str = "result.succeeded";
+
 /// A metric's pass/fail criteria, compiled once.
 #[derive(Clone, Debug)]
 pub struct Criteria {
@@ -62,7 +65,10 @@ pub struct CriteriaError {
 impl Criteria {
     pub fn from_metric(metric: &Metric) -> Result<Self, Vec<CriteriaError>> {
         // A web endpoint answers JSON of a shape only it knows; the others answer numbers.
-        let json_result = metric.provider.kind() == ProviderKind::Web;
+        let json_result = matches!(
+            metric.provider.kind(),
+            ProviderKind::Web | ProviderKind::Job
+        );
         let compile = |field, text: &Option<String>| {
             text.as_deref()
                 .map(|text| {
@@ -75,7 +81,20 @@ impl Criteria {
                 .transpose()
                 .map_err(|source| CriteriaError { field, source })
         };
-        let success = compile("successCondition", &metric.success_condition);
+        // Argo's job metrics have no condition: the Job succeeding is the success.
+        let implicit_job_success = (metric.provider.kind() == ProviderKind::Job
+            && metric.success_condition.is_none()
+            && metric.failure_condition.is_none()
+            && metric.threshold_range.is_none())
+        .then(|| JOB_SUCCEEDED.to_string());
+        let success = compile(
+            "successCondition",
+            if implicit_job_success.is_some() {
+                &implicit_job_success
+            } else {
+                &metric.success_condition
+            },
+        );
         let failure = compile("failureCondition", &metric.failure_condition);
         match (success, failure) {
             (Ok(success), Ok(failure)) => Ok(Self {
@@ -333,6 +352,7 @@ mod tests {
                     insecure: false,
                 },
                 web: None,
+                job: None,
             },
         }
     }

@@ -16,8 +16,8 @@ use super::compare::{
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
-use super::web_metric;
-use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
+use super::{job_metric, web_metric};
+use crate::api::analysis_template::{AnalysisTemplateSpec, ProviderKind, SecretKeyRef};
 use crate::api::duration::{earlier, later};
 use crate::metrics::address_policy::is_routing_header;
 use crate::metrics::{AddressPolicy, MetricsSource, ProviderQuery, Query, QueryRequest};
@@ -216,10 +216,10 @@ pub fn prepare(
             })
             .ok();
         let prepared_request = match &metric.provider.web {
-            Some(_) if metric.compare.is_some() => {
+            _ if metric.compare.is_some() && metric.provider.kind() != ProviderKind::Prometheus => {
                 problem(
                     "compare",
-                    "compare works with the Prometheus provider only: judge a web metric with successCondition or failureCondition".into(),
+                    "compare works with the Prometheus provider only: judge this metric with successCondition or failureCondition".into(),
                 );
                 None
             }
@@ -232,6 +232,18 @@ pub fn prepare(
                     None
                 }
             },
+            None if metric.provider.job.is_some() => {
+                let job = metric.provider.job.as_ref().expect("checked above");
+                match job_metric::prepare(job, &metric.name, &declared, &variables) {
+                    Ok(prepared) => Some(prepared),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        None
+                    }
+                }
+            }
             None => {
                 let prometheus = &metric.provider.prometheus;
                 let (query, compare) = match &metric.compare {
@@ -335,6 +347,7 @@ pub fn prepare(
             && metric.failure_condition.is_none()
             && metric.threshold_range.is_none()
             && metric.compare.is_none()
+            && metric.provider.kind() != ProviderKind::Job
         {
             problem("successCondition", NO_CONDITION.into());
         }

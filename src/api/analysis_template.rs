@@ -95,9 +95,9 @@ pub struct SecretKeyRef {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
+#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare) || has(self.provider.job)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
 #[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
-#[x_kube(validation = Rule::new("has(self.provider.web) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
+#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -222,15 +222,18 @@ pub struct ThresholdRange {
 // empty provider), so code written for the Prometheus-only shape keeps compiling;
 // `MetricProvider::kind` says which provider a metric really uses.
 /// Where measurements come from: one provider, `prometheus` (the default, with the
-/// controller's `--prometheus` address when the metric names none) or `web`.
+/// controller's `--prometheus` address when the metric names none), `web` or `job`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) <= 1").message("a metric has one provider: prometheus or web, not several"))]
+#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web or job, not several"))]
 pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "PrometheusProvider::is_unset")]
     pub prometheus: PrometheusProvider,
     /// An HTTP request to a JSON endpoint (Argo Rollouts' `web` provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebProvider>,
+    /// A Kubernetes Job; it succeeding is a successful measurement (Argo Rollouts' `job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProvider>,
 }
 
 /// Which provider a metric uses.
@@ -238,6 +241,7 @@ pub struct MetricProvider {
 pub enum ProviderKind {
     Prometheus,
     Web,
+    Job,
 }
 
 impl ProviderKind {
@@ -246,6 +250,7 @@ impl ProviderKind {
         match self {
             Self::Prometheus => "prometheus",
             Self::Web => "web",
+            Self::Job => "job",
         }
     }
 }
@@ -255,6 +260,8 @@ impl MetricProvider {
     pub fn kind(&self) -> ProviderKind {
         if self.web.is_some() {
             ProviderKind::Web
+        } else if self.job.is_some() {
+            ProviderKind::Job
         } else {
             ProviderKind::Prometheus
         }
@@ -262,13 +269,20 @@ impl MetricProvider {
 
     /// The providers set, by field name: more than one is an invalid template.
     pub fn set(&self) -> Vec<&'static str> {
-        let Self { prometheus, web } = self;
+        let Self {
+            prometheus,
+            web,
+            job,
+        } = self;
         let mut set = Vec::new();
         if !prometheus.is_unset() {
             set.push("prometheus");
         }
         if web.is_some() {
             set.push("web");
+        }
+        if job.is_some() {
+            set.push("job");
         }
         set
     }
@@ -314,6 +328,41 @@ pub struct WebProvider {
     /// Skip TLS certificate verification (only for test installations).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+}
+
+/// Argo Rollouts' `job` provider: each measurement runs a Kubernetes Job made from `spec`
+/// (owned by the Canary, labelled with it and the metric) in the Canary's namespace; the Job
+/// completing is a successful measurement, failing a failed one. It is deleted afterwards.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProvider {
+    /// Labels and annotations for the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<JobMetadata>,
+    /// A `batch/v1` JobSpec, with `{{args.NAME}}` placeholders in its strings.
+    #[schemars(schema_with = "any_json")]
+    pub spec: serde_json::Value,
+    /// Give up on a Job that has not finished after this long (default 10m): it is deleted
+    /// and the measurement is an Error. A minute more becomes the Job's
+    /// `activeDeadlineSeconds` (unless its own is shorter), so Kubernetes stops its pods too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl JobProvider {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT)
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct JobMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The default timeout of a web request, as in Argo Rollouts.
@@ -483,6 +532,15 @@ mod tests {
         good_web
             .validate_cel()
             .expect("a web metric needs no Prometheus query");
+        let good_job = template(serde_json::json!({
+            "metrics": [{
+                "name": "smoke",
+                "provider": {"job": {"spec": {"template": {"spec": {"restartPolicy": "Never"}}}}},
+            }],
+        }));
+        good_job
+            .validate_cel()
+            .expect("a job metric needs no condition: the Job succeeding is the success");
         let compare = |compare: serde_json::Value| {
             serde_json::json!({
                 "name": "error-rate",
@@ -559,7 +617,7 @@ mod tests {
                     "successCondition": "result == true",
                     "provider": {"prometheus": {"query": "up"}, "web": {"url": "http://x/y"}},
                 }))]}),
-                "prometheus or web, not several",
+                "prometheus, web or job, not several",
             ),
             (
                 serde_json::json!({"metrics": [{

@@ -405,7 +405,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => Api::all(client.clone()),
     };
     let providers = Providers::with_policy(config.metrics_address_policy.clone())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .with_kube(client.clone());
     let (measurements, finished_measurements) = Measurements::new();
     // A finished measurement is picked up by a reconcile of its Canary.
     // The Canaries' cache, slimmed like the others (status is server-side applied, so its

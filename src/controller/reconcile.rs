@@ -967,7 +967,15 @@ fn prepare_runs(
                     list.join("; ")
                 )
             })?;
-            for metric in analysis.metrics {
+            for mut metric in analysis.metrics {
+                // A measurement Job belongs to its Canary: deleting the Canary deletes it.
+                if let crate::metrics::ProviderQuery::Job(job) = &mut metric.request.provider
+                    && let Some(mut owner) = canary.controller_owner_ref(&())
+                {
+                    // Blocking the owner's deletion would need the finalizers permission.
+                    owner.block_owner_deletion = None;
+                    job.owned_by(owner);
+                }
                 let key = (run_name.clone(), metric.name.clone());
                 if prepared.contains_key(&key) {
                     return Err(format!(

@@ -2,6 +2,7 @@
 //! do the I/O. Prometheus is the first (and, for now, only) provider.
 
 pub mod address_policy;
+pub mod job;
 pub mod prometheus;
 pub mod providers;
 pub mod redaction;
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use address_policy::AddressPolicy;
+pub use job::JobSource;
 pub use prometheus::PrometheusSource;
 pub use providers::Providers;
 pub use web::WebSource;
@@ -143,6 +145,8 @@ pub enum ProviderQuery {
     Prometheus,
     /// `query` is the whole URL (it may hold secret arguments); `address` is its origin.
     Web(web::WebQuery),
+    /// A Job from `job.spec`; `address` names its namespace, `query` describes it.
+    Job(Box<job::JobQuery>),
 }
 
 impl ProviderQuery {
@@ -151,6 +155,7 @@ impl ProviderQuery {
         match self {
             Self::Prometheus => "Prometheus",
             Self::Web(_) => "the web endpoint",
+            Self::Job(_) => "the Kubernetes Job",
         }
     }
 }

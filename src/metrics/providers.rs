@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AddressPolicy, MetricsError, MetricsSource, PrometheusSource, ProviderQuery, QueryOutput,
-    QueryRequest, WebSource,
+    AddressPolicy, JobSource, MetricsError, MetricsSource, PrometheusSource, ProviderQuery,
+    QueryOutput, QueryRequest, WebSource,
 };
 
 /// One source per provider, sharing one address policy. Cheap to clone.
@@ -13,6 +13,7 @@ use super::{
 pub struct Providers {
     prometheus: PrometheusSource,
     web: WebSource,
+    job: JobSource,
 }
 
 impl Providers {
@@ -27,8 +28,17 @@ impl Providers {
         let policy = Arc::new(prometheus.address_policy().clone());
         Ok(Self {
             web: WebSource::with_policy(policy)?,
+            job: JobSource::default(),
             prometheus,
         })
+    }
+
+    /// The same sources, running measurement Jobs with `client` (the controller's).
+    pub fn with_kube(self, client: kube::Client) -> Self {
+        Self {
+            job: JobSource::with_client(client),
+            ..self
+        }
     }
 
     /// Where these sources may send requests.
@@ -42,6 +52,7 @@ impl MetricsSource for Providers {
         match &request.provider {
             ProviderQuery::Prometheus => self.prometheus.instant_query(request).await,
             ProviderQuery::Web(_) => self.web.instant_query(request).await,
+            ProviderQuery::Job(_) => self.job.instant_query(request).await,
         }
     }
 }
