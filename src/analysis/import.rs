@@ -529,6 +529,7 @@ fn argo_metric(
             prometheus: prometheus?,
             web,
             job,
+            influxdb: None,
         },
     })
 }
@@ -893,6 +894,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
             },
             web: None,
             job: None,
+            influxdb: None,
         },
     };
     finish(

@@ -353,6 +353,7 @@ mod tests {
                 },
                 web: None,
                 job: None,
+                influxdb: None,
             },
         }
     }

@@ -6,6 +6,7 @@ pub mod assessment;
 pub mod compare;
 pub mod condition;
 pub mod import;
+pub mod influxdb_metric;
 pub mod job_metric;
 pub mod measurement;
 pub mod render;

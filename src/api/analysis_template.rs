@@ -97,7 +97,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare) || has(self.provider.job)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
 #[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
-#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
+#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) || has(self.provider.influxdb) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -222,9 +222,10 @@ pub struct ThresholdRange {
 // empty provider), so code written for the Prometheus-only shape keeps compiling;
 // `MetricProvider::kind` says which provider a metric really uses.
 /// Where measurements come from: one provider, `prometheus` (the default, with the
-/// controller's `--prometheus` address when the metric names none), `web` or `job`.
+/// controller's `--prometheus` address when the metric names none), `web`, `job` or
+/// `influxdb`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web or job, not several"))]
+#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) + (has(self.influxdb) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web, job or influxdb, not several"))]
 pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "PrometheusProvider::is_unset")]
     pub prometheus: PrometheusProvider,
@@ -234,6 +235,9 @@ pub struct MetricProvider {
     /// A Kubernetes Job; it succeeding is a successful measurement (Argo Rollouts' `job`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobProvider>,
+    /// An InfluxDB query, InfluxQL (with `database`) or Flux (with `org`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub influxdb: Option<InfluxDbProvider>,
 }
 
 /// Which provider a metric uses.
@@ -242,6 +246,7 @@ pub enum ProviderKind {
     Prometheus,
     Web,
     Job,
+    InfluxDb,
 }
 
 impl ProviderKind {
@@ -251,6 +256,7 @@ impl ProviderKind {
             Self::Prometheus => "prometheus",
             Self::Web => "web",
             Self::Job => "job",
+            Self::InfluxDb => "influxdb",
         }
     }
 }
@@ -262,6 +268,8 @@ impl MetricProvider {
             ProviderKind::Web
         } else if self.job.is_some() {
             ProviderKind::Job
+        } else if self.influxdb.is_some() {
+            ProviderKind::InfluxDb
         } else {
             ProviderKind::Prometheus
         }
@@ -273,6 +281,7 @@ impl MetricProvider {
             prometheus,
             web,
             job,
+            influxdb,
         } = self;
         let mut set = Vec::new();
         if !prometheus.is_unset() {
@@ -283,6 +292,9 @@ impl MetricProvider {
         }
         if job.is_some() {
             set.push("job");
+        }
+        if influxdb.is_some() {
+            set.push("influxdb");
         }
         set
     }
@@ -347,6 +359,43 @@ pub struct JobProvider {
     /// `activeDeadlineSeconds` (unless its own is shorter), so Kubernetes stops its pods too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+}
+
+/// An InfluxDB query. With `database` it is InfluxQL, sent to the 1.x API (`POST /query`);
+/// with `org` it is Flux, sent to `/api/v2/query` (InfluxDB 2.x, and 1.8+ with Flux enabled).
+/// `result` is the list of every value the query returned (InfluxQL: the first column after
+/// `time` of every row of every series; Flux: `_value` of every record), as Argo Rollouts
+/// returns it: `result[0] <= 0.01`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.database) != has(self.org)").message("influxdb needs database (an InfluxQL query) or org (a Flux query), not both"))]
+pub struct InfluxDbProvider {
+    /// Base URL of the InfluxDB HTTP API.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub address: String,
+    /// InfluxQL or Flux with `{{args.NAME}}` placeholders; values are escaped for quoted
+    /// strings (`'…'` in InfluxQL, `"…"` in Flux).
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
+    /// The database of an InfluxQL query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub database: Option<String>,
+    /// The organisation of a Flux query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub org: Option<String>,
+    /// Give up after this long (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Extra headers, e.g. `Authorization: Token …` from a Secret (`valueFrom.secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
@@ -617,7 +666,7 @@ mod tests {
                     "successCondition": "result == true",
                     "provider": {"prometheus": {"query": "up"}, "web": {"url": "http://x/y"}},
                 }))]}),
-                "prometheus, web or job, not several",
+                "prometheus, web, job or influxdb, not several",
             ),
             (
                 serde_json::json!({"metrics": [{

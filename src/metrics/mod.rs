@@ -2,6 +2,7 @@
 //! do the I/O. Prometheus is the first (and, for now, only) provider.
 
 pub mod address_policy;
+pub mod influxdb;
 pub mod job;
 pub mod prometheus;
 pub mod providers;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use address_policy::AddressPolicy;
+pub use influxdb::InfluxDbSource;
 pub use job::JobSource;
 pub use prometheus::PrometheusSource;
 pub use providers::Providers;
@@ -147,6 +149,8 @@ pub enum ProviderQuery {
     Web(web::WebQuery),
     /// A Job from `job.spec`; `address` names its namespace, `query` describes it.
     Job(Box<job::JobQuery>),
+    /// `query` is InfluxQL or Flux, sent to `address`.
+    InfluxDb(influxdb::InfluxQuery),
 }
 
 impl ProviderQuery {
@@ -156,6 +160,7 @@ impl ProviderQuery {
             Self::Prometheus => "Prometheus",
             Self::Web(_) => "the web endpoint",
             Self::Job(_) => "the Kubernetes Job",
+            Self::InfluxDb(_) => "InfluxDB",
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AddressPolicy, JobSource, MetricsError, MetricsSource, PrometheusSource, ProviderQuery,
-    QueryOutput, QueryRequest, WebSource,
+    AddressPolicy, InfluxDbSource, JobSource, MetricsError, MetricsSource, PrometheusSource,
+    ProviderQuery, QueryOutput, QueryRequest, WebSource,
 };
 
 /// One source per provider, sharing one address policy. Cheap to clone.
@@ -14,6 +14,7 @@ pub struct Providers {
     prometheus: PrometheusSource,
     web: WebSource,
     job: JobSource,
+    influxdb: InfluxDbSource,
 }
 
 impl Providers {
@@ -27,7 +28,8 @@ impl Providers {
         let prometheus = PrometheusSource::with_policy(policy)?;
         let policy = Arc::new(prometheus.address_policy().clone());
         Ok(Self {
-            web: WebSource::with_policy(policy)?,
+            web: WebSource::with_policy(policy.clone())?,
+            influxdb: InfluxDbSource::with_policy(policy)?,
             job: JobSource::default(),
             prometheus,
         })
@@ -53,6 +55,7 @@ impl MetricsSource for Providers {
             ProviderQuery::Prometheus => self.prometheus.instant_query(request).await,
             ProviderQuery::Web(_) => self.web.instant_query(request).await,
             ProviderQuery::Job(_) => self.job.instant_query(request).await,
+            ProviderQuery::InfluxDb(_) => self.influxdb.instant_query(request).await,
         }
     }
 }
