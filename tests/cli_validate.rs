@@ -105,7 +105,9 @@ fn rejects_what_cannot_be_converted_and_says_why() {
         "{text}"
     );
     assert!(
-        text.contains("provider datadog is not supported; only prometheus, web and job are"),
+        text.contains(
+            "provider datadog is not supported; only prometheus, web, job and graphite are"
+        ),
         "{text}"
     );
 }

@@ -471,8 +471,17 @@ fn argo_metric(
     let provider = metric.get("provider").unwrap_or(&Value::Null);
     let mut web = None;
     let mut job = None;
+    let mut graphite = None;
     let prometheus = match provider.get("prometheus") {
         Some(p) => argo_prometheus(p, &format!("{field}.provider.prometheus"), notes),
+        // And its graphite provider (address, query).
+        None if provider.get("graphite").is_some() => {
+            match serde_json::from_value(provider["graphite"].clone()) {
+                Ok(provider) => graphite = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.graphite"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
         // So has its job provider.
         None if provider.get("job").is_some() => {
             match serde_json::from_value(provider["job"].clone()) {
@@ -497,7 +506,7 @@ fn argo_metric(
             notes.push(error(
                 format!("{field}.provider"),
                 format!(
-                    "provider {} is not supported; only prometheus, web and job are",
+                    "provider {} is not supported; only prometheus, web, job and graphite are",
                     if names.is_empty() {
                         "(none)".to_string()
                     } else {
@@ -530,6 +539,7 @@ fn argo_metric(
             web,
             job,
             influxdb: None,
+            graphite,
         },
     })
 }
@@ -895,6 +905,7 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
             web: None,
             job: None,
             influxdb: None,
+            graphite: None,
         },
     };
     finish(

@@ -4,7 +4,7 @@
 
 use super::render::{self, Variables};
 use super::run::{ProviderRequest, SecretValues, is_credential_header};
-use crate::api::analysis_template::{DEFAULT_QUERY_TIMEOUT, InfluxDbProvider};
+use crate::api::analysis_template::{DEFAULT_QUERY_TIMEOUT, Header, InfluxDbProvider};
 use crate::metrics::address_policy::is_routing_header;
 use crate::metrics::influxdb::InfluxQuery;
 use crate::metrics::{AddressPolicy, ProviderQuery, without_userinfo};
@@ -59,10 +59,39 @@ pub(crate) fn prepare(
     if let Some(why) = AddressPolicy::default().refusal(address) {
         problems.push(("provider.influxdb.address".into(), why));
     }
+    let (sent, header_secrets) =
+        checked_headers(headers, "provider.influxdb", secrets, &mut problems);
+    if let Some(too_long) = timeout.and_then(crate::api::Duration::too_long) {
+        problems.push(("provider.influxdb.timeout".into(), too_long));
+    }
+    match (query, language) {
+        (Some(query), Some(language)) if problems.is_empty() => Ok(ProviderRequest {
+            address: address.clone(),
+            query,
+            timeout: timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT).as_std(),
+            headers: sent,
+            header_secrets,
+            insecure: *insecure,
+            provider: ProviderQuery::InfluxDb(language),
+            compare: None,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Headers of an HTTP provider (`field` names it, e.g. `provider.influxdb`), by the rules of a
+/// Prometheus metric's: no routing header, a credential only from a Secret. Returns the
+/// headers to send and the secret values among them (by name), and adds every problem.
+pub(crate) fn checked_headers(
+    headers: &[Header],
+    field: &str,
+    secrets: &dyn SecretValues,
+    problems: &mut Vec<(String, String)>,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
     let mut sent = Vec::new();
     let mut header_secrets = Vec::new();
     for (h, header) in headers.iter().enumerate() {
-        let field = format!("provider.influxdb.headers[{h}]");
+        let field = format!("{field}.headers[{h}]");
         if is_routing_header(&header.name) {
             problems.push((
                 format!("{field}.name ({})", header.name),
@@ -82,25 +111,12 @@ pub(crate) fn prepare(
                     header_secrets.push((format!("header {}", header.name), value.clone()));
                     sent.push((header.name.clone(), value));
                 }
-                Err(message) => problems.push((format!("{field}.valueFrom ({})", header.name), message)),
+                Err(message) => {
+                    problems.push((format!("{field}.valueFrom ({})", header.name), message))
+                }
             },
             (None, None) => problems.push((field, "a header needs value or valueFrom".into())),
         }
     }
-    if let Some(too_long) = timeout.and_then(crate::api::Duration::too_long) {
-        problems.push(("provider.influxdb.timeout".into(), too_long));
-    }
-    match (query, language) {
-        (Some(query), Some(language)) if problems.is_empty() => Ok(ProviderRequest {
-            address: address.clone(),
-            query,
-            timeout: timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT).as_std(),
-            headers: sent,
-            header_secrets,
-            insecure: *insecure,
-            provider: ProviderQuery::InfluxDb(language),
-            compare: None,
-        }),
-        _ => Err(problems),
-    }
+    (sent, header_secrets)
 }

@@ -354,6 +354,7 @@ mod tests {
                 web: None,
                 job: None,
                 influxdb: None,
+                graphite: None,
             },
         }
     }

@@ -5,6 +5,7 @@
 pub mod assessment;
 pub mod compare;
 pub mod condition;
+pub mod graphite_metric;
 pub mod import;
 pub mod influxdb_metric;
 pub mod job_metric;

@@ -16,7 +16,7 @@ use super::compare::{
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
-use super::{influxdb_metric, job_metric, web_metric};
+use super::{graphite_metric, influxdb_metric, job_metric, web_metric};
 use crate::api::analysis_template::{AnalysisTemplateSpec, ProviderKind, SecretKeyRef};
 use crate::api::duration::{earlier, later};
 use crate::metrics::address_policy::is_routing_header;
@@ -232,6 +232,18 @@ pub fn prepare(
                     None
                 }
             },
+            None if metric.provider.graphite.is_some() => {
+                let graphite = metric.provider.graphite.as_ref().expect("checked above");
+                match graphite_metric::prepare(graphite, &declared, &variables, secrets) {
+                    Ok(prepared) => Some(prepared),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        None
+                    }
+                }
+            }
             None if metric.provider.influxdb.is_some() => {
                 let influxdb = metric.provider.influxdb.as_ref().expect("checked above");
                 match influxdb_metric::prepare(influxdb, &declared, &variables, secrets) {

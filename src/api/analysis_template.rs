@@ -97,7 +97,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare) || has(self.provider.job)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
 #[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
-#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) || has(self.provider.influxdb) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
+#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) || has(self.provider.influxdb) || has(self.provider.graphite) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -222,10 +222,10 @@ pub struct ThresholdRange {
 // empty provider), so code written for the Prometheus-only shape keeps compiling;
 // `MetricProvider::kind` says which provider a metric really uses.
 /// Where measurements come from: one provider, `prometheus` (the default, with the
-/// controller's `--prometheus` address when the metric names none), `web`, `job` or
-/// `influxdb`.
+/// controller's `--prometheus` address when the metric names none), `web`, `job`,
+/// `influxdb` or `graphite`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) + (has(self.influxdb) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web, job or influxdb, not several"))]
+#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) + (has(self.influxdb) ? 1 : 0) + (has(self.graphite) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web, job, influxdb or graphite, not several"))]
 pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "PrometheusProvider::is_unset")]
     pub prometheus: PrometheusProvider,
@@ -238,6 +238,9 @@ pub struct MetricProvider {
     /// An InfluxDB query, InfluxQL (with `database`) or Flux (with `org`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub influxdb: Option<InfluxDbProvider>,
+    /// A Graphite render API query (Argo Rollouts' and Flagger's `graphite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphite: Option<GraphiteProvider>,
 }
 
 /// Which provider a metric uses.
@@ -247,6 +250,7 @@ pub enum ProviderKind {
     Web,
     Job,
     InfluxDb,
+    Graphite,
 }
 
 impl ProviderKind {
@@ -257,6 +261,7 @@ impl ProviderKind {
             Self::Web => "web",
             Self::Job => "job",
             Self::InfluxDb => "influxdb",
+            Self::Graphite => "graphite",
         }
     }
 }
@@ -270,6 +275,8 @@ impl MetricProvider {
             ProviderKind::Job
         } else if self.influxdb.is_some() {
             ProviderKind::InfluxDb
+        } else if self.graphite.is_some() {
+            ProviderKind::Graphite
         } else {
             ProviderKind::Prometheus
         }
@@ -282,6 +289,7 @@ impl MetricProvider {
             web,
             job,
             influxdb,
+            graphite,
         } = self;
         let mut set = Vec::new();
         if !prometheus.is_unset() {
@@ -295,6 +303,9 @@ impl MetricProvider {
         }
         if influxdb.is_some() {
             set.push("influxdb");
+        }
+        if graphite.is_some() {
+            set.push("graphite");
         }
         set
     }
@@ -390,6 +401,36 @@ pub struct InfluxDbProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Extra headers, e.g. `Authorization: Token …` from a Secret (`valueFrom.secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+/// A Graphite render API query: `POST /render` with the target, `format=json`. `result` is
+/// the list of every non-null datapoint of every series returned, oldest first (as Argo
+/// Rollouts returns it: `result[0] >= 90`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphiteProvider {
+    /// Base URL of graphite-web.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub address: String,
+    /// The target expression (Argo writes it `target=…`; the prefix is optional), with
+    /// `{{args.NAME}}` placeholders whose values must be metric-path text.
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
+    /// The window the render covers, Graphite's `from` (default `-5min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub from: Option<String>,
+    /// Give up after this long (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Extra headers, e.g. an `Authorization` header from a Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers: Vec<Header>,
@@ -666,7 +707,7 @@ mod tests {
                     "successCondition": "result == true",
                     "provider": {"prometheus": {"query": "up"}, "web": {"url": "http://x/y"}},
                 }))]}),
-                "prometheus, web, job or influxdb, not several",
+                "prometheus, web, job, influxdb or graphite, not several",
             ),
             (
                 serde_json::json!({"metrics": [{

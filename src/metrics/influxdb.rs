@@ -1,22 +1,18 @@
 //! InfluxDB: InfluxQL through the 1.x API (`POST /query`, the query in the form body) or Flux
 //! through `/api/v2/query` (annotated CSV). Requests follow the rules of every metrics
-//! request (see [`super::prometheus`]): address policy, no redirects, bounded answers, the
+//! request (see [`super::http_exchange`]): address policy, no redirects, bounded answers, the
 //! metric's timeout, secrets taken out of what is answered. `result` is the list of values
 //! the query returned.
 
 use std::sync::Arc;
 
-use super::address_policy::is_routing_header;
-use super::prometheus::{
-    MAX_ANSWER_BYTES, checked_http_client, describe_chain, refused_connection,
-};
+use super::prometheus::checked_http_client;
 use super::{
     AddressPolicy, MetricsError, MetricsSource, ProviderQuery, QueryOutput, QueryRequest, Series,
-    shortened, without_userinfo,
+    http_exchange, without_userinfo,
 };
 
 const PROVIDER: &str = "InfluxDB";
-const EXCERPT_BYTES: usize = 200;
 
 /// Which query language, and where it runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,7 +60,7 @@ impl InfluxDbSource {
             &self.verified
         };
         let text = request.query.text_to_send();
-        let mut builder = match language {
+        let builder = match language {
             InfluxQuery::InfluxQl { database } => client.post(format!("{base}/query")).form(&[
                 ("db", database.as_str()),
                 ("q", text),
@@ -77,88 +73,12 @@ impl InfluxDbSource {
                 .header(reqwest::header::ACCEPT, "application/csv")
                 .body(text.to_string()),
         };
-        for (name, value) in &request.headers {
-            if is_routing_header(name) {
-                return Err(MetricsError::Refused {
-                    address,
-                    detail: format!(
-                        "header {name} would change where the request goes; the HTTP client sets it"
-                    ),
-                });
-            }
-            builder = builder.header(name.as_str(), value.as_str());
+        let body = http_exchange::exchange(PROVIDER, &address, request, builder).await?;
+        let values = match language {
+            InfluxQuery::InfluxQl { .. } => influxql_values(&body),
+            InfluxQuery::Flux { .. } => flux_values(&String::from_utf8_lossy(&body)),
         }
-        let timeout_ms = request.timeout.as_millis();
-        let timed_out = || {
-            failed(format!(
-                "did not answer within {timeout_ms} ms (the metric's timeout)"
-            ))
-        };
-        let exchange = async {
-            let mut response = builder.send().await.map_err(|e| {
-                if let Some(detail) = refused_connection(&e) {
-                    MetricsError::Refused {
-                        address: address.clone(),
-                        detail,
-                    }
-                } else if e.is_timeout() {
-                    timed_out()
-                } else if e.is_builder() {
-                    failed("could not be asked: a header name or value is not valid HTTP".into())
-                } else if e.is_redirect() {
-                    failed(format!("refused the request: {}", describe_chain(&e)))
-                } else {
-                    failed(format!(
-                        "is unreachable: {}; check the address and that InfluxDB is running",
-                        describe_chain(&e)
-                    ))
-                }
-            })?;
-            if let Some(announced) = response.content_length()
-                && announced > MAX_ANSWER_BYTES
-            {
-                return Err(failed(format!(
-                    "answered more than {} MiB",
-                    MAX_ANSWER_BYTES >> 20
-                )));
-            }
-            let status = response.status();
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| failed(format!("broke off its answer: {}", describe_chain(&e))))?
-            {
-                if (body.len() + chunk.len()) as u64 > MAX_ANSWER_BYTES {
-                    return Err(failed(format!(
-                        "answered more than {} MiB",
-                        MAX_ANSWER_BYTES >> 20
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let excerpt = || {
-                let text = request.query.redact(&String::from_utf8_lossy(&body));
-                shortened(
-                    &text.split_whitespace().collect::<Vec<_>>().join(" "),
-                    EXCERPT_BYTES,
-                )
-            };
-            if !status.is_success() {
-                return Err(failed(format!(
-                    "rejected the query ({status}): {}",
-                    excerpt()
-                )));
-            }
-            let values = match language {
-                InfluxQuery::InfluxQl { .. } => influxql_values(&body),
-                InfluxQuery::Flux { .. } => flux_values(&String::from_utf8_lossy(&body)),
-            };
-            values.map_err(|why| failed(format!("{why}: {}", excerpt())))
-        };
-        let values = tokio::time::timeout(request.timeout, exchange)
-            .await
-            .map_err(|_| timed_out())??;
+        .map_err(|why| failed(format!("{why}: {}", http_exchange::excerpt(request, &body))))?;
         Ok(QueryOutput::Vector(
             values
                 .into_iter()

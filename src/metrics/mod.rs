@@ -2,6 +2,8 @@
 //! do the I/O. Prometheus is the first (and, for now, only) provider.
 
 pub mod address_policy;
+pub mod graphite;
+mod http_exchange;
 pub mod influxdb;
 pub mod job;
 pub mod prometheus;
@@ -14,6 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use address_policy::AddressPolicy;
+pub use graphite::GraphiteSource;
 pub use influxdb::InfluxDbSource;
 pub use job::JobSource;
 pub use prometheus::PrometheusSource;
@@ -151,6 +154,8 @@ pub enum ProviderQuery {
     Job(Box<job::JobQuery>),
     /// `query` is InfluxQL or Flux, sent to `address`.
     InfluxDb(influxdb::InfluxQuery),
+    /// `query` is a Graphite target; the window starts at `from` (Graphite's syntax).
+    Graphite { from: String },
 }
 
 impl ProviderQuery {
@@ -161,6 +166,7 @@ impl ProviderQuery {
             Self::Web(_) => "the web endpoint",
             Self::Job(_) => "the Kubernetes Job",
             Self::InfluxDb(_) => "InfluxDB",
+            Self::Graphite { .. } => "Graphite",
         }
     }
 }

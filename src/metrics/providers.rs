@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AddressPolicy, InfluxDbSource, JobSource, MetricsError, MetricsSource, PrometheusSource,
-    ProviderQuery, QueryOutput, QueryRequest, WebSource,
+    AddressPolicy, GraphiteSource, InfluxDbSource, JobSource, MetricsError, MetricsSource,
+    PrometheusSource, ProviderQuery, QueryOutput, QueryRequest, WebSource,
 };
 
 /// One source per provider, sharing one address policy. Cheap to clone.
@@ -15,6 +15,7 @@ pub struct Providers {
     web: WebSource,
     job: JobSource,
     influxdb: InfluxDbSource,
+    graphite: GraphiteSource,
 }
 
 impl Providers {
@@ -29,7 +30,8 @@ impl Providers {
         let policy = Arc::new(prometheus.address_policy().clone());
         Ok(Self {
             web: WebSource::with_policy(policy.clone())?,
-            influxdb: InfluxDbSource::with_policy(policy)?,
+            influxdb: InfluxDbSource::with_policy(policy.clone())?,
+            graphite: GraphiteSource::with_policy(policy)?,
             job: JobSource::default(),
             prometheus,
         })
@@ -56,6 +58,7 @@ impl MetricsSource for Providers {
             ProviderQuery::Web(_) => self.web.instant_query(request).await,
             ProviderQuery::Job(_) => self.job.instant_query(request).await,
             ProviderQuery::InfluxDb(_) => self.influxdb.instant_query(request).await,
+            ProviderQuery::Graphite { .. } => self.graphite.instant_query(request).await,
         }
     }
 }
