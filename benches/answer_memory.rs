@@ -89,6 +89,7 @@ fn measure(way: &str, series: usize) -> serde_json::Value {
                     timeout: std::time::Duration::from_secs(60),
                     headers: Vec::new(),
                     insecure: false,
+                    provider: canary::metrics::ProviderQuery::Prometheus,
                 };
                 match PrometheusSource::new()
                     .unwrap()

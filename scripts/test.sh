@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # (cold: 10-15 minutes on 2 cores; then under a second). Started once for every test binary,
 # stopped however the run ends.
 echo "== local control plane"
-# Debian packages the tests start for real: Prometheus with promtool, openssl, curl.
+# Debian packages the tests start for real: Prometheus with promtool, InfluxDB, graphite-web,
+# VictoriaMetrics, openssl, curl.
 scripts/cluster deps
 scripts/cluster build
 scripts/cluster up >/dev/null

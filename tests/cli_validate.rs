@@ -105,7 +105,7 @@ fn rejects_what_cannot_be_converted_and_says_why() {
         "{text}"
     );
     assert!(
-        text.contains("spec.metrics[0].provider: provider datadog (Datadog) is not supported: a metric here is measured with prometheus"),
+        text.contains("spec.metrics[0].provider: provider datadog (Datadog) is not supported: a metric here is measured with graphite, influxdb, job, prometheus, web"),
         "{text}"
     );
 }

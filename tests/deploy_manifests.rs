@@ -66,6 +66,10 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         ("patch", "services"),
         ("get", "secrets"),
         ("create", "events.events.k8s.io"),
+        // Job metrics.
+        ("create", "jobs.batch"),
+        ("watch", "jobs.batch"),
+        ("delete", "jobs.batch"),
     ];
     for (verb, resource) in [
         ("get", "leases.coordination.k8s.io"),
@@ -106,6 +110,10 @@ async fn the_kustomization_applies_and_rbac_is_least_privilege() {
         // The user's HPA is read, never changed (server-side apply of the derived one is a patch).
         ("update", "horizontalpodautoscalers.autoscaling"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
+        // A measurement Job is created, watched and deleted, never changed or read alone.
+        ("get", "jobs.batch"),
+        ("patch", "jobs.batch"),
+        ("update", "jobs.batch"),
     ];
     for (verb, resource) in denied {
         let (_, text) = kubectl(&["auth", "can-i", verb, resource, "-A", who]);

@@ -412,6 +412,7 @@ fn request_to(address: &str) -> QueryRequest {
         timeout: std::time::Duration::from_secs(10),
         headers: Vec::new(),
         insecure: false,
+        provider: canary::metrics::ProviderQuery::Prometheus,
     }
 }
 

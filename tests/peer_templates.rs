@@ -23,6 +23,25 @@ const FIXTURES: &str = "tests/fixtures/peer-templates";
 
 /// Valid for their own tool, refused here on purpose: (file, field, what the error says).
 const REFUSED: &[(&str, &str, &str)] = &[
+    // A fragment of Argo's docs (headers only): a web metric needs its url.
+    (
+        "argo/docs-features-analysis--12-unnamed.yaml",
+        "spec.metrics[0].provider.web",
+        "missing field `url`",
+    ),
+    // Argo's InfluxDB provider reads its address and token from a `profile` Secret.
+    (
+        "argo/docs-analysis-influxdb--01-error-rate.yaml",
+        "spec.metrics[0].provider.influxdb",
+        "takes its address and token from a `profile` Secret, which is not converted",
+    ),
+    // Argo's Graphite docs write `results[0]`; the expression environment (Argo's and ours)
+    // names the value `result`, so the condition is refused rather than guessed at.
+    (
+        "argo/docs-analysis-graphite--01-success-rate.yaml",
+        "spec.metrics[0].successCondition",
+        "uses the variable \"results\": conditions can only see `result`",
+    ),
     // A range query's result is a matrix; an analysis judges an instant vector.
     (
         "argo/docs-analysis-prometheus--02-range-query-example.yaml",

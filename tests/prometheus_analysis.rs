@@ -6,6 +6,8 @@
 mod analysis;
 #[path = "support/prometheus.rs"]
 mod prometheus;
+#[path = "support/victoria_metrics.rs"]
+mod victoria_metrics;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -26,6 +28,7 @@ use canary::metrics::{
 };
 use jiff::{SignedDuration, Timestamp};
 use prometheus::{Kind, MetricsServer, OpenMetrics, Prometheus};
+use victoria_metrics::VictoriaMetrics;
 
 fn minutes(m: i64) -> SignedDuration {
     SignedDuration::from_mins(m)
@@ -185,15 +188,32 @@ spec:
     ))
 }
 
+/// The stores holding [`dataset`]: Prometheus, and VictoriaMetrics (a Prometheus-compatible
+/// API), so "any Prometheus API" is a tested claim.
+fn stores() -> [String; 2] {
+    [backfilled().url(), victoria_backfilled().url()]
+}
+
+/// One VictoriaMetrics holding [`dataset`], shared like [`backfilled`].
+fn victoria_backfilled() -> &'static VictoriaMetrics {
+    static STORE: OnceLock<VictoriaMetrics> = OnceLock::new();
+    STORE.get_or_init(|| VictoriaMetrics::with(&dataset()))
+}
+
 #[tokio::test]
 async fn retrospective_run_finds_a_regression_that_starts_at_a_known_minute() {
-    let prometheus = backfilled();
+    for address in stores() {
+        retrospective_regression_in(&address).await;
+    }
+}
+
+async fn retrospective_regression_in(address: &str) {
     let template = template_file("generic-http.yaml");
     let analysis = prepared(
         &template,
         &[],
         &[("namespace", NAMESPACE), ("workload", "late")],
-        &prometheus.url(),
+        address,
     );
 
     // Errors rise from 0.5% to 5% right after t0+2m: the measurements at t0, +1m and +2m see
@@ -538,6 +558,7 @@ async fn hostile_argument_values_cannot_change_the_query() {
         timeout: Duration::from_secs(5),
         headers: vec![],
         insecure: false,
+        provider: canary::metrics::ProviderQuery::Prometheus,
     };
     let Ok(QueryOutput::Vector(series)) = source.instant_query(&naive).await else {
         panic!("the naive query should run");
@@ -748,6 +769,13 @@ async fn compare_metrics_with_a_pod_label_read_counts_per_pod() {
         t += SignedDuration::from_secs(15);
     }
     let prometheus = Prometheus::builder().backfill(&om).start();
+    let victoria = VictoriaMetrics::with(&om);
+    for address in [prometheus.url(), victoria.url()] {
+        compare_per_pod_in(&address).await;
+    }
+}
+
+async fn compare_per_pod_in(address: &str) {
     let template = template_text(
         r#"
 apiVersion: canary.dev/v1alpha1
@@ -774,7 +802,7 @@ spec:
         &template,
         &[],
         &[("canary", "web-canary"), ("stable", "web-stable")],
-        &prometheus.url(),
+        address,
     );
     let source = PrometheusSource::new().unwrap();
     for metric in &analysis.metrics {

@@ -27,7 +27,9 @@ use cel::{Context, ExecutionError, FunctionContext, Program, ResolveResult};
 
 /// Functions a condition may call: CEL's standard library (as the `cel` crate provides it)
 /// and ours.
-const KNOWN_FUNCTIONS: [&str; 26] = [
+const KNOWN_FUNCTIONS: [&str; 28] = [
+    "asInt",
+    "asFloat",
     "contains",
     "size",
     "has",
@@ -77,6 +79,9 @@ pub const EVALUATION_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ResultValue {
     Scalar(f64),
     Vector(Vec<f64>),
+    /// A JSON answer (web provider): numbers are doubles, objects are maps, so Argo's
+    /// `result.ok && result.successPercent >= 0.90` reads the same.
+    Json(serde_json::Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +99,7 @@ pub enum ConditionError {
         variable: String,
     },
     #[error(
-        "`{source_text}` calls an unknown function {function:?}: use CEL's standard functions, isNaN, isInf or default"
+        "`{source_text}` calls an unknown function {function:?}: use CEL's standard functions, isNaN, isInf, default, asInt or asFloat"
     )]
     UnknownFunction {
         source_text: String,
@@ -142,6 +147,16 @@ pub struct Condition {
 impl Condition {
     /// Compiles and checks a condition (see the module documentation for what is checked).
     pub fn compile(source_text: &str) -> Result<Self, ConditionError> {
+        Self::compile_checked(source_text, true)
+    }
+
+    /// Compiles a condition over a JSON `result` (web provider), whose shape only the
+    /// endpoint knows: every check but the sample evaluations, which assume numbers.
+    pub fn compile_for_json(source_text: &str) -> Result<Self, ConditionError> {
+        Self::compile_checked(source_text, false)
+    }
+
+    fn compile_checked(source_text: &str, numeric_result: bool) -> Result<Self, ConditionError> {
         let program = Program::compile(source_text).map_err(|e| ConditionError::Syntax {
             source_text: source_text.to_string(),
             message: e.to_string().trim().to_string(),
@@ -188,6 +203,9 @@ impl Condition {
         };
         // Before the sample evaluations below, which would pay the cost.
         condition.within_cost_limit(RESULT_SERIES_BOUND)?;
+        if !numeric_result {
+            return Ok(condition);
+        }
         let scalar = condition.evaluate(&ResultValue::Scalar(0.5));
         // Several elements, so that `result[1]` on a two-series query is not a type error.
         let vector = condition.evaluate(&ResultValue::Vector(vec![0.5; 4]));
@@ -243,17 +261,21 @@ impl Condition {
         let series = match result {
             ResultValue::Scalar(_) => 1,
             ResultValue::Vector(xs) => u64::try_from(xs.len()).unwrap_or(u64::MAX),
+            ResultValue::Json(json) => json_size(json),
         };
         self.within_cost_limit(series)?;
         let mut context = Context::default();
         context.add_function("isNaN", |x: f64| x.is_nan());
         context.add_function("isInf", |x: f64| x.is_infinite());
         context.add_function("default", default_value);
+        context.add_function("asFloat", as_float);
+        context.add_function("asInt", as_int);
         let value = match result {
             ResultValue::Scalar(x) => Value::Float(*x),
             ResultValue::Vector(xs) => {
                 Value::List(Arc::new(xs.iter().map(|x| Value::Float(*x)).collect()))
             }
+            ResultValue::Json(json) => json_to_cel(json),
         };
         context.add_variable_from_value("result", value);
         let evaluation_error = |message: String| ConditionError::Evaluation {
@@ -604,9 +626,79 @@ fn default_value(ftx: &FunctionContext, value: Expression, fallback: Expression)
     }
 }
 
+/// How many values a JSON result holds (at least one), for the cost estimate: the
+/// elements of its largest list or map, at any depth.
+fn json_size(json: &serde_json::Value) -> u64 {
+    match json {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(json_size)
+            .fold(items.len() as u64, u64::max),
+        serde_json::Value::Object(fields) => fields
+            .values()
+            .map(json_size)
+            .fold(fields.len() as u64, u64::max),
+        _ => 1,
+    }
+    .max(1)
+}
+
+/// A JSON value as CEL sees it. Every number is a double, as a Prometheus result is, so
+/// conditions compare the same way whichever provider measured.
+fn json_to_cel(json: &serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        Json::String(text) => Value::String(Arc::new(text.clone())),
+        Json::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Json::Object(fields) => {
+            let map: std::collections::HashMap<cel::objects::Key, Value> = fields
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::from(k.clone()), json_to_cel(v)))
+                .collect();
+            Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
+}
+
+/// Argo Rollouts' `asFloat(x)`: a number, or a string holding one, as a double.
+fn as_float(ftx: &FunctionContext, value: Value) -> ResolveResult {
+    match value {
+        Value::Float(x) => Ok(Value::Float(x)),
+        Value::Int(x) => Ok(Value::Float(x as f64)),
+        Value::UInt(x) => Ok(Value::Float(x as f64)),
+        Value::String(text) => text
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| ftx.error(format!("asFloat: {text:?} is not a number"))),
+        other => Err(ftx.error(format!("asFloat: {other:?} is not a number"))),
+    }
+}
+
+/// Argo Rollouts' `asInt(x)`: a whole number, or a string holding one, as an int.
+fn as_int(ftx: &FunctionContext, value: Value) -> ResolveResult {
+    match value {
+        Value::Int(x) => Ok(Value::Int(x)),
+        Value::UInt(x) => i64::try_from(x)
+            .map(Value::Int)
+            .map_err(|_| ftx.error("asInt: out of range")),
+        Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Ok(Value::Int(x as i64)),
+        Value::String(text) => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| ftx.error(format!("asInt: {text:?} is not a whole number"))),
+        other => Err(ftx.error(format!("asInt: {other:?} is not a whole number"))),
+    }
+}
+
 /// A result as people read it: `0.9871`, `[0.98, 0.97]`, `[]`, `NaN`.
 pub fn describe(result: &ResultValue) -> String {
     match result {
+        ResultValue::Json(json) => json.to_string(),
         ResultValue::Scalar(x) => format_number(*x),
         ResultValue::Vector(xs) => {
             let items: Vec<String> = xs.iter().map(|x| format_number(*x)).collect();

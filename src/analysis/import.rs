@@ -575,8 +575,43 @@ fn argo_metric(
     let success_condition = condition("successCondition", notes);
     let failure_condition = condition("failureCondition", notes);
     let provider = metric.get("provider").unwrap_or(&Value::Null);
+    let mut web = None;
+    let mut job = None;
+    let mut graphite = None;
     let prometheus = match provider.get("prometheus") {
         Some(p) => argo_prometheus(p, &format!("{field}.provider.prometheus"), notes),
+        // And its graphite provider (address, query).
+        None if provider.get("graphite").is_some() => {
+            match serde_json::from_value(provider["graphite"].clone()) {
+                Ok(provider) => graphite = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.graphite"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
+        // So has its job provider.
+        None if provider.get("job").is_some() => {
+            match serde_json::from_value(provider["job"].clone()) {
+                Ok(provider) => job = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.job"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
+        // Argo's web provider has this project's shape: taken as written.
+        None if provider.get("web").is_some() => {
+            match serde_json::from_value(provider["web"].clone()) {
+                Ok(provider) => web = Some(provider),
+                Err(e) => notes.push(error(format!("{field}.provider.web"), e.to_string())),
+            }
+            Some(PrometheusProvider::default())
+        }
+        // Argo's influxdb provider reads its address and token from a `profile` Secret.
+        None if provider.get("influxdb").is_some() => {
+            notes.push(error(
+                format!("{field}.provider.influxdb"),
+                "Argo's influxdb provider takes its address and token from a `profile` Secret, which is not converted: write the metric with this project's provider.influxdb (address, query, and the token in a header from a Secret; see the README's \"Metric providers\")".to_string(),
+            ));
+            None
+        }
         None => {
             let names: Vec<&str> = provider
                 .as_object()
@@ -619,6 +654,10 @@ fn argo_metric(
         compare: None,
         provider: MetricProvider {
             prometheus: prometheus?,
+            web,
+            job,
+            influxdb: None,
+            graphite,
         },
     })
 }
@@ -1186,6 +1225,10 @@ fn import_flagger(value: &Value) -> Result<ImportedTemplate, Vec<Note>> {
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
             },
+            web: None,
+            job: None,
+            influxdb: None,
+            graphite: None,
         },
     };
     finish(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::condition::{
     self, Condition, ConditionError, EVALUATION_TIMEOUT, ResultValue, describe, format_number,
 };
-use crate::api::analysis_template::{Metric, ThresholdRange};
+use crate::api::analysis_template::{Metric, ProviderKind, ThresholdRange};
 use crate::metrics::{MetricsError, Query, QueryOutput, shortened};
 
 /// The most a measurement's value keeps (about ten numbers of a vector): status keeps the last
@@ -43,6 +43,9 @@ pub struct Judgement {
     pub reason: String,
 }
 
+/// How a job metric without conditions is judged: the Job completed.
+pub const JOB_SUCCEEDED: &str = "result.succeeded";
+
 /// A metric's pass/fail criteria, compiled once.
 #[derive(Clone, Debug)]
 pub struct Criteria {
@@ -61,13 +64,37 @@ pub struct CriteriaError {
 
 impl Criteria {
     pub fn from_metric(metric: &Metric) -> Result<Self, Vec<CriteriaError>> {
+        // A web endpoint answers JSON of a shape only it knows; the others answer numbers.
+        let json_result = matches!(
+            metric.provider.kind(),
+            ProviderKind::Web | ProviderKind::Job
+        );
         let compile = |field, text: &Option<String>| {
             text.as_deref()
-                .map(Condition::compile)
+                .map(|text| {
+                    if json_result {
+                        Condition::compile_for_json(text)
+                    } else {
+                        Condition::compile(text)
+                    }
+                })
                 .transpose()
                 .map_err(|source| CriteriaError { field, source })
         };
-        let success = compile("successCondition", &metric.success_condition);
+        // Argo's job metrics have no condition: the Job succeeding is the success.
+        let implicit_job_success = (metric.provider.kind() == ProviderKind::Job
+            && metric.success_condition.is_none()
+            && metric.failure_condition.is_none()
+            && metric.threshold_range.is_none())
+        .then(|| JOB_SUCCEEDED.to_string());
+        let success = compile(
+            "successCondition",
+            if implicit_job_success.is_some() {
+                &implicit_job_success
+            } else {
+                &metric.success_condition
+            },
+        );
         let failure = compile("failureCondition", &metric.failure_condition);
         match (success, failure) {
             (Ok(success), Ok(failure)) => Ok(Self {
@@ -118,6 +145,7 @@ impl Criteria {
             QueryOutput::Vector(series) => {
                 ResultValue::Vector(series.iter().map(|s| s.value).collect())
             }
+            QueryOutput::Json(json) => ResultValue::Json(json.clone()),
         };
         let value = Some(describe(&result));
         let judged = |phase, reason: String| Judgement {
@@ -150,6 +178,7 @@ impl Criteria {
                 ResultValue::Scalar(x) => Some(*x),
                 ResultValue::Vector(xs) if xs.len() == 1 => Some(xs[0]),
                 ResultValue::Vector(_) => None,
+                ResultValue::Json(json) => json_number(json),
             };
             let Some(x) = single else {
                 return judged(
@@ -216,8 +245,19 @@ impl Criteria {
 
 fn vector_len(result: &ResultValue) -> usize {
     match result {
-        ResultValue::Scalar(_) => 1,
+        ResultValue::Scalar(_) | ResultValue::Json(_) => 1,
         ResultValue::Vector(xs) => xs.len(),
+    }
+}
+
+/// A JSON answer as one number, if it is one: a number, a string holding one (as endpoints
+/// often write them), or a list of exactly one such.
+fn json_number(json: &serde_json::Value) -> Option<f64> {
+    match json {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(text) => text.trim().parse().ok(),
+        serde_json::Value::Array(items) if items.len() == 1 => json_number(&items[0]),
+        _ => None,
     }
 }
 
@@ -226,6 +266,12 @@ fn vector_len(result: &ResultValue) -> usize {
 fn missing_data(result: &ResultValue, shown_query: &str) -> Option<String> {
     let query = one_line(shown_query);
     let values: &[f64] = match result {
+        ResultValue::Json(serde_json::Value::Null) => {
+            return Some(format!(
+                "no data: the answer holds nothing where jsonPath points (or is null): {query}"
+            ));
+        }
+        ResultValue::Json(_) => return None,
         ResultValue::Scalar(x) => std::slice::from_ref(x),
         ResultValue::Vector(xs) if xs.is_empty() => {
             return Some(format!(
@@ -305,6 +351,10 @@ mod tests {
                     headers: vec![],
                     insecure: false,
                 },
+                web: None,
+                job: None,
+                influxdb: None,
+                graphite: None,
             },
         }
     }

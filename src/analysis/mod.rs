@@ -5,12 +5,16 @@
 pub mod assessment;
 pub mod compare;
 pub mod condition;
+pub mod graphite_metric;
 pub mod import;
+pub mod influxdb_metric;
+pub mod job_metric;
 pub mod measurement;
 pub mod render;
 pub mod run;
 pub mod sequential;
 pub mod validate;
+pub mod web_metric;
 
 pub use assessment::AnalysisPhase;
 pub use measurement::MeasurementPhase;

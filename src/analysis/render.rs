@@ -210,15 +210,17 @@ pub fn render_query(
     Ok(Query::with_secrets(out, shown, secrets))
 }
 
-/// Renders text that is not PromQL (a header value, an address): each placeholder's value is
-/// placed as it is, since nothing there is parsed as a query. A value with a line break or
-/// another control character is refused: in a header it would start another header.
-/// Returns the text to send and the text to show (secret arguments as `<secret:NAME>`), with
-/// the secret values it holds.
+/// Renders text that is not PromQL (an address, header values, a web provider's URL and body,
+/// an InfluxDB query, a Job's spec): each placeholder's value goes through `place(text rendered
+/// so far, value)` (URL-encoding, JSON string escaping, or [`as_is`]), which decides how a
+/// value is kept from changing the text's structure. A placed value that still holds a line
+/// break or another control character is refused: in a header it would start another header.
+/// Secret arguments are shown as `<secret:NAME>`, as in [`render_query`].
 pub fn render_text(
     text: &str,
     declared_args: &[&str],
     variables: &Variables,
+    place: &dyn Fn(&str, &str) -> String,
 ) -> Result<Query, RenderError> {
     let mut out = String::with_capacity(text.len() + 32);
     let mut shown = String::with_capacity(text.len() + 32);
@@ -228,29 +230,37 @@ pub fn render_text(
     while let Some(open) = rest.find("{{") {
         out.push_str(&rest[..open]);
         shown.push_str(&rest[..open]);
+        offset += open;
         let after_open = &rest[open + 2..];
-        let close = after_open.find("}}").ok_or(RenderError::Unclosed {
-            offset: offset + open,
-        })?;
+        let close = after_open
+            .find("}}")
+            .ok_or(RenderError::Unclosed { offset })?;
         let found = lookup(after_open[..close].trim(), declared_args, variables)?;
-        if found.value.chars().any(char::is_control) {
+        let placed = place(&out, found.value);
+        if placed.chars().any(char::is_control) {
             return Err(RenderError::UnsafeText { name: found.name });
         }
-        out.push_str(found.value);
         match found.secret_arg {
             Some(arg) => {
                 shown.push_str(&Query::placeholder(arg));
                 secrets.push((arg.to_string(), found.value.to_string()));
+                secrets.push((arg.to_string(), placed.clone()));
             }
-            None => shown.push_str(found.value),
+            None => shown.push_str(&placed),
         }
-        let consumed = open + 2 + close + 2;
-        rest = &rest[consumed..];
-        offset += consumed;
+        out.push_str(&placed);
+        rest = &after_open[close + 2..];
+        offset += 2 + close + 2;
     }
     out.push_str(rest);
     shown.push_str(rest);
+    secrets.dedup();
     Ok(Query::with_secrets(out, shown, secrets))
+}
+
+/// A value placed as it is, where nothing parses it (a header value, a Graphite target).
+pub fn as_is(_rendered_so_far: &str, value: &str) -> String {
+    value.to_string()
 }
 
 /// The arguments `text` places, by name (`{{args.NAME}}`), in order.
@@ -835,7 +845,7 @@ mod tests {
         );
         v.secret_args.insert("token".into());
         let declared = ["tenant", "token"];
-        let header = super::render_text("Bearer {{args.token}}", &declared, &v).unwrap();
+        let header = super::render_text("Bearer {{args.token}}", &declared, &v, &as_is).unwrap();
         assert_eq!(header.text_to_send(), "Bearer s3cr3t-t0ken");
         assert_eq!(header.shown(), "Bearer <secret:token>");
         assert_eq!(
@@ -846,20 +856,21 @@ mod tests {
             "http://{{ args.tenant }}.{{namespace}}:9090/{\"x\"}",
             &declared,
             &v,
+            &as_is,
         )
         .unwrap();
         assert_eq!(address.text_to_send(), "http://team-a.prod:9090/{\"x\"}");
         assert_eq!(address.shown(), address.text_to_send());
         v.args.insert("tenant".into(), "a\r\nX-Injected: 1".into());
-        let err = super::render_text("{{args.tenant}}", &declared, &v).unwrap_err();
+        let err = super::render_text("{{args.tenant}}", &declared, &v, &as_is).unwrap_err();
         assert!(err.to_string().contains("line break"), "{err}");
         assert!(!err.to_string().contains("Injected"), "{err}");
         assert!(matches!(
-            super::render_text("{{args.nope}}", &declared, &v),
+            super::render_text("{{args.nope}}", &declared, &v, &as_is),
             Err(RenderError::UndeclaredArgument { .. })
         ));
         assert!(matches!(
-            super::render_text("x {{args.tenant", &declared, &v),
+            super::render_text("x {{args.tenant", &declared, &v, &as_is),
             Err(RenderError::Unclosed { offset: 2 })
         ));
         assert_eq!(

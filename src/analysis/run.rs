@@ -16,10 +16,11 @@ use super::compare::{
 use super::measurement::{Criteria, MeasurementPhase};
 use super::render::{self, Variables};
 use super::sequential::Assessment;
-use crate::api::analysis_template::{AnalysisTemplateSpec, SecretKeyRef};
+use super::{graphite_metric, influxdb_metric, job_metric, web_metric};
+use crate::api::analysis_template::{AnalysisTemplateSpec, ProviderKind, SecretKeyRef};
 use crate::api::duration::{earlier, later};
 use crate::metrics::address_policy::is_routing_header;
-use crate::metrics::{AddressPolicy, MetricsSource, Query, QueryRequest};
+use crate::metrics::{AddressPolicy, MetricsSource, ProviderQuery, Query, QueryRequest};
 
 /// The compare.weight range, said the same way by the CRD rule and by `prepare`.
 pub const WEIGHT_OUT_OF_RANGE: &str = "compare.weight must be between 0.01 and 1000";
@@ -28,7 +29,7 @@ pub const JUDGE_ALPHA_OUT_OF_RANGE: &str = "compare.judge.alpha must be in (0, 0
 pub const JUDGE_TOLERANCES_OUT_OF_RANGE: &str = "compare.judge tolerances must be in [0, 10]";
 
 /// Headers that carry credentials: only by reference to a Secret, never written inline.
-fn is_credential_header(name: &str) -> bool {
+pub(crate) fn is_credential_header(name: &str) -> bool {
     [
         "authorization",
         "proxy-authorization",
@@ -207,32 +208,6 @@ pub fn prepare(
             context: metric_context,
             secret_args: secret_args.clone(),
         };
-        let prometheus = &metric.provider.prometheus;
-        let (query, compare) = match &metric.compare {
-            None => (
-                render::render_query(&prometheus.query, &declared, &variables)
-                    .map_err(|e| problem("provider.prometheus.query", e.to_string()))
-                    .ok(),
-                None,
-            ),
-            Some(spec) => {
-                let others = if metric.dry_run {
-                    live_compare_weight
-                } else {
-                    live_compare_weight - spec.weight()
-                };
-                match prepare_compare(spec, others, &declared, &variables) {
-                    // The description is built from the shown queries: it holds no secret.
-                    Ok((text, prepared)) => (Some(Query::plain(text)), Some(prepared)),
-                    Err(found) => {
-                        for (field, message) in found {
-                            problem(&field, message);
-                        }
-                        (None, None)
-                    }
-                }
-            }
-        };
         let criteria = Criteria::from_metric(metric)
             .map_err(|errors| {
                 for e in errors {
@@ -240,113 +215,227 @@ pub fn prepare(
                 }
             })
             .ok();
-        // An address may be templated (`http://{{args.host}}:9090`), as in Argo Rollouts.
-        let rendered_address = match prometheus.address.as_deref() {
-            Some(written) if written.contains("{{") => {
-                match render_address(written, &declared, &variables) {
-                    Ok(address) => Some(Ok(address)),
-                    Err(why) => {
-                        problem("provider.prometheus.address", why);
-                        Some(Err(()))
-                    }
-                }
-            }
-            Some(written) => Some(Ok(written.to_string())),
-            None => None,
-        };
-        let address = match &rendered_address {
-            Some(Ok(address)) => Some(address.as_str()),
-            Some(Err(())) => None,
-            None => default_address,
-        };
-        if rendered_address.is_none() && address.is_none() {
-            problem(
-                "provider.prometheus.address",
-                "no Prometheus address: set it in the template or pass --prometheus URL".into(),
-            );
-        }
-        // The address as it would be shown differs from it exactly when it holds userinfo.
-        if address.is_some_and(|a| crate::metrics::without_userinfo(a) != a) {
-            problem(
-                "provider.prometheus.address",
-                "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
-            );
-        }
-        // The refusals that hold whatever the controller's allow-list (which its source
-        // applies to every query, with these).
-        if let Some(why) = address.and_then(|a| AddressPolicy::default().refusal(a)) {
-            problem("provider.prometheus.address", why);
-        }
-        let mut headers = Vec::new();
-        // The values of headers from Secrets, to be taken out of whatever the endpoint says.
-        let mut header_secrets = Vec::new();
-        for (h, header) in prometheus.headers.iter().enumerate() {
-            if is_routing_header(&header.name) {
+        let prepared_request = match &metric.provider.web {
+            _ if metric.compare.is_some() && metric.provider.kind() != ProviderKind::Prometheus => {
                 problem(
-                    &format!("provider.prometheus.headers[{h}].name ({})", header.name),
-                    "this header would change where the request goes or how it is framed (the HTTP client sets it from the address): remove it, and put the real Prometheus address in provider.prometheus.address".into(),
+                    "compare",
+                    "compare works with the Prometheus provider only: judge this metric with successCondition or failureCondition".into(),
                 );
-                continue;
+                None
             }
-            match (&header.value, &header.value_from) {
-                (Some(value), _) if is_credential_header(&header.name) => {
-                    let field = format!("provider.prometheus.headers[{h}].value ({})", header.name);
-                    match credential_by_reference(value, &secret_args) {
-                        Err(why) => problem(&field, why),
-                        Ok(()) => match render::render_text(value, &declared, &variables) {
-                            Ok(rendered) => {
-                                header_secrets.push((
-                                    format!("header {}", header.name),
-                                    rendered.text_to_send().to_string(),
-                                ));
-                                headers.push((
-                                    header.name.clone(),
-                                    rendered.text_to_send().to_string(),
-                                ));
-                            }
-                            Err(e) => problem(&field, e.to_string()),
-                        },
+            Some(web) => match web_metric::prepare(web, &declared, &variables, secrets) {
+                Ok(prepared) => Some(prepared),
+                Err(found) => {
+                    for (field, message) in found {
+                        problem(&field, message);
+                    }
+                    None
+                }
+            },
+            None if metric.provider.graphite.is_some() => {
+                let graphite = metric.provider.graphite.as_ref().expect("checked above");
+                match graphite_metric::prepare(graphite, &declared, &variables, secrets) {
+                    Ok(prepared) => Some(prepared),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        None
                     }
                 }
-                (Some(value), _) => match render::render_text(value, &declared, &variables) {
-                    Ok(rendered) => {
-                        // A secret argument in any header is redacted like one in the query.
-                        if rendered.shown() != rendered.text_to_send() {
-                            header_secrets.push((
-                                format!("header {}", header.name),
-                                rendered.text_to_send().to_string(),
-                            ));
-                        }
-                        headers.push((header.name.clone(), rendered.text_to_send().to_string()));
-                    }
-                    Err(e) => problem(
-                        &format!("provider.prometheus.headers[{h}].value ({})", header.name),
-                        e.to_string(),
-                    ),
-                },
-                (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
-                    Ok(value) => {
-                        header_secrets.push((format!("header {}", header.name), value.clone()));
-                        headers.push((header.name.clone(), value));
-                    }
-                    Err(message) => problem(
-                        &format!(
-                            "provider.prometheus.headers[{h}].valueFrom ({})",
-                            header.name
-                        ),
-                        message,
-                    ),
-                },
-                (None, None) => problem(
-                    &format!("provider.prometheus.headers[{h}]"),
-                    "a header needs value or valueFrom".into(),
-                ),
             }
-        }
+            None if metric.provider.influxdb.is_some() => {
+                let influxdb = metric.provider.influxdb.as_ref().expect("checked above");
+                match influxdb_metric::prepare(influxdb, &declared, &variables, secrets) {
+                    Ok(prepared) => Some(prepared),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        None
+                    }
+                }
+            }
+            None if metric.provider.job.is_some() => {
+                let job = metric.provider.job.as_ref().expect("checked above");
+                match job_metric::prepare(job, &metric.name, &declared, &variables) {
+                    Ok(prepared) => Some(prepared),
+                    Err(found) => {
+                        for (field, message) in found {
+                            problem(&field, message);
+                        }
+                        None
+                    }
+                }
+            }
+            None => {
+                let prometheus = &metric.provider.prometheus;
+                let (query, compare) = match &metric.compare {
+                    None => (
+                        render::render_query(&prometheus.query, &declared, &variables)
+                            .map_err(|e| problem("provider.prometheus.query", e.to_string()))
+                            .ok(),
+                        None,
+                    ),
+                    Some(spec) => {
+                        let others = if metric.dry_run {
+                            live_compare_weight
+                        } else {
+                            live_compare_weight - spec.weight()
+                        };
+                        match prepare_compare(spec, others, &declared, &variables) {
+                            // The description is built from the shown queries: it holds no secret.
+                            Ok((text, prepared)) => (Some(Query::plain(text)), Some(prepared)),
+                            Err(found) => {
+                                for (field, message) in found {
+                                    problem(&field, message);
+                                }
+                                (None, None)
+                            }
+                        }
+                    }
+                };
+                // An address may be templated (`http://{{args.host}}:9090`), as in Argo Rollouts.
+                let rendered_address = match prometheus.address.as_deref() {
+                    Some(written) if written.contains("{{") => {
+                        match render_address(written, &declared, &variables) {
+                            Ok(address) => Some(Ok(address)),
+                            Err(why) => {
+                                problem("provider.prometheus.address", why);
+                                Some(Err(()))
+                            }
+                        }
+                    }
+                    Some(written) => Some(Ok(written.to_string())),
+                    None => None,
+                };
+                let address = match &rendered_address {
+                    Some(Ok(address)) => Some(address.as_str()),
+                    Some(Err(())) => None,
+                    None => default_address,
+                };
+                if rendered_address.is_none() && address.is_none() {
+                    problem(
+                        "provider.prometheus.address",
+                        "no Prometheus address: set it in the template or pass --prometheus URL"
+                            .into(),
+                    );
+                }
+                // The address as it would be shown differs from it exactly when it holds userinfo.
+                if address.is_some_and(|a| crate::metrics::without_userinfo(a) != a) {
+                    problem(
+                        "provider.prometheus.address",
+                        "credentials in the address would be shown wherever the address is: send them in a header from a Secret (headers[].valueFrom.secretKeyRef)".into(),
+                    );
+                }
+                // The refusals that hold whatever the controller's allow-list (which its source
+                // applies to every query, with these).
+                if let Some(why) = address.and_then(|a| AddressPolicy::default().refusal(a)) {
+                    problem("provider.prometheus.address", why);
+                }
+                let mut headers = Vec::new();
+                // The values of headers from Secrets, to be taken out of whatever the endpoint says.
+                let mut header_secrets = Vec::new();
+                for (h, header) in prometheus.headers.iter().enumerate() {
+                    if is_routing_header(&header.name) {
+                        problem(
+                            &format!("provider.prometheus.headers[{h}].name ({})", header.name),
+                            "this header would change where the request goes or how it is framed (the HTTP client sets it from the address): remove it, and put the real Prometheus address in provider.prometheus.address".into(),
+                        );
+                        continue;
+                    }
+                    match (&header.value, &header.value_from) {
+                        (Some(value), _) if is_credential_header(&header.name) => {
+                            let field =
+                                format!("provider.prometheus.headers[{h}].value ({})", header.name);
+                            match credential_by_reference(value, &secret_args) {
+                                Err(why) => problem(&field, why),
+                                Ok(()) => match render::render_text(
+                                    value,
+                                    &declared,
+                                    &variables,
+                                    &render::as_is,
+                                ) {
+                                    Ok(rendered) => {
+                                        header_secrets.push((
+                                            format!("header {}", header.name),
+                                            rendered.text_to_send().to_string(),
+                                        ));
+                                        headers.push((
+                                            header.name.clone(),
+                                            rendered.text_to_send().to_string(),
+                                        ));
+                                    }
+                                    Err(e) => problem(&field, e.to_string()),
+                                },
+                            }
+                        }
+                        (Some(value), _) => {
+                            match render::render_text(value, &declared, &variables, &render::as_is)
+                            {
+                                Ok(rendered) => {
+                                    // A secret argument in any header is redacted like one in the query.
+                                    if rendered.shown() != rendered.text_to_send() {
+                                        header_secrets.push((
+                                            format!("header {}", header.name),
+                                            rendered.text_to_send().to_string(),
+                                        ));
+                                    }
+                                    headers.push((
+                                        header.name.clone(),
+                                        rendered.text_to_send().to_string(),
+                                    ));
+                                }
+                                Err(e) => problem(
+                                    &format!(
+                                        "provider.prometheus.headers[{h}].value ({})",
+                                        header.name
+                                    ),
+                                    e.to_string(),
+                                ),
+                            }
+                        }
+                        (None, Some(from)) => match secrets.secret_value(&from.secret_key_ref) {
+                            Ok(value) => {
+                                header_secrets
+                                    .push((format!("header {}", header.name), value.clone()));
+                                headers.push((header.name.clone(), value));
+                            }
+                            Err(message) => problem(
+                                &format!(
+                                    "provider.prometheus.headers[{h}].valueFrom ({})",
+                                    header.name
+                                ),
+                                message,
+                            ),
+                        },
+                        (None, None) => problem(
+                            &format!("provider.prometheus.headers[{h}]"),
+                            "a header needs value or valueFrom".into(),
+                        ),
+                    }
+                }
+                let headers_sent = headers;
+                match (query, address) {
+                    (Some(query), Some(address)) => Some(ProviderRequest {
+                        address: address.to_string(),
+                        query,
+                        timeout: prometheus.timeout().as_std(),
+                        headers: headers_sent,
+                        header_secrets,
+                        insecure: prometheus.insecure,
+                        provider: ProviderQuery::Prometheus,
+                        compare,
+                    }),
+                    _ => None,
+                }
+            }
+        };
         if metric.success_condition.is_none()
             && metric.failure_condition.is_none()
             && metric.threshold_range.is_none()
             && metric.compare.is_none()
+            && metric.provider.kind() != ProviderKind::Job
         {
             problem("successCondition", NO_CONDITION.into());
         }
@@ -368,28 +457,39 @@ pub fn prepare(
                 "must be at least 1s: every measurement is a query and a status write".into(),
             );
         }
-        // Every query sent with the headers redacts their secret values from what it gets.
-        let query = query.map(|q| q.with_more_secrets(header_secrets.clone()));
-        let compare = compare.map(|mut c: PreparedCompare| {
-            for counter in &mut c.queries {
-                for side in [&mut counter.canary, &mut counter.stable] {
-                    *side = side.clone().with_more_secrets(header_secrets.clone());
+        if let (Some(prepared), Some(criteria)) = (prepared_request, criteria) {
+            let ProviderRequest {
+                address,
+                query,
+                timeout,
+                headers,
+                header_secrets,
+                insecure,
+                provider,
+                compare,
+            } = prepared;
+            // Every query sent with the headers redacts their secret values from what it gets.
+            let query = query.with_more_secrets(header_secrets.clone());
+            let compare = compare.map(|mut c: PreparedCompare| {
+                for counter in &mut c.queries {
+                    for side in [&mut counter.canary, &mut counter.stable] {
+                        *side = side.clone().with_more_secrets(header_secrets.clone());
+                    }
                 }
-            }
-            c
-        });
-        if let (Some(query), Some(criteria), Some(address)) = (query, criteria, address) {
+                c
+            });
             metrics.push(PreparedMetric {
                 name: metric.name.clone(),
                 dry_run: metric.dry_run,
                 criteria,
                 request: QueryRequest {
-                    address: address.to_string(),
+                    address,
                     query,
                     time: None,
-                    timeout: prometheus.timeout().as_std(),
+                    timeout,
                     headers,
-                    insecure: prometheus.insecure,
+                    insecure,
+                    provider,
                 },
                 interval: interval.as_std(),
                 initial_delay: metric.initial_delay().as_std(),
@@ -410,6 +510,33 @@ pub fn prepare(
         })
     } else {
         Err(problems)
+    }
+}
+
+/// What a provider's preparation gives: everything a request needs but its time.
+pub(crate) struct ProviderRequest {
+    pub address: String,
+    pub query: Query,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    /// The values of headers from Secrets (by name), to be taken out of what is answered.
+    pub header_secrets: Vec<(String, String)>,
+    pub insecure: bool,
+    pub provider: ProviderQuery,
+    pub compare: Option<PreparedCompare>,
+}
+
+/// Shows no secret: header values are left out, the query shows itself redacted.
+impl std::fmt::Debug for ProviderRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("ProviderRequest")
+            .field("address", &crate::metrics::without_userinfo(&self.address))
+            .field("query", &self.query)
+            .field("timeout", &self.timeout)
+            .field("headers", &header_names)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
     }
 }
 
@@ -437,7 +564,8 @@ fn render_address(
     declared: &[&str],
     variables: &Variables,
 ) -> Result<String, String> {
-    let rendered = render::render_text(written, declared, variables).map_err(|e| e.to_string())?;
+    let rendered = render::render_text(written, declared, variables, &render::as_is)
+        .map_err(|e| e.to_string())?;
     if rendered.shown() != rendered.text_to_send() {
         return Err("the address uses an argument from a Secret, and addresses are shown in status, Events and messages: send the credential in a header (headers[].valueFrom.secretKeyRef) instead".into());
     }

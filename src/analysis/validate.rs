@@ -119,7 +119,9 @@ struct PlaceholderSecrets;
 
 impl SecretValues for PlaceholderSecrets {
     fn secret_value(&self, _: &SecretKeyRef) -> Result<String, String> {
-        Ok("secret-placeholder".into())
+        // Shaped so that it fits wherever Argo templates put a Secret: a header value, a
+        // query value, or a whole web URL (Argo's own example takes the URL from a Secret).
+        Ok("https://secret-placeholder.example/".into())
     }
 }
 

@@ -95,9 +95,9 @@ pub struct SecretKeyRef {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
+#[x_kube(validation = Rule::new("has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange) || has(self.compare) || has(self.provider.job)").message("a metric needs successCondition, failureCondition, thresholdRange or compare: without one, no measurement can pass or fail"))]
 #[x_kube(validation = Rule::new("!has(self.compare) || !(has(self.successCondition) || has(self.failureCondition) || has(self.thresholdRange))").message("a compare metric is judged by the sequential test, not by conditions: put a threshold on the canary alone in a metric of its own"))]
-#[x_kube(validation = Rule::new("has(self.compare) != (has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither"))]
+#[x_kube(validation = Rule::new("has(self.provider.web) || has(self.provider.job) || has(self.provider.influxdb) || has(self.provider.graphite) ? !has(self.compare) : has(self.compare) != (has(self.provider.prometheus) && has(self.provider.prometheus.query) && size(self.provider.prometheus.query) > 0)").message("a metric has either provider.prometheus.query (conditions) or compare (its own queries), not both and not neither; compare works with the Prometheus provider only"))]
 pub struct Metric {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("metric names are lower-case letters, digits, '-', '_' and '.'"))]
     #[schemars(length(min = 1, max = 63))]
@@ -218,13 +218,284 @@ pub struct ThresholdRange {
     pub max: Option<f64>,
 }
 
-/// Where measurements come from. Exactly one provider is set (Prometheus, for now).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// `prometheus` is a plain field (absent in YAML when another provider is chosen, read as an
+// empty provider), so code written for the Prometheus-only shape keeps compiling;
+// `MetricProvider::kind` says which provider a metric really uses.
+/// Where measurements come from: one provider, `prometheus` (the default, with the
+/// controller's `--prometheus` address when the metric names none), `web`, `job`,
+/// `influxdb` or `graphite`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("(has(self.prometheus) ? 1 : 0) + (has(self.web) ? 1 : 0) + (has(self.job) ? 1 : 0) + (has(self.influxdb) ? 1 : 0) + (has(self.graphite) ? 1 : 0) <= 1").message("a metric has one provider: prometheus, web, job, influxdb or graphite, not several"))]
 pub struct MetricProvider {
+    #[serde(default, skip_serializing_if = "PrometheusProvider::is_unset")]
     pub prometheus: PrometheusProvider,
+    /// An HTTP request to a JSON endpoint (Argo Rollouts' `web` provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebProvider>,
+    /// A Kubernetes Job; it succeeding is a successful measurement (Argo Rollouts' `job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProvider>,
+    /// An InfluxDB query, InfluxQL (with `database`) or Flux (with `org`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub influxdb: Option<InfluxDbProvider>,
+    /// A Graphite render API query (Argo Rollouts' and Flagger's `graphite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphite: Option<GraphiteProvider>,
+}
+
+/// Which provider a metric uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Prometheus,
+    Web,
+    Job,
+    InfluxDb,
+    Graphite,
+}
+
+impl ProviderKind {
+    /// The provider's field name under `provider`, as templates spell it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Prometheus => "prometheus",
+            Self::Web => "web",
+            Self::Job => "job",
+            Self::InfluxDb => "influxdb",
+            Self::Graphite => "graphite",
+        }
+    }
+}
+
+impl MetricProvider {
+    /// The provider this metric uses: the one set besides `prometheus`, else Prometheus.
+    pub fn kind(&self) -> ProviderKind {
+        if self.web.is_some() {
+            ProviderKind::Web
+        } else if self.job.is_some() {
+            ProviderKind::Job
+        } else if self.influxdb.is_some() {
+            ProviderKind::InfluxDb
+        } else if self.graphite.is_some() {
+            ProviderKind::Graphite
+        } else {
+            ProviderKind::Prometheus
+        }
+    }
+
+    /// The providers set, by field name: more than one is an invalid template.
+    pub fn set(&self) -> Vec<&'static str> {
+        let Self {
+            prometheus,
+            web,
+            job,
+            influxdb,
+            graphite,
+        } = self;
+        let mut set = Vec::new();
+        if !prometheus.is_unset() {
+            set.push("prometheus");
+        }
+        if web.is_some() {
+            set.push("web");
+        }
+        if job.is_some() {
+            set.push("job");
+        }
+        if influxdb.is_some() {
+            set.push("influxdb");
+        }
+        if graphite.is_some() {
+            set.push("graphite");
+        }
+        set
+    }
+}
+
+/// Argo Rollouts' `web` provider: the measurement is the JSON answer of an HTTP request, or
+/// the part of it that `jsonPath` selects, as `result` (a number, string, boolean, list or
+/// object: `result.ok && result.successPercent >= 0.90`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.body) && has(self.jsonBody))").message("web has body or jsonBody, not both"))]
+pub struct WebProvider {
+    /// The URL, with `{{args.NAME}}` placeholders (their values are URL-encoded).
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("web.url must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 4096))]
+    pub url: String,
+    /// GET (default), POST or PUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<WebMethod>,
+    /// Request headers, as Argo writes them (`key`, `value`). A credential reaches a header
+    /// only by reference: from `valueFrom.secretKeyRef`, or from an argument that does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<WebHeader>,
+    /// A request body (POST/PUT), with placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub body: Option<String>,
+    /// A JSON request body (POST/PUT); placeholders inside its strings are JSON-escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub json_body: Option<serde_json::Value>,
+    /// Give up after this many seconds (default 10, as in Argo Rollouts); the measurement is
+    /// then an Error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
+    /// The part of the answer that is `result`, as a JSONPath (`{$.data.ok}` or
+    /// `$.data.ok`). Absent: the whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub json_path: Option<String>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+/// Argo Rollouts' `job` provider: each measurement runs a Kubernetes Job made from `spec`
+/// (owned by the Canary, labelled with it and the metric) in the Canary's namespace; the Job
+/// completing is a successful measurement, failing a failed one. It is deleted afterwards.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProvider {
+    /// Labels and annotations for the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<JobMetadata>,
+    /// A `batch/v1` JobSpec, with `{{args.NAME}}` placeholders in its strings.
+    #[schemars(schema_with = "any_json")]
+    pub spec: serde_json::Value,
+    /// Give up on a Job that has not finished after this long (default 10m): it is deleted
+    /// and the measurement is an Error. A minute more becomes the Job's
+    /// `activeDeadlineSeconds` (unless its own is shorter), so Kubernetes stops its pods too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// An InfluxDB query. With `database` it is InfluxQL, sent to the 1.x API (`POST /query`);
+/// with `org` it is Flux, sent to `/api/v2/query` (InfluxDB 2.x, and 1.8+ with Flux enabled).
+/// `result` is the list of every value the query returned (InfluxQL: the first column after
+/// `time` of every row of every series; Flux: `_value` of every record), as Argo Rollouts
+/// returns it: `result[0] <= 0.01`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.database) != has(self.org)").message("influxdb needs database (an InfluxQL query) or org (a Flux query), not both"))]
+pub struct InfluxDbProvider {
+    /// Base URL of the InfluxDB HTTP API.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub address: String,
+    /// InfluxQL or Flux with `{{args.NAME}}` placeholders; values are escaped for quoted
+    /// strings (`'…'` in InfluxQL, `"…"` in Flux).
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
+    /// The database of an InfluxQL query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub database: Option<String>,
+    /// The organisation of a Flux query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub org: Option<String>,
+    /// Give up after this long (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Extra headers, e.g. `Authorization: Token …` from a Secret (`valueFrom.secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+/// A Graphite render API query: `POST /render` with the target, `format=json`. `result` is
+/// the list of every non-null datapoint of every series returned, oldest first (as Argo
+/// Rollouts returns it: `result[0] >= 90`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphiteProvider {
+    /// Base URL of graphite-web.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("address must be an http:// or https:// URL"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub address: String,
+    /// The target expression (Argo writes it `target=…`; the prefix is optional), with
+    /// `{{args.NAME}}` placeholders whose values must be metric-path text.
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
+    /// The window the render covers, Graphite's `from` (default `-5min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub from: Option<String>,
+    /// Give up after this long (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Extra headers, e.g. an `Authorization` header from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<Header>,
+    /// Skip TLS certificate verification (only for test installations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl JobProvider {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_JOB_TIMEOUT)
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct JobMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The default timeout of a web request, as in Argo Rollouts.
+pub const DEFAULT_WEB_TIMEOUT_SECONDS: u32 = 10;
+
+impl WebProvider {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.timeout_seconds.unwrap_or(DEFAULT_WEB_TIMEOUT_SECONDS),
+        ))
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebMethod {
+    #[default]
+    Get,
+    Post,
+    Put,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("a header has exactly one of value or valueFrom"))]
+pub struct WebHeader {
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9-]+$')").message("header names are letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub key: String,
+    /// The value, with placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+/// A JSON object of any shape, kept as written by the API server.
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusProvider {
     /// Base URL of the Prometheus HTTP API. Absent: the controller's (or CLI's) `--prometheus`.
@@ -291,6 +562,11 @@ impl Metric {
 }
 
 impl PrometheusProvider {
+    /// Absent from the template: another provider is used.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT)
     }
@@ -340,6 +616,24 @@ mod tests {
         }));
         good.validate_cel()
             .expect("a good template passes its CEL rules");
+        let good_web = template(serde_json::json!({
+            "metrics": [metric(serde_json::json!({
+                "successCondition": "result.ok",
+                "provider": {"web": {"url": "http://checker:8080/x", "jsonPath": "{$.data}"}},
+            }))],
+        }));
+        good_web
+            .validate_cel()
+            .expect("a web metric needs no Prometheus query");
+        let good_job = template(serde_json::json!({
+            "metrics": [{
+                "name": "smoke",
+                "provider": {"job": {"spec": {"template": {"spec": {"restartPolicy": "Never"}}}}},
+            }],
+        }));
+        good_job
+            .validate_cel()
+            .expect("a job metric needs no condition: the Job succeeding is the success");
         let compare = |compare: serde_json::Value| {
             serde_json::json!({
                 "name": "error-rate",
@@ -410,6 +704,28 @@ mod tests {
             (
                 serde_json::json!({"metrics": [metric(serde_json::json!({"successCondition": "true", "compare": {"latencyBuckets": "b"}}))]}),
                 "not by conditions",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({
+                    "successCondition": "result == true",
+                    "provider": {"prometheus": {"query": "up"}, "web": {"url": "http://x/y"}},
+                }))]}),
+                "prometheus, web, job, influxdb or graphite, not several",
+            ),
+            (
+                serde_json::json!({"metrics": [{
+                    "name": "w",
+                    "compare": {"requests": "r", "errors": "e"},
+                    "provider": {"web": {"url": "http://x/y"}},
+                }]}),
+                "compare works with the Prometheus provider only",
+            ),
+            (
+                serde_json::json!({"metrics": [metric(serde_json::json!({
+                    "successCondition": "result == true",
+                    "provider": {"web": {"url": "ftp://x/y"}},
+                }))]}),
+                "web.url must be an http:// or https:// URL",
             ),
         ];
         for (spec, expected) in cases {

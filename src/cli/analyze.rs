@@ -13,7 +13,8 @@ use crate::analysis::render::CONTEXT_NAMES;
 use crate::analysis::run::{self, AnalysisReport, Measurement, MetricReport, NoSecrets, Schedule};
 use crate::analysis::{AnalysisPhase, MeasurementPhase};
 use crate::api::Duration;
-use crate::metrics::{PrometheusSource, without_userinfo};
+use crate::api::analysis_template::ProviderKind;
+use crate::metrics::{Providers, without_userinfo};
 
 /// Run an analysis template against Prometheus and print its verdict.
 ///
@@ -112,7 +113,11 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
     }
     let mut spec = template.spec.clone();
     if let Some(address) = &args.prometheus {
-        for metric in &mut spec.metrics {
+        let prometheus_metrics = spec
+            .metrics
+            .iter_mut()
+            .filter(|m| m.provider.kind() == ProviderKind::Prometheus);
+        for metric in prometheus_metrics {
             if let Some(named) = metric.provider.prometheus.address.replace(address.clone())
                 && &named != address
             {
@@ -178,7 +183,7 @@ pub async fn run(args: Args, output: OutputFormat) -> Exit {
         Schedule::Live { until }
     };
 
-    let source = match PrometheusSource::new() {
+    let source = match Providers::new() {
         Ok(source) => source,
         Err(e) => return invalid(e.to_string()),
     };

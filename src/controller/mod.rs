@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::analysis::compare::CounterReadings;
 use crate::api::canary::{Canary, CanaryStatus};
-use crate::metrics::PrometheusSource;
+use crate::metrics::Providers;
 pub use leadership::LEASE_NAME;
 pub use liveness::Liveness;
 pub use measurements::Measurements;
@@ -69,7 +69,8 @@ pub enum Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub prometheus: PrometheusSource,
+    /// Every metrics provider (Prometheus, web, …), sharing one address policy.
+    pub providers: Providers,
     pub default_prometheus: Option<String>,
     pub recorder: Recorder,
     pub metrics: Metrics,
@@ -435,8 +436,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let prometheus = PrometheusSource::with_policy(config.metrics_address_policy.clone())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let providers = Providers::with_policy(config.metrics_address_policy.clone())
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .with_kube(client.clone());
     let (measurements, finished_measurements) = Measurements::new();
     let (express_lane, express_queue) = express::lane();
     // A finished measurement is picked up by a reconcile of its Canary.
@@ -461,7 +463,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cache::Caches::start(&client, config.namespace.as_deref(), store.clone()).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
-        prometheus,
+        providers,
         default_prometheus: config.prometheus.clone(),
         recorder: Recorder::new(
             client.clone(),

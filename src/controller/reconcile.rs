@@ -657,7 +657,7 @@ fn measure(
     metric: String,
     prepared_metric: &PreparedMetric,
 ) -> impl Future<Output = Finished> + Send + 'static {
-    let prometheus = ctx.prometheus.clone();
+    let providers = ctx.providers.clone();
     let prepared_metric = prepared_metric.clone();
     // For a compare metric: where the interval starts, and the readings it may start from.
     let compare_window = prepared_metric.compare.as_ref().map(|_| {
@@ -679,7 +679,7 @@ fn measure(
             // exact and the next interval starts where this one ended (kept in status).
             let end = Timestamp::now();
             let outcome = crate::analysis::compare::measure(
-                &prometheus,
+                &providers,
                 prepared_compare,
                 &prepared_metric.request,
                 start,
@@ -708,7 +708,7 @@ fn measure(
                 readings,
             };
         }
-        let outcome = prometheus.instant_query(&prepared_metric.request).await;
+        let outcome = providers.instant_query(&prepared_metric.request).await;
         let judgement = prepared_metric
             .criteria
             .judge_bounded(outcome, prepared_metric.request.query.clone())
@@ -967,7 +967,15 @@ fn prepare_runs(
                     list.join("; ")
                 )
             })?;
-            for metric in analysis.metrics {
+            for mut metric in analysis.metrics {
+                // A measurement Job belongs to its Canary: deleting the Canary deletes it.
+                if let crate::metrics::ProviderQuery::Job(job) = &mut metric.request.provider
+                    && let Some(mut owner) = canary.controller_owner_ref(&())
+                {
+                    // Blocking the owner's deletion would need the finalizers permission.
+                    owner.block_owner_deletion = None;
+                    job.owned_by(owner);
+                }
                 let key = (run_name.clone(), metric.name.clone());
                 if prepared.contains_key(&key) {
                     return Err(format!(

@@ -2,15 +2,26 @@
 //! do the I/O. Prometheus is the first (and, for now, only) provider.
 
 pub mod address_policy;
+pub mod graphite;
+mod http_exchange;
+pub mod influxdb;
+pub mod job;
 pub mod prometheus;
+pub mod providers;
 pub mod redaction;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 pub use address_policy::AddressPolicy;
+pub use graphite::GraphiteSource;
+pub use influxdb::InfluxDbSource;
+pub use job::JobSource;
 pub use prometheus::PrometheusSource;
+pub use providers::Providers;
+pub use web::WebSource;
 
 /// A rendered query in its two forms: the text sent to Prometheus, and the text shown to
 /// people (measurement reasons, `Canary` status, Events, logs, CLI output), in which the value
@@ -71,6 +82,12 @@ impl Query {
         self
     }
 
+    /// The secret values sent with this query (name, value), in every form they may be
+    /// quoted in: to carry them over to another query sent in the same request.
+    pub fn secrets(&self) -> &[(String, String)] {
+        &self.secrets
+    }
+
     /// The text for Prometheus. It may hold secret values: never log or display it.
     pub fn text_to_send(&self) -> &str {
         &self.sent
@@ -121,6 +138,37 @@ pub struct QueryRequest {
     pub headers: Vec<(String, String)>,
     /// Skip TLS certificate verification.
     pub insecure: bool,
+    /// Which provider answers, and what it needs besides the above.
+    pub provider: ProviderQuery,
+}
+
+/// What a request needs beyond address, query, timeout and headers, by provider.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum ProviderQuery {
+    /// `query` is PromQL, sent to `address`'s `/api/v1/query`.
+    #[default]
+    Prometheus,
+    /// `query` is the whole URL (it may hold secret arguments); `address` is its origin.
+    Web(web::WebQuery),
+    /// A Job from `job.spec`; `address` names its namespace, `query` describes it.
+    Job(Box<job::JobQuery>),
+    /// `query` is InfluxQL or Flux, sent to `address`.
+    InfluxDb(influxdb::InfluxQuery),
+    /// `query` is a Graphite target; the window starts at `from` (Graphite's syntax).
+    Graphite { from: String },
+}
+
+impl ProviderQuery {
+    /// How people call this provider in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Prometheus => "Prometheus",
+            Self::Web(_) => "the web endpoint",
+            Self::Job(_) => "the Kubernetes Job",
+            Self::InfluxDb(_) => "InfluxDB",
+            Self::Graphite { .. } => "Graphite",
+        }
+    }
 }
 
 /// Hand-written so that a request in a log line shows neither header values (credentials,
@@ -134,6 +182,7 @@ impl std::fmt::Debug for QueryRequest {
             timeout,
             headers,
             insecure,
+            provider,
         } = self;
         let header_names: Vec<String> = headers
             .iter()
@@ -146,6 +195,7 @@ impl std::fmt::Debug for QueryRequest {
             .field("timeout", timeout)
             .field("headers", &header_names)
             .field("insecure", insecure)
+            .field("provider", provider)
             .finish()
     }
 }
@@ -177,6 +227,9 @@ pub struct Series {
 pub enum QueryOutput {
     Scalar(f64),
     Vector(Vec<Series>),
+    /// A JSON answer (web provider), or the part of it a `jsonPath` selected; `Null` when
+    /// it selected nothing.
+    Json(serde_json::Value),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +251,13 @@ pub enum MetricsError {
     /// The address policy forbids the address (or what its name resolves to), or a header.
     #[error("queries to {address} are refused: {detail}")]
     Refused { address: String, detail: String },
+    /// A provider other than Prometheus failed: `problem` says how and what to do.
+    #[error("{provider} at {address} {problem}")]
+    Endpoint {
+        provider: &'static str,
+        address: String,
+        problem: String,
+    },
     #[error(
         "Prometheus at {address} answered more than {limit_mib} MiB ({bytes} bytes read or announced), the most an answer may hold: aggregate the query (e.g. sum by (pod) (...)) so that it returns fewer series",
         limit_mib = .limit >> 20
@@ -241,7 +301,10 @@ impl MetricsError {
             Self::Unreachable { detail, .. }
             | Self::Rejected { detail, .. }
             | Self::InvalidAddress { detail, .. }
-            | Self::Refused { detail, .. } => Some(detail),
+            | Self::Refused { detail, .. }
+            | Self::Endpoint {
+                problem: detail, ..
+            } => Some(detail),
             Self::Timeout { .. }
             | Self::UnsupportedResult { .. }
             | Self::AnswerTooLarge { .. }
@@ -337,6 +400,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             headers: vec![("X-Api-Key".into(), "k3y-value".into())],
             insecure: false,
+            provider: ProviderQuery::Prometheus,
         };
         let written = format!("{request:?} {request:#?}");
         for secret in ["t0ken-value", "k3y-value", "pa55word", "admin"] {

@@ -56,24 +56,9 @@ impl PrometheusSource {
     /// A source that queries only where `policy` allows.
     pub fn with_policy(policy: AddressPolicy) -> Result<Self, MetricsError> {
         let policy = Arc::new(policy);
-        let build = |insecure: bool| {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .danger_accept_invalid_certs(insecure)
-                .user_agent(concat!("canary/", env!("CARGO_PKG_VERSION")))
-                .redirect(refuse_redirects())
-                .dns_resolver(Arc::new(CheckedResolver {
-                    policy: policy.clone(),
-                }))
-                .build()
-                .map_err(|e| MetricsError::InvalidAddress {
-                    address: "(any)".into(),
-                    detail: format!("the HTTP client could not be built: {e}"),
-                })
-        };
         Ok(Self {
-            verified: build(false)?,
-            insecure: build(true)?,
+            verified: checked_http_client(&policy, false, "Prometheus")?,
+            insecure: checked_http_client(&policy, true, "Prometheus")?,
             policy,
         })
     }
@@ -84,6 +69,15 @@ impl PrometheusSource {
     }
 
     async fn query(&self, request: &QueryRequest) -> Result<QueryOutput, MetricsError> {
+        if request.provider != super::ProviderQuery::Prometheus {
+            return Err(MetricsError::InvalidAddress {
+                address: without_userinfo(&request.address),
+                detail: format!(
+                    "this is a request for {}, not Prometheus",
+                    request.provider.name()
+                ),
+            });
+        }
         let base_url = request.address.trim_end_matches('/');
         // Every error names the address as people may read it: without credentials.
         let address = without_userinfo(base_url);
@@ -445,11 +439,35 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// An HTTP client for metric queries to `what` (Prometheus, a web endpoint, …): it connects
+/// only where `policy` allows (checked again on every name resolution), follows no redirect,
+/// bounds connecting by [`CONNECT_TIMEOUT`], and names the controller in its User-Agent.
+/// Every provider that speaks HTTP builds its clients here, so they share these rules.
+pub(crate) fn checked_http_client(
+    policy: &Arc<AddressPolicy>,
+    insecure: bool,
+    what: &'static str,
+) -> Result<reqwest::Client, MetricsError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .danger_accept_invalid_certs(insecure)
+        .user_agent(concat!("canary/", env!("CARGO_PKG_VERSION")))
+        .redirect(refuse_redirects(what))
+        .dns_resolver(Arc::new(CheckedResolver {
+            policy: policy.clone(),
+        }))
+        .build()
+        .map_err(|e| MetricsError::InvalidAddress {
+            address: "(any)".into(),
+            detail: format!("the HTTP client could not be built: {e}"),
+        })
+}
+
 /// A redirect policy that follows nothing and fails the request with the place it pointed to
 /// (scheme, host and port only), instead of `Policy::none()`'s bare 3xx response, which the
 /// query client could only report as an unparseable answer.
-fn refuse_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
+fn refuse_redirects(what: &'static str) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
         let target = attempt.url();
         let origin = match (target.host_str(), target.port()) {
             (Some(host), Some(port)) => format!("{}://{host}:{port}", target.scheme()),
@@ -458,7 +476,7 @@ fn refuse_redirects() -> reqwest::redirect::Policy {
         };
         let status = attempt.status();
         attempt.error(format!(
-            "it answered {status}, pointing to {origin}; redirects are not followed (they would carry the query and the metric's headers elsewhere): set the metric's address to where Prometheus really is"
+            "it answered {status}, pointing to {origin}; redirects are not followed (they would carry the query and the metric's headers elsewhere): set the metric's address to where {what} really is"
         ))
     })
 }
@@ -515,7 +533,7 @@ fn classify(address: &str, timeout_ms: u128, error: PrometheusError) -> MetricsE
 }
 
 /// The address policy's refusal somewhere in `error`'s causes, if that is why it failed.
-fn refused_connection(error: &reqwest::Error) -> Option<String> {
+pub(crate) fn refused_connection(error: &reqwest::Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(refused) = cause.downcast_ref::<RefusedConnection>() {
@@ -528,7 +546,7 @@ fn refused_connection(error: &reqwest::Error) -> Option<String> {
 
 /// The error and its causes on one line ("error sending request: connection refused"),
 /// without the request URL: it repeats the address and carries the whole encoded query.
-fn describe_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn describe_chain(error: &dyn std::error::Error) -> String {
     let mut parts = vec![without_url(&error.to_string())];
     let mut source = error.source();
     while let Some(cause) = source {
@@ -610,6 +628,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             headers: vec![("X-Api-Key".into(), "k3y".into())],
             insecure: false,
+            provider: crate::metrics::ProviderQuery::Prometheus,
         }
     }
 
