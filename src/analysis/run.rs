@@ -215,7 +215,7 @@ pub fn prepare(
                 }
             })
             .ok();
-        let prepared_request = match &metric.provider.web {
+        let prepared_request = match () {
             _ if metric.compare.is_some() && metric.provider.kind() != ProviderKind::Prometheus => {
                 problem(
                     "compare",
@@ -223,18 +223,22 @@ pub fn prepare(
                 );
                 None
             }
-            Some(web) => match web_metric::prepare(web, &declared, &variables, secrets) {
-                Ok(prepared) => Some(prepared),
-                Err(found) => {
-                    for (field, message) in found {
-                        problem(&field, message);
-                    }
-                    None
-                }
-            },
-            None if metric.provider.graphite.is_some() => {
-                let graphite = metric.provider.graphite.as_ref().expect("checked above");
-                match graphite_metric::prepare(graphite, &declared, &variables, secrets) {
+            // The other providers prepare their own requests; their problems are reported here.
+            _ if metric.provider.kind() != ProviderKind::Prometheus => {
+                let provider = &metric.provider;
+                // In `kind`'s order (the CRD refuses more than one provider).
+                let prepared = if let Some(web) = &provider.web {
+                    web_metric::prepare(web, &declared, &variables, secrets)
+                } else if let Some(job) = &provider.job {
+                    job_metric::prepare(job, &metric.name, &declared, &variables)
+                } else if let Some(influxdb) = &provider.influxdb {
+                    influxdb_metric::prepare(influxdb, &declared, &variables, secrets)
+                } else if let Some(graphite) = &provider.graphite {
+                    graphite_metric::prepare(graphite, &declared, &variables, secrets)
+                } else {
+                    unreachable!("kind() is Prometheus unless another provider is set")
+                };
+                match prepared {
                     Ok(prepared) => Some(prepared),
                     Err(found) => {
                         for (field, message) in found {
@@ -244,31 +248,7 @@ pub fn prepare(
                     }
                 }
             }
-            None if metric.provider.influxdb.is_some() => {
-                let influxdb = metric.provider.influxdb.as_ref().expect("checked above");
-                match influxdb_metric::prepare(influxdb, &declared, &variables, secrets) {
-                    Ok(prepared) => Some(prepared),
-                    Err(found) => {
-                        for (field, message) in found {
-                            problem(&field, message);
-                        }
-                        None
-                    }
-                }
-            }
-            None if metric.provider.job.is_some() => {
-                let job = metric.provider.job.as_ref().expect("checked above");
-                match job_metric::prepare(job, &metric.name, &declared, &variables) {
-                    Ok(prepared) => Some(prepared),
-                    Err(found) => {
-                        for (field, message) in found {
-                            problem(&field, message);
-                        }
-                        None
-                    }
-                }
-            }
-            None => {
+            _ => {
                 let prometheus = &metric.provider.prometheus;
                 let (query, compare) = match &metric.compare {
                     None => (

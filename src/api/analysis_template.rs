@@ -281,34 +281,6 @@ impl MetricProvider {
             ProviderKind::Prometheus
         }
     }
-
-    /// The providers set, by field name: more than one is an invalid template.
-    pub fn set(&self) -> Vec<&'static str> {
-        let Self {
-            prometheus,
-            web,
-            job,
-            influxdb,
-            graphite,
-        } = self;
-        let mut set = Vec::new();
-        if !prometheus.is_unset() {
-            set.push("prometheus");
-        }
-        if web.is_some() {
-            set.push("web");
-        }
-        if job.is_some() {
-            set.push("job");
-        }
-        if influxdb.is_some() {
-            set.push("influxdb");
-        }
-        if graphite.is_some() {
-            set.push("graphite");
-        }
-        set
-    }
 }
 
 /// Argo Rollouts' `web` provider: the measurement is the JSON answer of an HTTP request, or
